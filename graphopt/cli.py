@@ -1,0 +1,199 @@
+"""The ``graphopt`` command: a thin layer that parses flags, calls the API and renders the result.
+
+Exit codes: 0 success; 1 internal error (a bug: traceback shown); 2 usage or pipeline error; 3 unreadable or
+unsupported model; 4 output path refused; 5 data does not fit the model; 6 verification of a must-be-equal model
+failed; 130 interrupted. Every user mistake prints one line on stderr and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn, TextIO
+
+from graphopt import api
+from graphopt.errors import GraphoptError
+from graphopt.pipeline import option_fields
+from graphopt.report.render import format_bytes, render_table, to_json
+from graphopt.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeConfig
+from graphopt.verify.tolerance import Tolerance
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"graphopt: error: {message} (see --help)\n")
+
+
+class TerminalProgress:
+    """A one-line progress bar on a terminal; silent when the stream is not a terminal."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    @contextlib.contextmanager
+    def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        done = 0
+        started = time.perf_counter()
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if self.enabled:
+                width = 24
+                filled = int(width * done / max(total, 1))
+                self.stream.write(f"\r{label[:32]:<32} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+                self.stream.flush()
+
+        yield advance
+        if self.enabled:
+            self.stream.write(f"\r{label[:32]:<32} done in {time.perf_counter() - started:.1f}s{' ' * 24}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="graphopt", description="Compress ONNX models with verified passes.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("optimize", help="run a pipeline of passes, verifying each one")
+    run.add_argument("model", help="input ONNX model (never modified)")
+    run.add_argument("-o", "--output", required=True, help="where to write the optimised model")
+    run.add_argument("--data", default="random", help=".npz file or folder of samples, or 'random' (lossless only)")
+    run.add_argument("--passes", default=None, help="pipeline, e.g. 'zero-weight-elimination' (default: lossless)")
+    run.add_argument("--report", default=None, help="JSON report path (default: <output stem>.report.json)")
+    budget = Tolerance.budget()
+    lossless = Tolerance.lossless()
+    run.add_argument("--cosine", type=float, default=budget.cosine, help="minimum mean cosine vs the original")
+    run.add_argument("--top1", type=float, default=budget.top1, help="minimum top-1 agreement for classifiers")
+    run.add_argument("--snr-db", type=float, default=None, help="minimum SNR in dB vs the original")
+    run.add_argument("--atol", type=float, default=None, help="absolute tolerance vs the original (with --rtol)")
+    run.add_argument("--rtol", type=float, default=0.0, help="relative tolerance used with --atol")
+    run.add_argument("--lossless-atol", type=float, default=lossless.atol, help="lossless passes: atol")
+    run.add_argument("--lossless-rtol", type=float, default=lossless.rtol, help="lossless passes: rtol")
+    run.add_argument("--calibration-fraction", type=float, default=0.5, help="share of samples for fitting")
+    run.add_argument("--no-normalize", action="store_true", help="skip the normalisation pass")
+    _add_runtime_flags(run)
+    run.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+    listing = commands.add_parser("passes", help="list registered passes")
+    listing.add_argument("--json", action="store_true", help="machine-readable list")
+
+    look = commands.add_parser("inspect", help="opset, inputs/outputs, operators, params and size of a model")
+    look.add_argument("model")
+    look.add_argument("--json", action="store_true", help="machine-readable summary")
+    return parser
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = RuntimeConfig()
+    parser.add_argument("--provider", action="append", default=None, help="execution provider (repeatable)")
+    parser.add_argument("--threads", type=int, default=defaults.intra_op_threads, help="intra-op threads (0: auto)")
+    parser.add_argument(
+        "--graph-optimization", choices=sorted(GRAPH_OPTIMIZATION_LEVELS), default=defaults.graph_optimization
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per run")
+
+
+def _runtime(args: argparse.Namespace) -> RuntimeConfig:
+    try:
+        return RuntimeConfig(
+            providers=tuple(args.provider) if args.provider else RuntimeConfig().providers,
+            intra_op_threads=args.threads,
+            graph_optimization=args.graph_optimization,
+            batch_size=args.batch_size,
+        )
+    except ValueError as e:
+        raise _UsageError(str(e)) from e
+
+
+class _UsageError(GraphoptError):
+    exit_code = 2
+
+
+def _optimize(args: argparse.Namespace, out: TextIO) -> int:
+    if not 0.0 < args.calibration_fraction < 1.0:
+        raise _UsageError("--calibration-fraction must be between 0 and 1")
+    tolerance = Tolerance(atol=args.atol, rtol=args.rtol, cosine=args.cosine, snr_db=args.snr_db, top1=args.top1)
+    result = api.optimize(
+        args.model,
+        args.data,
+        passes=args.passes,
+        output=args.output,
+        report=args.report,
+        tolerance=tolerance,
+        lossless_tolerance=Tolerance(atol=args.lossless_atol, rtol=args.lossless_rtol),
+        runtime=_runtime(args),
+        calibration_fraction=args.calibration_fraction,
+        normalize=not args.no_normalize,
+        progress=TerminalProgress(),
+    )
+    if args.json:
+        out.write(to_json(result.report))
+    else:
+        out.write(render_table(result.report) + "\n")
+        out.write(f"wrote {result.output_path} and {result.report_path}\n")
+    return 0
+
+
+def _passes(args: argparse.Namespace, out: TextIO) -> int:
+    passes = api.list_passes()
+    if args.json:
+        listing = {
+            name: {
+                "summary": cls.summary(),
+                "lossless": cls.lossless,
+                "options": {f.name: {"type": str(t), "default": f.default, "help": f.metadata.get("help", "")}
+                            for f, t in option_fields(cls)},
+            }
+            for name, cls in passes.items()
+        }
+        out.write(json.dumps(listing, indent=2, default=str) + "\n")
+        return 0
+    width = max((len(n) for n in passes), default=0)
+    for name, cls in passes.items():
+        kind = "lossless" if cls.lossless else "lossy"
+        out.write(f"{name:<{width}}  {kind:<8}  {cls.summary()}\n")
+        for f, t in option_fields(cls):
+            out.write(f"{'':<{width}}  {'':<8}    {f.name}={f.default!r} ({getattr(t, '__name__', t)}): "
+                      f"{f.metadata.get('help', '')}\n")
+    return 0
+
+
+def _inspect(args: argparse.Namespace, out: TextIO) -> int:
+    summary = api.inspect(args.model)
+    if args.json:
+        out.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+        return 0
+    opsets = ", ".join(f"{domain or 'ai.onnx'} {v}" for domain, v in summary.opsets.items())
+    out.write(f"IR {summary.ir_version}, opsets {opsets}\n")
+    for kind, values in (("input", summary.inputs), ("output", summary.outputs)):
+        for v in values:
+            out.write(f"{kind:<7} {v['name']}: {v.get('type')} {v.get('shape', '')}\n")
+    out.write(f"nodes {summary.nodes}, params {summary.params}, size {format_bytes(summary.size_bytes)}\n")
+    out.write("ops    " + ", ".join(f"{op} {n}" for op, n in summary.ops.items()) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
+    out = out or sys.stdout
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    commands = {"optimize": _optimize, "passes": _passes, "inspect": _inspect}
+    try:
+        return commands[args.command](args, out)
+    except GraphoptError as e:
+        sys.stderr.write(f"graphopt: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("graphopt: interrupted\n")
+        return 130

@@ -1,0 +1,215 @@
+"""Validation data: load it, check it against the model's inputs, batch it, and split it.
+
+A data file is an ``.npz`` with one array per model input name (axis 0 = samples), or a folder of ``.npz`` files
+(concatenated) or of ``<input>.npy`` files. An input's array either has the model input's rank, its axis 0 being
+the model's (dynamic or size-1) batch axis, or one more dimension: whole model inputs stacked on a new axis 0.
+``random`` synthesises inputs from the model's specs; such data can only judge lossless passes.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from graphopt.errors import DataError, UnsupportedModelError
+
+__all__ = ["Dataset", "InputSpec", "input_specs", "load_data", "synthesize"]
+
+RANDOM = "random"
+_SYNTHETIC_SAMPLES = 16
+_SYNTHETIC_DYNAMIC_DIM = 16
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, numpy dtype and shape (``str`` or ``None`` for a dynamic dimension)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+    def describe(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype} [{dims}]"
+
+    @property
+    def batch_axis(self) -> bool:
+        """Whether axis 0 can carry samples: dynamic or of size 1."""
+        return bool(self.shape) and (not isinstance(self.shape[0], int) or self.shape[0] == 1)
+
+
+def input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
+    """The inputs a caller must feed (graph inputs that are not initializers)."""
+    initializers = {i.name for i in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        if value.type.WhichOneof("value") != "tensor_type":
+            raise UnsupportedModelError(f"model input '{value.name}' is not a tensor; graphopt feeds tensors only")
+        tensor = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+        )
+        specs.append(InputSpec(value.name, dtype, shape))
+    return tuple(specs)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples for every model input; ``stacked`` names inputs whose arrays stack whole model inputs."""
+
+    arrays: Mapping[str, np.ndarray]
+    stacked: frozenset[str]
+    batchable: bool
+    synthetic: bool = False
+    source: str = ""
+
+    @property
+    def n_samples(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def batches(self, batch_size: int, *, per_sample: bool = False) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """Feeds of up to ``batch_size`` samples (one per feed when ``per_sample`` or not ``batchable``)."""
+        step = 1 if per_sample or not self.batchable else batch_size
+        for start in range(0, self.n_samples, step):
+            stop = min(start + step, self.n_samples)
+            feed = {
+                name: (array[start] if name in self.stacked else array[start:stop])
+                for name, array in self.arrays.items()
+            }
+            yield feed, stop - start
+
+    def subset(self, indices: np.ndarray) -> Dataset:
+        arrays = {name: array[indices] for name, array in self.arrays.items()}
+        return Dataset(arrays, self.stacked, self.batchable, self.synthetic, self.source)
+
+    def split(self, calibration_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """A deterministic split into (calibration, verification) parts that share no sample."""
+        n = self.n_samples
+        order = np.random.default_rng(seed).permutation(n)
+        cut = int(round(n * calibration_fraction)) if n >= 2 else 0
+        cut = min(max(cut, 1 if n >= 2 else 0), n - 1)
+        return self.subset(np.sort(order[:cut])), self.subset(np.sort(order[cut:]))
+
+
+def load_data(source: str | Path, specs: tuple[InputSpec, ...]) -> Dataset:
+    """Load and check validation data, or synthesise it when ``source`` is ``"random"``."""
+    if str(source) == RANDOM:
+        return synthesize(specs)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data not found: {path}")
+    arrays = _read_folder(path, specs) if path.is_dir() else _read_file(path, specs)
+    return _check(arrays, specs, str(path))
+
+
+def synthesize(specs: tuple[InputSpec, ...], n_samples: int = _SYNTHETIC_SAMPLES, seed: int = 0) -> Dataset:
+    """Seeded random inputs: normal floats, booleans, and integers in a range that suits ids and masks
+    (ones for inputs named like masks, zeros for type ids, 0..99 otherwise)."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for spec in specs:
+        dims = [d if isinstance(d, int) else _SYNTHETIC_DYNAMIC_DIM for d in spec.shape]
+        shape = (n_samples, *dims[1:]) if spec.batch_axis else (n_samples, *dims)
+        name = spec.name.lower()
+        if spec.dtype == np.bool_:
+            arrays[spec.name] = rng.random(shape) < 0.5
+        elif np.issubdtype(spec.dtype, np.integer):
+            fill = 1 if "mask" in name else 0 if "type" in name else None
+            values = np.full(shape, fill) if fill is not None else rng.integers(0, 100, shape)
+            arrays[spec.name] = values.astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return _check(arrays, specs, RANDOM, synthetic=True)
+
+
+def _read_file(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npy":
+            if len(specs) != 1:
+                raise DataError(f"{path} holds one array but the model has {len(specs)} inputs; use an .npz")
+            return {specs[0].name: np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(f"{path} is not an .npz archive")
+            return {name: archive[name] for name in archive.files}
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read data file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def _read_folder(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray]:
+    npz = sorted(path.glob("*.npz"))
+    npy = sorted(path.glob("*.npy"))
+    if npz and npy:
+        raise DataError(f"data folder {path} mixes .npz and .npy files; use one kind")
+    if npy:
+        arrays: dict[str, np.ndarray] = {}
+        for file in npy:
+            try:
+                arrays[file.stem] = np.load(file, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise DataError(f"cannot read data file {file}: {str(e).splitlines()[0]}") from e
+        return arrays
+    if not npz:
+        raise DataError(f"data folder {path} holds no .npz or .npy files")
+    parts = [_read_file(file, specs) for file in npz]
+    names = set(parts[0])
+    for file, part in zip(npz, parts, strict=True):
+        if set(part) != names:
+            raise DataError(f"{file} holds arrays {sorted(part)}, but {npz[0].name} holds {sorted(names)}")
+    try:
+        return {name: np.concatenate([p[name] for p in parts], axis=0) for name in names}
+    except ValueError as e:
+        raise DataError(f"arrays in {path} do not concatenate along the sample axis: {e}") from e
+
+
+def _check(
+    arrays: Mapping[str, np.ndarray], specs: tuple[InputSpec, ...], source: str, synthetic: bool = False
+) -> Dataset:
+    by_name = {s.name: s for s in specs}
+    missing = [s for s in specs if s.name not in arrays]
+    if missing:
+        s = missing[0]
+        raise DataError(f"data has no array for model input '{s.name}' (expects {s.describe()})")
+    extra = sorted(set(arrays) - set(by_name))
+    if extra:
+        raise DataError(f"data has arrays that are not model inputs: {', '.join(extra)} (inputs: {', '.join(by_name)})")
+    stacked = set()
+    counts = {}
+    for name, array in arrays.items():
+        spec = by_name[name]
+        if array.dtype != spec.dtype:
+            raise DataError(f"input '{name}': data is {array.dtype}, model expects {spec.describe()}")
+        rank = len(spec.shape)
+        if array.ndim == rank + 1:
+            stacked.add(name)
+            dims = array.shape[1:]
+        elif array.ndim == rank and spec.batch_axis:
+            dims = (1, *array.shape[1:])
+        else:
+            raise DataError(
+                f"input '{name}': data has shape {list(array.shape)}, model expects {spec.describe()} "
+                f"with samples on axis 0" + ("" if spec.batch_axis else " (stack whole inputs: rank + 1)")
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, dims, strict=True)):
+            if isinstance(want, int) and want != got and not (axis == 0 and name not in stacked):
+                raise DataError(f"input '{name}': dimension {axis} is {got} in the data, model expects {want}")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise DataError(f"input '{name}': data holds NaN or Inf values")
+        counts[name] = len(array)
+    if not counts or min(counts.values()) == 0:
+        raise DataError("data has zero samples")
+    if len(set(counts.values())) > 1:
+        raise DataError(f"inputs have different sample counts: {counts}")
+    batchable = not stacked and all(not isinstance(by_name[n].shape[0], int) for n in arrays)
+    return Dataset(dict(arrays), frozenset(stacked), batchable, synthetic, source)

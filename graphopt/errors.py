@@ -1,0 +1,79 @@
+"""The exceptions graphopt raises for user mistakes and pass failures.
+
+Each kind of user mistake has its own type so that the CLI can catch them once, print one line and exit with the
+code documented in the README. Anything that is not a ``GraphoptError`` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DataError",
+    "GraphoptError",
+    "ModelIOError",
+    "OutputPathError",
+    "PassError",
+    "PipelineError",
+    "PostconditionError",
+    "PreconditionError",
+    "UnsupportedModelError",
+    "VerificationError",
+    "first_line",
+]
+
+
+class GraphoptError(Exception):
+    """Base class of every error graphopt reports to the user as one line."""
+
+    exit_code: int = 1
+
+
+class PipelineError(GraphoptError):
+    """An unknown pass name, a malformed pipeline string or a bad pass option."""
+
+    exit_code = 2
+
+
+class ModelIOError(GraphoptError):
+    """The model file cannot be read: missing, truncated, not ONNX, or unsafe external data."""
+
+    exit_code = 3
+
+
+class UnsupportedModelError(ModelIOError):
+    """The model is valid ONNX but outside what graphopt and onnxruntime support (e.g. its opset)."""
+
+
+class OutputPathError(GraphoptError):
+    """The output path would overwrite the input or cannot be written."""
+
+    exit_code = 4
+
+
+class DataError(GraphoptError):
+    """The validation data does not match the model's inputs (names, dtypes, ranks, shapes, sample count)."""
+
+    exit_code = 5
+
+
+class VerificationError(GraphoptError):
+    """A model that must be kept equivalent (the normalised input) fails verification."""
+
+    exit_code = 6
+
+
+class PassError(GraphoptError):
+    """A pass could not run; the manager records it and rolls the pass back."""
+
+
+class PreconditionError(PassError):
+    """The model does not meet what a pass requires; recorded as a skip, not a failure."""
+
+
+class PostconditionError(PassError):
+    """A pass broke a promise it makes about its output: a pass bug, rolled back."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, for one-line error reports about third-party failures."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:limit]

@@ -1,0 +1,88 @@
+"""The bridge to onnx-graphsurgeon for passes that rewire graphs, plus small read-only graph helpers.
+
+``editing(model)`` hands a pass a mutable ``gs.Graph`` and, on exit, cleans it up, sorts it, exports it and restores
+what graphsurgeon does not carry (model metadata, doc strings). Stale intermediate shapes are dropped and inferred
+again, because a pass that changes channel counts would otherwise leave wrong ``value_info`` behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+__all__ = ["GraphEdit", "constant_array", "default_opset", "editing", "infer_shapes", "initializer_arrays"]
+
+log = logging.getLogger(__name__)
+
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass
+class GraphEdit:
+    """The graph being edited; ``model`` holds the exported result once the ``editing`` block has exited."""
+
+    graph: gs.Graph
+    model: onnx.ModelProto = field(default_factory=onnx.ModelProto)
+
+
+@contextlib.contextmanager
+def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
+    """Edit ``model`` (left untouched) as a graphsurgeon graph; read the new model from ``edit.model`` afterwards."""
+    edit = GraphEdit(gs.import_onnx(model))
+    yield edit
+    edit.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    exported = gs.export_onnx(edit.graph, do_type_check=False)
+    for name in ("ir_version", "doc_string", "model_version", "domain", "producer_name", "producer_version"):
+        setattr(exported, name, getattr(model, name))
+    exported.metadata_props.extend(model.metadata_props)
+    exported.graph.doc_string = model.graph.doc_string
+    del exported.graph.value_info[:]
+    edit.model = infer_shapes(exported)
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference where it can run; the model unchanged where it cannot (too large, unknown ops)."""
+    if model.ByteSize() >= _PROTOBUF_LIMIT:
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as e:
+        log.info("shape inference failed, shapes left as they were: %s", e)
+        return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (``ai.onnx``) domain the model imports."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 0
+
+
+def constant_array(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of ``tensor`` if it is a graph constant (initializer or ``Constant`` output), else ``None``."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+    return None
+
+
+def initializer_arrays(model: onnx.ModelProto) -> Iterator[np.ndarray]:
+    """Every weight of the main graph: initializers and ``Constant`` node tensors."""
+    for tensor in model.graph.initializer:
+        yield numpy_helper.to_array(tensor)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    yield numpy_helper.to_array(attribute.t)

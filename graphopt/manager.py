@@ -1,0 +1,278 @@
+"""The pass manager: (pass → check → verify → accept | narrow | roll back)* over a pipeline of ``PassBase`` objects.
+
+Every pass gets a copy of the last accepted model. A modified result must pass ``onnx.checker`` and load in
+onnxruntime, and its outputs on the verification samples must stay within the budget tolerance against the
+ORIGINAL model (and, for lossless passes, within the lossless tolerance against the model before the pass). A pass
+that fails and offers units is narrowed to the largest subset of units that passes: units are ranked by sensitivity
+(the pass's estimate, or measured by applying each unit alone), the longest passing prefix is found by bisection,
+and the remaining units are then tried one at a time. Anything else is rolled back. The manager names no pass.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import onnx
+
+from graphopt.errors import GraphoptError, PreconditionError, first_line
+from graphopt.instrument import Instrument
+from graphopt.modelio import check_model
+from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
+from graphopt.runtime import Outputs
+from graphopt.verify.tolerance import Tolerance
+from graphopt.verify.verifier import Verification, Verifier
+
+__all__ = ["PassManager", "PassOutcome", "PipelineResult", "Status", "UnitOutcome"]
+
+log = logging.getLogger(__name__)
+
+
+class Status(enum.Enum):
+    APPLIED = "applied"
+    NARROWED = "narrowed"
+    ROLLED_BACK = "rolled back"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class UnitOutcome:
+    """One unit of a narrowed pass: whether it was kept, its sensitivity, and why it was left out."""
+
+    name: str
+    applied: bool
+    sensitivity: float | None
+    detail: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PassOutcome:
+    """How one pass ended. ``model_after`` is the accepted model (``model_before`` unless applied or narrowed)."""
+
+    pass_name: str
+    options: Mapping[str, Any]
+    lossless: bool
+    status: Status
+    reason: str
+    model_before: onnx.ModelProto
+    model_after: onnx.ModelProto
+    result: PassResult | None = None
+    verifications: tuple[Verification, ...] = ()
+    units: tuple[UnitOutcome, ...] = ()
+    trials: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    model: onnx.ModelProto
+    outcomes: tuple[PassOutcome, ...]
+
+
+@dataclass
+class _Trial:
+    result: PassResult | None
+    verifications: tuple[Verification, ...] = ()
+    outputs: Outputs | None = None
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.result is not None and not self.error and all(v.passed for v in self.verifications)
+
+    @property
+    def changed(self) -> bool:
+        return self.result is not None and self.result.modified
+
+    @property
+    def failure(self) -> str:
+        if self.error:
+            return self.error
+        return next((f"{v.failures[0]} (vs {v.against})" for v in self.verifications if not v.passed), "")
+
+    @property
+    def badness(self) -> float:
+        """A scalar for ranking units: larger means further from the reference."""
+        if not self.passed and (self.error or not self.verifications):
+            return math.inf
+        total = 0.0
+        for v in self.verifications:
+            for s in v.stats.values():
+                if s.nonfinite_mismatch or (s.exact and s.mismatches):
+                    return math.inf
+                total = max(total, (1 - s.cosine) + (1 - (s.top1 if s.top1 is not None else 1)) + s.min_atol)
+        return total
+
+
+@dataclass
+class PassManager:
+    """Runs passes with verification; see the module docstring for the rules."""
+
+    verifier: Verifier
+    context: PassContext = field(default_factory=PassContext)
+    tolerance: Tolerance = field(default_factory=Tolerance.budget)
+    lossless_tolerance: Tolerance = field(default_factory=Tolerance.lossless)
+    instruments: Sequence[Instrument] = ()
+    max_trials: int = 64
+
+    def run(self, model: onnx.ModelProto, passes: Sequence[PassBase]) -> PipelineResult:
+        for instrument in self.instruments:
+            instrument.before_pipeline(model)
+        outcomes = []
+        previous = self.verifier.reference
+        for pass_ in passes:
+            for instrument in self.instruments:
+                instrument.before_pass(pass_, model)
+            started = time.perf_counter()
+            outcome, outputs = self._run_pass(pass_, model, previous)
+            outcome = replace(outcome, seconds=time.perf_counter() - started)
+            log.info("%s: %s %s", pass_.name, outcome.status.value, outcome.reason)
+            for instrument in self.instruments:
+                instrument.after_pass(outcome)
+            outcomes.append(outcome)
+            model = outcome.model_after
+            previous = outputs if outputs is not None else previous
+        result = PipelineResult(model, tuple(outcomes))
+        for instrument in self.instruments:
+            instrument.after_pipeline(result)
+        return result
+
+    def _run_pass(
+        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs
+    ) -> tuple[PassOutcome, Outputs | None]:
+        def settle(status: Status, reason: str, trial: _Trial | None = None, **extra: Any) -> PassOutcome:
+            kept = status in (Status.APPLIED, Status.NARROWED) and trial is not None and trial.result is not None
+            return PassOutcome(
+                pass_name=pass_.name,
+                options=asdict(pass_.options),
+                lossless=pass_.lossless,
+                status=status,
+                reason=reason,
+                model_before=model,
+                model_after=trial.result.model if kept else model,  # type: ignore[union-attr]
+                result=trial.result if trial else None,
+                verifications=trial.verifications if trial else (),
+                **extra,
+            )
+
+        refusal = self._refusal(pass_)
+        if refusal:
+            return settle(Status.SKIPPED, refusal), None
+        try:
+            trial = self._attempt(pass_, model, previous, self.context)
+        except PreconditionError as e:
+            return settle(Status.SKIPPED, str(e)), None
+        if not trial.changed and not trial.error:
+            return settle(Status.SKIPPED, "nothing to change", trial), None
+        if trial.passed:
+            return settle(Status.APPLIED, "", trial), trial.outputs
+        narrowed, units, trials = self._narrow(pass_, model, previous, trial)
+        if narrowed is not None:
+            left_out = sum(not u.applied for u in units)
+            reason = f"{left_out} of {len(units)} units left out: {trial.failure}"
+            return settle(Status.NARROWED, reason, narrowed, units=units, trials=trials), narrowed.outputs
+        return settle(Status.ROLLED_BACK, trial.failure, trial, units=units, trials=trials), None
+
+    def _refusal(self, pass_: PassBase) -> str:
+        calibration = self.context.calibration
+        if not pass_.lossless and self.verifier.data.synthetic:
+            return "lossy passes need real validation data (--data random only verifies lossless passes)"
+        if pass_.needs_data and (calibration is None or calibration.synthetic or calibration.n_samples == 0):
+            return "needs real calibration samples (give --data with at least 2 samples)"
+        return ""
+
+    def _attempt(
+        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, context: PassContext
+    ) -> _Trial:
+        """Run the pass on a copy of ``model``, check and verify it. ``PreconditionError`` propagates."""
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        try:
+            result = pass_(work, context)
+        except PreconditionError:
+            raise
+        except Exception as e:  # a failing pass is rolled back, whatever it raised
+            log.debug("pass %s raised", pass_.name, exc_info=True)
+            return _Trial(None, error=f"pass raised {type(e).__name__}: {first_line(e)}")
+        if not result.modified:
+            return _Trial(result)
+        try:
+            check_model(result.model, self.verifier.runtime)
+            outputs = self.verifier.outputs(result.model, label=f"verify {pass_.name}")
+        except GraphoptError as e:
+            return _Trial(result, error=str(e))
+        checks = [self.verifier.compare(self.verifier.reference, outputs, self.tolerance, "original")]
+        if pass_.lossless:
+            checks.insert(0, self.verifier.compare(previous, outputs, self.lossless_tolerance, "previous"))
+        for check in checks:
+            for instrument in self.instruments:
+                instrument.after_verify(pass_, check)
+        return _Trial(result, tuple(checks), outputs)
+
+    def _narrow(
+        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, failed: _Trial
+    ) -> tuple[_Trial | None, tuple[UnitOutcome, ...], int]:
+        """Keep the largest subset of the pass's units that passes; ``(None, ...)`` if no unit does."""
+        try:
+            units = pass_.units(model, self.context)
+        except Exception as e:  # narrowing is best effort: a pass bug here means no narrowing
+            log.debug("units() of %s raised: %s", pass_.name, e)
+            units = ()
+        if not units:
+            return None, (), 0
+        trials: dict[frozenset[str], _Trial] = {}
+
+        def attempt(names: frozenset[str]) -> _Trial:
+            if names not in trials:
+                try:
+                    trials[names] = self._attempt(pass_, model, previous, self.context.with_units(names))
+                except PreconditionError as e:
+                    trials[names] = _Trial(None, error=str(e))
+            return trials[names]
+
+        scores: dict[str, float] = {}
+        reasons: dict[str, str] = {}
+        for unit in units:
+            if unit.sensitivity is not None:
+                scores[unit.name] = unit.sensitivity
+                continue
+            alone = attempt(frozenset([unit.name]))
+            scores[unit.name] = alone.badness if alone.passed else math.inf
+            if not alone.passed:
+                reasons[unit.name] = f"fails alone: {alone.failure}"
+        order = sorted((u.name for u in units if u.name not in reasons), key=lambda n: scores[n])
+        low, high = 0, len(order)
+        while low < high and len(trials) < self.max_trials:
+            middle = (low + high + 1) // 2
+            if attempt(frozenset(order[:middle])).passed:
+                low = middle
+            else:
+                high = middle - 1
+        chosen = order[:low]
+        for name in order[low:]:
+            if len(trials) >= self.max_trials:
+                reasons[name] = "not tried: narrowing trial limit reached"
+            elif attempt(frozenset([*chosen, name])).passed:
+                chosen.append(name)
+            else:
+                reasons[name] = f"breaks the budget with the kept units: {attempt(frozenset([*chosen, name])).failure}"
+        best = attempt(frozenset(chosen)) if chosen else None
+        keep = best is not None and best.passed and best.changed
+        outcomes = tuple(
+            UnitOutcome(
+                u.name,
+                keep and u.name in chosen,
+                None if math.isinf(scores.get(u.name, math.inf)) else scores.get(u.name),
+                u.detail,
+                reasons.get(u.name, ""),
+            )
+            for u in units
+        )
+        return (best if keep else None), outcomes, len(trials)
+

@@ -1,0 +1,109 @@
+"""Normalisation: the canonical form passes expect, verified lossless like any pass.
+
+``NormalizePass`` turns main-graph ``Constant`` nodes into initializers, removes dead nodes, sorts the graph
+topologically and runs shape inference; it leaves opsets, subgraphs and custom domains as they are. ``ensure_opset``
+is for passes that need a newer opset: it upgrades only when asked and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+from onnx import helper, version_converter
+
+from graphopt.errors import PassError, first_line
+from graphopt.graph import default_opset, editing
+from graphopt.pass_base import PassBase, PassContext, PassResult, Skip
+
+__all__ = ["NormalizePass", "ensure_opset"]
+
+log = logging.getLogger(__name__)
+
+_CONSTANT_VALUE_ATTRIBUTES = ("value", "value_float", "value_floats", "value_int", "value_ints")
+
+
+class NormalizePass(PassBase):
+    """Constant nodes to initializers, dead-node cleanup, topological sort and shape inference."""
+
+    name = "normalize"
+    lossless = True
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        skipped: list[Skip] = []
+        model = _copy(model)
+        converted = _constants_to_initializers(model, skipped)
+        nodes_before = len(model.graph.node)
+        order_before = [n.output[0] if n.output else n.name for n in model.graph.node]
+        try:
+            with editing(model) as edit:
+                pass
+        except Exception as e:  # graphsurgeon cannot import every model; normalisation is then partial
+            skipped.append(Skip("graph", f"cleanup and sort skipped: {first_line(e)}"))
+            return PassResult(model, converted > 0, {"constants_to_initializers": converted}, tuple(skipped))
+        normalized = edit.model
+        removed = nodes_before - len(normalized.graph.node)
+        reordered = [n.output[0] if n.output else n.name for n in normalized.graph.node] != order_before
+        shapes = len(normalized.graph.value_info) - len(model.graph.value_info)
+        stats = {"constants_to_initializers": converted, "dead_nodes_removed": removed, "shapes_inferred": shapes}
+        modified = converted > 0 or removed > 0 or reordered or shapes > 0
+        return PassResult(normalized, modified, stats, tuple(skipped))
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _constants_to_initializers(model: onnx.ModelProto, skipped: list[Skip]) -> int:
+    """Move main-graph ``Constant`` tensors into initializers, in place; returns how many moved."""
+    if model.ir_version < 4:
+        skipped.append(Skip("graph", "IR version < 4 needs initializers listed as inputs; Constant nodes kept"))
+        return 0
+    outputs = {o.name for o in model.graph.output}
+    kept, moved = [], 0
+    for node in model.graph.node:
+        attribute = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        if node.domain in ("", "ai.onnx") and attribute is not None and attribute.name in _CONSTANT_VALUE_ATTRIBUTES:
+            if node.output[0] in outputs:
+                skipped.append(Skip(node.output[0], "Constant feeds a graph output directly; kept as a node"))
+            else:
+                model.graph.initializer.append(_constant_tensor(attribute, node.output[0]))
+                moved += 1
+                continue
+        kept.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return moved
+
+
+def _constant_tensor(attribute: onnx.AttributeProto, name: str) -> onnx.TensorProto:
+    if attribute.name == "value":
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(attribute.t)
+        tensor.name = name
+        return tensor
+    value = helper.get_attribute_value(attribute)
+    dtype = onnx.TensorProto.FLOAT if attribute.name.startswith("value_float") else onnx.TensorProto.INT64
+    dims = [len(value)] if isinstance(value, list) else []
+    return helper.make_tensor(name, dtype, dims, value if isinstance(value, list) else [value])
+
+
+def ensure_opset(model: onnx.ModelProto, minimum: int) -> tuple[onnx.ModelProto, str]:
+    """``model`` at default-domain opset ``minimum`` or newer, and a note saying whether it was upgraded.
+
+    Raises ``PassError`` when onnx's version converter cannot upgrade the model.
+    """
+    current = default_opset(model)
+    if current >= minimum:
+        return model, ""
+    try:
+        upgraded = version_converter.convert_version(model, minimum)
+    except Exception as e:  # the converter raises bare RuntimeErrors and more for unsupported adapters
+        raise PassError(f"cannot upgrade opset {current} to {minimum}: {first_line(e)}") from e
+    log.info("upgraded opset %d to %d", current, minimum)
+    return upgraded, f"opset upgraded from {current} to {minimum}"
+
+

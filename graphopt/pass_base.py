@@ -1,0 +1,135 @@
+"""The contract between the pass manager and every pass: ``PassBase``, ``PassResult``, ``Skip``, ``Unit``.
+
+A pass is a class with a stable ``name``, a nested frozen ``Options`` dataclass and a ``run`` method that returns a
+new model plus facts about what it did. It never verifies, reports or prints: the manager does that. A pass that can
+apply itself to a subset of independent units (layers, channels groups) lists them in ``units``; the manager then
+narrows a failing pass to the largest subset that stays within the tolerance. This module names no concrete pass.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import onnx
+
+from graphopt.progress import NULL_PROGRESS, Progress
+from graphopt.runtime import RuntimeConfig
+
+if TYPE_CHECKING:
+    from graphopt.data import Dataset
+
+__all__ = ["PassBase", "PassContext", "PassResult", "Skip", "Unit"]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Something a pass left alone, and why (``target`` is a node, tensor or unit name)."""
+
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """An independent part of a pass's rewrite that the manager may leave out when narrowing.
+
+    ``sensitivity`` is the pass's own estimate of how much applying this unit alone hurts accuracy (higher is
+    worse); ``None`` lets the manager measure it.
+    """
+
+    name: str
+    sensitivity: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass did. ``stats`` holds counts such as ``nodes_removed`` or ``channels_removed``."""
+
+    model: onnx.ModelProto
+    modified: bool
+    stats: Mapping[str, int | float] = field(default_factory=dict)
+    skipped: tuple[Skip, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a pass may use besides the model.
+
+    ``calibration`` holds the samples a lossy pass may fit on; the manager never judges a pass on them.
+    ``only_units``, when set, restricts the pass to those units (narrowing); ``None`` means all units.
+    """
+
+    calibration: Dataset | None = None
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    only_units: frozenset[str] | None = None
+    progress: Progress = NULL_PROGRESS
+
+    def with_units(self, units: frozenset[str] | None) -> PassContext:
+        return dataclasses.replace(self, only_units=units)
+
+    def selects(self, unit: str) -> bool:
+        """Whether ``unit`` is to be applied in this run."""
+        return self.only_units is None or unit in self.only_units
+
+
+class PassBase(abc.ABC):
+    """Base class of graphopt passes.
+
+    Subclasses set ``name`` (kebab-case, stable: used on the command line and in reports), ``lossless`` (judged
+    against the previous model with the tight lossless tolerance) and ``needs_data`` (needs real calibration
+    samples), define a nested frozen dataclass ``Options`` and implement ``run``. The first line of the class
+    docstring is the pass's one-line help.
+    """
+
+    name: ClassVar[str]
+    lossless: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = False
+
+    @dataclass(frozen=True)
+    class Options:
+        """A pass without options."""
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else type(self).Options()
+        if not isinstance(self.options, type(self).Options):
+            raise TypeError(f"{type(self).__name__} expects {type(self).Options.__qualname__}, got {self.options!r}")
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring: the pass's one-line help."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def __repr__(self) -> str:
+        changed = {
+            f.name: getattr(self.options, f.name)
+            for f in dataclasses.fields(self.options)
+            if getattr(self.options, f.name) != f.default
+        }
+        inner = ",".join(f"{k}={v}" for k, v in changed.items())
+        return f"{self.name}{{{inner}}}" if inner else self.name
+
+    def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
+        """Raise ``PreconditionError`` when the pass cannot apply to ``model`` at all."""
+
+    def ensures(self, result: PassResult, context: PassContext) -> None:
+        """Raise ``PostconditionError`` when the pass's output breaks a promise the pass makes."""
+
+    def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
+        """The independent units this pass can apply selectively; empty when it cannot be narrowed."""
+        return ()
+
+    @abc.abstractmethod
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        """Rewrite a copy of ``model``; never mutate the argument."""
+
+    def __call__(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        self.requires(model, context)
+        result = self.run(model, context)
+        self.ensures(result, context)
+        return result

@@ -1,0 +1,52 @@
+"""Latency measurement as the brief defines it: single thread, batch 1, median of many runs after warm-up.
+
+Models are measured interleaved (one run of each in turn) so that drifts of the machine hit all of them alike;
+compare them as ratios from one call, never across calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from graphopt.runtime import RuntimeConfig, create_session
+
+__all__ = ["Latency", "measure_latency"]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-run wall time in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+
+def measure_latency(
+    models: Sequence[onnx.ModelProto],
+    feed: Mapping[str, np.ndarray],
+    *,
+    runs: int = 300,
+    warmup: int = 30,
+    graph_optimization: str = "all",
+) -> list[Latency]:
+    """Median and p90 latency of each model on the same ``feed`` (one sample), single-threaded, interleaved."""
+    config = RuntimeConfig(intra_op_threads=1, graph_optimization=graph_optimization)
+    sessions = [create_session(m, config) for m in models]
+    names = [[o.name for o in s.get_outputs()] for s in sessions]
+    feeds = dict(feed)
+    for _ in range(warmup):
+        for session, outputs in zip(sessions, names, strict=True):
+            session.run(outputs, feeds)
+    times = np.zeros((len(sessions), runs))
+    for r in range(runs):
+        for i, (session, outputs) in enumerate(zip(sessions, names, strict=True)):
+            start = time.perf_counter()
+            session.run(outputs, feeds)
+            times[i, r] = time.perf_counter() - start
+    return [Latency(float(np.median(t) * 1e3), float(np.percentile(t, 90) * 1e3), runs) for t in times]

@@ -1,0 +1,118 @@
+"""Pipeline strings: ``"zero-weight-elimination,weight-clustering{clusters=16,per_channel=true}"`` → pass instances.
+
+Option values are converted with the types declared on each pass's ``Options`` dataclass, so the same text works
+on the command line and in the Python API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from graphopt.errors import PipelineError
+from graphopt.pass_base import PassBase
+from graphopt.registry import pass_class
+
+__all__ = ["PassSpec", "build_pipeline", "option_fields", "parse_pipeline"]
+
+_ITEM = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.-]+)\s*(?:\{(?P<options>[^{}]*)\})?\s*$")
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One pipeline item: a pass name and its options as text."""
+
+    name: str
+    options: Mapping[str, str]
+
+
+def parse_pipeline(text: str) -> list[PassSpec]:
+    """Split ``text`` at top-level commas and parse each ``name{key=value,...}`` item."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0 or depth > 1:
+            raise PipelineError(f"unbalanced braces in pipeline '{text}'")
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    if depth:
+        raise PipelineError(f"unbalanced braces in pipeline '{text}'")
+    items.append(current)
+    specs = []
+    for item in items:
+        match = _ITEM.match(item)
+        if not match:
+            raise PipelineError(f"cannot parse pipeline item '{item.strip()}' (expected name or name{{key=value}})")
+        options: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in (match["options"] or "").split(","))):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise PipelineError(f"option '{pair}' of pass '{match['name']}' needs a value (key=value)")
+            options[key.strip()] = value.strip()
+        specs.append(PassSpec(match["name"], options))
+    return specs
+
+
+def option_fields(cls: type[PassBase]) -> list[tuple[dataclasses.Field[Any], Any]]:
+    """The pass's options as (field, resolved type) pairs."""
+    hints = typing.get_type_hints(cls.Options)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls.Options)]
+
+
+def build_pipeline(passes: str | Sequence[str | PassBase]) -> list[PassBase]:
+    """Instantiate a pipeline given as text, or as a list of pipeline items and pass instances."""
+    items: list[str | PassBase] = list(parse_pipeline(passes)) if isinstance(passes, str) else list(passes)  # type: ignore[arg-type]
+    built: list[PassBase] = []
+    for item in items:
+        if isinstance(item, PassBase):
+            built.append(item)
+            continue
+        for spec in parse_pipeline(item) if isinstance(item, str) else [item]:
+            built.append(_instantiate(spec))
+    return built
+
+
+def _instantiate(spec: PassSpec) -> PassBase:
+    cls = pass_class(spec.name)
+    fields = {f.name: (f, t) for f, t in option_fields(cls)}
+    values = {}
+    for key, text in spec.options.items():
+        if key not in fields:
+            known = ", ".join(fields) or "none"
+            raise PipelineError(f"pass '{spec.name}' has no option '{key}' (options: {known})")
+        values[key] = _convert(text, fields[key][1], f"{spec.name}.{key}")
+    try:
+        return cls(cls.Options(**values))
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"bad options for pass '{spec.name}': {e}") from e
+
+
+def _convert(text: str, kind: Any, where: str) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        kind = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:
+        if text not in args:
+            raise PipelineError(f"{where} must be one of {', '.join(map(str, args))}, not '{text}'")
+        return text
+    if origin is tuple:
+        return tuple(_convert(part, args[0], where) for part in text.split(";") if part)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"{where} expects {getattr(kind, '__name__', kind)}, got '{text}'") from e

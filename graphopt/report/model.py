@@ -1,0 +1,62 @@
+"""The report's data model. ``Report.to_dict`` is the JSON schema documented in the README (``graphopt.report/1``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["SCHEMA", "PassRecord", "Report"]
+
+SCHEMA = "graphopt.report/1"
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One pass of the pipeline as the report shows it."""
+
+    name: str
+    status: str
+    reason: str
+    lossless: bool
+    options: dict[str, Any]
+    stats: dict[str, int | float]
+    skipped: list[dict[str, str]]
+    notes: list[str]
+    params_before: int
+    params_after: int
+    size_before: int
+    size_after: int
+    worst: dict[str, Any] | None
+    verifications: list[dict[str, Any]]
+    units: list[dict[str, Any]]
+    trials: int
+    seconds: float
+
+
+@dataclass
+class Report:
+    """Everything a run did, from input to output; filled by ``ReportCollector`` and the API."""
+
+    graphopt_version: str
+    input_path: str | None = None
+    output_path: str | None = None
+    input_summary: dict[str, Any] = field(default_factory=dict)
+    output_summary: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    tolerance: dict[str, Any] = field(default_factory=dict)
+    lossless_tolerance: dict[str, Any] = field(default_factory=dict)
+    passes: list[PassRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        applied = [p for p in self.passes if p.status in ("applied", "narrowed")]
+        body["totals"] = {
+            "params_before": self.input_summary.get("params"),
+            "params_after": self.output_summary.get("params"),
+            "size_before": self.input_summary.get("size_bytes"),
+            "size_after": self.output_summary.get("size_bytes"),
+            "passes_applied": [p.name for p in applied],
+            "passes_rolled_back": [p.name for p in self.passes if p.status == "rolled back"],
+        }
+        return {"schema": SCHEMA, **body}

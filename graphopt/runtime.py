@@ -1,0 +1,154 @@
+"""One small wrapper around onnxruntime: sessions as deployed, and whole-dataset runs.
+
+Sessions use the CPU execution provider and onnxruntime's default graph optimisations unless configured otherwise,
+because a rewrite must be judged the way users run it (fused kernels can round differently from the unfused graph).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graphopt.errors import UnsupportedModelError, first_line
+from graphopt.progress import NULL_PROGRESS, Progress
+
+if TYPE_CHECKING:
+    from graphopt.data import Dataset
+
+__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "Outputs", "RuntimeConfig", "create_session", "run_dataset"]
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+"""Model outputs over a dataset: one array per output name, axis 0 = samples."""
+
+GRAPH_OPTIMIZATION_LEVELS: Mapping[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How onnxruntime runs models: execution providers, intra-op threads (0 = onnxruntime's choice), graph
+    optimisation level (``disable``, ``basic``, ``extended``, ``all``) and the batch size for dynamic-batch runs."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0
+    graph_optimization: str = "all"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ValueError(f"graph_optimization must be one of {sorted(GRAPH_OPTIMIZATION_LEVELS)}")
+        if self.batch_size < 1 or self.intra_op_threads < 0:
+            raise ValueError("batch_size must be >= 1 and intra_op_threads >= 0")
+
+
+def create_session(model: onnx.ModelProto | Path, config: RuntimeConfig | None = None) -> ort.InferenceSession:
+    """An onnxruntime session for ``model``; raises ``UnsupportedModelError`` (one line) if onnxruntime refuses it.
+
+    Models too large for one protobuf message are written to a temporary folder with external data first.
+    """
+    config = config or RuntimeConfig()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[config.graph_optimization]
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        if isinstance(model, Path):
+            return ort.InferenceSession(str(model), options, providers=list(config.providers))
+        if model.ByteSize() < _PROTOBUF_LIMIT:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=list(config.providers))
+        with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
+            path = Path(folder) / "model.onnx"
+            onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+            return ort.InferenceSession(str(path), options, providers=list(config.providers))
+    except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError, ValueError) as e:
+        raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(e)}") from e
+
+
+def run_dataset(
+    session: ort.InferenceSession,
+    dataset: Dataset,
+    config: RuntimeConfig | None = None,
+    *,
+    per_sample: bool | None = None,
+    progress: Progress = NULL_PROGRESS,
+    label: str = "run",
+) -> tuple[Outputs, bool]:
+    """Run every sample of ``dataset`` and return ``(outputs, per_sample)``.
+
+    Samples run in batches where every input's first axis is the sample axis and every output's first axis follows
+    the batch; otherwise (``per_sample``) one sample per run, outputs stacked on a new axis 0. ``per_sample=None``
+    decides from the model; pass the returned flag back to run another model with the same layout.
+    """
+    config = config or RuntimeConfig()
+    if per_sample is None:
+        per_sample = not dataset.batchable
+        if not per_sample:
+            try:
+                return _run(session, dataset, config.batch_size, False, progress, label), False
+            except _BatchMismatch:
+                log.info("outputs do not follow the batch axis; running one sample at a time")
+        return _run(session, dataset, 1, True, progress, label), True
+    return _run(session, dataset, 1 if per_sample else config.batch_size, per_sample, progress, label), per_sample
+
+
+class _BatchMismatch(Exception):
+    pass
+
+
+def _run(
+    session: ort.InferenceSession,
+    dataset: Dataset,
+    batch_size: int,
+    per_sample: bool,
+    progress: Progress,
+    label: str,
+) -> Outputs:
+    names = [o.name for o in session.get_outputs()]
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    with progress.task(label, dataset.n_samples) as advance:
+        for feed, count in dataset.batches(batch_size, per_sample=per_sample):
+            try:
+                values = session.run(names, feed)
+            except Exception as e:  # onnxruntime raises several unrelated types for bad feeds
+                raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line(e)}") from e
+            for name, value in zip(names, values, strict=True):
+                array = _as_array(value)
+                if per_sample:
+                    chunks[name].append(array[np.newaxis])
+                elif array.ndim == 0 or array.shape[0] != count:
+                    raise _BatchMismatch(name)
+                else:
+                    chunks[name].append(array)
+            advance(count)
+    return {n: np.concatenate(c, axis=0) for n, c in chunks.items()}
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """Outputs as arrays: sequences of tensors are stacked, ZipMap-style lists of dicts become [n, classes]."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, Iterable):
+        items = list(value)
+        if items and all(isinstance(i, Mapping) for i in items):
+            keys = sorted(items[0])
+            return np.asarray([[i[k] for k in keys] for i in items], dtype=np.float64)
+        return np.asarray(items)
+    return np.asarray(value)
+

@@ -1,0 +1,86 @@
+"""Tolerances and verdicts: which error is acceptable, decided from ``ErrorStats`` alone.
+
+Two budgets matter. Lossless passes are held to ``Tolerance.lossless()`` against the model before them (element-wise
+``|got - ref| <= atol + rtol * |ref|``); every pass, lossless or not, is held to the lossy budget against the
+original model, so errors cannot compound across passes unseen. Integer and boolean outputs must match exactly, and
+a non-finite value where the reference has none fails every tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from graphopt.verify.metrics import ErrorStats
+
+__all__ = ["Tolerance", "Verdict", "judge"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Acceptance thresholds; ``None`` disables a criterion. ``per_output`` overrides them for named outputs.
+
+    ``cosine`` bounds the mean per-sample cosine similarity, ``top1`` the argmax agreement of classifier-like outputs
+    ([samples, 2..256]), ``snr_db`` the signal-to-noise ratio in dB.
+    """
+
+    atol: float | None = None
+    rtol: float = 0.0
+    cosine: float | None = None
+    snr_db: float | None = None
+    top1: float | None = None
+    per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+
+    @classmethod
+    def lossless(cls) -> Tolerance:
+        """The tight default for rewrites that must not change outputs beyond float rounding."""
+        return cls(atol=1e-5, rtol=1e-4)
+
+    @classmethod
+    def budget(cls) -> Tolerance:
+        """The default accuracy budget for lossy passes, measured against the original model."""
+        return cls(cosine=0.99, top1=0.99)
+
+    def for_output(self, name: str) -> Tolerance:
+        return self.per_output.get(name, self)
+
+    def with_overrides(self, **changes: Any) -> Tolerance:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {k: getattr(self, k) for k in ("atol", "rtol", "cosine", "snr_db", "top1")}
+        if self.per_output:
+            fields["per_output"] = {k: v.to_dict() for k, v in self.per_output.items()}
+        return fields
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether every output is within its tolerance, and each failure as a short sentence."""
+
+    passed: bool
+    failures: tuple[str, ...] = ()
+
+
+def judge(stats: Mapping[str, ErrorStats], tolerance: Tolerance) -> Verdict:
+    """Apply ``tolerance`` to the per-output statistics."""
+    failures = [f"{name}: {reason}" for name, s in stats.items() for reason in _failures(s, tolerance.for_output(name))]
+    return Verdict(not failures, tuple(failures))
+
+
+def _failures(s: ErrorStats, t: Tolerance) -> list[str]:
+    if s.nonfinite_mismatch:
+        return [f"{s.nonfinite_mismatch} NaN/Inf values the reference does not have"]
+    if s.exact:
+        return [f"{s.mismatches} values differ (integer output, compared exactly)"] if s.mismatches else []
+    out = []
+    if t.atol is not None and s.min_atol > t.atol:
+        out.append(f"max |error| {s.max_abs:.3g} exceeds atol {t.atol:g} + rtol {t.rtol:g}·|ref|")
+    if t.cosine is not None and s.cosine < t.cosine:
+        out.append(f"cosine {s.cosine:.5f} < {t.cosine:g}")
+    if t.snr_db is not None and s.snr_db < t.snr_db:
+        out.append(f"SNR {s.snr_db:.1f} dB < {t.snr_db:g} dB")
+    if t.top1 is not None and s.top1 is not None and s.top1 < t.top1:
+        out.append(f"top-1 agreement {s.top1:.4f} < {t.top1:g}")
+    return out

@@ -1,0 +1,1 @@
+"""The graphopt pass library, installed as ``graphopt_passes``: one module per pass, registered by entry point."""

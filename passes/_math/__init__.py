@@ -1,0 +1,1 @@
+"""Pure numpy maths for passes (no ONNX imports), unit-tested on arrays."""

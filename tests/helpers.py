@@ -1,0 +1,51 @@
+"""Test helpers: an onnxruntime runner and small seeded models (importable as ``helpers``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_ort(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], optimize: bool = False) -> list[np.ndarray]:
+    """Outputs of ``model`` under onnxruntime (graph optimisations off unless asked)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, dict(feeds))
+
+
+def mlp(seed: int = 0, hidden: int = 16, features: int = 8, classes: int = 4) -> onnx.ModelProto:
+    """x[N,features] → Gemm → Relu → Gemm → logits[N,classes], seeded weights as initializers."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w1": rng.standard_normal((features, hidden)) / np.sqrt(features),
+        "b1": rng.standard_normal(hidden) * 0.1,
+        "w2": rng.standard_normal((hidden, classes)) / np.sqrt(hidden),
+        "b2": rng.standard_normal(classes) * 0.1,
+    }
+    weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", features])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

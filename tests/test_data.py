@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphopt.data import InputSpec, input_specs, load_data, synthesize
+from graphopt.errors import DataError
+
+SPECS = (InputSpec("x", np.dtype(np.float32), ("N", 8)),)
+
+
+def save(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def test_input_specs_skip_initializers(mlp_model) -> None:
+    (spec,) = input_specs(mlp_model)
+    assert spec.name == "x" and spec.dtype == np.float32 and spec.shape == ("N", 8) and spec.batch_axis
+
+
+def test_npz_loads_and_batches(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = load_data(save(tmp_path / "d.npz", x=rng.standard_normal((10, 8)).astype(np.float32)), SPECS)
+    assert data.n_samples == 10 and data.batchable and not data.synthetic
+    assert [count for _, count in data.batches(4)] == [4, 4, 2]
+    assert [feed["x"].shape for feed, _ in data.batches(4, per_sample=True)][0] == (1, 8)
+
+
+def test_folder_of_npz_and_npy(tmp_path: Path, rng: np.random.Generator) -> None:
+    (tmp_path / "a").mkdir()
+    save(tmp_path / "a" / "1.npz", x=rng.standard_normal((3, 8)).astype(np.float32))
+    save(tmp_path / "a" / "2.npz", x=rng.standard_normal((4, 8)).astype(np.float32))
+    assert load_data(tmp_path / "a", SPECS).n_samples == 7
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "b" / "x.npy", rng.standard_normal((5, 8)).astype(np.float32))
+    assert load_data(tmp_path / "b", SPECS).n_samples == 5
+
+
+def test_stacked_inputs_run_one_sample_at_a_time(tmp_path: Path, rng: np.random.Generator) -> None:
+    specs = (InputSpec("state", np.dtype(np.float32), (2, 1, 4)), InputSpec("sr", np.dtype(np.int64), ()))
+    path = save(tmp_path / "s.npz", state=np.zeros((3, 2, 1, 4), np.float32), sr=np.full(3, 16000))
+    data = load_data(path, specs)
+    assert data.stacked == {"state", "sr"} and not data.batchable
+    feed, count = next(data.batches(8))
+    assert count == 1 and feed["state"].shape == (2, 1, 4) and feed["sr"].shape == ()
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({}, "no array for model input 'x'"),
+        ({"x": np.zeros((4, 8), np.float32), "y": np.zeros(4)}, "not model inputs: y"),
+        ({"x": np.zeros((4, 8), np.float64)}, "input 'x': data is float64"),
+        ({"x": np.zeros((4, 2, 2, 8), np.float32)}, "input 'x': data has shape"),
+        ({"x": np.zeros((4, 7), np.float32)}, "dimension 1 is 7"),
+        ({"x": np.zeros((0, 8), np.float32)}, "zero samples"),
+        ({"x": np.full((2, 8), np.nan, np.float32)}, "NaN or Inf"),
+    ],
+)
+def test_bad_data_is_one_line_error(tmp_path: Path, arrays: dict, message: str) -> None:
+    with pytest.raises(DataError, match=message) as info:
+        load_data(save(tmp_path / "bad.npz", **arrays), SPECS)
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_and_pickled_data(tmp_path: Path) -> None:
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(DataError, match="cannot read"):
+        load_data(tmp_path / "junk.npz", SPECS)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="cannot read"):
+        load_data(tmp_path / "obj.npy", SPECS)
+    with pytest.raises(DataError, match="not found"):
+        load_data(tmp_path / "missing.npz", SPECS)
+
+
+def test_random_data_resolves_dims_and_integer_ranges() -> None:
+    specs = (
+        InputSpec("input_ids", np.dtype(np.int64), ("batch", "seq")),
+        InputSpec("attention_mask", np.dtype(np.int64), ("batch", "seq")),
+        InputSpec("image", np.dtype(np.float32), (1, 3, 4, 4)),
+    )
+    data = synthesize(specs, n_samples=5)
+    assert data.synthetic and data.n_samples == 5
+    assert data.arrays["input_ids"].shape == (5, 16) and 0 <= data.arrays["input_ids"].min()
+    assert data.arrays["input_ids"].max() < 100 and (data.arrays["attention_mask"] == 1).all()
+    assert data.arrays["image"].shape == (5, 3, 4, 4)
+    assert np.array_equal(synthesize(specs, 5).arrays["image"], data.arrays["image"])
+
+
+def test_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
+    x = np.arange(20 * 8, dtype=np.float32).reshape(20, 8)
+    data = load_data(save(tmp_path / "d.npz", x=x), SPECS)
+    calibration, verification = data.split(0.5)
+    assert calibration.n_samples == 10 and verification.n_samples == 10
+    seen = {tuple(r) for r in calibration.arrays["x"]} & {tuple(r) for r in verification.arrays["x"]}
+    assert not seen
+    again, _ = data.split(0.5)
+    assert np.array_equal(again.arrays["x"], calibration.arrays["x"])

@@ -1,0 +1,190 @@
+"""The pass manager with deliberately good, bad and partly bad passes on a small MLP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import graphopt
+from graphopt.errors import PreconditionError
+from graphopt.manager import Status
+from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
+
+
+def _scaled(model: onnx.ModelProto, factors: dict[str, float], noise: float = 0.0) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, tensor in enumerate(out.graph.initializer):
+        rng = np.random.default_rng(list(tensor.raw_data[:64]))
+        if tensor.name in factors:
+            array = numpy_helper.to_array(tensor) * factors[tensor.name]
+            array = array + noise * np.abs(array).mean() * rng.standard_normal(array.shape)
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(array.astype(np.float32), tensor.name))
+    return out
+
+
+class Perturb(PassBase):
+    """Adds seeded noise to the first layer's weight."""
+
+    name = "test-perturb"
+
+    @dataclass(frozen=True)
+    class Options:
+        noise: float = field(default=0.01, metadata={"help": "relative noise"})
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        return PassResult(_scaled(model, {"w1": 1.0}, self.options.noise), True, {"weights_changed": 1})
+
+
+class LosslessPerturb(Perturb):
+    """Claims to be lossless but is not."""
+
+    name = "test-lossless-perturb"
+    lossless = True
+
+
+class PerWeight(PassBase):
+    """Scales each weight slightly; the unit for 'w2' flips its sign (the bad unit)."""
+
+    name = "test-per-weight"
+    bad = "w2"
+
+    def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
+        return tuple(Unit(t.name) for t in model.graph.initializer)
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        factors = {
+            t.name: (-1.0 if t.name == self.bad else 1.001)
+            for t in model.graph.initializer
+            if context.selects(t.name)
+        }
+        return PassResult(_scaled(model, factors), bool(factors), {"weights_changed": len(factors)})
+
+
+class Raises(PassBase):
+    """Always raises."""
+
+    name = "test-raises"
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        raise ZeroDivisionError("boom")
+
+
+class Invalid(PassBase):
+    """Returns a model that fails onnx.checker."""
+
+    name = "test-invalid"
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        out.graph.node[0].input[1] = "missing"
+        return PassResult(out, True)
+
+
+class Refuses(PassBase):
+    """Has a precondition the model never meets."""
+
+    name = "test-refuses"
+
+    def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
+        raise PreconditionError("needs a Conv")
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        raise AssertionError("not reached")
+
+
+class Nothing(PassBase):
+    """Changes nothing."""
+
+    name = "test-nothing"
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        return PassResult(model, False)
+
+
+def run(mlp_files: tuple[Path, Path], *passes: PassBase, **kwargs) -> graphopt.OptimizeResult:
+    model, data = mlp_files
+    return graphopt.optimize(model, data, passes=list(passes), normalize=False, **kwargs)
+
+
+def test_pass_within_budget_is_kept(mlp_files: tuple[Path, Path]) -> None:
+    result = run(mlp_files, Perturb(Perturb.Options(noise=0.01)))
+    (outcome,) = result.pipeline.outcomes
+    assert outcome.status is Status.APPLIED
+    assert numpy_helper.to_array(result.model.graph.initializer[0]).tolist() != numpy_helper.to_array(
+        onnx.load(mlp_files[0]).graph.initializer[0]
+    ).tolist()
+
+
+def test_pass_beyond_budget_is_rolled_back(mlp_files: tuple[Path, Path]) -> None:
+    result = run(mlp_files, Perturb(Perturb.Options(noise=3.0)))
+    (outcome,) = result.pipeline.outcomes
+    assert outcome.status is Status.ROLLED_BACK and "vs original" in outcome.reason
+    assert result.model.graph == onnx.load(mlp_files[0]).graph
+    record = result.report.passes[0]
+    assert record.status == "rolled back" and record.worst["cosine"] < 0.99
+
+
+def test_lossless_pass_is_held_to_the_tight_bound(mlp_files: tuple[Path, Path]) -> None:
+    result = run(mlp_files, LosslessPerturb(Perturb.Options(noise=0.01)))
+    (outcome,) = result.pipeline.outcomes
+    assert outcome.status is Status.ROLLED_BACK and "atol" in outcome.reason and "vs previous" in outcome.reason
+
+
+def test_narrowing_excludes_the_bad_unit_and_keeps_the_rest(mlp_files: tuple[Path, Path]) -> None:
+    result = run(mlp_files, PerWeight())
+    (outcome,) = result.pipeline.outcomes
+    assert outcome.status is Status.NARROWED
+    applied = {u.name: u.applied for u in outcome.units}
+    assert applied == {"w1": True, "b1": True, "w2": False, "b2": True}
+    bad = next(u for u in outcome.units if u.name == "w2")
+    assert "fails alone" in bad.reason
+    assert outcome.verifications and all(v.passed for v in outcome.verifications)
+    w2 = next(t for t in result.model.graph.initializer if t.name == "w2")
+    original = next(t for t in onnx.load(mlp_files[0]).graph.initializer if t.name == "w2")
+    assert np.array_equal(numpy_helper.to_array(w2), numpy_helper.to_array(original))
+
+
+def test_failures_are_rolled_back_or_skipped_with_reasons(mlp_files: tuple[Path, Path]) -> None:
+    result = run(mlp_files, Raises(), Invalid(), Refuses(), Nothing(), Perturb())
+    statuses = [(o.pass_name, o.status, o.reason) for o in result.pipeline.outcomes]
+    assert statuses[0][1] is Status.ROLLED_BACK and "ZeroDivisionError: boom" in statuses[0][2]
+    assert statuses[1][1] is Status.ROLLED_BACK and "onnx.checker" in statuses[1][2]
+    assert statuses[2][1:] == (Status.SKIPPED, "needs a Conv")
+    assert statuses[3][1:] == (Status.SKIPPED, "nothing to change")
+    assert statuses[4][1] is Status.APPLIED
+
+
+def test_errors_do_not_compound_unseen(mlp_files: tuple[Path, Path]) -> None:
+    """Each pass is judged against the original: small steps that add up past the budget are caught."""
+    steps = [Perturb(Perturb.Options(noise=0.05)) for _ in range(12)]
+    result = run(mlp_files, *steps, tolerance=graphopt.Tolerance(cosine=0.999))
+    statuses = [o.status for o in result.pipeline.outcomes]
+    assert Status.APPLIED in statuses and Status.ROLLED_BACK in statuses
+    for outcome in result.pipeline.outcomes:
+        if outcome.status is Status.APPLIED:
+            assert all(v.passed and v.against == "original" for v in outcome.verifications)
+
+
+def test_lossy_passes_refuse_random_data(mlp_files: tuple[Path, Path]) -> None:
+    model, _ = mlp_files
+    result = graphopt.optimize(model, "random", passes=[Perturb()], normalize=False)
+    (outcome,) = result.pipeline.outcomes
+    assert outcome.status is Status.SKIPPED and "real validation data" in outcome.reason
+
+
+@pytest.mark.parametrize("noise", [0.01, 3.0])
+def test_report_records_every_pass(mlp_files: tuple[Path, Path], tmp_path: Path, noise: float) -> None:
+    out = tmp_path / "out.onnx"
+    result = run(mlp_files, Perturb(Perturb.Options(noise=noise)), output=out)
+    assert out.exists() and result.report_path == tmp_path / "out.report.json"
+    body = result.report.to_dict()
+    assert body["schema"] == "graphopt.report/1"
+    assert body["passes"][0]["options"] == {"noise": noise}
+    assert body["data"]["calibration_samples"] + body["data"]["verification_samples"] == 64
