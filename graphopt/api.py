@@ -103,7 +103,7 @@ def optimize(
     for target in (output, report_target):
         if target is not None:
             check_destination(target, protect=protect)
-    original = load_model(input_path) if input_path is not None else model
+    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     runtime = runtime or RuntimeConfig()
     tolerance = tolerance or Tolerance.budget()
     lossless_tolerance = lossless_tolerance or Tolerance.lossless()

@@ -23,7 +23,7 @@ import onnx
 from graphopt.errors import GraphoptError, PreconditionError, first_line
 from graphopt.instrument import Instrument
 from graphopt.modelio import check_model
-from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
+from graphopt.pass_base import PassBase, PassContext, PassResult
 from graphopt.runtime import Outputs
 from graphopt.verify.tolerance import Tolerance
 from graphopt.verify.verifier import Verification, Verifier

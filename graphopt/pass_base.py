@@ -90,6 +90,7 @@ class PassBase(abc.ABC):
     name: ClassVar[str]
     lossless: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
+    options: Any
 
     @dataclass(frozen=True)
     class Options:

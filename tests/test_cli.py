@@ -10,13 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import EXAMPLES, mlp
 
 import graphopt
 from graphopt.cli import main
-
-from helpers import mlp
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def call(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

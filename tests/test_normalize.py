@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from helpers import run_ort
 from onnx import parser
 
 from graphopt.normalize import NormalizePass, ensure_opset
 from graphopt.pass_base import PassContext
-
-from helpers import run_ort
 
 MESSY = parser.parse_model(
     """<ir_version: 8, opset_import: ["" : 13]>

@@ -25,7 +25,7 @@ def test_metrics_match_numpy_references(rng: np.random.Generator) -> None:
     assert s.p99_abs == pytest.approx(np.percentile(diff, 99))
     assert s.min_atol == pytest.approx(max(0.0, (diff - 1e-3 * np.abs(ref)).max()))
     assert np.allclose(got, ref, atol=s.min_atol + 1e-12, rtol=1e-3)
-    cos = [r @ g / np.linalg.norm(r) / np.linalg.norm(g) for r, g in zip(ref, got)]
+    cos = [r @ g / np.linalg.norm(r) / np.linalg.norm(g) for r, g in zip(ref, got, strict=False)]
     assert s.cosine == pytest.approx(np.mean(cos)) and s.cosine_min == pytest.approx(np.min(cos))
     assert s.snr_db == pytest.approx(10 * np.log10((ref**2).sum() / ((got - ref) ** 2).sum()))
 

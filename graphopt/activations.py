@@ -1,0 +1,58 @@
+"""Intermediate activations for data-aware passes, streamed batch by batch so memory stays bounded.
+
+``stream_activations`` exposes the requested tensors as extra graph outputs of a copy of the model and yields them
+one batch at a time; callers reduce each batch at once (running statistics, Gram matrices) instead of keeping all
+activations. The model's own outputs are not fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from graphopt.data import Dataset
+from graphopt.progress import NULL_PROGRESS, Progress
+from graphopt.runtime import RuntimeConfig, create_session
+
+__all__ = ["stream_activations", "tap"]
+
+
+def tap(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs are exactly ``names`` (any tensors of the main graph)."""
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    known = {v.name: v for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    del tapped.graph.output[:]
+    for name in names:
+        value = onnx.ValueInfoProto()
+        if name in known:
+            value.CopyFrom(known[name])
+        else:
+            value.name = name
+        tapped.graph.output.append(value)
+    return tapped
+
+
+def stream_activations(
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    data: Dataset,
+    runtime: RuntimeConfig | None = None,
+    *,
+    progress: Progress = NULL_PROGRESS,
+    label: str = "calibration",
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{name: activation}`` per batch of ``data`` (axis 0 = the batch's samples where batchable).
+
+    Graph optimisations are limited to ``basic`` so that tapped tensors keep their float meaning.
+    """
+    runtime = runtime or RuntimeConfig()
+    config = RuntimeConfig(runtime.providers, runtime.intra_op_threads, "basic", runtime.batch_size)
+    session = create_session(tap(model, names), config)
+    with progress.task(label, data.n_samples) as advance:
+        for feed, count in data.batches(config.batch_size):
+            values = session.run(list(names), feed)
+            yield dict(zip(names, values, strict=True))
+            advance(count)
