@@ -184,6 +184,9 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     out = out or sys.stdout
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")  # a non-UTF-8 terminal shows '?' instead of failing on '→'
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
