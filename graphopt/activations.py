@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from graphopt.data import Dataset
+from graphopt.graph import copy_model
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session
 
@@ -21,8 +22,7 @@ __all__ = ["stream_activations", "tap"]
 
 def tap(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     """A copy of ``model`` whose graph outputs are exactly ``names`` (any tensors of the main graph)."""
-    tapped = onnx.ModelProto()
-    tapped.CopyFrom(model)
+    tapped = copy_model(model)
     known = {v.name: v for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
     del tapped.graph.output[:]
     for name in names:

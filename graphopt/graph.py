@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-__all__ = ["GraphEdit", "constant_array", "default_opset", "editing", "infer_shapes", "initializer_arrays"]
+__all__ = ["GraphEdit", "constant_array", "copy_model", "default_opset", "editing", "infer_shapes", "initializer_arrays"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,13 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as e:
         log.info("shape inference failed, shapes left as they were: %s", e)
         return model
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy, for code that must not mutate a model it was handed."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import onnx
 
 from graphopt.errors import GraphoptError, PreconditionError, first_line
+from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.modelio import check_model
 from graphopt.pass_base import PassBase, PassContext, PassResult
@@ -191,8 +192,7 @@ class PassManager:
         self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, context: PassContext
     ) -> _Trial:
         """Run the pass on a copy of ``model``, check and verify it. ``PreconditionError`` propagates."""
-        work = onnx.ModelProto()
-        work.CopyFrom(model)
+        work = copy_model(model)
         try:
             result = pass_(work, context)
         except PreconditionError:

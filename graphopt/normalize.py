@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, version_converter
 
 from graphopt.errors import PassError, first_line
-from graphopt.graph import default_opset, editing
+from graphopt.graph import copy_model, default_opset, editing
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip
 
 __all__ = ["NormalizePass", "ensure_opset"]
@@ -31,7 +31,7 @@ class NormalizePass(PassBase):
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         skipped: list[Skip] = []
-        model = _copy(model)
+        model = copy_model(model)
         converted = _constants_to_initializers(model, skipped)
         nodes_before = len(model.graph.node)
         order_before = [n.output[0] if n.output else n.name for n in model.graph.node]
@@ -48,12 +48,6 @@ class NormalizePass(PassBase):
         stats = {"constants_to_initializers": converted, "dead_nodes_removed": removed, "shapes_inferred": shapes}
         modified = converted > 0 or removed > 0 or reordered or shapes > 0
         return PassResult(normalized, modified, stats, tuple(skipped))
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
 
 
 def _constants_to_initializers(model: onnx.ModelProto, skipped: list[Skip]) -> int:

@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import stream_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import constant_array, editing
+from graphopt.graph import constant_array, copy_model, editing
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt_passes._channels import Scope, label
 from graphopt_passes._math import low_rank as lr
@@ -130,9 +130,7 @@ class LowRankPass(PassBase):
             except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
                 log.info("%s left the model unchanged: %s", self.name, e)
                 skipped = [*skipped, Skip("graph", f"rewiring failed: {type(e).__name__}: {first_line(e)}")]
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return PassResult(copy, False, {"layers_split": 0, "params_removed": 0, "flops_removed": 0}, tuple(skipped))
+        return PassResult(copy_model(model), False, {"layers_split": 0, "params_removed": 0, "flops_removed": 0}, tuple(skipped))
 
     def _plan(self, model: onnx.ModelProto, context: PassContext) -> tuple[list[_Split], list[Skip]]:
         """The splits and refusals, cached by model digest: narrowing calls ``run`` once per trial subset."""

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.errors import first_line
-from graphopt.graph import constant_array, default_opset, editing, infer_shapes
+from graphopt.graph import constant_array, copy_model, default_opset, editing, infer_shapes
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
@@ -87,10 +87,8 @@ class ZeroWeightEliminationPass(PassBase):
             log.info("%s left the model unchanged: %s", self.name, e)
             outcome = _Outcome(model, skipped=[Skip("graph", f"unexpected graph: {type(e).__name__}: {first_line(e)}")])
         if not outcome.details:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
             zero = dict.fromkeys(("channels_removed", "nodes_removed", "params_removed", "units_applied"), 0)
-            return PassResult(copy, False, zero, tuple(outcome.skipped))
+            return PassResult(copy_model(model), False, zero, tuple(outcome.skipped))
         stats = {
             "channels_removed": outcome.channels,
             "nodes_removed": _node_count(model) - _node_count(outcome.model),
