@@ -34,15 +34,22 @@ def measure_latency(
     runs: int = 300,
     warmup: int = 30,
     graph_optimization: str = "all",
+    budget_s: float | None = None,
 ) -> list[Latency]:
-    """Median and p90 latency of each model on the same ``feed`` (one sample), single-threaded, interleaved."""
+    """Median and p90 latency of each model on the same ``feed`` (one sample), single-threaded, interleaved.
+
+    ``budget_s`` caps the timed runs so that they take about that long (at least 20 rounds), judged from warm-up.
+    """
     config = RuntimeConfig(intra_op_threads=1, graph_optimization=graph_optimization)
     sessions = [create_session(m, config) for m in models]
     names = [[o.name for o in s.get_outputs()] for s in sessions]
     feeds = dict(feed)
+    start = time.perf_counter()
     for _ in range(warmup):
         for session, outputs in zip(sessions, names, strict=True):
             session.run(outputs, feeds)
+    if budget_s is not None and warmup:
+        runs = min(runs, max(20, int(budget_s * warmup / max(time.perf_counter() - start, 1e-9))))
     times = np.zeros((len(sessions), runs))
     for r in range(runs):
         for i, (session, outputs) in enumerate(zip(sessions, names, strict=True)):

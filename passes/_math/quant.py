@@ -1,0 +1,397 @@
+"""Int8 quantization maths for QDQ passes: grids, (de)quantization, int32 biases, range observers and estimators.
+
+The affine grid is ONNX's ``q = saturate(round(x / scale) + zero_point)``, round half to even. Every range includes
+0 so that zero, the value of padding and of many ReLU outputs, is exactly representable. Signed grids are
+symmetric, ``[-(2^(b-1)-1), 2^(b-1)-1]``: -128 is dropped so that ±x quantize alike, as symmetric int8 weights expect;
+``bits`` < 8 narrows the grid inside the 8-bit type (7-bit weights leave int8 dot products headroom on hardware
+that sums pairs of products in int16). A range with no extent (all zeros, no finite value seen, or too narrow for a
+normal float32 scale) gets scale 1.0, not a tiny one: any scale is exact for zeros, and 1.0 keeps the bias scale
+``s_in·s_w`` far from float32 underflow.
+
+Calibration streams: observers reduce each batch at once and keep O(1) (min/max) or O(bins) (histogram) state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "METHODS",
+    "HistogramObserver",
+    "MinMaxObserver",
+    "QuantParams",
+    "activation_params",
+    "bias_int32",
+    "dequantize",
+    "estimate_range",
+    "fake_quantize",
+    "quantize",
+    "sqnr_db",
+    "weight_params",
+]
+
+Array = NDArray[np.float64]
+METHODS = ("minmax", "mean-minmax", "percentile", "mse")
+_MIN_SCALE = float(np.finfo(np.float32).tiny)
+_INT32_MAX = 2**31 - 1
+
+
+def _qrange(signed: bool, bits: int) -> tuple[int, int]:
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in [2, 8], got {bits}")
+    return (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def _axis(axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for {ndim} dimensions")
+    return axis % ndim
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """An int8 or uint8 grid: ``scale`` and ``zero_point`` are 0-d (per tensor, ``axis`` None) or 1-d along ``axis``.
+
+    The zero point's dtype picks the ONNX type; ``bits`` narrows the levels used inside it (see the module notes).
+    """
+
+    scale: NDArray[np.float32]
+    zero_point: NDArray[np.uint8] | NDArray[np.int8]
+    axis: int | None = None
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.zero_point.dtype not in (np.uint8, np.int8) or self.scale.dtype != np.float32:
+            raise ValueError(f"need float32 scale and uint8/int8 zero point, got {self.scale.dtype}, "
+                             f"{self.zero_point.dtype}")
+        if self.scale.shape != self.zero_point.shape or self.scale.ndim != (0 if self.axis is None else 1):
+            raise ValueError(f"scale {self.scale.shape} and zero point {self.zero_point.shape} do not fit axis "
+                             f"{self.axis}")
+        if not (np.isfinite(self.scale).all() and (self.scale > 0).all()):
+            raise ValueError("scales must be finite and positive")
+        if ((self.zero_point < self.qmin) | (self.zero_point > self.qmax)).any():
+            raise ValueError(f"zero point outside [{self.qmin}, {self.qmax}]")
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.zero_point.dtype
+
+    @property
+    def qmin(self) -> int:
+        return _qrange(self.dtype == np.int8, self.bits)[0]
+
+    @property
+    def qmax(self) -> int:
+        return _qrange(self.dtype == np.int8, self.bits)[1]
+
+
+def _grid(low: Array, high: Array, signed: bool, symmetric: bool, bits: int) -> tuple[Array, Array]:
+    """Scale (float32 values) and zero point of the grid for ranges ``low ≤ 0 ≤ high``, elementwise, in float64.
+
+    Symmetric grids centre the zero point (0, or 2^(b-1) for unsigned) and fit ``max(-low, high)`` on the shorter
+    side; asymmetric ones spread ``high - low`` over all levels and round the zero point, so 0 stays exact.
+    """
+    qmin, qmax = _qrange(signed, bits)
+    middle = (qmin + qmax + 1) // 2
+    with np.errstate(over="ignore", invalid="ignore"):
+        if symmetric:
+            scale = np.maximum(-low, high) / min(middle - qmin, qmax - middle)
+        else:
+            scale = (high - low) / (qmax - qmin)
+        scale = np.asarray(scale, np.float32).astype(np.float64)
+    scale = np.where(np.isfinite(scale) & (scale >= _MIN_SCALE), scale, 1.0)
+    zero = np.full_like(scale, middle) if symmetric else np.clip(np.rint(qmin - low / scale), qmin, qmax)
+    return scale, zero
+
+
+def _params(scale: Array, zero: Array, axis: int | None, signed: bool, bits: int) -> QuantParams:
+    return QuantParams(scale.astype(np.float32), zero.astype(np.int8 if signed else np.uint8), axis, bits)
+
+
+def activation_params(
+    low: float, high: float, *, signed: bool = False, symmetric: bool | None = None, bits: int = 8
+) -> QuantParams:
+    """Per-tensor grid covering ``[min(low, 0), max(high, 0)]``: uint8 asymmetric, or int8 symmetric if ``signed``.
+
+    A bound that is not finite counts as 0 (an observer that saw no finite value reports ``(inf, -inf)``).
+    """
+    lo, hi = (float(v) if math.isfinite(v) else 0.0 for v in (low, high))
+    if lo > hi:
+        raise ValueError(f"empty range [{lo:g}, {hi:g}]")
+    symmetric = signed if symmetric is None else symmetric
+    scale, zero = _grid(np.array(min(lo, 0.0)), np.array(max(hi, 0.0)), signed, symmetric, bits)
+    return _params(scale, zero, None, signed, bits)
+
+
+def weight_params(weight: ArrayLike, axis: int | None, *, bits: int = 8) -> QuantParams:
+    """Symmetric int8 grid for ``weight``: per channel along ``axis`` (max |w| over the other axes), or per tensor.
+
+    All-zero channels get scale 1.0. The stored axis is non-negative.
+    """
+    w = np.abs(np.asarray(weight, np.float64))
+    if not np.isfinite(w).all():
+        raise ValueError("weights must be finite")
+    if axis is not None:
+        axis = _axis(axis, w.ndim)
+    others = None if axis is None else tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(w, axis=others, initial=0.0)
+    scale, zero = _grid(-amax, amax, True, True, bits)
+    return _params(scale, zero, axis, True, bits)
+
+
+def _along(params: QuantParams, shape: tuple[int, ...]) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
+    scale, zero = params.scale, params.zero_point.astype(np.int32)
+    if params.axis is None:
+        return scale, zero
+    axis = _axis(params.axis, len(shape))
+    if shape[axis] != scale.size:
+        raise ValueError(f"{scale.size} channels in the params, {shape[axis]} on axis {axis} of {shape}")
+    view = [1] * len(shape)
+    view[axis] = -1
+    return scale.reshape(view), zero.reshape(view)
+
+
+def quantize(x: ArrayLike, params: QuantParams) -> NDArray[np.uint8] | NDArray[np.int8]:
+    """``clip(round(x / scale) + zero_point, qmin, qmax)`` in float32 as QuantizeLinear, but clipped to the narrowed
+    grid of ``params.bits``; NaN maps to the zero point."""
+    x32 = np.asarray(x, np.float32)
+    scale, zero = _along(params, x32.shape)
+    with np.errstate(over="ignore"):
+        steps = np.nan_to_num(x32 / scale, nan=0.0)
+    return np.clip(np.rint(steps) + zero, params.qmin, params.qmax).astype(params.dtype)
+
+
+def dequantize(q: ArrayLike, params: QuantParams) -> NDArray[np.float32]:
+    """``(q - zero_point) · scale`` in float32, as DequantizeLinear."""
+    qi = np.asarray(q).astype(np.int32)
+    scale, zero = _along(params, qi.shape)
+    return (qi - zero).astype(np.float32) * scale
+
+
+def fake_quantize(x: ArrayLike, params: QuantParams) -> NDArray[np.float32]:
+    """What a QuantizeLinear → DequantizeLinear pair computes on ``x``."""
+    return dequantize(quantize(x, params), params)
+
+
+def bias_int32(
+    bias: ArrayLike, input_scale: float, weight_scale: ArrayLike
+) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """The int32 bias ``round(b / (s_in·s_w))`` and its scale ``s_in·s_w`` (float32, zero point 0), as QLinearConv
+    and QGemm accumulate it; raises ValueError when a value would not fit in ±(2^31-1), so the caller keeps it float.
+    """
+    scale = np.float32(input_scale) * np.asarray(weight_scale, np.float32)
+    b = np.asarray(bias, np.float64)
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError("bias scale s_in·s_w must be finite and positive")
+    if not np.isfinite(b).all() or (scale.ndim == 1 and b.shape != scale.shape):
+        raise ValueError(f"bias {b.shape} must be finite and match the weight scales {scale.shape}")
+    q = np.rint(b / scale.astype(np.float64))
+    if np.abs(q).max(initial=0.0) > _INT32_MAX:
+        raise ValueError(f"bias up to {np.abs(b).max():g} at scale {scale.min():g} overflows int32")
+    return q.astype(np.int32), scale
+
+
+def sqnr_db(reference: ArrayLike, approx: ArrayLike) -> float:
+    """Signal-to-quantization-noise ratio ``10·log10(Σref² / Σ(ref - approx)²)`` in float64; inf when exact."""
+    r, a = np.asarray(reference, np.float64), np.asarray(approx, np.float64)
+    if r.shape != a.shape:
+        raise ValueError(f"shapes differ: {r.shape} and {a.shape}")
+    noise, signal = float(np.sum((r - a) ** 2)), float(np.sum(r**2))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _finite(x: ArrayLike) -> tuple[Array, int]:
+    values = np.asarray(x, np.float64).ravel()
+    keep = np.isfinite(values)
+    if keep.all():
+        return values, 0
+    return values[keep], int(values.size - np.count_nonzero(keep))
+
+
+class MinMaxObserver:
+    """Running min/max and the mean of per-batch min/max ("mean-minmax"), over finite values only.
+
+    NaN and ±Inf are counted in ``ignored`` and otherwise skipped: one Inf would make every scale useless. Batches
+    without a finite value do not count in ``batches``. With nothing seen, ``low`` is +inf and ``high`` -inf.
+    """
+
+    def __init__(self) -> None:
+        self.low, self.high = math.inf, -math.inf
+        self.count = self.batches = self.ignored = 0
+        self._low_sum = self._high_sum = 0.0
+
+    def update(self, x: ArrayLike) -> None:
+        values, ignored = _finite(x)
+        self.ignored += ignored
+        if values.size == 0:
+            return
+        low, high = float(values.min()), float(values.max())
+        self.low, self.high = min(self.low, low), max(self.high, high)
+        self.count += values.size
+        self.batches += 1
+        self._low_sum += low
+        self._high_sum += high
+
+    @property
+    def batch_low_mean(self) -> float:
+        return self._low_sum / self.batches if self.batches else math.inf
+
+    @property
+    def batch_high_mean(self) -> float:
+        return self._high_sum / self.batches if self.batches else -math.inf
+
+
+class HistogramObserver:
+    """Counts of finite values in ``bins`` equal bins of ``width``, with 0 the left edge of bin ``zero_bin``.
+
+    The bins always cover 0 and every value seen. When a batch falls outside, the width doubles (k times) and the
+    grid stays anchored at 0, so each old bin nests in exactly one new bin and the counts merge exactly: the only
+    approximation is the coarser resolution, and reading a value inside a bin assumes the values spread evenly in it.
+    Exact ``low``/``high``, the count of exact zeros and of ignored NaN/Inf are kept too. Memory is O(bins).
+    """
+
+    def __init__(self, bins: int = 2048) -> None:
+        if bins < 2:
+            raise ValueError(f"need at least 2 bins, got {bins}")
+        self.bins = bins
+        self.counts = np.zeros(bins, np.int64)
+        self.width = 0.0
+        self.zero_bin = 0
+        self.low, self.high = math.inf, -math.inf
+        self.count = self.zeros = self.ignored = 0
+
+    @property
+    def edges(self) -> Array:
+        return (np.arange(self.bins + 1) - self.zero_bin) * np.float64(self.width)
+
+    def update(self, x: ArrayLike) -> None:
+        values, ignored = _finite(x)
+        self.ignored += ignored
+        if values.size == 0:
+            return
+        smallest, largest = float(values.min()), float(values.max())
+        self.low, self.high = min(self.low, smallest), max(self.high, largest)
+        low, high = min(smallest, 0.0), max(largest, 0.0)
+        self.count += values.size
+        self.zeros += values.size - int(np.count_nonzero(values))
+        if self.width == 0.0 and high > low:
+            self.width = max((high - low) / (self.bins - 1), float(np.finfo(np.float64).tiny))
+            self.zero_bin = math.ceil(-low / self.width)
+            pending, self.counts[0] = self.counts[0], 0
+            self.counts[self.zero_bin] += pending
+        elif self.width > 0 and (math.floor(low / self.width) + self.zero_bin < 0
+                                 or math.floor(high / self.width) + self.zero_bin >= self.bins):
+            self._widen(low, high)
+        if self.width == 0.0:
+            self.counts[0] += values.size
+            return
+        index = np.floor(values / self.width).astype(np.int64) + self.zero_bin
+        self.counts += np.bincount(np.clip(index, 0, self.bins - 1), minlength=self.bins)
+
+    def _widen(self, low: float, high: float) -> None:
+        """Double the width until old bins and ``[low, high]`` fit, choosing the fewest bins below zero."""
+        n, zero = self.bins, self.zero_bin
+        k = 0
+        while True:
+            k += 1
+            group, width = min(2**k, n), self.width * 2.0**k
+            new_zero = max(-(-zero // group), math.ceil(-low / width))
+            if new_zero + (n - 1 - zero) // group < n and new_zero + math.floor(high / width) < n:
+                break
+        merged = np.zeros(n, np.int64)
+        np.add.at(merged, new_zero + (np.arange(n) - zero) // group, self.counts)
+        self.counts, self.width, self.zero_bin = merged, width, new_zero
+
+    def percentile(self, q: float) -> float:
+        """numpy's ``percentile(values, q)`` read off the histogram: the value of 0-based rank ``q/100·(count-1)``.
+
+        Value k owns ``[k, k+1)`` of the cumulative count, and a bin's values spread evenly across it, except exact
+        zeros, which sit at 0, the left edge of ``zero_bin``. The answer is clamped to ``[low, high]``.
+        """
+        if self.count == 0 or not 0 <= q <= 100:
+            raise ValueError(f"percentile {q} of {self.count} values")
+        if self.width == 0.0:
+            return 0.0
+        target = q / 100 * (self.count - 1) + 0.5
+        cumulative = np.cumsum(self.counts)
+        b = min(int(np.searchsorted(cumulative, target, side="left")), self.bins - 1)
+        spread, rank = int(self.counts[b]), target - float(cumulative[b] - self.counts[b])
+        if b == self.zero_bin:
+            if rank <= self.zeros:
+                return 0.0
+            spread, rank = spread - self.zeros, rank - self.zeros
+        fraction = rank / spread if spread else 0.0
+        return float(np.clip((b - self.zero_bin + fraction) * self.width, self.low, self.high))
+
+
+def _expected_errors(lows: Array, highs: Array, histogram: HistogramObserver, signed: bool, bits: int) -> Array:
+    """Expected squared error of each candidate grid over the histogram: clipping error at bin centres plus
+    ``scale²/12`` per in-range value; exact zeros cost nothing. Prefix sums make each candidate O(log bins)."""
+    h = histogram
+    centres = (np.arange(h.bins) - h.zero_bin + 0.5) * h.width
+    counts = h.counts.astype(np.float64)
+    counts[h.zero_bin] -= h.zeros
+    s0, s1, s2 = (np.concatenate(([0.0], np.cumsum(counts * centres**p))) for p in range(3))
+    scale, zero = _grid(lows, highs, signed, signed, bits)
+    qmin, qmax = _qrange(signed, bits)
+    bottom, top = (qmin - zero) * scale, (qmax - zero) * scale
+    i, j = np.searchsorted(centres, bottom, side="left"), np.searchsorted(centres, top, side="right")
+    below = s2[i] - 2 * bottom * s1[i] + bottom**2 * s0[i]
+    above = (s2[-1] - s2[j]) - 2 * top * (s1[-1] - s1[j]) + top**2 * (s0[-1] - s0[j])
+    return np.asarray(below + above + scale**2 / 12 * (s0[j] - s0[i]), np.float64)
+
+
+def _mse_range(histogram: HistogramObserver, signed: bool, bits: int) -> tuple[float, float]:
+    """Search clip ends at 200 geometric fractions (1/256 … 1) of each side of the data, independently."""
+    low, high = min(histogram.low, 0.0), max(histogram.high, 0.0)
+    if histogram.width == 0.0:
+        return 0.0, 0.0
+    fractions = np.geomspace(1 / 256, 1.0, 200)
+    if signed:
+        highs = max(-low, high) * fractions
+        lows = -highs
+    else:
+        lows, highs = (a.ravel() for a in np.meshgrid(np.unique(low * fractions), np.unique(high * fractions)))
+    best = int(np.argmin(_expected_errors(lows, highs, histogram, signed, bits)))
+    return float(lows[best]), float(highs[best])
+
+
+def estimate_range(
+    minmax: MinMaxObserver,
+    histogram: HistogramObserver | None,
+    method: str,
+    *,
+    percentile: float = 99.99,
+    signed: bool = False,
+    bits: int = 8,
+) -> tuple[float, float]:
+    """A calibration range ``(low ≤ 0 ≤ high)`` by ``method`` (one of ``METHODS``); ``(0, 0)`` if nothing was seen.
+
+    "percentile" clips ``100 - p`` % on each side; "mse" minimises the expected squared error of the grid that
+    ``activation_params(low, high, signed=signed, bits=bits)`` builds (uint8 asymmetric, or int8 symmetric).
+    Both need the histogram. With ``signed`` the "mse" range is symmetric, as the grid.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown range method {method!r}; choose from {', '.join(METHODS)}")
+    if method in ("minmax", "mean-minmax"):
+        if minmax.count == 0:
+            return 0.0, 0.0
+        means = (minmax.batch_low_mean, minmax.batch_high_mean)
+        low, high = (minmax.low, minmax.high) if method == "minmax" else means
+    elif histogram is None:
+        raise ValueError(f"range method {method!r} needs a histogram")
+    elif histogram.count == 0:
+        return 0.0, 0.0
+    elif method == "percentile":
+        if not 50 <= percentile <= 100:
+            raise ValueError(f"percentile must be in [50, 100], got {percentile}")
+        low, high = histogram.percentile(100 - percentile), histogram.percentile(percentile)
+    else:
+        low, high = _mse_range(histogram, signed, bits)
+    return min(low, 0.0), max(high, 0.0)

@@ -1,0 +1,218 @@
+"""Where QuantizeLinear/DequantizeLinear pairs go so that a QDQ runtime really runs the layers in int8.
+
+The rules follow what onnxruntime's CPU provider fuses (checked against onnxruntime 1.32's QDQ selectors and by
+saving optimised graphs); OpenVINO and TensorRT read the same pattern:
+
+- A *layer* is a Conv, a Gemm (``transA = 0``) or a MatMul whose second input is a constant 2-D weight, in float32.
+  Its activation input gets a Q→DQ pair, its weight becomes int8 behind a DQ (per output channel), its constant
+  bias int32 behind a DQ whose scale is ``s_x·s_w``.
+- ``DQ → Conv → Q`` becomes QLinearConv only when every consumer of the Conv's output is a Q, so a quantized Conv's
+  output (after a Relu/Clip it owns) is quantized for all its consumers, a graph output included (the pair is put
+  between the producer and the output, whose name stays); a Conv whose output a subgraph reads stays float.
+- MatMul and Gemm fuse with a float output (MatMulIntegerToFloat, QGemm). Their output is quantized only when a
+  quantized layer reads it, and then for every consumer: a Q beside a float consumer blocks the fusion.
+- A tensor made by a data-movement op (Reshape, Transpose, MaxPool, …) from a quantized tensor shares its scale and
+  zero point, for all consumers, so the runtime moves int8 and drops the pair (exact: these ops commute with DQ).
+- Any other float consumer of a quantized input keeps reading the float tensor, so a residual stream is not rounded.
+- Layers too small for int8 to pay (K or N below ``min_dim``, Convs with few channels) are left in float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt.graph import constant_array
+from graphopt.pass_base import Skip
+from graphopt_passes._channels import Scope, label
+
+__all__ = ["PASS_THROUGH", "Layer", "Placement", "TensorQuant", "find_layers", "place"]
+
+PASS_THROUGH = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Slice", "Expand",
+                          "Tile", "Gather"})
+_OWNED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A node to run in int8: its activation input, weight (with the per-channel axis), optional bias, and the
+    tensor that carries its result (a Conv's owned Relu/Clip output, else its own output)."""
+
+    name: str
+    node: gs.Node
+    activation: str
+    weight: np.ndarray
+    axis: int
+    bias: np.ndarray | None
+    result: str
+    op: str
+    owns_activation: bool = False
+    bias_at: tuple[gs.Node, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape)
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """A tensor to quantize: ``source`` names the tensor whose range sets its scale (itself unless shared through
+    data movement); ``everyone`` puts the pair between the producer and every consumer (graph outputs too), else
+    only the quantized layers read the DQ."""
+
+    name: str
+    source: str
+    everyone: bool
+
+
+@dataclass
+class Placement:
+    layers: list[Layer] = field(default_factory=list)
+    tensors: dict[str, TensorQuant] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[str]:
+        """The tensors whose ranges calibration must measure."""
+        return sorted({t.source for t in self.tensors.values()})
+
+
+def find_layers(graph: gs.Graph, scope: Scope, *, min_dim: int) -> tuple[list[Layer], list[Skip]]:
+    """Every node that could run in int8, and a reason for each MatMul/Gemm/Conv that cannot."""
+    layers: list[Layer] = []
+    skipped: list[Skip] = []
+    for node in graph.nodes:
+        if node.op not in ("MatMul", "Gemm", "Conv") or node.domain not in (None, "", "ai.onnx"):
+            continue
+        found = _layer(node, scope, min_dim)
+        if isinstance(found, Layer):
+            layers.append(found)
+        else:
+            skipped.append(found)
+    return layers, skipped
+
+
+def _layer(node: gs.Node, scope: Scope, min_dim: int) -> Layer | Skip:
+    name = label(node)
+    if len(node.inputs) < 2:
+        return Skip(name, "missing inputs")
+    x, w = node.inputs[0], node.inputs[1]
+    weight = constant_array(w)
+    if weight is None:
+        return Skip(name, "no constant weight as second input (activation × activation MatMuls stay float)")
+    if constant_array(x) is not None:
+        return Skip(name, "both inputs are constants (constant folding's job)")
+    if weight.dtype != np.float32 or x.dtype not in (None, np.float32):
+        return Skip(name, f"weight dtype {weight.dtype} is not float32")
+    if len(w.outputs) > 1 and any(c.op != node.op for c in w.outputs):
+        return Skip(name, f"weight '{w.name}' is shared with other kinds of nodes")
+    if w.name in scope.outer:
+        return Skip(name, f"weight '{w.name}' is read inside a subgraph")
+    bias = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    if len(node.inputs) > 2 and node.inputs[2].name and (bias is None or bias.ndim != 1):
+        return Skip(name, "bias is not a constant vector")
+    if node.op == "MatMul":
+        if weight.ndim != 2:
+            return Skip(name, f"weight is {weight.ndim}-D, not a matrix")
+        k, n, axis = *weight.shape, 1
+    elif node.op == "Gemm":
+        if node.attrs.get("transA", 0):
+            return Skip(name, "Gemm with transA=1")
+        if bias is not None and float(node.attrs.get("beta", 1.0)) != 1.0:
+            return Skip(name, "Gemm with beta ≠ 1 and a bias")
+        trans = int(node.attrs.get("transB", 0))
+        n, k = weight.shape if trans else weight.shape[::-1]
+        axis = 0 if trans else 1
+    else:
+        if weight.ndim < 3:
+            return Skip(name, "Conv weight rank < 3")
+        n, k, axis = weight.shape[0], int(np.prod(weight.shape[1:])), 0
+    if k < min_dim or n < min_dim:
+        return Skip(name, f"too small for int8 to pay off: reduction {k}, outputs {n} (min_dim {min_dim})")
+    tail, bias_at = node.outputs[0], ((node, 2) if bias is not None else None)
+    if node.op == "MatMul":
+        found = _bias_add(tail, n, scope)
+        if found is not None:
+            bias_at, bias, tail = (found, 1 - found.inputs.index(tail)), _bias_of(found, tail), found.outputs[0]
+    result, owned = tail, _owned_activation(tail, scope)
+    if owned is not None:
+        result = owned.outputs[0]
+    if node.op == "Conv" and result.name in scope.outer:
+        return Skip(name, "Conv output is read by a subgraph: onnxruntime could not fuse it")
+    return Layer(name, node, x.name, weight, axis, bias, result.name, node.op, owned is not None, bias_at)
+
+
+def _bias_add(output: gs.Tensor, n: int, scope: Scope) -> gs.Node | None:
+    """The Add of a constant length-N vector that alone reads a MatMul's output: its bias. As int32 behind a DQ it
+    lets onnxruntime fuse MatMul + Add into one int8 Gemm (QGemm); left float, the fused Gemm stays float."""
+    if len(output.outputs) != 1 or id(output) in scope.outputs or output.name in scope.outer:
+        return None
+    add = output.outputs[0]
+    if add.op != "Add" or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+        return None
+    bias = _bias_of(add, output)
+    return add if bias is not None and bias.shape == (n,) and bias.dtype == np.float32 else None
+
+
+def _bias_of(add: gs.Node, output: gs.Tensor) -> np.ndarray | None:
+    other = add.inputs[1] if add.inputs[0] is output else add.inputs[0]
+    return constant_array(other)
+
+
+def _owned_activation(output: gs.Tensor, scope: Scope) -> gs.Node | None:
+    """The Relu/Clip with constant bounds that alone reads ``output``: quantizing after it lets the runtime drop it
+    (a zero point at the bottom of the grid clips like Relu) and fuse the layer, rather than fuse layer and
+    activation in float (Gemm + Relu → FusedGemm) and leave the int8 pattern unmatched."""
+    if len(output.outputs) != 1 or id(output) in scope.outputs or output.name in scope.outer:
+        return None
+    node = output.outputs[0]
+    if node.op not in _OWNED_ACTIVATIONS or len(node.outputs) != 1:
+        return None
+    if not all(constant_array(t) is not None for t in node.inputs[1:] if t.name):
+        return None
+    result = node.outputs[0]
+    return None if id(result) in scope.outputs or result.name in scope.outer else node
+
+
+def place(graph: gs.Graph, scope: Scope, layers: Collection[Layer]) -> Placement:
+    """The tensors to quantize for ``layers`` (already filtered to the selected units)."""
+    placement = Placement(list(layers))
+    tensors = graph.tensors()
+    results = {layer.result for layer in layers if layer.op == "Conv" or layer.owns_activation}
+    inputs = {layer.activation for layer in layers}
+    blocked = scope.outer
+    for name in sorted(results | inputs):
+        everyone = name in results or _produced_by_layer_result(tensors[name], layers)
+        placement.tensors[name] = TensorQuant(name, name, everyone and name not in blocked)
+    for name in sorted(inputs):
+        chain = _pass_through_chain(tensors[name], placement, blocked)
+        if chain:
+            source = placement.tensors[chain[0].inputs[0].name].source if chain[0].inputs[0].name in \
+                placement.tensors else chain[0].inputs[0].name
+            for node in chain:
+                out = node.outputs[0].name
+                placement.tensors[out] = TensorQuant(out, source, True)
+    return placement
+
+
+def _produced_by_layer_result(tensor: gs.Tensor, layers: Collection[Layer]) -> bool:
+    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    return producer is not None and any(layer.node is producer for layer in layers)
+
+
+def _pass_through_chain(tensor: gs.Tensor, placement: Placement, blocked: set[str]) -> list[gs.Node]:
+    """The data-movement nodes from a quantized, everyone-rerouted tensor down to ``tensor``, or ``[]``."""
+    chain: list[gs.Node] = []
+    current = tensor
+    while len(current.inputs) == 1 and current.inputs[0].op in PASS_THROUGH and current.name not in blocked:
+        node = current.inputs[0]
+        if len(node.outputs) != 1 or not node.inputs or (node.op == "Gather" and constant_array(node.inputs[0]) is not None):
+            return []
+        chain.insert(0, node)
+        upstream = placement.tensors.get(node.inputs[0].name)
+        if upstream is not None and upstream.everyone:
+            return chain
+        current = node.inputs[0]
+    return []
