@@ -56,6 +56,7 @@ class _Split:
     layer: _Layer
     choice: lr.Choice
     macs: int
+    unit: str
 
     @property
     def saved(self) -> int:
@@ -92,12 +93,19 @@ class LowRankPass(PassBase):
         min_saving: float = field(
             default=0.1, metadata={"help": "split only if the factors remove at least this fraction of the params"}
         )
+        levels: tuple[float, ...] = field(
+            default=(),
+            metadata={"help": "params ratios tried per layer (e.g. 0.9;0.75;0.6): one unit per layer and level, so "
+                      "verified narrowing gives each layer the smallest rank the budget allows (overrides ratio)"},
+        )
 
         def __post_init__(self) -> None:
             if not 0 < self.energy <= 1 or not 0 <= self.min_saving < 1 or self.min_size < 0:
                 raise ValueError("need 0 < energy <= 1, 0 <= min_saving < 1 and min_size >= 0")
             if (self.ratio is not None and not 0 < self.ratio < 1) or (self.max_error is not None and self.max_error < 0):
                 raise ValueError("need 0 < ratio < 1 and max_error >= 0")
+            if any(not 0 < level < 1 for level in self.levels):
+                raise ValueError("need 0 < level < 1 for every level")
 
     def __init__(self, options: LowRankPass.Options | None = None) -> None:
         super().__init__(options)
@@ -108,13 +116,18 @@ class LowRankPass(PassBase):
             raise PreconditionError("low-rank fits its factors to calibration samples, and none were given")
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
-        """One unit per layer to split; its sensitivity is its relative layer-output error at the chosen rank."""
+        """One unit per layer to split (per layer and level with ``levels``); its sensitivity is its relative
+        layer-output error at that rank, so a layer's milder levels rank first."""
         splits = self._plan(model, context)[0] if context.calibration is not None else []
-        return tuple(Unit(s.layer.name, s.choice.error, _detail(s)) for s in splits)
+        return tuple(Unit(s.unit, s.choice.error, _detail(s)) for s in splits)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         splits, skipped = self._plan(model, context)
-        chosen = [s for s in splits if context.selects(s.layer.name)]
+        deepest: dict[str, _Split] = {}
+        for split in (s for s in splits if context.selects(s.unit)):
+            if split.layer.name not in deepest or split.choice.rank < deepest[split.layer.name].choice.rank:
+                deepest[split.layer.name] = split
+        chosen = sorted(deepest.values(), key=lambda s: s.layer.index)
         if chosen:
             try:
                 with editing(model) as edit:
@@ -180,15 +193,18 @@ def _make_plan(
         if gram is None or gram.matrix.shape[0] != layer.weight.shape[0]:
             skipped.append(Skip(layer.name, grams if isinstance(grams, str) else f"no activations of '{layer.source}'"))
             continue
-        choice = lr.choose(layer.weight, gram.matrix, method=options.method, energy=options.energy,
-                           ratio=options.ratio, max_error=options.max_error, refit_svd=options.refit,
-                           min_saving=options.min_saving, ridge=_RIDGE)
-        if isinstance(choice, str):
-            skipped.append(Skip(layer.name, choice))
-            continue
+        fit = lr.fit_layer(layer.weight, gram.matrix, _RIDGE)
         k, n = layer.weight.shape
         positions = round(gram.count / max(context.calibration.n_samples, 1))  # rows of X per sample
-        splits.append(_Split(layer, choice, int(positions * (k * n - choice.rank * (k + n)))))
+        levels: list[float | None] = [*sorted(options.levels, reverse=True)] or [options.ratio]
+        for level in levels:
+            choice = lr.choose(fit, method=options.method, energy=options.energy, ratio=level,
+                               max_error=options.max_error, refit_svd=options.refit, min_saving=options.min_saving)
+            if isinstance(choice, str):
+                skipped.append(Skip(layer.name if level is None else f"{layer.name}@{level:g}", choice))
+                continue
+            unit = layer.name if not options.levels else f"{layer.name}@{level:g}"
+            splits.append(_Split(layer, choice, int(positions * (k * n - choice.rank * (k + n))), unit))
     return splits, skipped
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,13 +21,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.activations import stream_activations
 from graphopt.errors import PassError, PreconditionError, first_line
 from graphopt.graph import copy_model, editing
 from graphopt.machine import has_vnni
 from graphopt.normalize import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.perf import measure_latency
+from graphopt.runtime import create_session, run_dataset
+from graphopt_passes import _qdq_calibration as calibration
 from graphopt_passes import _qdq_plan as plan
 from graphopt_passes._channels import Scope
 from graphopt_passes._math import quant
@@ -34,8 +36,6 @@ from graphopt_passes._math import quant
 __all__ = ["QdqInt8Pass"]
 
 log = logging.getLogger(__name__)
-
-_Ranges = dict[str, tuple[float, float]]
 
 
 class QdqInt8Pass(PassBase):
@@ -62,6 +62,11 @@ class QdqInt8Pass(PassBase):
         )
         per_channel: bool = field(default=True, metadata={"help": "one weight scale per output channel"})
         min_dim: int = field(default=16, metadata={"help": "leave layers with a reduction or output size below this"})
+        bias_correction: Literal["auto", "on", "off"] = field(
+            default="auto",
+            metadata={"help": "fold each layer's mean output shift on calibration data into its bias; auto keeps it "
+                      "only if it brings the model's outputs closer to the float model's on those samples"},
+        )
         speed_check: Literal["decline", "note", "off"] = field(
             default="decline",
             metadata={"help": "time int8 against float (single thread, batch 1, interleaved): decline an int8 model "
@@ -74,7 +79,7 @@ class QdqInt8Pass(PassBase):
 
     def __init__(self, options: QdqInt8Pass.Options | None = None) -> None:
         super().__init__(options)
-        self._cache: tuple[bytes, object, _Ranges | str] | None = None
+        self._state: _Calibration | None = None
 
     @property
     def weight_bits(self) -> int:
@@ -101,21 +106,26 @@ class QdqInt8Pass(PassBase):
             except PassError as e:
                 return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
             notes += [upgraded] if upgraded else []
-        ranges = self._ranges(model, context)
-        if isinstance(ranges, str):
-            return PassResult(copy_model(model), False, empty, (Skip("graph", ranges),))
+        state = self._calibration(model, context)
+        if isinstance(state.ranges, str):
+            return PassResult(copy_model(model), False, empty, (Skip("graph", state.ranges),))
         try:
-            with editing(model) as edit:
-                scope = Scope.of(edit.graph)
-                scope.names.update(node.name for node in edit.graph.nodes)
-                layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
-                chosen = [layer for layer in layers if context.selects(layer.name)]
-                placement = plan.place(edit.graph, scope, chosen)
-                counts = _rewrite(edit.graph, scope, placement, ranges, self.options, self.weight_bits)
+            built = self._build(model, context, state, correct=self.options.bias_correction != "off")
+            if self.options.bias_correction == "auto" and built.counts["biases_corrected"]:
+                if state.correction_helps is None:
+                    plain = self._build(model, context, state, correct=False)
+                    state.correction_helps = _closer(model, built.model, plain.model, context)
+                    notes.append(f"bias correction {'kept' if state.correction_helps else 'dropped'}: it brought the "
+                                 f"outputs {'closer to' if state.correction_helps else 'further from'} the float "
+                                 "model's on the calibration samples")
+                    built = built if state.correction_helps else plain
+                elif not state.correction_helps:
+                    built = self._build(model, context, state, correct=False)
         except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
             log.info("%s left the model unchanged: %s", self.name, e)
             return PassResult(copy_model(model), False, empty,
                               (Skip("graph", f"rewrite failed: {type(e).__name__}: {first_line(e)}"),))
+        chosen, placement, skipped, counts = built.chosen, built.placement, built.skipped, built.counts
         if not chosen:
             return PassResult(copy_model(model), False, empty, tuple(skipped))
         bits = self.weight_bits
@@ -124,29 +134,112 @@ class QdqInt8Pass(PassBase):
         stats: dict[str, int | float] = {"layers_quantized": len(chosen), "tensors_quantized": len(placement.tensors),
                                          "weight_bits": bits, **counts}
         if self.options.speed_check != "off":
-            stats["latency_ratio"] = ratio = _latency_ratio(model, edit.model, context)
+            stats["latency_ratio"] = ratio = _latency_ratio(model, built.model, context)
             if ratio >= 1.0 and self.options.speed_check == "decline":
                 why = (f"int8 is not faster here: {ratio:.3f}× the float latency (single thread, batch 1); "
                        "speed_check=note keeps it anyway")
                 return PassResult(copy_model(model), False, {**empty, "latency_ratio": ratio},
                                   (*skipped, Skip("graph", why)))
         log.info("%s: %s", self.name, stats)
-        return PassResult(edit.model, True, stats, tuple(skipped), tuple(notes))
+        return PassResult(built.model, True, stats, tuple(skipped), tuple(notes))
 
-    def _ranges(self, model: onnx.ModelProto, context: PassContext) -> _Ranges | str:
-        """Calibrated ranges of every tensor any selection could quantize, cached by model digest."""
+    def _build(self, model: onnx.ModelProto, context: PassContext, state: _Calibration, *, correct: bool) -> _Built:
+        assert not isinstance(state.ranges, str)
+        with editing(model) as edit:
+            scope = Scope.of(edit.graph)
+            scope.names.update(node.name for node in edit.graph.nodes)
+            layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
+            chosen = [layer for layer in layers if context.selects(layer.name)]
+            placement = plan.place(edit.graph, scope, chosen)
+            grids = _Grids(state.ranges, signed=self.options.target == "tensorrt")
+            shifts = self._shifts(model, placement, grids, state, context) if correct else {}
+            counts = _rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params)
+        return _Built(edit.model, chosen, placement, skipped, counts)
+
+    def _weight_params(self, layer: plan.Layer) -> quant.QuantParams:
+        return quant.weight_params(layer.weight, layer.axis if self.options.per_channel else None,
+                                   bits=self.weight_bits)
+
+    def _calibration(self, model: onnx.ModelProto, context: PassContext) -> _Calibration:
+        """Ranges of every tensor any selection could quantize, cached by model digest: narrowing runs the pass
+        once per trial subset on the same model."""
         try:
             key = hashlib.sha256(model.SerializeToString()).digest()
-        except ValueError:
+        except ValueError:  # beyond protobuf's 2 GB: no cache
             key = b""
-        if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
-            return self._cache[2]
+        if key and self._state and self._state.key == key and self._state.data is context.calibration:
+            return self._state
         graph = gs.import_onnx(model)
         layers, _ = plan.find_layers(graph, Scope.of(graph), min_dim=self.options.min_dim)
         names = sorted({t for layer in layers for t in (layer.activation, layer.result)})
-        ranges = _calibrate(model, names, context, self.options) if names else {}
-        self._cache = (key, context.calibration, ranges) if key else None
-        return ranges
+        ranges = calibration.activation_ranges(model, names, context, self.options.ranges,
+                                               percentile=self.options.percentile,
+                                               signed=self.options.target == "tensorrt") if names else {}
+        state = _Calibration(key, context.calibration, ranges)
+        self._state = state if key else None
+        return state
+
+    def _shifts(self, model: onnx.ModelProto, placement: plan.Placement, grids: _Grids, state: _Calibration,
+                context: PassContext) -> dict[str, np.ndarray]:
+        """Bias corrections of the placed layers; channel means are streamed once per (tensor, grid) and kept."""
+        sources = {name: tq.source for name, tq in placement.tensors.items()}
+        keys = {calibration.means_key(layer, sources[layer.activation]) for layer in placement.layers
+                if layer.bias is not None}
+        missing = sorted(keys - state.means.keys())
+        if missing:
+            found = calibration.channel_means(model, missing, grids.params, context)
+            if isinstance(found, str):
+                log.info("%s: %s", self.name, found)
+                return {}
+            state.means.update(found)
+        return calibration.bias_shifts(placement.layers, sources, self._weight_params, state.means)
+
+
+@dataclass
+class _Calibration:
+    key: bytes
+    data: object
+    ranges: calibration.Ranges | str
+    means: dict[calibration.MeansKey, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    correction_helps: bool | None = None
+
+
+@dataclass
+class _Built:
+    model: onnx.ModelProto
+    chosen: list[plan.Layer]
+    placement: plan.Placement
+    skipped: list[Skip]
+    counts: dict[str, int]
+
+
+class _Grids:
+    """The activation grid of each range source, built once so that shared tensors share constants too."""
+
+    def __init__(self, ranges: calibration.Ranges, *, signed: bool) -> None:
+        self.ranges, self.signed = ranges, signed
+        self._params: dict[str, quant.QuantParams] = {}
+
+    def params(self, source: str) -> quant.QuantParams:
+        if source not in self._params:
+            self._params[source] = quant.activation_params(*self.ranges[source], signed=self.signed)
+        return self._params[source]
+
+
+def _closer(reference: onnx.ModelProto, first: onnx.ModelProto, second: onnx.ModelProto,
+            context: PassContext) -> bool:
+    """Whether ``first``'s outputs are closer than ``second``'s to ``reference``'s on the calibration samples
+    (summed relative squared error over the float outputs)."""
+    assert context.calibration is not None
+    outputs = [run_dataset(create_session(m, context.runtime), context.calibration, context.runtime)[0]
+               for m in (reference, first, second)]
+
+    def error(got: dict[str, np.ndarray]) -> float:
+        return sum(float(np.sum((got[k].astype(np.float64) - v) ** 2) / max(np.sum(v.astype(np.float64) ** 2),
+                                                                            1e-30))
+                   for k, v in outputs[0].items() if v.dtype.kind == "f")
+
+    return error(outputs[1]) < error(outputs[2])
 
 
 def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, context: PassContext) -> float:
@@ -157,45 +250,20 @@ def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, context: Pas
     return round(int8.median_ms / float_.median_ms, 3)
 
 
-def _calibrate(model: onnx.ModelProto, names: list[str], context: PassContext,
-               options: QdqInt8Pass.Options) -> _Ranges | str:
-    assert context.calibration is not None
-    minmax = {name: quant.MinMaxObserver() for name in names}
-    histograms = {name: quant.HistogramObserver() for name in names} if options.ranges in ("percentile", "mse") \
-        else {}
-    try:
-        for batch in stream_activations(model, names, context.calibration, context.runtime,
-                                        progress=context.progress, label="int8 calibration"):
-            for name in names:
-                minmax[name].update(batch[name])
-                if histograms:
-                    histograms[name].update(batch[name])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-        return f"calibration failed: {type(e).__name__}: {first_line(e)}"
-    signed = options.target == "tensorrt"
-    return {name: quant.estimate_range(minmax[name], histograms.get(name), options.ranges,
-                                       percentile=options.percentile, signed=signed) for name in names}
-
-
-def _rewrite(graph: gs.Graph, scope: Scope, placement: plan.Placement, ranges: _Ranges,
-             options: QdqInt8Pass.Options, bits: int) -> dict[str, int]:
-    """Insert the pairs of ``placement`` and quantize its layers' weights and biases; returns byte counts."""
+def _rewrite(graph: gs.Graph, scope: Scope, placement: plan.Placement, grids: _Grids,
+             shifts: dict[str, np.ndarray], weight_params: Callable[[plan.Layer], quant.QuantParams]) -> dict[str, int]:
+    """Insert the pairs of ``placement`` and quantize its layers' weights and (corrected) biases."""
     tensors = graph.tensors()
-    signed = options.target == "tensorrt"
-    grids: dict[str, tuple[quant.QuantParams, gs.Constant, gs.Constant]] = {}
-
-    def grid(source: str) -> tuple[quant.QuantParams, gs.Constant, gs.Constant]:
-        if source not in grids:
-            params = quant.activation_params(*ranges[source], signed=signed)
-            grids[source] = (params, gs.Constant(scope.fresh(f"{source}_scale"), np.asarray(params.scale)),
-                             gs.Constant(scope.fresh(f"{source}_zero_point"), np.asarray(params.zero_point)))
-        return grids[source]
-
+    constants: dict[str, tuple[gs.Constant, gs.Constant]] = {}
     layer_nodes: dict[str, list[gs.Node]] = {layer.activation: [] for layer in placement.layers}
     for layer in placement.layers:
         layer_nodes[layer.activation].append(layer.node)
     for tq in placement.tensors.values():
-        _, scale, zero = grid(tq.source)
+        if tq.source not in constants:
+            params = grids.params(tq.source)
+            constants[tq.source] = (gs.Constant(scope.fresh(f"{tq.source}_scale"), np.asarray(params.scale)),
+                                    gs.Constant(scope.fresh(f"{tq.source}_zero_point"), np.asarray(params.zero_point)))
+        scale, zero = constants[tq.source]
         tensor = tensors[tq.name]
         quantized = gs.Variable(scope.fresh(f"{tq.name}_quantized"), dtype=zero.values.dtype, shape=tensor.shape)
         if tq.everyone and len(tensor.inputs) == 1:
@@ -214,27 +282,29 @@ def _rewrite(graph: gs.Graph, scope: Scope, placement: plan.Placement, ranges: _
                 if t is tensor:
                     reader.inputs[i] = restored
 
-    before = after = 0
+    counts = {"biases_corrected": 0, "biases_int32": 0}
     for layer in placement.layers:
-        axis = layer.axis if options.per_channel else None
-        w_params = quant.weight_params(layer.weight, axis, bits=bits)
-        layer.node.inputs[1] = _dequantized(graph, scope, f"{layer.node.inputs[1].name}",
+        w_params = weight_params(layer)
+        layer.node.inputs[1] = _dequantized(graph, scope, layer.node.inputs[1].name,
                                             quant.quantize(layer.weight, w_params), w_params)
-        before, after = before + layer.weight.nbytes, after + layer.weight.size
-        if layer.bias is None:
+        if layer.bias is None or layer.bias_at is None:
             continue
-        x_scale = float(grid(placement.tensors[layer.activation].source)[0].scale)
+        node, index = layer.bias_at
+        bias = layer.bias
+        if layer.name in shifts:
+            bias = (bias - shifts[layer.name]).astype(np.float32)
+            counts["biases_corrected"] += 1
         try:
-            values, b_scale = quant.bias_int32(layer.bias, x_scale, w_params.scale)
+            values, b_scale = quant.bias_int32(bias, float(grids.params(placement.tensors[layer.activation].source)
+                                                           .scale), w_params.scale)
         except ValueError as e:
             log.debug("%s keeps a float bias: %s", layer.name, e)
+            node.inputs[index] = gs.Constant(scope.fresh(f"{node.inputs[index].name}_corrected"), bias)
             continue
-        assert layer.bias_at is not None
-        node, index = layer.bias_at
         node.inputs[index] = _dequantized(graph, scope, node.inputs[index].name, values, None,
                                           scale=b_scale, axis=0 if b_scale.ndim else None)
-        before, after = before + layer.bias.nbytes, after + values.nbytes
-    return {"weight_bytes_before": before, "weight_bytes_after": after}
+        counts["biases_int32"] += 1
+    return counts
 
 
 def _dequantized(graph: gs.Graph, scope: Scope, base: str, values: np.ndarray, params: quant.QuantParams | None,

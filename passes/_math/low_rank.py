@@ -22,9 +22,11 @@ __all__ = [
     "Choice",
     "Factors",
     "Gram",
+    "LayerFit",
     "accumulate_gram",
     "choose",
     "factorize",
+    "fit_layer",
     "rank_errors",
     "rank_for_energy",
     "rank_for_ratio",
@@ -192,9 +194,27 @@ class Choice:
     how: str
 
 
+@dataclass(frozen=True)
+class LayerFit:
+    """Both factorisations of one layer and their output error at every rank, computed once for many rank choices."""
+
+    weight: Array
+    gram: Array
+    plain: Factors
+    aware: Factors
+    errors: dict[str, Array]
+    ridge: float
+
+
+def fit_layer(weight: ArrayLike, gram: ArrayLike, ridge: float = 1e-4) -> LayerFit:
+    w, g = np.asarray(weight, np.float64), np.asarray(gram, np.float64)
+    plain, aware = factorize(w), factorize(w, g, ridge)
+    return LayerFit(w, g, plain, aware, {"svd": rank_errors(plain, g), "data-aware": rank_errors(aware, g)}, ridge)
+
+
 def choose(
-    weight: ArrayLike,
-    gram: ArrayLike,
+    weight: ArrayLike | LayerFit,
+    gram: ArrayLike | None = None,
     *,
     method: str = "data-aware",
     energy: float = 0.99,
@@ -205,12 +225,13 @@ def choose(
     ridge: float = 1e-4,
 ) -> Choice | str:
     """Pick the rank (``ratio`` if set, else the smallest meeting ``max_error``, else ``energy``) and the factors,
-    or say why no rank that removes ``min_saving`` of the weights will do. ``refit_svd`` refits B of plain SVD."""
-    w, g = np.asarray(weight, np.float64), np.asarray(gram, np.float64)
+    or say why no rank that removes ``min_saving`` of the weights will do. ``refit_svd`` refits B of plain SVD.
+    ``weight`` may be a ``LayerFit`` (then ``gram`` and ``ridge`` come from it) to choose several ranks cheaply."""
+    layer = weight if isinstance(weight, LayerFit) else fit_layer(weight, np.asarray(gram), ridge)
+    w, g, ridge = layer.weight, layer.gram, layer.ridge
     k, n = w.shape
-    plain, aware = factorize(w), factorize(w, g, ridge)
-    factors = aware if method == "data-aware" else plain
-    errors = {"svd": rank_errors(plain, g), "data-aware": rank_errors(aware, g)}
+    factors = layer.aware if method == "data-aware" else layer.plain
+    errors = layer.errors
     refitting = refit_svd and method == "svd"
     budget = rank_for_ratio(k, n, 1 - min_saving)
 

@@ -181,6 +181,27 @@ def test_units_and_only_units(rng: np.random.Generator) -> None:
     assert check(model, ctx, tol=0.1).stats["layers_split"] == 2
 
 
+def test_levels_give_one_unit_per_layer_and_level_and_apply_the_deepest_selected(rng: np.random.Generator) -> None:
+    model = build(
+        '<ir_version: 8, opset_import: ["" : 17]>\ng (float[N,64] x) => (float[N,64] y) { y = MatMul(x, w) }',
+        w=low_rank(rng, 64, 64, rank=30, noise=0.1),
+    )
+    ctx = context(model, rng)
+    pass_ = LowRankPass(LowRankPass.Options(min_size=1000, levels=(0.25, 0.5, 0.75)))
+    units = pass_.units(model, ctx)
+    assert [u.name for u in units] == ["y@0.75", "y@0.5", "y@0.25"]
+    errors = [u.sensitivity or 0.0 for u in units]
+    assert errors == sorted(errors) and errors[0] < errors[-1], "milder levels rank first"
+    ranks = {}
+    for chosen in (["y@0.75"], ["y@0.75", "y@0.5"], ["y@0.5"], ["y@0.75", "y@0.5", "y@0.25"]):
+        result = pass_(model, ctx.with_units(frozenset(chosen)))
+        first = next(t for t in result.model.graph.initializer if "low_rank_a" in t.name)
+        ranks[tuple(chosen)] = first.dims[1]
+    assert ranks[("y@0.75",)] == 24 > ranks[("y@0.75", "y@0.5")] == ranks[("y@0.5",)] == 16
+    assert ranks[("y@0.75", "y@0.5", "y@0.25")] == 8
+    assert next(t for t in pass_(model, ctx).model.graph.initializer if "low_rank_a" in t.name).dims[1] == 8
+
+
 def correlated(rng: np.random.Generator, count: int) -> np.ndarray:
     scales = np.geomspace(10.0, 0.3, 12)
     mix = np.random.default_rng(5).standard_normal((12, 64))

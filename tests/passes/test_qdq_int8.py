@@ -18,7 +18,8 @@ import graphopt
 from graphopt.data import Dataset, input_specs, load_data
 from graphopt.errors import PreconditionError
 from graphopt.pass_base import PassContext, PassResult
-from graphopt_passes.qdq_int8 import QdqInt8Pass, _calibrate
+from graphopt_passes._qdq_calibration import activation_ranges
+from graphopt_passes.qdq_int8 import QdqInt8Pass
 from graphopt_zoo import available, export_minilm, minilm_dataset
 
 PASS = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", speed_check="off"))
@@ -231,7 +232,8 @@ def test_calibration_memory_does_not_grow_with_samples(rng: np.random.Generator)
     for count in (256, 2560):
         data = Dataset({"x": rng.standard_normal((count, 256)).astype(np.float32)}, frozenset(), True)
         tracemalloc.start()
-        ranges = _calibrate(model, ["x", "r"], PassContext(calibration=data), PASS.options)
+        ranges = activation_ranges(model, ["x", "r"], PassContext(calibration=data), "mse", percentile=99.99,
+                                   signed=False)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert isinstance(ranges, dict) and ranges["r"][0] == 0.0 < ranges["r"][1]
@@ -265,3 +267,26 @@ def test_minilm_embeddings_within_budget_with_every_weight_matmul_in_int8(tmp_pa
     assert record.status in ("applied", "narrowed"), record
     assert all(v["passed"] for v in record.verifications), record.verifications
     assert fused_ops(result.model, tmp_path)["MatMulIntegerToFloat"] + fused_ops(result.model, tmp_path)["QGemm"] >= 30
+
+
+def test_bias_correction_removes_the_mean_shift_of_coarse_weights(rng: np.random.Generator) -> None:
+    """Depthwise 3×3 kernels (9 weights a channel) on one per-tensor grid: small channels round coarsely and shift
+    their mean output; the corrected bias brings the held-out per-channel mean error down."""
+    kernel = (rng.standard_normal((32, 1, 3, 3)) * np.geomspace(1.0, 0.01, 32)[:, None, None, None]).astype(np.float32)
+    model = build(
+        "g (float[N,32,8,8] x) => (float[N,32,6,6] y) { r = Relu(x)\n y = Conv <group = 32> (r, k, b) }",
+        k=kernel, b=np.zeros(32, np.float32),
+    )
+    ctx = context(model, rng, count=256)
+    held_out = feeds(model, 256, np.random.default_rng(7))
+    want = run_ort(model, held_out)[0]
+    shift = {}
+    for correct in (False, True):
+        options = QdqInt8Pass.Options(weight_bits="7", per_channel=False, min_dim=1, speed_check="off",
+                                      bias_correction="on" if correct else "off")
+        result = QdqInt8Pass(options)(model, ctx)
+        assert result.stats["biases_corrected"] == (1 if correct else 0)
+        shift[correct] = np.abs((run_ort(result.model, held_out)[0] - want).mean(axis=(0, 2, 3))).mean()
+    assert shift[True] < 0.5 * shift[False], shift
+    auto = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", per_channel=False, min_dim=1, speed_check="off"))(model, ctx)
+    assert auto.stats["biases_corrected"] == 1 and any("bias correction kept" in n for n in auto.notes), auto.notes

@@ -1,0 +1,87 @@
+"""Calibration for qdq-int8: activation ranges, and the channel means that bias correction needs, streamed.
+
+Both stream the calibration samples through the float model batch by batch and reduce each batch at once into
+fixed-size state (min/max and a histogram per tensor; one mean vector per tensor), so memory does not grow with the
+number of samples, and the model's own outputs are never fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from graphopt.activations import stream_activations
+from graphopt.errors import first_line
+from graphopt.pass_base import PassContext
+from graphopt_passes._math import bias_correction as bc
+from graphopt_passes._math import quant
+from graphopt_passes._qdq_plan import Layer
+
+__all__ = ["MeansKey", "Ranges", "activation_ranges", "bias_shifts", "channel_means", "means_key"]
+
+Ranges = dict[str, tuple[float, float]]
+MeansKey = tuple[str, str, int]
+"""(tensor, the tensor whose range sets its grid, channel axis)."""
+
+
+def activation_ranges(model: onnx.ModelProto, names: Sequence[str], context: PassContext, method: str, *,
+                      percentile: float, signed: bool) -> Ranges | str:
+    """The calibrated range of each tensor in ``names``, or why calibration failed."""
+    assert context.calibration is not None
+    minmax = {name: quant.MinMaxObserver() for name in names}
+    histograms = {name: quant.HistogramObserver() for name in names} if method in ("percentile", "mse") else {}
+    try:
+        for batch in stream_activations(model, list(names), context.calibration, context.runtime,
+                                        progress=context.progress, label="int8 calibration"):
+            for name in names:
+                minmax[name].update(batch[name])
+                if histograms:
+                    histograms[name].update(batch[name])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
+        return f"calibration failed: {type(e).__name__}: {first_line(e)}"
+    return {name: quant.estimate_range(minmax[name], histograms.get(name), method, percentile=percentile,
+                                       signed=signed) for name in names}
+
+
+def channel_means(model: onnx.ModelProto, keys: Sequence[MeansKey], grid: Callable[[str], quant.QuantParams],
+                  context: PassContext) -> dict[MeansKey, tuple[np.ndarray, np.ndarray]] | str:
+    """Per-channel means of each tensor and of its fake-quantized copy on ``grid(source)``."""
+    assert context.calibration is not None
+    names = sorted({key[0] for key in keys})
+    plain = {key: bc.ChannelMeans(key[2]) for key in keys}
+    rounded = {key: bc.ChannelMeans(key[2]) for key in keys}
+    try:
+        for batch in stream_activations(model, names, context.calibration, context.runtime,
+                                        progress=context.progress, label="bias correction"):
+            for key in keys:
+                x = batch[key[0]]
+                plain[key].update(x)
+                rounded[key].update(quant.fake_quantize(x, grid(key[1])))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
+        return f"bias correction failed: {type(e).__name__}: {first_line(e)}"
+    return {key: (plain[key].mean, rounded[key].mean) for key in keys}
+
+
+def means_key(layer: Layer, source: str) -> MeansKey:
+    return layer.activation, source, 1 if layer.op == "Conv" else -1
+
+
+def bias_shifts(layers: Sequence[Layer], sources: Mapping[str, str], weights: Callable[[Layer], quant.QuantParams],
+                means: Mapping[MeansKey, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The mean output shift of each layer with a bias, to subtract from it (layers without means are left out)."""
+    shifts = {}
+    for layer in layers:
+        key = means_key(layer, sources[layer.activation])
+        if layer.bias is None or key not in means:
+            continue
+        kind = {"MatMul": "matmul", "Gemm": "gemm", "Conv": "conv"}[layer.op]
+        options = {"trans_b": bool(layer.node.attrs.get("transB", 0)), "groups": int(layer.node.attrs.get("group", 1))}
+        rounded = quant.fake_quantize(layer.weight, weights(layer))
+        mean_x, mean_rounded_x = means[key]
+        if mean_x.shape[0] != bc.mean_map(layer.weight, kind, **options).shape[0]:
+            continue
+        shifts[layer.name] = bc.output_shift(bc.mean_map(layer.weight, kind, **options),
+                                             bc.mean_map(rounded, kind, **options), mean_x, mean_rounded_x)
+    return shifts
