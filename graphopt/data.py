@@ -82,7 +82,7 @@ class Dataset:
         for start in range(0, self.n_samples, step):
             stop = min(start + step, self.n_samples)
             feed = {
-                name: (array[start] if name in self.stacked else array[start:stop])
+                name: (np.asarray(array[start]) if name in self.stacked else array[start:stop])
                 for name, array in self.arrays.items()
             }
             yield feed, stop - start

@@ -45,6 +45,7 @@ def test_stacked_inputs_run_one_sample_at_a_time(tmp_path: Path, rng: np.random.
     assert data.stacked == {"state", "sr"} and not data.batchable
     feed, count = next(data.batches(8))
     assert count == 1 and feed["state"].shape == (2, 1, 4) and feed["sr"].shape == ()
+    assert isinstance(feed["sr"], np.ndarray), "onnxruntime refuses numpy scalars for rank-0 inputs"
 
 
 @pytest.mark.parametrize(
