@@ -91,7 +91,21 @@ def find_layers(graph: gs.Graph, scope: Scope, *, min_dim: int) -> tuple[list[La
             layers.append(found)
         else:
             skipped.append(found)
+    skipped += [Skip(label(node), f"inside a subgraph of {owner}: only main-graph layers are quantized")
+                for owner, node in _subgraph_layers(graph)]
     return layers, skipped
+
+
+def _subgraph_layers(graph: gs.Graph, owner: str = "") -> list[tuple[str, gs.Node]]:
+    found = []
+    for node in graph.nodes:
+        if owner and node.op in ("MatMul", "Gemm", "Conv"):
+            found.append((owner, node))
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(sub, gs.Graph):
+                    found += _subgraph_layers(sub, owner or node.op)
+    return found
 
 
 def _layer(node: gs.Node, scope: Scope, min_dim: int) -> Layer | Skip:

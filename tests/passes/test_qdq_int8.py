@@ -194,6 +194,21 @@ def test_conv_into_a_graph_output_is_quantized_behind_the_same_name(rng: np.rand
     assert fused_ops(result.model, tmp_path)["QLinearConv"] == 1
 
 
+def test_layers_inside_subgraphs_are_named_in_the_skips(rng: np.random.Generator) -> None:
+    model = build(
+        """g (float[N,64] x, bool c) => (float[N,32] y) {
+          y = If (c) <then_branch = t () => (float[N,32] a) { a = MatMul(x, w) },
+                      else_branch = e () => (float[N,32] b) { b = MatMul(x, w) }>
+        }""",
+        w=weight(rng, 64, 32),
+    )
+    ctx = PassContext(calibration=Dataset({"x": rng.standard_normal((8, 64)).astype(np.float32),
+                                           "c": np.ones(8, bool)}, frozenset({"c"}), False))
+    result = PASS(model, ctx)
+    assert not result.modified
+    assert reasons(result).count("inside a subgraph of If") == 2, reasons(result)
+
+
 def test_units_narrow_to_the_selected_layers(rng: np.random.Generator) -> None:
     model = build(
         "g (float[N,64] x) => (float[N,32] y) { h = MatMul(x, w1)\n y = MatMul(h, w2) }",
