@@ -5,7 +5,8 @@ saving optimised graphs); OpenVINO and TensorRT read the same pattern:
 
 - A *layer* is a Conv, a Gemm (``transA = 0``) or a MatMul whose second input is a constant 2-D weight, in float32.
   Its activation input gets a Q→DQ pair, its weight becomes int8 behind a DQ (per output channel), its constant
-  bias int32 behind a DQ whose scale is ``s_x·s_w``.
+  bias int32 behind a DQ whose scale is ``s_x·s_w`` (the bias Add of a batched MatMul stays float: nothing fuses it,
+  and onnxruntime does not fold DQs of constants).
 - ``DQ → Conv → Q`` becomes QLinearConv only when every consumer of the Conv's output is a Q, so a quantized Conv's
   output (after a Relu/Clip it owns) is quantized for all its consumers, a graph output included (the pair is put
   between the producer and the output, whose name stays); a Conv whose output a subgraph reads stays float.
@@ -51,6 +52,7 @@ class Layer:
     op: str
     owns_activation: bool = False
     bias_at: tuple[gs.Node, int] | None = None
+    int32_bias: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -155,12 +157,16 @@ def _layer(node: gs.Node, scope: Scope, min_dim: int) -> Layer | Skip:
         result = owned.outputs[0]
     if node.op == "Conv" and result.name in scope.outer:
         return Skip(name, "Conv output is read by a subgraph: onnxruntime could not fuse it")
-    return Layer(name, node, x.name, weight, axis, bias, result.name, node.op, owned is not None, bias_at)
+    fusable_bias = node.op != "MatMul" or (x.shape is not None and len(x.shape) == 2)
+    return Layer(name, node, x.name, weight, axis, bias, result.name, node.op, owned is not None, bias_at,
+                 fusable_bias)
 
 
 def _bias_add(output: gs.Tensor, n: int, scope: Scope) -> gs.Node | None:
-    """The Add of a constant length-N vector that alone reads a MatMul's output: its bias. As int32 behind a DQ it
-    lets onnxruntime fuse MatMul + Add into one int8 Gemm (QGemm); left float, the fused Gemm stays float."""
+    """The Add of a constant length-N vector that alone reads a MatMul's output: its bias. For a 2-D MatMul, an
+    int32 bias behind a DQ lets onnxruntime fuse MatMul + Add into one int8 Gemm (QGemm), where a float bias would
+    leave the fused Gemm float; for batched MatMuls it stays float (a DQ of a constant runs on every call), but bias
+    correction still applies to it."""
     if len(output.outputs) != 1 or id(output) in scope.outputs or output.name in scope.outer:
         return None
     add = output.outputs[0]

@@ -294,6 +294,10 @@ def _rewrite(graph: gs.Graph, scope: Scope, placement: plan.Placement, grids: _G
         if layer.name in shifts:
             bias = (bias - shifts[layer.name]).astype(np.float32)
             counts["biases_corrected"] += 1
+            if not layer.int32_bias:
+                node.inputs[index] = gs.Constant(scope.fresh(f"{node.inputs[index].name}_corrected"), bias)
+        if not layer.int32_bias:
+            continue
         try:
             values, b_scale = quant.bias_int32(bias, float(grids.params(placement.tensors[layer.activation].source)
                                                            .scale), w_params.scale)

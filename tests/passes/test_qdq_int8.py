@@ -165,6 +165,22 @@ def test_gemm_axis_follows_transB_and_relu_is_owned(rng: np.random.Generator, tm
     assert fused["QGemm"] == 1 and fused["Gemm"] == fused["FusedGemm"] == 0
 
 
+def test_batched_matmul_keeps_a_float_bias_that_correction_still_adjusts(rng: np.random.Generator) -> None:
+    model = build(
+        "g (float[N,7,64] x) => (float[N,7,32] y) { h = MatMul(x, w)\n y = Add(h, b) }",
+        w=weight(rng, 64, 32), b=weight(rng, 32),
+    )
+    ctx = context(model, rng)
+    plain = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", speed_check="off", bias_correction="off"))(model, ctx)
+    add = next(n for n in plain.model.graph.node if n.op_type == "Add")
+    assert add.input[1] == "b" and plain.stats["biases_int32"] == 0, "nothing would fuse an int32 bias here"
+    on = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", speed_check="off", bias_correction="on"))(model, ctx)
+    add = next(n for n in on.model.graph.node if n.op_type == "Add")
+    corrected = initializer(on.model, add.input[1])
+    assert on.stats["biases_corrected"] == 1 and corrected.dtype == np.float32
+    assert not np.array_equal(corrected, initializer(model, "b"))
+
+
 def test_float_consumers_of_a_quantized_input_keep_the_float_tensor(rng: np.random.Generator) -> None:
     model = build(
         "g (float[N,64] x) => (float[N,64] y) { h = MatMul(x, w)\n y = Add(h, x) }", w=weight(rng, 64, 64)
