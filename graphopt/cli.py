@@ -160,9 +160,8 @@ def _passes(args: argparse.Namespace, out: TextIO) -> int:
     for name, cls in passes.items():
         kind = "lossless" if cls.lossless else "lossy"
         out.write(f"{name:<{width}}  {kind:<8}  {cls.summary()}\n")
-        for f, t in option_fields(cls):
-            out.write(f"{'':<{width}}  {'':<8}    {f.name}={f.default!r} ({getattr(t, '__name__', t)}): "
-                      f"{f.metadata.get('help', '')}\n")
+        out.writelines(f"{'':<{width}}  {'':<8}    {f.name}={f.default!r} ({getattr(t, '__name__', t)}): "
+                       f"{f.metadata.get('help', '')}\n" for f, t in option_fields(cls))
     return 0
 
 
@@ -174,8 +173,7 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     opsets = ", ".join(f"{domain or 'ai.onnx'} {v}" for domain, v in summary.opsets.items())
     out.write(f"IR {summary.ir_version}, opsets {opsets}\n")
     for kind, values in (("input", summary.inputs), ("output", summary.outputs)):
-        for v in values:
-            out.write(f"{kind:<7} {v['name']}: {v.get('type')} {v.get('shape', '')}\n")
+        out.writelines(f"{kind:<7} {v['name']}: {v.get('type')} {v.get('shape', '')}\n" for v in values)
     out.write(f"nodes {summary.nodes}, params {summary.params}, size {format_bytes(summary.size_bytes)}\n")
     out.write("ops    " + ", ".join(f"{op} {n}" for op, n in summary.ops.items()) + "\n")
     return 0

@@ -95,7 +95,7 @@ class Dataset:
         """A deterministic split into (calibration, verification) parts that share no sample."""
         n = self.n_samples
         order = np.random.default_rng(seed).permutation(n)
-        cut = int(round(n * calibration_fraction)) if n >= 2 else 0
+        cut = round(n * calibration_fraction) if n >= 2 else 0
         cut = min(max(cut, 1 if n >= 2 else 0), n - 1)
         return self.subset(np.sort(order[:cut])), self.subset(np.sort(order[cut:]))
 

@@ -221,7 +221,7 @@ class PassManager:
         """Keep the largest subset of the pass's units that passes; ``(None, ...)`` if no unit does."""
         try:
             units = pass_.units(model, self.context)
-        except Exception as e:  # narrowing is best effort: a pass bug here means no narrowing
+        except Exception as e:  # noqa: BLE001 - narrowing is best effort: a pass bug here means no narrowing
             log.debug("units() of %s raised: %s", pass_.name, e)
             units = ()
         if not units:

@@ -38,7 +38,7 @@ class NormalizePass(PassBase):
         try:
             with editing(model) as edit:
                 pass
-        except Exception as e:  # graphsurgeon cannot import every model; normalisation is then partial
+        except Exception as e:  # noqa: BLE001 - graphsurgeon cannot import every model; normalisation is partial
             skipped.append(Skip("graph", f"cleanup and sort skipped: {first_line(e)}"))
             return PassResult(model, converted > 0, {"constants_to_initializers": converted}, tuple(skipped))
         normalized = edit.model

@@ -27,7 +27,7 @@ def available_passes() -> dict[str, type[PassBase]]:
     for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
         try:
             cls = point.load()
-        except Exception as e:  # a broken third-party plugin must not take graphopt down
+        except Exception as e:  # noqa: BLE001 - a broken third-party plugin must not take graphopt down
             log.warning("cannot load pass %s from %s: %s", point.name, point.value, e)
             continue
         if not (isinstance(cls, type) and issubclass(cls, PassBase)):

@@ -44,7 +44,7 @@ def test_cli_and_api_give_the_same_result(tmp_path: Path, capsys: pytest.Capture
     from_cli = json.loads(stdout)
     from_api = graphopt.optimize(model, data, output=tmp_path / "api.onnx")
     assert (tmp_path / "cli.onnx").read_bytes() == (tmp_path / "api.onnx").read_bytes()
-    strip = lambda r: [(p["name"], p["status"], p["stats"], p["params_after"]) for p in r["passes"]]  # noqa: E731
+    strip = lambda r: [(p["name"], p["status"], p["stats"], p["params_after"]) for p in r["passes"]]
     assert strip(from_cli) == strip(from_api.report.to_dict())
 
 

@@ -25,7 +25,7 @@ def test_npz_loads_and_batches(tmp_path: Path, rng: np.random.Generator) -> None
     data = load_data(save(tmp_path / "d.npz", x=rng.standard_normal((10, 8)).astype(np.float32)), SPECS)
     assert data.n_samples == 10 and data.batchable and not data.synthetic
     assert [count for _, count in data.batches(4)] == [4, 4, 2]
-    assert [feed["x"].shape for feed, _ in data.batches(4, per_sample=True)][0] == (1, 8)
+    assert next(feed["x"].shape for feed, _ in data.batches(4, per_sample=True)) == (1, 8)
 
 
 def test_folder_of_npz_and_npy(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -10,7 +10,7 @@ from graphopt_passes._math import bias_correction as bc
 
 def conv_valid(x: np.ndarray, w: np.ndarray, groups: int) -> np.ndarray:
     """A direct grouped 2-D convolution without padding, as the reference."""
-    n, c, h, width = x.shape
+    n, _, h, width = x.shape
     o, per_group, kh, kw = w.shape
     out = np.zeros((n, o, h - kh + 1, width - kw + 1))
     out_per_group = o // groups
