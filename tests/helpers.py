@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, parser
+
+from graphopt.data import Dataset
+from graphopt.pass_base import PassContext
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -49,3 +52,25 @@ def mlp(seed: int = 0, hidden: int = 16, features: int = 8, classes: int = 4) ->
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def text_model(text: str, **arrays: np.ndarray) -> onnx.ModelProto:
+    """An ONNX-text model plus ``arrays`` as initializers, checked in full."""
+    model = parser.parse_model(text)
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(a), n) for n, a in arrays.items())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def random_feeds(model: onnx.ModelProto, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Standard-normal float inputs with every symbolic axis set to ``count``."""
+    out = {}
+    for value in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else count for d in value.type.tensor_type.shape.dim]
+        out[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return out
+
+
+def calibration(model: onnx.ModelProto, rng: np.random.Generator, count: int = 64) -> PassContext:
+    """A pass context whose calibration samples are ``count`` random feeds."""
+    return PassContext(calibration=Dataset(random_feeds(model, count, rng), frozenset(), True))

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import calibration as context
+from helpers import random_feeds as samples
 from helpers import run_ort
-from onnx import numpy_helper, parser
+from helpers import text_model as build
+from onnx import numpy_helper
 
 import graphopt
 from graphopt.data import Dataset
@@ -26,24 +29,6 @@ def low_rank(rng: np.random.Generator, k: int, n: int, rank: int = 6, noise: flo
     return (w + noise * rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
 
 
-def build(text: str, **arrays: np.ndarray) -> onnx.ModelProto:
-    model = parser.parse_model(text)
-    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(a), n) for n, a in arrays.items())
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def samples(model: onnx.ModelProto, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Float inputs with the symbolic batch axis set to ``count``."""
-    out = {}
-    for value in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else count for d in value.type.tensor_type.shape.dim]
-        out[value.name] = rng.standard_normal(dims).astype(np.float32)
-    return out
-
-
-def context(model: onnx.ModelProto, rng: np.random.Generator, count: int = 64) -> PassContext:
-    return PassContext(calibration=Dataset(samples(model, count, rng), frozenset(), True))
 
 
 def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -11,8 +11,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import EXAMPLES, run_ort
-from onnx import numpy_helper, parser
+from helpers import EXAMPLES, run_ort, text_model
+from helpers import calibration as context
+from helpers import random_feeds as feeds
+from onnx import numpy_helper
 
 import graphopt
 from graphopt.data import Dataset, input_specs, load_data
@@ -27,22 +29,7 @@ PASS = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", speed_check="off"))
 
 
 def build(text: str, opset: int = 17, **arrays: np.ndarray) -> onnx.ModelProto:
-    model = parser.parse_model(f'<ir_version: 8, opset_import: ["" : {opset}]>\n{text}')
-    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(a), n) for n, a in arrays.items())
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def feeds(model: onnx.ModelProto, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    out = {}
-    for value in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else count for d in value.type.tensor_type.shape.dim]
-        out[value.name] = rng.standard_normal(dims).astype(np.float32)
-    return out
-
-
-def context(model: onnx.ModelProto, rng: np.random.Generator, count: int = 64) -> PassContext:
-    return PassContext(calibration=Dataset(feeds(model, count, rng), frozenset(), True))
+    return text_model(f'<ir_version: 8, opset_import: ["" : {opset}]>\n{text}', **arrays)
 
 
 def weight(rng: np.random.Generator, *shape: int) -> np.ndarray:
