@@ -16,10 +16,19 @@ from graphopt.activations import stream_activations
 from graphopt.errors import first_line
 from graphopt.pass_base import PassContext
 from graphopt_passes._math import bias_correction as bc
-from graphopt_passes._math import quant
+from graphopt_passes._math import quant, smooth
 from graphopt_passes._qdq_plan import Layer
 
-__all__ = ["MeansKey", "Ranges", "activation_ranges", "bias_shifts", "channel_means", "means_key"]
+__all__ = [
+    "MeansKey",
+    "Ranges",
+    "activation_ranges",
+    "bias_shifts",
+    "channel_means",
+    "channel_ranges",
+    "means_key",
+    "search_smoothing",
+]
 
 Ranges = dict[str, tuple[float, float]]
 MeansKey = tuple[str, str, int]
@@ -85,3 +94,36 @@ def bias_shifts(layers: Sequence[Layer], sources: Mapping[str, str], weights: Ca
         shifts[layer.name] = bc.output_shift(bc.mean_map(layer.weight, kind, **options),
                                              bc.mean_map(rounded, kind, **options), mean_x, mean_rounded_x)
     return shifts
+
+
+def channel_ranges(model: onnx.ModelProto, names: Sequence[str], context: PassContext
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]] | str:
+    """Per-channel (last axis) min and max of each tensor on the calibration samples."""
+    assert context.calibration is not None
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    try:
+        for batch in stream_activations(model, list(names), context.calibration, context.runtime,
+                                        progress=context.progress, label="smoothing ranges"):
+            for name in names:
+                rows = batch[name].reshape(-1, batch[name].shape[-1])
+                low, high = rows.min(axis=0), rows.max(axis=0)
+                if name in ranges:
+                    low, high = np.minimum(ranges[name][0], low), np.maximum(ranges[name][1], high)
+                ranges[name] = (low, high)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
+        return f"smoothing calibration failed: {type(e).__name__}: {first_line(e)}"
+    return ranges
+
+
+def search_smoothing(model: onnx.ModelProto, searches: Mapping[str, smooth.SmoothingSearch],
+                     context: PassContext) -> str:
+    """Feed every search its activation's batches; returns why it failed, or ``""``."""
+    assert context.calibration is not None
+    try:
+        for batch in stream_activations(model, sorted(searches), context.calibration, context.runtime,
+                                        progress=context.progress, label="smoothing search"):
+            for name, search in searches.items():
+                search.update(batch[name])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
+        return f"smoothing search failed: {type(e).__name__}: {first_line(e)}"
+    return ""

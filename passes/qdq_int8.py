@@ -30,10 +30,13 @@ from graphopt.perf import measure_latency
 from graphopt.runtime import create_session, run_dataset
 from graphopt_passes import _qdq_calibration as calibration
 from graphopt_passes import _qdq_plan as plan
+from graphopt_passes import _qdq_smooth as smoothing
 from graphopt_passes._channels import Scope
-from graphopt_passes._math import quant
+from graphopt_passes._math import quant, smooth
 
 __all__ = ["QdqInt8Pass"]
+
+_ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,11 @@ class QdqInt8Pass(PassBase):
             metadata={"help": "fold each layer's mean output shift on calibration data into its bias; auto keeps it "
                       "only if it brings the model's outputs closer to the float model's on those samples"},
         )
+        smooth: Literal["auto", "off"] = field(
+            default="auto",
+            metadata={"help": "SmoothQuant: where a LayerNorm feeds only quantized MatMul/Gemm, fold per-channel "
+                      "scales into it and their weights, with alpha (or none) chosen on calibration data"},
+        )
         speed_check: Literal["decline", "note", "off"] = field(
             default="decline",
             metadata={"help": "time int8 against float (single thread, batch 1, interleaved): decline an int8 model "
@@ -80,6 +88,7 @@ class QdqInt8Pass(PassBase):
     def __init__(self, options: QdqInt8Pass.Options | None = None) -> None:
         super().__init__(options)
         self._state: _Calibration | None = None
+        self._smooth: tuple[bytes, object, onnx.ModelProto, list[str], list[Skip]] | None = None
 
     @property
     def weight_bits(self) -> int:
@@ -106,6 +115,10 @@ class QdqInt8Pass(PassBase):
             except PassError as e:
                 return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
             notes += [upgraded] if upgraded else []
+        smoothing_skips: list[Skip] = []
+        if self.options.smooth == "auto":
+            model, smoothing_notes, smoothing_skips = self._smoothed(model, context)
+            notes += smoothing_notes
         state = self._calibration(model, context)
         if isinstance(state.ranges, str):
             return PassResult(copy_model(model), False, empty, (Skip("graph", state.ranges),))
@@ -141,7 +154,7 @@ class QdqInt8Pass(PassBase):
                 return PassResult(copy_model(model), False, {**empty, "latency_ratio": ratio},
                                   (*skipped, Skip("graph", why)))
         log.info("%s: %s", self.name, stats)
-        return PassResult(built.model, True, stats, tuple(skipped), tuple(notes))
+        return PassResult(built.model, True, stats, (*skipped, *smoothing_skips), tuple(notes))
 
     def _build(self, model: onnx.ModelProto, context: PassContext, state: _Calibration, *, correct: bool) -> _Built:
         assert not isinstance(state.ranges, str)
@@ -160,13 +173,40 @@ class QdqInt8Pass(PassBase):
         return quant.weight_params(layer.weight, layer.axis if self.options.per_channel else None,
                                    bits=self.weight_bits)
 
+    def _smoothed(self, model: onnx.ModelProto, context: PassContext) -> tuple[onnx.ModelProto, list[str], list[Skip]]:
+        """``model`` with SmoothQuant folded where a LayerNorm feeds only quantizable matrix products and some α
+        beats no smoothing on calibration data; cached by model digest like the calibration."""
+        key = _digest(model)
+        if key and self._smooth and self._smooth[0] == key and self._smooth[1] is context.calibration:
+            return self._smooth[2], self._smooth[3], self._smooth[4]
+        graph = gs.import_onnx(model)
+        scope = Scope.of(graph)
+        layers, _ = plan.find_layers(graph, scope, min_dim=self.options.min_dim)
+        groups, skipped = smoothing.find_groups(graph, scope, layers)
+        result, notes = model, []
+        ranges = calibration.channel_ranges(model, [g.tensor for g in groups], context) if groups else {}
+        if isinstance(ranges, str):
+            notes.append(ranges)
+        elif groups:
+            searches = {g.tensor: smooth.SmoothingSearch(g.weights, *ranges[g.tensor], _ALPHAS,
+                                                        weight_bits=self.weight_bits) for g in groups}
+            failed = calibration.search_smoothing(model, searches, context)
+            chosen = {}
+            for group in [] if failed else groups:
+                alpha, scales, error = searches[group.tensor].best()
+                if scales is not None:
+                    chosen[group.tensor] = scales
+                    notes.append(f"{group.norm}: smoothed with alpha {alpha:g} (layer error {error:.2e}) for "
+                                 f"{len(group.readers)} layer(s)")
+            notes += [failed] if failed else []
+            result = smoothing.apply_smoothing(model, chosen) if chosen else model
+        self._smooth = (key, context.calibration, result, notes, skipped) if key else None
+        return result, notes, skipped
+
     def _calibration(self, model: onnx.ModelProto, context: PassContext) -> _Calibration:
         """Ranges of every tensor any selection could quantize, cached by model digest: narrowing runs the pass
         once per trial subset on the same model."""
-        try:
-            key = hashlib.sha256(model.SerializeToString()).digest()
-        except ValueError:  # beyond protobuf's 2 GB: no cache
-            key = b""
+        key = _digest(model)
         if key and self._state and self._state.key == key and self._state.data is context.calibration:
             return self._state
         graph = gs.import_onnx(model)
@@ -224,6 +264,14 @@ class _Grids:
         if source not in self._params:
             self._params[source] = quant.activation_params(*self.ranges[source], signed=self.signed)
         return self._params[source]
+
+
+def _digest(model: onnx.ModelProto) -> bytes:
+    """A cache key for a model; empty (no caching) beyond protobuf's 2 GB."""
+    try:
+        return hashlib.sha256(model.SerializeToString()).digest()
+    except ValueError:
+        return b""
 
 
 def _closer(reference: onnx.ModelProto, first: onnx.ModelProto, second: onnx.ModelProto,

@@ -168,6 +168,43 @@ def test_batched_matmul_keeps_a_float_bias_that_correction_still_adjusts(rng: np
     assert not np.array_equal(corrected, initializer(model, "b"))
 
 
+PRE_LN = """g (float[N,64] x) => (float[N,32] y, float[N,16] z) {
+  n = LayerNormalization <axis = -1> (x, gamma, beta)
+  y = MatMul(n, w1)
+  z = MatMul(n, w2)
+}"""
+
+
+def test_smoothing_folds_into_a_pre_ln_layernorm_and_cuts_the_error(rng: np.random.Generator) -> None:
+    gamma = np.ones(64, np.float32)
+    gamma[:3] = 40.0  # outlier channels after the LayerNorm
+    model = build(PRE_LN, gamma=gamma, beta=np.zeros(64, np.float32), w1=weight(rng, 64, 32), w2=weight(rng, 64, 16))
+    ctx = context(model, rng, count=256)
+    held_out = feeds(model, 64, np.random.default_rng(7))
+    want = run_ort(model, held_out)
+    errors = {}
+    for mode in ("off", "auto"):
+        options = QdqInt8Pass.Options(weight_bits="7", speed_check="off", bias_correction="off", smooth=mode)
+        result = QdqInt8Pass(options)(model, ctx)
+        got = run_ort(result.model, held_out)
+        errors[mode] = sum(float(np.linalg.norm(g - w) / np.linalg.norm(w)) for g, w in zip(got, want))
+        if mode == "auto":
+            assert any("smoothed with alpha" in note for note in result.notes), result.notes
+            norm = next(n for n in result.model.graph.node if n.op_type == "LayerNormalization")
+            assert initializer(result.model, norm.input[1])[:3].max() < 40.0, "the scale absorbed 1/s"
+    assert errors["auto"] < 0.5 * errors["off"], errors
+
+
+def test_smoothing_is_skipped_when_the_layernorm_output_feeds_a_residual(rng: np.random.Generator) -> None:
+    model = build(
+        "g (float[N,64] x) => (float[N,64] y) { n = LayerNormalization <axis = -1> (x, gamma, beta)\n"
+        " h = MatMul(n, w)\n y = Add(h, n) }",
+        gamma=np.ones(64, np.float32), beta=np.zeros(64, np.float32), w=weight(rng, 64, 64),
+    )
+    result = check(model, context(model, rng))
+    assert "no smoothing: output is also read by Add" in reasons(result)
+
+
 def test_float_consumers_of_a_quantized_input_keep_the_float_tensor(rng: np.random.Generator) -> None:
     model = build(
         "g (float[N,64] x) => (float[N,64] y) { h = MatMul(x, w)\n y = Add(h, x) }", w=weight(rng, 64, 64)
