@@ -1,19 +1,25 @@
 """QDQ int8: insert QuantizeLinear/DequantizeLinear pairs so the runtime runs Conv, Gemm and MatMul layers in int8.
 
-Where the pairs go is ``graphopt_passes._qdq_plan``'s job (rules a runtime can fuse); this module calibrates and
-rewrites. Calibration streams the calibration samples through the float model and reduces each batch into bounded
-observers (running min/max and a fixed-size histogram per tensor), so memory does not grow with the sample count;
-ranges then come from the chosen estimator (``_math.quant``). Weights are symmetric int8 per output channel, 7-bit
-where the CPU lacks VNNI (onnxruntime's AVX2 u8·s8 kernels saturate on full-range weights), and stored as int8, so
-the file shrinks too; biases are int32 at scale ``s_x·s_w``. Every layer is a unit: when the quantized model breaks
-the budget, the manager measures each layer's damage alone and keeps as many layers in int8 as the budget allows.
+The pass runs smooth → calibrate → place → correct → rewrite → time, each step in its own module:
+
+- ``_qdq_smooth``: SmoothQuant where a LayerNorm feeds only quantizable matrix products (α, or none, chosen on
+  calibration data by ``_math.smooth``); exact in float.
+- ``_qdq_calibration``: the calibration samples stream through the float model and each batch is reduced at once
+  into bounded observers (running min/max, a fixed-size histogram), so memory does not grow with the sample count;
+  ranges come from the chosen estimator (``_math.quant``). Also the channel means bias correction needs.
+- ``_qdq_plan``: which tensors get a pair, following the patterns onnxruntime fuses into int8 kernels.
+- ``_qdq_rewrite``: the pairs, int8 per-channel weights (7-bit where the CPU lacks VNNI: onnxruntime's AVX2 u8·s8
+  kernels saturate on full-range weights) and int32 biases at ``s_x·s_w``, corrected for the mean output shift
+  (``_math.bias_correction``) when that brings the outputs closer on the calibration samples.
+
+Every layer is a unit: when the quantized model breaks the budget, the manager measures each layer's damage alone
+and keeps as many layers in int8 as the budget allows. A result that is not faster than float is declined.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +36,7 @@ from graphopt.perf import measure_latency
 from graphopt.runtime import create_session, run_dataset
 from graphopt_passes import _qdq_calibration as calibration
 from graphopt_passes import _qdq_plan as plan
+from graphopt_passes import _qdq_rewrite as qdq_rewrite
 from graphopt_passes import _qdq_smooth as smoothing
 from graphopt_passes._channels import Scope
 from graphopt_passes._math import quant, smooth
@@ -164,9 +171,9 @@ class QdqInt8Pass(PassBase):
             layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
             chosen = [layer for layer in layers if context.selects(layer.name)]
             placement = plan.place(edit.graph, scope, chosen)
-            grids = _Grids(state.ranges, signed=self.options.target == "tensorrt")
+            grids = qdq_rewrite.Grids(state.ranges, signed=self.options.target == "tensorrt")
             shifts = self._shifts(model, placement, grids, state, context) if correct else {}
-            counts = _rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params)
+            counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params)
         return _Built(edit.model, chosen, placement, skipped, counts)
 
     def _weight_params(self, layer: plan.Layer) -> quant.QuantParams:
@@ -219,7 +226,7 @@ class QdqInt8Pass(PassBase):
         self._state = state if key else None
         return state
 
-    def _shifts(self, model: onnx.ModelProto, placement: plan.Placement, grids: _Grids, state: _Calibration,
+    def _shifts(self, model: onnx.ModelProto, placement: plan.Placement, grids: qdq_rewrite.Grids, state: _Calibration,
                 context: PassContext) -> dict[str, np.ndarray]:
         """Bias corrections of the placed layers; channel means are streamed once per (tensor, grid) and kept."""
         sources = {name: tq.source for name, tq in placement.tensors.items()}
@@ -253,19 +260,6 @@ class _Built:
     counts: dict[str, int]
 
 
-class _Grids:
-    """The activation grid of each range source, built once so that shared tensors share constants too."""
-
-    def __init__(self, ranges: calibration.Ranges, *, signed: bool) -> None:
-        self.ranges, self.signed = ranges, signed
-        self._params: dict[str, quant.QuantParams] = {}
-
-    def params(self, source: str) -> quant.QuantParams:
-        if source not in self._params:
-            self._params[source] = quant.activation_params(*self.ranges[source], signed=self.signed)
-        return self._params[source]
-
-
 def _digest(model: onnx.ModelProto) -> bytes:
     """A cache key for a model; empty (no caching) beyond protobuf's 2 GB."""
     try:
@@ -296,81 +290,3 @@ def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, context: Pas
     feed = next(context.calibration.batches(1, per_sample=True))[0]
     float_, int8 = measure_latency([before, after], feed, runs=500, warmup=20, budget_s=2.0)
     return round(int8.median_ms / float_.median_ms, 3)
-
-
-def _rewrite(graph: gs.Graph, scope: Scope, placement: plan.Placement, grids: _Grids,
-             shifts: dict[str, np.ndarray], weight_params: Callable[[plan.Layer], quant.QuantParams]) -> dict[str, int]:
-    """Insert the pairs of ``placement`` and quantize its layers' weights and (corrected) biases."""
-    tensors = graph.tensors()
-    constants: dict[str, tuple[gs.Constant, gs.Constant]] = {}
-    layer_nodes: dict[str, list[gs.Node]] = {layer.activation: [] for layer in placement.layers}
-    for layer in placement.layers:
-        layer_nodes[layer.activation].append(layer.node)
-    for tq in placement.tensors.values():
-        if tq.source not in constants:
-            params = grids.params(tq.source)
-            constants[tq.source] = (gs.Constant(scope.fresh(f"{tq.source}_scale"), np.asarray(params.scale)),
-                                    gs.Constant(scope.fresh(f"{tq.source}_zero_point"), np.asarray(params.zero_point)))
-        scale, zero = constants[tq.source]
-        tensor = tensors[tq.name]
-        quantized = gs.Variable(scope.fresh(f"{tq.name}_quantized"), dtype=zero.values.dtype, shape=tensor.shape)
-        if tq.everyone and len(tensor.inputs) == 1:
-            producer, raw = tensor.inputs[0], gs.Variable(scope.fresh(f"{tq.name}_float"), tensor.dtype, tensor.shape)
-            producer.outputs[producer.outputs.index(tensor)] = raw
-            source, restored, readers = raw, tensor, []
-        else:
-            restored = gs.Variable(scope.fresh(f"{tq.name}_dequantized"), dtype=np.float32, shape=tensor.shape)
-            source, readers = tensor, list(tensor.outputs) if tq.everyone else layer_nodes[tq.name]
-        graph.nodes.append(gs.Node("QuantizeLinear", scope.fresh(f"{tq.name}_QuantizeLinear"), {},
-                                   [source, scale, zero], [quantized]))
-        graph.nodes.append(gs.Node("DequantizeLinear", scope.fresh(f"{tq.name}_DequantizeLinear"), {},
-                                   [quantized, scale, zero], [restored]))
-        for reader in readers:
-            for i, t in enumerate(reader.inputs):
-                if t is tensor:
-                    reader.inputs[i] = restored
-
-    counts = {"biases_corrected": 0, "biases_int32": 0}
-    for layer in placement.layers:
-        w_params = weight_params(layer)
-        layer.node.inputs[1] = _dequantized(graph, scope, layer.node.inputs[1].name,
-                                            quant.quantize(layer.weight, w_params), w_params)
-        if layer.bias is None or layer.bias_at is None:
-            continue
-        node, index = layer.bias_at
-        bias = layer.bias
-        if layer.name in shifts:
-            bias = (bias - shifts[layer.name]).astype(np.float32)
-            counts["biases_corrected"] += 1
-            if not layer.int32_bias:
-                node.inputs[index] = gs.Constant(scope.fresh(f"{node.inputs[index].name}_corrected"), bias)
-        if not layer.int32_bias:
-            continue
-        try:
-            values, b_scale = quant.bias_int32(bias, float(grids.params(placement.tensors[layer.activation].source)
-                                                           .scale), w_params.scale)
-        except ValueError as e:
-            log.debug("%s keeps a float bias: %s", layer.name, e)
-            node.inputs[index] = gs.Constant(scope.fresh(f"{node.inputs[index].name}_corrected"), bias)
-            continue
-        node.inputs[index] = _dequantized(graph, scope, node.inputs[index].name, values, None,
-                                          scale=b_scale, axis=0 if b_scale.ndim else None)
-        counts["biases_int32"] += 1
-    return counts
-
-
-def _dequantized(graph: gs.Graph, scope: Scope, base: str, values: np.ndarray, params: quant.QuantParams | None,
-                 *, scale: np.ndarray | None = None, axis: int | None = None) -> gs.Variable:
-    """A DequantizeLinear of the constant ``values`` (int8 weights or int32 bias) and its float output."""
-    if params is not None:
-        scale, axis, zero = params.scale, params.axis, params.zero_point
-    else:
-        zero = np.zeros_like(np.asarray(scale), dtype=values.dtype)
-    assert scale is not None
-    restored = gs.Variable(scope.fresh(f"{base}_dequantized"), dtype=np.float32, shape=list(values.shape))
-    inputs = [gs.Constant(scope.fresh(f"{base}_quantized"), np.ascontiguousarray(values)),
-              gs.Constant(scope.fresh(f"{base}_scale"), np.asarray(scale, np.float32)),
-              gs.Constant(scope.fresh(f"{base}_zero_point"), np.asarray(zero))]
-    graph.nodes.append(gs.Node("DequantizeLinear", scope.fresh(f"{base}_DequantizeLinear"),
-                               {} if axis is None else {"axis": int(axis)}, inputs, [restored]))
-    return restored
