@@ -14,6 +14,7 @@ import enum
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -170,7 +171,7 @@ class PassManager:
         except PreconditionError as e:
             return settle(Status.SKIPPED, str(e)), None
         if not trial.changed and not trial.error:
-            return settle(Status.SKIPPED, "nothing to change", trial), None
+            return settle(Status.SKIPPED, _nothing_to_change(trial.result), trial), None
         if trial.passed:
             return settle(Status.APPLIED, "", trial), trial.outputs
         narrowed, units, trials = self._narrow(pass_, model, previous, trial)
@@ -276,3 +277,11 @@ class PassManager:
         )
         return (best if keep else None), outcomes, len(trials)
 
+
+def _nothing_to_change(result: PassResult | None) -> str:
+    """"nothing to change", with the pass's most frequent reason for what it left alone."""
+    reasons = Counter(s.reason.split(":")[0] for s in (result.skipped if result else ()))
+    if not reasons:
+        return "nothing to change"
+    (reason, count), total = reasons.most_common(1)[0], sum(reasons.values())
+    return f"nothing to change ({count} of {total} skipped: {reason})"

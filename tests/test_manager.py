@@ -13,7 +13,7 @@ from onnx import numpy_helper
 import graphopt
 from graphopt.errors import PreconditionError
 from graphopt.manager import Status
-from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
+from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 
 
 def _scaled(model: onnx.ModelProto, factors: dict[str, float], noise: float = 0.0) -> onnx.ModelProto:
@@ -108,6 +108,17 @@ class Nothing(PassBase):
         return PassResult(model, False)
 
 
+class NothingWithReasons(PassBase):
+    """Changes nothing and says why, node by node."""
+
+    name = "test-nothing-with-reasons"
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        skipped = (Skip("fc1", "inside a subgraph of If: not handled"), Skip("fc2", "inside a subgraph of If: no"),
+                   Skip("relu", "not a layer"))
+        return PassResult(model, False, skipped=skipped)
+
+
 def run(mlp_files: tuple[Path, Path], *passes: PassBase, **kwargs) -> graphopt.OptimizeResult:
     model, data = mlp_files
     return graphopt.optimize(model, data, passes=list(passes), normalize=False, **kwargs)
@@ -152,13 +163,14 @@ def test_narrowing_excludes_the_bad_unit_and_keeps_the_rest(mlp_files: tuple[Pat
 
 
 def test_failures_are_rolled_back_or_skipped_with_reasons(mlp_files: tuple[Path, Path]) -> None:
-    result = run(mlp_files, Raises(), Invalid(), Refuses(), Nothing(), Perturb())
+    result = run(mlp_files, Raises(), Invalid(), Refuses(), Nothing(), Perturb(), NothingWithReasons())
     statuses = [(o.pass_name, o.status, o.reason) for o in result.pipeline.outcomes]
     assert statuses[0][1] is Status.ROLLED_BACK and "ZeroDivisionError: boom" in statuses[0][2]
     assert statuses[1][1] is Status.ROLLED_BACK and "onnx.checker" in statuses[1][2]
     assert statuses[2][1:] == (Status.SKIPPED, "needs a Conv")
     assert statuses[3][1:] == (Status.SKIPPED, "nothing to change")
     assert statuses[4][1] is Status.APPLIED
+    assert statuses[5][1:] == (Status.SKIPPED, "nothing to change (2 of 3 skipped: inside a subgraph of If)")
 
 
 def test_errors_do_not_compound_unseen(mlp_files: tuple[Path, Path]) -> None:
