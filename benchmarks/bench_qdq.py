@@ -105,7 +105,8 @@ MODELS = ("digits", "minilm", "magika", "silero", "silero16k", "cnn32")
 DEFAULT_RUNS = {"digits": 3000, "minilm": 200, "magika": 500, "silero": 2000, "silero16k": 2000, "cnn32": 500}
 _MAGIKA_FILES, _MAGIKA_PER_SUFFIX = 1024, 10
 COSINE_BUDGET = TOP1_BUDGET = 0.99
-FLOAT, GRAPHOPT = "float", "graphopt qdq-int8"
+FLOAT, GRAPHOPT, GRAPHOPT_DYNAMIC = "float", "graphopt qdq-int8", "graphopt qdq-int8 dynamic"
+_PIPELINES = {GRAPHOPT: "qdq-int8", GRAPHOPT_DYNAMIC: "qdq-int8{mode=dynamic}"}
 # Nodes that do a layer's arithmetic, and their integer forms in onnxruntime's operator format.
 _LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention"})
 _INT8_OPS = frozenset({"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QAttention",
@@ -360,12 +361,12 @@ def _error_text(e: BaseException) -> str:
     return text
 
 
-def _graphopt(w: Workload) -> Candidate:
+def _graphopt(w: Workload, variant: str = GRAPHOPT) -> Candidate:
     start = time.perf_counter()
     try:
-        result = graphopt.optimize(w.model, w.data, passes="qdq-int8")
+        result = graphopt.optimize(w.model, w.data, passes=_PIPELINES[variant])
     except Exception as e:  # noqa: BLE001 - a crash is a result to report, not a reason to stop
-        return Candidate(GRAPHOPT, None, time.perf_counter() - start, _error_text(e))
+        return Candidate(variant, None, time.perf_counter() - start, _error_text(e))
     record = result.report.passes[-1]
     left = [u for u in record.units if not u.get("applied")] if record.status == "narrowed" else []
     why = next((s["reason"] for s in record.skipped if s.get("target") == "graph"), record.reason)
@@ -377,7 +378,7 @@ def _graphopt(w: Workload) -> Candidate:
     notes += [f"left float by narrowing {u['name']}: {u.get('reason') or u.get('detail')}" for u in left]
     notes += list(record.notes)
     details = {k: getattr(record, k) for k in ("status", "reason", "stats", "skipped", "notes", "units", "worst")}
-    return Candidate(GRAPHOPT, result.model, time.perf_counter() - start, status=status, notes=notes,
+    return Candidate(variant, result.model, time.perf_counter() - start, status=status, notes=notes,
                      details=details)
 
 
@@ -459,7 +460,7 @@ def _ort_dynamic(w: Workload, folder: Path) -> Candidate:
 
 def _candidates(w: Workload, calibration: Dataset, folder: Path) -> list[Candidate]:
     log.warning("[%s] graphopt qdq-int8 …", w.name)
-    found = [Candidate(FLOAT, w.model, 0.0), _graphopt(w)]
+    found = [Candidate(FLOAT, w.model, 0.0), _graphopt(w), _graphopt(w, GRAPHOPT_DYNAMIC)]
     log.warning("[%s] onnxruntime quantize_static / quantize_dynamic …", w.name)
     with _working_directory(folder):  # onnxruntime's shape inference leaves temporary files in the current folder
         start = time.perf_counter()
@@ -566,7 +567,7 @@ def bench_model(w: Workload, runs: int) -> ModelResult:
         if c.model is None:
             continue
         row.int8_layers, row.layers = _layers(c.model.graph)
-        if c.variant == GRAPHOPT:
+        if c.variant in _PIPELINES:
             head, _, why = row.status.partition(": ")
             row.status = f"{head} ({row.layers - row.int8_layers} kept float)" + (f": {why}" if why else "")
         elif c.variant != FLOAT:

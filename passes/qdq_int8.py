@@ -35,6 +35,7 @@ from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.perf import measure_latency
 from graphopt.runtime import create_session, run_dataset
 from graphopt_passes import _qdq_calibration as calibration
+from graphopt_passes import _qdq_dynamic as dynamic
 from graphopt_passes import _qdq_plan as plan
 from graphopt_passes import _qdq_rewrite as qdq_rewrite
 from graphopt_passes import _qdq_smooth as smoothing
@@ -57,6 +58,11 @@ class QdqInt8Pass(PassBase):
 
     @dataclass(frozen=True)
     class Options:
+        mode: Literal["static", "dynamic"] = field(
+            default="static",
+            metadata={"help": "static: calibrated QDQ pairs; dynamic: weight MatMuls with per-call activation "
+                      "ranges (DynamicQuantizeLinear + MatMulInteger), for models whose static ranges fail"},
+        )
         target: Literal["ort-cpu", "openvino", "tensorrt"] = field(
             default="ort-cpu",
             metadata={"help": "runtime the QDQ model is for: ort-cpu and openvino use uint8 activations, tensorrt "
@@ -111,57 +117,78 @@ class QdqInt8Pass(PassBase):
         """One unit per layer that can run in int8; the manager measures each one's damage."""
         graph = gs.import_onnx(model)
         layers, _ = plan.find_layers(graph, Scope.of(graph), min_dim=self.options.min_dim)
+        if self.options.mode == "dynamic":
+            layers = [layer for layer in layers if layer.op == "MatMul"]
         return tuple(Unit(layer.name, None, f"{layer.op} {'×'.join(map(str, layer.shape))}") for layer in layers)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         empty = {"layers_quantized": 0, "tensors_quantized": 0, "weight_bits": self.weight_bits}
         notes: list[str] = []
-        if self.options.per_channel:
+        if self.options.per_channel and self.options.mode == "static":
             try:
                 model, upgraded = ensure_opset(model, 13)
             except PassError as e:
                 return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
             notes += [upgraded] if upgraded else []
-        smoothing_skips: list[Skip] = []
-        if self.options.smooth == "auto":
-            model, smoothing_notes, smoothing_skips = self._smoothed(model, context)
-            notes += smoothing_notes
-        state = self._calibration(model, context)
-        if isinstance(state.ranges, str):
-            return PassResult(copy_model(model), False, empty, (Skip("graph", state.ranges),))
         try:
-            built = self._build(model, context, state, correct=self.options.bias_correction != "off")
-            if self.options.bias_correction == "auto" and built.counts["biases_corrected"]:
-                if state.correction_helps is None:
-                    plain = self._build(model, context, state, correct=False)
-                    state.correction_helps = _closer(model, built.model, plain.model, context)
-                    notes.append(f"bias correction {'kept' if state.correction_helps else 'dropped'}: it brought the "
-                                 f"outputs {'closer to' if state.correction_helps else 'further from'} the float "
-                                 "model's on the calibration samples")
-                    built = built if state.correction_helps else plain
-                elif not state.correction_helps:
-                    built = self._build(model, context, state, correct=False)
+            built = self._static(model, context, notes) if self.options.mode == "static" else \
+                self._dynamic(model, context)
         except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
             log.info("%s left the model unchanged: %s", self.name, e)
             return PassResult(copy_model(model), False, empty,
                               (Skip("graph", f"rewrite failed: {type(e).__name__}: {first_line(e)}"),))
-        chosen, placement, skipped, counts = built.chosen, built.placement, built.skipped, built.counts
-        if not chosen:
-            return PassResult(copy_model(model), False, empty, tuple(skipped))
+        if isinstance(built, str):
+            return PassResult(copy_model(model), False, empty, (Skip("graph", built),))
+        if not built.chosen:
+            return PassResult(copy_model(model), False, empty, tuple(built.skipped))
         bits = self.weight_bits
         notes.append(f"weights {bits}-bit" + (" (no VNNI on this CPU: full-range int8 saturates in AVX2 kernels)"
                                              if bits == 7 and self.options.weight_bits == "auto" else ""))
-        stats: dict[str, int | float] = {"layers_quantized": len(chosen), "tensors_quantized": len(placement.tensors),
-                                         "weight_bits": bits, **counts}
+        stats: dict[str, int | float] = {"layers_quantized": len(built.chosen), "tensors_quantized": built.tensors,
+                                         "weight_bits": bits, **built.counts}
         if self.options.speed_check != "off":
             stats["latency_ratio"] = ratio = _latency_ratio(model, built.model, context)
             if ratio >= 1.0 and self.options.speed_check == "decline":
                 why = (f"int8 is not faster here: {ratio:.3f}× the float latency (single thread, batch 1); "
                        "speed_check=note keeps it anyway")
                 return PassResult(copy_model(model), False, {**empty, "latency_ratio": ratio},
-                                  (*skipped, Skip("graph", why)))
+                                  (*built.skipped, Skip("graph", why)))
         log.info("%s: %s", self.name, stats)
-        return PassResult(built.model, True, stats, (*skipped, *smoothing_skips), tuple(notes))
+        return PassResult(built.model, True, stats, tuple(built.skipped), tuple(notes))
+
+    def _static(self, model: onnx.ModelProto, context: PassContext, notes: list[str]) -> _Built | str:
+        """smooth → calibrate → place → correct → rewrite; the reason instead when calibration fails."""
+        smoothing_skips: list[Skip] = []
+        if self.options.smooth == "auto":
+            model, smoothing_notes, smoothing_skips = self._smoothed(model, context)
+            notes += smoothing_notes
+        state = self._calibration(model, context)
+        if isinstance(state.ranges, str):
+            return state.ranges
+        built = self._build(model, context, state, correct=self.options.bias_correction != "off")
+        if self.options.bias_correction == "auto" and built.counts["biases_corrected"]:
+            if state.correction_helps is None:
+                plain = self._build(model, context, state, correct=False)
+                state.correction_helps = _closer(model, built.model, plain.model, context)
+                notes.append(f"bias correction {'kept' if state.correction_helps else 'dropped'}: it brought the "
+                             f"outputs {'closer to' if state.correction_helps else 'further from'} the float "
+                             "model's on the calibration samples")
+                built = built if state.correction_helps else plain
+            elif not state.correction_helps:
+                built = self._build(model, context, state, correct=False)
+        built.skipped += smoothing_skips
+        return built
+
+    def _dynamic(self, model: onnx.ModelProto, context: PassContext) -> _Built:
+        with editing(model) as edit:
+            scope = Scope.of(edit.graph)
+            scope.names.update(node.name for node in edit.graph.nodes)
+            layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
+            skipped += [Skip(layer.name, f"dynamic mode quantizes weight MatMuls only ({layer.op} stays float)")
+                        for layer in layers if layer.op != "MatMul"]
+            chosen = [layer for layer in layers if layer.op == "MatMul" and context.selects(layer.name)]
+            dynamic.rewrite_dynamic(edit.graph, scope, chosen, self._weight_params)
+        return _Built(edit.model, chosen, len({layer.activation for layer in chosen}), skipped, {})
 
     def _build(self, model: onnx.ModelProto, context: PassContext, state: _Calibration, *, correct: bool) -> _Built:
         assert not isinstance(state.ranges, str)
@@ -174,7 +201,7 @@ class QdqInt8Pass(PassBase):
             grids = qdq_rewrite.Grids(state.ranges, signed=self.options.target == "tensorrt")
             shifts = self._shifts(model, placement, grids, state, context) if correct else {}
             counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params)
-        return _Built(edit.model, chosen, placement, skipped, counts)
+        return _Built(edit.model, chosen, len(placement.tensors), skipped, counts)
 
     def _weight_params(self, layer: plan.Layer) -> quant.QuantParams:
         return quant.weight_params(layer.weight, layer.axis if self.options.per_channel else None,
@@ -255,7 +282,7 @@ class _Calibration:
 class _Built:
     model: onnx.ModelProto
     chosen: list[plan.Layer]
-    placement: plan.Placement
+    tensors: int
     skipped: list[Skip]
     counts: dict[str, int]
 

@@ -205,6 +205,30 @@ def test_smoothing_is_skipped_when_the_layernorm_output_feeds_a_residual(rng: np
     assert "no smoothing: output is also read by Add" in reasons(result)
 
 
+def test_dynamic_mode_fuses_into_dynamic_quantize_matmul_and_leaves_convs(rng: np.random.Generator,
+                                                                           tmp_path: Path) -> None:
+    model = build(
+        "g (float[N,7,64] x, float[N,16,8,8] i) => (float[N,7,32] y, float[N,7,32] z, float[N,32,6,6] c) "
+        "{ y = MatMul(x, w1)\n z = MatMul(x, w2)\n c = Conv(i, k) }",
+        w1=weight(rng, 64, 32), w2=weight(rng, 64, 32), k=weight(rng, 32, 16, 3, 3),
+    )
+    pass_ = QdqInt8Pass(QdqInt8Pass.Options(mode="dynamic", weight_bits="7", speed_check="off"))
+    ctx = context(model, rng)
+    assert [u.name for u in pass_.units(model, ctx)] == ["y", "z"]
+    result = pass_(model, ctx)
+    assert result.modified and result.stats["layers_quantized"] == 2 and result.stats["tensors_quantized"] == 1
+    assert ops(result.model)["DynamicQuantizeLinear"] == 1 and ops(result.model)["MatMulInteger"] == 2
+    assert "dynamic mode quantizes weight MatMuls only (Conv stays float)" in reasons(result)
+    onnx.checker.check_model(result.model, full_check=True)
+    held_out = feeds(model, 1, np.random.default_rng(3))
+    for optimize in (False, True):
+        for want, got in zip(run_ort(model, held_out), run_ort(result.model, held_out, optimize=optimize)):
+            assert np.linalg.norm(got - want) <= 0.03 * np.linalg.norm(want)
+    fused = fused_ops(result.model, tmp_path)
+    assert fused["DynamicQuantizeMatMul"] + fused["MatMulIntegerToFloat"] == 2 and fused["MatMulInteger"] == 0
+    assert pass_(result.model, ctx).modified is False
+
+
 def test_float_consumers_of_a_quantized_input_keep_the_float_tensor(rng: np.random.Generator) -> None:
     model = build(
         "g (float[N,64] x) => (float[N,64] y) { h = MatMul(x, w)\n y = Add(h, x) }", w=weight(rng, 64, 64)
