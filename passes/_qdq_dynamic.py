@@ -3,9 +3,9 @@
 ``DynamicQuantizeLinear(x) → MatMulInteger(x_q, W_q) → Cast → Mul(s_x·s_w)`` is the pattern onnxruntime fuses into
 one DynamicQuantizeMatMul kernel (the form its own ``quantize_dynamic`` writes). The activation's range is measured
 on every call, so nothing is calibrated; the weights are the same per-column int8 (7-bit without VNNI) as in
-static mode. A range measured over a batch is at least as wide as over any one of its samples, so verifying on
-batches is conservative for batch-1 deployment. Convolutions are left float: ConvInteger is several times slower
-than float convolution on CPUs (3–5× in ``benchmarks/bench_qdq.py``).
+static mode. A range measured over a batch is at least as wide as over any one of its samples, so the grid the
+manager verifies on batches is never finer than the one a batch-1 deployment gets. Convolutions are left float:
+ConvInteger is several times slower than float convolution on CPUs (3–5× in ``benchmarks/bench_qdq.py``).
 """
 
 from __future__ import annotations

@@ -124,15 +124,15 @@ class QdqInt8Pass(PassBase):
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         empty = {"layers_quantized": 0, "tensors_quantized": 0, "weight_bits": self.weight_bits}
         notes: list[str] = []
-        if self.options.per_channel and self.options.mode == "static":
-            try:
-                model, upgraded = ensure_opset(model, 13)
-            except PassError as e:
-                return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
-            notes += [upgraded] if upgraded else []
+        static = self.options.mode == "static"
+        minimum = 11 if not static else 13 if self.options.per_channel else 10  # DynamicQuantizeLinear; DQ axis
         try:
-            built = self._static(model, context, notes) if self.options.mode == "static" else \
-                self._dynamic(model, context)
+            model, upgraded = ensure_opset(model, minimum)
+        except PassError as e:
+            return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
+        notes += [upgraded] if upgraded else []
+        try:
+            built = self._static(model, context, notes) if static else self._dynamic(model, context)
         except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
             log.info("%s left the model unchanged: %s", self.name, e)
             return PassResult(copy_model(model), False, empty,
