@@ -7,17 +7,18 @@ activations. The model's own outputs are not fetched.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from graphopt.data import Dataset
+from graphopt.errors import first_line
 from graphopt.graph import copy_model
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session
 
-__all__ = ["stream_activations", "tap"]
+__all__ = ["reduce_activations", "stream_activations", "tap"]
 
 
 def tap(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -56,3 +57,26 @@ def stream_activations(
             values = session.run(list(names), feed)
             yield dict(zip(names, values, strict=True))
             advance(count)
+
+
+def reduce_activations(
+    model: onnx.ModelProto,
+    reducers: Mapping[str, Callable[[np.ndarray], None]],
+    data: Dataset,
+    runtime: RuntimeConfig | None = None,
+    *,
+    progress: Progress = NULL_PROGRESS,
+    label: str = "calibration",
+) -> str:
+    """Stream ``data`` and hand each batch of tensor ``name`` to ``reducers[name]`` at once (running statistics).
+
+    Returns ``""``, or the one-line reason the run failed: onnxruntime raises many exception types, and a pass that
+    cannot calibrate skips with that reason rather than crash.
+    """
+    try:
+        for batch in stream_activations(model, sorted(reducers), data, runtime, progress=progress, label=label):
+            for name, reduce in reducers.items():
+                reduce(batch[name])
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return f"{label} failed: {type(e).__name__}: {first_line(e)}"
+    return ""

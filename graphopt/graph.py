@@ -8,6 +8,7 @@ again, because a pass that changes channel counts would otherwise leave wrong ``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-__all__ = ["GraphEdit", "constant_array", "copy_model", "default_opset", "editing", "infer_shapes", "initializer_arrays"]
+__all__ = ["GraphEdit", "constant_array", "copy_model", "default_opset", "editing", "infer_shapes", "initializer_arrays", "model_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as e:
         log.info("shape inference failed, shapes left as they were: %s", e)
         return model
+
+
+def model_digest(model: onnx.ModelProto) -> bytes:
+    """A key for caching work on ``model`` (passes are run once per narrowing trial on the same model); empty beyond
+    protobuf's 2 GB, where the model cannot be serialised: then nothing is cached."""
+    try:
+        return hashlib.sha256(model.SerializeToString()).digest()
+    except ValueError:
+        return b""
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:

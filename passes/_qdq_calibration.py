@@ -12,8 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from graphopt.activations import stream_activations
-from graphopt.errors import first_line
+from graphopt.activations import reduce_activations
 from graphopt.pass_base import PassContext
 from graphopt_passes._math import bias_correction as bc
 from graphopt_passes._math import quant, smooth
@@ -35,42 +34,46 @@ MeansKey = tuple[str, str, int]
 """(tensor, the tensor whose range sets its grid, channel axis)."""
 
 
+def _reduce(model: onnx.ModelProto, reducers: Mapping[str, Callable[[np.ndarray], None]], context: PassContext,
+            label: str) -> str:
+    assert context.calibration is not None
+    return reduce_activations(model, reducers, context.calibration, context.runtime, progress=context.progress,
+                              label=label)
+
+
 def activation_ranges(model: onnx.ModelProto, names: Sequence[str], context: PassContext, method: str, *,
                       percentile: float, signed: bool) -> Ranges | str:
     """The calibrated range of each tensor in ``names``, or why calibration failed."""
-    assert context.calibration is not None
     minmax = {name: quant.MinMaxObserver() for name in names}
     histograms = {name: quant.HistogramObserver() for name in names} if method in ("percentile", "mse") else {}
-    try:
-        for batch in stream_activations(model, list(names), context.calibration, context.runtime,
-                                        progress=context.progress, label="int8 calibration"):
-            for name in names:
-                minmax[name].update(batch[name])
-                if histograms:
-                    histograms[name].update(batch[name])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-        return f"calibration failed: {type(e).__name__}: {first_line(e)}"
-    return {name: quant.estimate_range(minmax[name], histograms.get(name), method, percentile=percentile,
-                                       signed=signed) for name in names}
+
+    def observe(name: str) -> Callable[[np.ndarray], None]:
+        def update(x: np.ndarray) -> None:
+            minmax[name].update(x)
+            if histograms:
+                histograms[name].update(x)
+        return update
+
+    failed = _reduce(model, {name: observe(name) for name in names}, context, "int8 calibration")
+    return failed or {name: quant.estimate_range(minmax[name], histograms.get(name), method, percentile=percentile,
+                                                 signed=signed) for name in names}
 
 
 def channel_means(model: onnx.ModelProto, keys: Sequence[MeansKey], grid: Callable[[str], quant.QuantParams],
                   context: PassContext) -> dict[MeansKey, tuple[np.ndarray, np.ndarray]] | str:
     """Per-channel means of each tensor and of its fake-quantized copy on ``grid(source)``."""
-    assert context.calibration is not None
-    names = sorted({key[0] for key in keys})
     plain = {key: bc.ChannelMeans(key[2]) for key in keys}
     rounded = {key: bc.ChannelMeans(key[2]) for key in keys}
-    try:
-        for batch in stream_activations(model, names, context.calibration, context.runtime,
-                                        progress=context.progress, label="bias correction"):
-            for key in keys:
-                x = batch[key[0]]
+
+    def observe(name: str) -> Callable[[np.ndarray], None]:
+        def update(x: np.ndarray) -> None:
+            for key in (k for k in keys if k[0] == name):
                 plain[key].update(x)
                 rounded[key].update(quant.fake_quantize(x, grid(key[1])))
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-        return f"bias correction failed: {type(e).__name__}: {first_line(e)}"
-    return {key: (plain[key].mean, rounded[key].mean) for key in keys}
+        return update
+
+    failed = _reduce(model, {name: observe(name) for name in {key[0] for key in keys}}, context, "bias correction")
+    return failed or {key: (plain[key].mean, rounded[key].mean) for key in keys}
 
 
 def means_key(layer: Layer, source: str) -> MeansKey:
@@ -87,43 +90,34 @@ def bias_shifts(layers: Sequence[Layer], sources: Mapping[str, str], weights: Ca
             continue
         kind = {"MatMul": "matmul", "Gemm": "gemm", "Conv": "conv"}[layer.op]
         options = {"trans_b": bool(layer.node.attrs.get("transB", 0)), "groups": int(layer.node.attrs.get("group", 1))}
-        rounded = quant.fake_quantize(layer.weight, weights(layer))
+        exact = bc.mean_map(layer.weight, kind, **options)
         mean_x, mean_rounded_x = means[key]
-        if mean_x.shape[0] != bc.mean_map(layer.weight, kind, **options).shape[0]:
+        if mean_x.shape[0] != exact.shape[0]:
             continue
-        shifts[layer.name] = bc.output_shift(bc.mean_map(layer.weight, kind, **options),
-                                             bc.mean_map(rounded, kind, **options), mean_x, mean_rounded_x)
+        rounded = bc.mean_map(quant.fake_quantize(layer.weight, weights(layer)), kind, **options)
+        shifts[layer.name] = bc.output_shift(exact, rounded, mean_x, mean_rounded_x)
     return shifts
 
 
 def channel_ranges(model: onnx.ModelProto, names: Sequence[str], context: PassContext
                    ) -> dict[str, tuple[np.ndarray, np.ndarray]] | str:
     """Per-channel (last axis) min and max of each tensor on the calibration samples."""
-    assert context.calibration is not None
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    try:
-        for batch in stream_activations(model, list(names), context.calibration, context.runtime,
-                                        progress=context.progress, label="smoothing ranges"):
-            for name in names:
-                rows = batch[name].reshape(-1, batch[name].shape[-1])
-                low, high = rows.min(axis=0), rows.max(axis=0)
-                if name in ranges:
-                    low, high = np.minimum(ranges[name][0], low), np.maximum(ranges[name][1], high)
-                ranges[name] = (low, high)
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-        return f"smoothing calibration failed: {type(e).__name__}: {first_line(e)}"
-    return ranges
+
+    def observe(name: str) -> Callable[[np.ndarray], None]:
+        def update(x: np.ndarray) -> None:
+            rows = x.reshape(-1, x.shape[-1])
+            low, high = rows.min(axis=0), rows.max(axis=0)
+            if name in ranges:
+                low, high = np.minimum(ranges[name][0], low), np.maximum(ranges[name][1], high)
+            ranges[name] = (low, high)
+        return update
+
+    failed = _reduce(model, {name: observe(name) for name in names}, context, "smoothing ranges")
+    return failed or ranges
 
 
 def search_smoothing(model: onnx.ModelProto, searches: Mapping[str, smooth.SmoothingSearch],
                      context: PassContext) -> str:
     """Feed every search its activation's batches; returns why it failed, or ``""``."""
-    assert context.calibration is not None
-    try:
-        for batch in stream_activations(model, sorted(searches), context.calibration, context.runtime,
-                                        progress=context.progress, label="smoothing search"):
-            for name, search in searches.items():
-                search.update(batch[name])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-        return f"smoothing search failed: {type(e).__name__}: {first_line(e)}"
-    return ""
+    return _reduce(model, {name: search.update for name, search in searches.items()}, context, "smoothing search")

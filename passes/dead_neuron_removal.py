@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.activations import stream_activations
+from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import copy_model, editing
+from graphopt.graph import copy_model, editing, model_digest
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
@@ -69,6 +69,10 @@ class DeadNeuronRemovalPass(PassBase):
             if self.align < 1:
                 raise ValueError("align must be at least 1")
 
+    def __init__(self, options: DeadNeuronRemovalPass.Options | None = None) -> None:
+        super().__init__(options)
+        self._cache: tuple[bytes, object, tuple[dict[str, dict[int, float]], list[Skip]]] | None = None
+
     def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
         if context.calibration is None or context.calibration.n_samples == 0:
             raise PreconditionError("dead-neuron-removal finds dead channels on calibration samples, and none were given")
@@ -99,9 +103,19 @@ class DeadNeuronRemovalPass(PassBase):
         return PassResult(edit.model, True, stats, tuple(skipped), notes)
 
     def _plan(self, model: onnx.ModelProto, context: PassContext) -> tuple[dict[str, dict[int, float]], list[Skip]]:
-        """Per group, the dead channels with their value at the producer's output, and skips."""
+        """Per group, the dead channels with their value at the producer's output, and skips; cached by model
+        digest, since narrowing runs the pass once per trial on the same model."""
         if context.calibration is None:
             return {}, []
+        key = model_digest(model)
+        if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
+            return self._cache[2]
+        plan = self._measure(model, context)
+        self._cache = (key, context.calibration, plan) if key else None
+        return plan
+
+    def _measure(self, model: onnx.ModelProto, context: PassContext) -> tuple[dict[str, dict[int, float]], list[Skip]]:
+        assert context.calibration is not None
         graph = gs.import_onnx(model)
         found = channels.find_channel_groups(graph)
         groups = [g for g in found if isinstance(g, channels.ChannelGroup)]
@@ -113,13 +127,11 @@ class DeadNeuronRemovalPass(PassBase):
                 stats.setdefault(link.node.inputs[0].name, _Stats(link.layout.axis))
         if not stats:
             return {}, skipped
-        try:
-            for batch in stream_activations(model, sorted(stats), context.calibration, context.runtime,
-                                            progress=context.progress, label="dead-neuron calibration"):
-                for name, tensor in stats.items():
-                    tensor.update(batch[name])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-            return {}, [*skipped, Skip("graph", f"calibration failed: {type(e).__name__}: {first_line(e)}")]
+        failed = reduce_activations(model, {name: tensor.update for name, tensor in stats.items()},
+                                    context.calibration, context.runtime, progress=context.progress,
+                                    label="dead-neuron calibration")
+        if failed:
+            return {}, [*skipped, Skip("graph", failed)]
         plan = {}
         for group in groups:
             values, why = self._dead(group, stats)

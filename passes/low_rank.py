@@ -12,9 +12,8 @@ Two candidate layers joined directly through an inner dimension thinner than bot
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,9 +21,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.activations import stream_activations
+from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import constant_array, copy_model, editing
+from graphopt.graph import constant_array, copy_model, editing, model_digest
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt_passes._channels import Scope, label
 from graphopt_passes._math import low_rank as lr
@@ -147,10 +146,7 @@ class LowRankPass(PassBase):
 
     def _plan(self, model: onnx.ModelProto, context: PassContext) -> tuple[list[_Split], list[Skip]]:
         """The splits and refusals, cached by model digest: narrowing calls ``run`` once per trial subset."""
-        try:
-            key = hashlib.sha256(model.SerializeToString()).digest()
-        except ValueError:  # beyond protobuf's 2 GB: no cache
-            key = b""
+        key = model_digest(model)
         if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
             return self._cache[2]
         try:
@@ -272,15 +268,18 @@ def _calibrate(
     assert context.calibration is not None
     keys = sorted({(layer.source, layer.side) for layer in layers})
     grams: dict[tuple[str, str], lr.Gram] = {}
-    try:
-        for batch in stream_activations(model, sorted({k[0] for k in keys}), context.calibration, context.runtime,
-                                        progress=context.progress, label="low-rank calibration"):
-            for source, side in keys:
-                x = batch[source]
+
+    def observe(source: str) -> Callable[[np.ndarray], None]:
+        def update(x: np.ndarray) -> None:
+            for side in (side for name, side in keys if name == source):
                 axis = 1 if side == "conv" else -2 if side == "left" and x.ndim >= 2 else -1
                 grams[(source, side)] = lr.accumulate_gram(grams.get((source, side)), x, axis)
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types; every layer is skipped with the reason
-        return f"calibration failed: {type(e).__name__}: {first_line(e)}"
+        return update
+
+    failed = reduce_activations(model, {source: observe(source) for source, _ in keys}, context.calibration,
+                                context.runtime, progress=context.progress, label="low-rank calibration")
+    if failed:
+        return failed
     return grams
 
 

@@ -18,7 +18,6 @@ and keeps as many layers in int8 as the budget allows. A result that is not fast
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -28,7 +27,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.errors import PassError, PreconditionError, first_line
-from graphopt.graph import copy_model, editing
+from graphopt.graph import copy_model, editing, model_digest
 from graphopt.machine import has_vnni
 from graphopt.normalize import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
@@ -210,7 +209,7 @@ class QdqInt8Pass(PassBase):
     def _smoothed(self, model: onnx.ModelProto, context: PassContext) -> tuple[onnx.ModelProto, list[str], list[Skip]]:
         """``model`` with SmoothQuant folded where a LayerNorm feeds only quantizable matrix products and some α
         beats no smoothing on calibration data; cached by model digest like the calibration."""
-        key = _digest(model)
+        key = model_digest(model)
         if key and self._smooth and self._smooth[0] == key and self._smooth[1] is context.calibration:
             return self._smooth[2], self._smooth[3], self._smooth[4]
         graph = gs.import_onnx(model)
@@ -240,7 +239,7 @@ class QdqInt8Pass(PassBase):
     def _calibration(self, model: onnx.ModelProto, context: PassContext) -> _Calibration:
         """Ranges of every tensor any selection could quantize, cached by model digest: narrowing runs the pass
         once per trial subset on the same model."""
-        key = _digest(model)
+        key = model_digest(model)
         if key and self._state and self._state.key == key and self._state.data is context.calibration:
             return self._state
         graph = gs.import_onnx(model)
@@ -285,14 +284,6 @@ class _Built:
     tensors: int
     skipped: list[Skip]
     counts: dict[str, int]
-
-
-def _digest(model: onnx.ModelProto) -> bytes:
-    """A cache key for a model; empty (no caching) beyond protobuf's 2 GB."""
-    try:
-        return hashlib.sha256(model.SerializeToString()).digest()
-    except ValueError:
-        return b""
 
 
 def _closer(reference: onnx.ModelProto, first: onnx.ModelProto, second: onnx.ModelProto,
