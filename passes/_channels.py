@@ -14,6 +14,7 @@ how they choose the channels and their values. Values assume finite inputs: a ze
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeGuard
@@ -29,9 +30,11 @@ __all__ = [
     "Layout",
     "Link",
     "Producer",
+    "Refit",
     "Scope",
     "Values",
     "constant_channels",
+    "constant_input",
     "consumer_values",
     "find_channel_groups",
     "label",
@@ -43,6 +46,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Values = dict[int, "np.ndarray | str"]  # channel -> per-row values (float64), or why its value is unknown here
+Refit = Callable[["Link", np.ndarray, list[int]], tuple[np.ndarray, np.ndarray]]
+"""(consumer, its weight as the float64 K×N matrix of ``x·W`` — a Conv kernel flattened to (C·k₁·…)×N, channel-major
+rows —, the kept channels) → (the kept rows, refitted, and the change of the consumer's bias)."""
 
 _UNARY: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "Relu": lambda v, a: np.maximum(v, 0.0),
@@ -53,10 +59,17 @@ _UNARY: dict[str, Callable[[np.ndarray, Mapping], np.ndarray]] = {
     "Tanh": lambda v, a: np.tanh(v),
     "Softplus": lambda v, a: np.logaddexp(0.0, v),
     "Neg": lambda v, a: -v,
+    "Erf": lambda v, a: _erf(v),
+    "Gelu": lambda v, a: (0.5 * v * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
+                          if a.get("approximate", "none") == "tanh" else 0.5 * v * (1.0 + _erf(v / math.sqrt(2)))),
 }
 _POOLS = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"}
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
 _CONSUMERS = {"Gemm", "MatMul", "Conv", "ConvTranspose"}
+
+
+def _erf(v: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(v)
 
 
 class _Refuse(Exception):
@@ -93,9 +106,13 @@ class Producer:
     layout: Layout
 
 
+BOTH = -1
+
+
 @dataclass(frozen=True, eq=False)
 class Link:
-    """A node of a group reading the chain at input ``index``, where the channels have ``layout``."""
+    """A node of a group reading the chain at input ``index``, where the channels have ``layout``; ``index`` is
+    ``BOTH`` for a binary op whose two inputs are both in the chain (the ``x·Φ(x)`` of a decomposed GELU)."""
 
     node: gs.Node
     layout: Layout
@@ -180,6 +197,11 @@ def _array(node: gs.Node, index: int) -> np.ndarray:
     return array
 
 
+def constant_input(node: gs.Node, index: int) -> np.ndarray:
+    """Input ``index`` of a node of a traced group, known to be a constant (a weight or bias)."""
+    return _array(node, index)
+
+
 def _float(array: np.ndarray | None) -> TypeGuard[np.ndarray]:
     return array is not None and array.dtype.kind == "f"
 
@@ -246,6 +268,7 @@ def _trace(producer: Producer, scope: Scope) -> ChannelGroup:
     ops: list[Link] = []
     consumers: list[Link] = []
     pending = [(producer.node.outputs[0], producer.layout)]
+    halves: dict[int, tuple[gs.Node, Layout]] = {}  # binary ops whose other input is not reached yet
     while pending:
         tensor, layout = pending.pop(0)
         if id(tensor) in scope.outputs:
@@ -255,6 +278,19 @@ def _trace(producer: Producer, scope: Scope) -> ChannelGroup:
         for node in tensor.outputs:
             uses = [i for i, t in enumerate(node.inputs) if t is tensor]
             where = f"{node.op} '{label(node)}'"
+            if _standard(node) and node.op in _BINARY and len(node.inputs) == 2 and _const(node, 1 - uses[0]) is None:
+                if any(link.node is node for link in ops):
+                    continue  # reached through its second input slot of the same tensor
+                half = halves.pop(id(node), None) if len(uses) == 1 else (node, layout)
+                if half is None:
+                    halves[id(node)] = (node, layout)
+                    continue
+                if (half[1].axis, half[1].block) != (layout.axis, layout.block):
+                    raise _Refuse(f"{where} combines the channels in two different layouts")
+                rank = None if layout.rank is None or half[1].rank is None else max(layout.rank, half[1].rank)
+                ops.append(Link(node, layout, BOTH))
+                pending.append((node.outputs[0], Layout(layout.axis, layout.block, rank)))
+                continue
             if len(uses) != 1 or not _standard(node):
                 raise _Refuse(f"{where} reads '{tensor.name}' in a way the channel analysis cannot follow")
             link = Link(node, layout, uses[0])
@@ -264,6 +300,8 @@ def _trace(producer: Producer, scope: Scope) -> ChannelGroup:
             else:
                 pending.append((node.outputs[0], _check_op(link, producer.channels, scope, where)))
                 ops.append(link)
+    for node, _ in halves.values():
+        raise _Refuse(f"{node.op} '{label(node)}' combines the channels with a tensor that is not a per-channel constant")
     if not consumers:
         raise _Refuse("its output reaches no layer")
     return ChannelGroup(producer, tuple(ops), tuple(consumers))
@@ -369,6 +407,8 @@ def _step(link: Link, channels: int, channel: int, value: np.ndarray) -> np.ndar
     rows = layout.rows([channel])
     if op in _UNARY:
         return _UNARY[op](value, node.attrs)
+    if op in _BINARY and link.index == BOTH:
+        raise ValueError("a binary op of two chain tensors needs both values")
     if op in _BINARY:
         other = _rows(_array(node, 1 - link.index), layout, channels)[rows]
         return _BINARY[op](value, other) if link.index == 0 else _BINARY[op](other, value)
@@ -399,6 +439,12 @@ def consumer_values(group: ChannelGroup, values: Mapping[int, float]) -> list[Va
     at: dict[int, Values] = {id(group.producer.node.outputs[0]): {k: np.array([float(v)]) for k, v in values.items()}}
     with np.errstate(all="ignore"):
         for link in group.ops:
+            if link.index == BOTH:
+                first, second = (at[id(t)] for t in link.node.inputs)
+                at[id(link.node.outputs[0])] = {
+                    k: v if isinstance(v, str) else second[k] if isinstance(second[k], str)
+                    else _BINARY[link.node.op](v, second[k]) for k, v in first.items()}
+                continue
             before = at[id(link.node.inputs[link.index])]
             at[id(link.node.outputs[0])] = {
                 k: v if isinstance(v, str) else _step(link, group.producer.channels, k, v) for k, v in before.items()
@@ -436,17 +482,21 @@ def _why_kept(link: Link, value: np.ndarray | str) -> str:
     return ""
 
 
-def remove_channels(graph: gs.Graph, removals: Sequence[tuple[ChannelGroup, Mapping[int, float]]]) -> int:
+def remove_channels(
+    graph: gs.Graph, removals: Sequence[tuple[ChannelGroup, Mapping[int, float]]], refit: Refit | None = None
+) -> int:
     """Remove channels (with their value at the producer's output) from each group; returns the channel count.
 
     All producers and chains are sliced before any consumer, so a layer that is both (a Conv in the middle of a
     network) sees its output channels removed before its input channels and bias are changed. Weights are never
     edited in place: every changed constant is a new tensor, so a weight shared with another node stays intact.
+    With ``refit``, the consumers take the weights and bias change it returns instead of folding the values (a
+    lossy rewrite such as pruning: the values are then ignored; ConvTranspose readers are not supported).
     """
     scope = Scope.of(graph)
     seen = [consumer_values(group, values) for group, values in removals]
     lost = [v for at in seen for vals in at for v in vals.values() if isinstance(v, str)]
-    if lost:
+    if lost and refit is None:
         raise ValueError(f"a removed channel has no constant value at a consumer: {lost[0]}")
     for group, values in removals:
         keep = [k for k in range(group.producer.channels) if k not in values]
@@ -456,8 +506,11 @@ def remove_channels(graph: gs.Graph, removals: Sequence[tuple[ChannelGroup, Mapp
     for (group, values), at in zip(removals, seen):
         keep = [k for k in range(group.producer.channels) if k not in values]
         for link, vals in zip(group.consumers, at):
+            if refit is not None:
+                _refit_consumer(link, keep, refit, scope)
+                continue
             gone = sorted(values)
-            removed = np.concatenate([vals[k] for k in gone]) if gone else np.zeros(0)
+            removed = np.concatenate([vals[k] for k in gone]) if gone else np.zeros(0)  # type: ignore[misc]
             _slice_consumer(link, keep, link.layout.rows(gone), removed, scope)
     return sum(len(values) for _, values in removals)
 
@@ -488,7 +541,7 @@ def _slice_op(link: Link, channels: int, keep: list[int], scope: Scope) -> None:
     if node.op == "BatchNormalization":
         for i in range(1, 5):
             _set(node, i, _array(node, i)[rows], scope)
-    elif node.op in _BINARY or node.op == "PRelu":
+    elif (node.op in _BINARY and link.index != BOTH) or node.op == "PRelu":
         index = 1 - link.index if node.op in _BINARY else 1
         array = _array(node, index)
         place = array.ndim + layout.axis
@@ -518,6 +571,27 @@ def _slice_consumer(link: Link, keep: list[int], gone: np.ndarray, values: np.nd
             _set(node, 2, (delta if bias is None else bias.astype(np.float64) + delta).astype(weight.dtype), scope)
     else:
         _set(node, 1, weight[keep], scope)
+
+
+def _refit_consumer(link: Link, keep: list[int], refit: Refit, scope: Scope) -> None:
+    node, weight = link.node, _array(link.node, 1)
+    if node.op in ("Gemm", "MatMul"):
+        trans = bool(node.attrs.get("transB", 0))
+        new, delta = refit(link, (weight.T if trans else weight).astype(np.float64), keep)
+        _set(node, 1, (new.T if trans else new).astype(weight.dtype), scope)
+        delta = float(node.attrs.get("alpha", 1.0)) * np.asarray(delta, np.float64)
+        if np.any(delta != 0):
+            (_fold_gemm if node.op == "Gemm" else _fold_matmul)(node, delta.astype(weight.dtype), scope)
+    elif node.op == "Conv":
+        out = weight.shape[0]
+        new, delta = refit(link, weight.reshape(out, -1).T.astype(np.float64), keep)
+        _set(node, 1, new.T.reshape(out, len(keep), *weight.shape[2:]).astype(weight.dtype), scope)
+        if np.any(np.asarray(delta) != 0):
+            bias = _const(node, 2)
+            total = np.asarray(delta, np.float64) + (0.0 if bias is None else bias.astype(np.float64))
+            _set(node, 2, total.astype(weight.dtype), scope)
+    else:
+        raise ValueError(f"{node.op} '{label(node)}' cannot be refitted")
 
 
 def _fold_gemm(node: gs.Node, delta: np.ndarray, scope: Scope) -> None:

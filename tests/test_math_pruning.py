@@ -201,3 +201,19 @@ def test_masked_refit_leaves_unpruned_columns_alone(rng: np.random.Generator) ->
     np.testing.assert_array_equal(refitted[:, [0, 1, 3]], w[:, [0, 1, 3]])
     assert refitted[1, 2] == 0 and refitted[4, 2] == 0 and not np.allclose(refitted[:, 2], w[:, 2] * mask[:, 2])
     np.testing.assert_array_equal(masked_refit(x.T @ x, w, np.zeros((6, 4), dtype=bool)), np.zeros((6, 4)))
+
+
+def test_block_energy_scores_are_the_rms_change_of_removing_each_block(rng: np.random.Generator) -> None:
+    from graphopt_passes._math.pruning import block_energy_scores
+
+    x = rng.standard_normal((400, 12)) @ rng.standard_normal((12, 12)) + 2.0
+    w = rng.standard_normal((12, 5))
+    gram = accumulate(None, x)
+    for centered in (False, True):
+        xs = x - x.mean(axis=0) if centered else x
+        expected = [np.sqrt(np.mean(np.sum((xs[:, 3 * k:3 * k + 3] @ w[3 * k:3 * k + 3]) ** 2, axis=1)))
+                    for k in range(4)]
+        np.testing.assert_allclose(block_energy_scores(gram, w, 3, centered=centered), expected, rtol=1e-9)
+    assert (block_energy_scores(accumulate(None, np.full((50, 12), 3.0)), w, 3) < 1e-6).all(), "constants: mean only"
+    with pytest.raises(ValueError, match="blocks of 5"):
+        block_energy_scores(gram, w, 5)

@@ -26,6 +26,7 @@ from graphopt_passes._math.low_rank import regularized
 __all__ = [
     "AugmentedGram",
     "accumulate",
+    "block_energy_scores",
     "channel_norms",
     "channels_to_remove",
     "energy_scores",
@@ -70,6 +71,27 @@ def energy_scores(mean_square: ArrayLike, outgoing: ArrayLike) -> Array:
     if w.ndim != 2 or w.shape[0] != ms.shape[0]:
         raise ValueError(f"outgoing weight {w.shape} must be K×N with K = {ms.shape[0]} channels")
     return np.sqrt(ms) * np.sqrt(np.einsum("ij,ij->i", w, w))
+
+
+def block_energy_scores(gram: AugmentedGram, outgoing: ArrayLike, block: int = 1, *, centered: bool = True) -> Array:
+    """RMS change of the next layer's output when one channel's ``block`` consecutive input rows are removed.
+
+    Removing channel k changes ``x·W`` by ``Δ = x_k·W_k`` (its rows), so ``E‖Δ‖² = tr(W_kᵀ·G_kk·W_k)/n`` exactly,
+    cross terms within the block included: the rows of a flattened feature map, or the taps of a Conv patch. With
+    ``centered`` the channel's mean is left out (G becomes the covariance), as a refit moves the mean into the bias.
+    """
+    w = np.asarray(outgoing, np.float64)
+    if w.shape[0] != gram.features or gram.features % block:
+        raise ValueError(f"outgoing weight {w.shape} does not match {gram.features} rows in blocks of {block}")
+    n = max(gram.count, 1)
+    g = gram.plain / n
+    if centered:
+        mean = gram.matrix[-1, :-1] / n
+        g = g - np.outer(mean, mean)
+    channels = gram.features // block
+    per_row = g * (w @ w.T)
+    energy = np.einsum("kakb->k", per_row.reshape(channels, block, channels, block))
+    return np.sqrt(np.maximum(energy, 0.0))
 
 
 def channels_to_remove(scores: ArrayLike, ratio: float, *, align: int = 1, minimum: int = 1) -> Indices:
