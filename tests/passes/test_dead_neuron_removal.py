@@ -86,3 +86,28 @@ def test_digits_model_loses_its_dead_channels_and_keeps_its_accuracy() -> None:
     labels = np.load(EXAMPLES / "digits_labels.npy")
     accuracy = [float(np.mean(np.argmax(run_ort(m, data.arrays)[0], axis=1) == labels)) for m in (model, result.model)]
     assert accuracy[1] >= accuracy[0] - 0.005, accuracy
+
+
+DEPTHWISE = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,4,6,6] x) => (float[N,5,6,6] y) {
+  c = Conv <kernel_shape: ints = [1, 1]> (x, k1, c1)
+  r = Relu(c)
+  d = Conv <kernel_shape: ints = [3, 3], pads: ints = [1, 1, 1, 1], group: int = 8> (r, kd, cd)
+  s = Relu(d)
+  y = Conv <kernel_shape: ints = [1, 1]> (s, k2, c2)
+}"""
+
+
+def test_dead_channels_pass_through_a_padded_depthwise_conv(rng: np.random.Generator) -> None:
+    """A dead ReLU (0) meets the depthwise filter's zero padding unchanged: its output is the bias, folded on."""
+    c1 = rng.standard_normal(8).astype(np.float32)
+    c1[[2, 5]] = -100.0
+    model = text_model(DEPTHWISE, k1=(rng.standard_normal((8, 4, 1, 1)) / 3).astype(np.float32), c1=c1,
+                       kd=rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+                       cd=rng.standard_normal(8).astype(np.float32),
+                       k2=rng.standard_normal((5, 8, 1, 1)).astype(np.float32), c2=np.zeros(5, np.float32))
+    result = DeadNeuronRemovalPass(DeadNeuronRemovalPass.Options(align=1))(model, calibration(model, rng, count=64))
+    assert result.stats["channels_removed"] == 2
+    onnx.checker.check_model(result.model, full_check=True)
+    held_out = random_feeds(model, 8, np.random.default_rng(1))
+    np.testing.assert_allclose(run_ort(result.model, held_out)[0], run_ort(model, held_out)[0], rtol=1e-4, atol=1e-4)

@@ -111,12 +111,14 @@ def test_conv_and_flattened_readers_are_refitted_exactly(rng: np.random.Generato
         reader = {"w2": w2.reshape(6, 72), "b2": np.ones(6, np.float32)}
     model = infer_shapes(text_model(text, k1=k1, c1=c1, **reader))  # the pipeline's normalisation does this
     ctx = calibration(model, rng, count=128)
-    result = prune(ratio=0.25, steps=1, ridge=0.0)(model, ctx)
+    result = prune(ratio=0.25, steps=1, ridge=0.0, align=1)(model, ctx)
     assert result.stats["channels_removed"] == 2
     onnx.checker.check_model(result.model, full_check=True)
     held_out = random_feeds(model, 16, np.random.default_rng(3))
     assert relative_error(result.model, model, held_out) < 1e-4
-    assert relative_error(prune(ratio=0.25, steps=1, reconstruct="none")(model, ctx).model, model, held_out) > 1e-2
+    assert relative_error(prune(ratio=0.25, steps=1, reconstruct="none", align=1)(model, ctx).model, model,
+                          held_out) > 1e-2
+    assert not prune(ratio=0.25, steps=1)(model, ctx).modified, "8 - 2 channels is not a multiple of align=4"
 
 
 GELU = """<ir_version: 8, opset_import: ["" : 17]>
@@ -197,7 +199,7 @@ def test_digits_keeps_its_accuracy_at_30_percent_of_live_channels_only_with_the_
     images = {"image": held_out.arrays["image"]}
     live = graphopt.optimize(model, data, passes="dead-neuron-removal{align=1}").model
     live_channels = sum(t.dims[0] for t in live.graph.initializer if len(t.dims) == 1 and t.name != "fc2.bias")
-    verified = graphopt.optimize(live, data, passes="neuron-pruning{ratio=0.3,steps=1}")
+    verified = graphopt.optimize(live, data, passes="neuron-pruning{ratio=0.3,steps=1,align=1}")
     record = verified.report.passes[-1]
     assert record.status == "applied", record
     assert record.stats["channels_removed"] >= int(0.25 * live_channels), (record.stats, live_channels)
@@ -209,7 +211,7 @@ def test_digits_keeps_its_accuracy_at_30_percent_of_live_channels_only_with_the_
     reference = run_ort(model, images)[0]
     errors = {}
     for recon in ("ls", "none"):
-        pruned = prune(ratio=0.3, steps=1, reconstruct=recon)(live, PassContext(calibration=fitting)).model
+        pruned = prune(ratio=0.3, steps=1, align=1, reconstruct=recon)(live, PassContext(calibration=fitting)).model
         errors[recon] = float(np.linalg.norm(run_ort(pruned, images)[0] - reference))
     assert errors["ls"] < 0.7 * errors["none"], errors
 
@@ -230,3 +232,28 @@ def test_minilm_feed_forward_neurons_pruned_with_the_refit_keep_the_embeddings(t
         cosines[recon] = float(np.mean(np.sum(got * reference, axis=-1)
                                        / np.linalg.norm(got, axis=-1) / np.linalg.norm(reference, axis=-1)))
     assert cosines["ls"] >= 0.98 and cosines["ls"] > cosines["none"] + 0.01, cosines
+
+
+DEPTHWISE = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,4,6,6] x) => (float[N,5,6,6] y) {
+  c = Conv <kernel_shape: ints = [1, 1]> (x, k1, c1)
+  r = Relu(c)
+  d = Conv <kernel_shape: ints = [3, 3], pads: ints = [1, 1, 1, 1], group: int = 8> (r, kd, cd)
+  s = Relu(d)
+  y = Conv <kernel_shape: ints = [1, 1]> (s, k2, c2)
+}"""
+
+
+def test_depthwise_convs_are_part_of_the_chain(rng: np.random.Generator) -> None:
+    k1, c1 = rng.standard_normal((8, 4, 1, 1)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    kd, cd = rng.standard_normal((8, 1, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    k1[4:], c1[4:], kd[4:], cd[4:] = 0.5 * k1[:4], 0.5 * c1[:4], kd[:4], 0.5 * cd[:4]  # 4..7: half of 0..3
+    k2 = rng.standard_normal((5, 8, 1, 1)).astype(np.float32)
+    k2[:, 4:] *= 0.05
+    model = text_model(DEPTHWISE, k1=k1, c1=c1, kd=kd, cd=cd, k2=k2, c2=np.zeros(5, np.float32))
+    result = prune(ratio=0.5, steps=1, ridge=0.0)(model, calibration(model, rng, count=64))
+    assert result.stats["channels_removed"] == 4
+    onnx.checker.check_model(result.model, full_check=True)
+    depthwise = [n for n in result.model.graph.node if n.op_type == "Conv"][1]
+    assert [a.i for a in depthwise.attribute if a.name == "group"] == [4]
+    assert relative_error(result.model, model, random_feeds(model, 8, np.random.default_rng(2))) < 1e-4
