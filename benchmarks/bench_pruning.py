@@ -12,7 +12,8 @@ Writes ``<out>/pruning-<YYYY-MM-DD>.md`` and ``.json`` and prints the table. Per
   ≥ 0.99, top-1 ≥ 0.99, narrowed where a pass breaks it), *unverified* ones with no bound, which shows what a
   setting does by itself (for example neuron pruning with and without the least-squares refit, same channels).
   The CNNs' pruning runs after ``dead-neuron-removal``, so its ratio is a share of each layer's live channels;
-  ``align=1`` prunes exactly that share, ``align 4`` (the default) rounds Conv channel counts up to a multiple of 4.
+  ``align=1`` prunes exactly that share, ``align 4`` (the default) rounds Conv channel counts up to a multiple of 4;
+  *channels pruned* is the share of the eligible layers' channels neuron pruning removed.
 - Columns: params (initializer elements) and non-zeros, serialised size and zip-deflated size as ratios to the
   original, single-thread batch-1 median latency as a ratio to the original (``graphopt.perf.measure_latency``,
   all variants of a model interleaved in one call), mean and min per-sample cosine and top-1 agreement of the main
@@ -57,11 +58,11 @@ _CNN = [
     ("neuron 30%, mean only", f"{LIVE},neuron-pruning{{ratio=0.3,steps=1,align=1,reconstruct=mean}}", False),
     ("neuron 30%, no refit", f"{LIVE},neuron-pruning{{ratio=0.3,steps=1,align=1,reconstruct=none}}", False),
     ("neuron 30%, magnitude, refit", f"{LIVE},neuron-pruning{{ratio=0.3,steps=1,align=1,score=magnitude}}", False),
-    ("neuron 30%, align 4, refit", f"{LIVE4},neuron-pruning{{ratio=0.3,steps=1}}", False),
-    ("neuron 30%, align 4, no refit", f"{LIVE4},neuron-pruning{{ratio=0.3,steps=1,reconstruct=none}}", False),
-    ("neuron 50%, align 4, refit", f"{LIVE4},neuron-pruning{{ratio=0.5,steps=1}}", False),
-    ("neuron 50%, align 4, no refit", f"{LIVE4},neuron-pruning{{ratio=0.5,steps=1,reconstruct=none}}", False),
-    ("neuron ≤50%, align 4, verified", f"{LIVE4},neuron-pruning{{ratio=0.5}}", True),
+    ("neuron 40% align 4, refit", f"{LIVE4},neuron-pruning{{ratio=0.4,steps=1}}", False),
+    ("neuron 40% align 4, no refit", f"{LIVE4},neuron-pruning{{ratio=0.4,steps=1,reconstruct=none}}", False),
+    ("neuron 50% align 4, refit", f"{LIVE4},neuron-pruning{{ratio=0.5,steps=1}}", False),
+    ("neuron 50% align 4, no refit", f"{LIVE4},neuron-pruning{{ratio=0.5,steps=1,reconstruct=none}}", False),
+    ("neuron ≤50% align 4, verified", f"{LIVE4},neuron-pruning{{ratio=0.5}}", True),
 ]
 _MINILM = [
     ("neuron FFN 10%, refit", "neuron-pruning{ratio=0.1,steps=1}", False),
@@ -91,6 +92,7 @@ class Row:
     cosine_min: float = math.nan
     top1: float | None = None
     accuracy: float | None = None
+    pruned_share: float | None = None
     seconds: float = 0.0
     passes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -123,8 +125,11 @@ def bench_model(w: Workload, runs: int) -> tuple[list[Row], dict[str, Any]]:
         start = time.perf_counter()
         result = graphopt.optimize(w.model, w.data, passes=pipeline, tolerance=None if verified else Tolerance())
         status, records = _status(result)
+        pruned = [r["stats"] for r in records if r["name"] == "neuron-pruning" and r["stats"].get("channels_eligible")]
+        share = pruned[0]["channels_removed"] / pruned[0]["channels_eligible"] if pruned else None
         rows.append(Row(w.name, variant, pipeline, verified, status, count_params(result.model),
-                        _nonzero(result.model), seconds=time.perf_counter() - start, passes=records))
+                        _nonzero(result.model), pruned_share=share, seconds=time.perf_counter() - start,
+                        passes=records))
         models.append(result.model)
     for row, model in zip(rows, models, strict=True):
         row.size_ratio, row.zip_ratio = model.ByteSize() / size, _zipped(model) / zipped
@@ -158,10 +163,11 @@ def render(results: list[tuple[list[Row], dict[str, Any]]], info: dict[str, Any]
         lines += [f"## {meta['title']}", "",
                   (f"{meta['data']}; measured on {meta['verification']} held-out samples; latency median of "
                    f"{meta['runs']} interleaved runs."), "",
-                  ("| variant | verified | params | non-zero | size | zipped | latency | cosine | min cosine | top-1 "
-                   "| accuracy |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  ("| variant | verified | channels pruned | params | non-zero | size | zipped | latency | cosine "
+                   "| min cosine | top-1 | accuracy |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
-            lines.append(f"| {r.variant} | {'yes' if r.verified else 'no'} | {r.params:,} | {r.nonzero:,} | "
+            share = "–" if r.pruned_share is None else f"{r.pruned_share:.0%}"
+            lines.append(f"| {r.variant} | {'yes' if r.verified else 'no'} | {share} | {r.params:,} | {r.nonzero:,} | "
                          f"{r.size_ratio:.3f} | {r.zip_ratio:.3f} | {r.latency_ratio:.3f}× | {_cell(r.cosine, 5)} | "
                          f"{_cell(r.cosine_min, 5)} | {_cell(r.top1, 4)} | {_cell(r.accuracy, 4)} |")
         lines.append("")

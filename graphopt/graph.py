@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -18,7 +19,19 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-__all__ = ["GraphEdit", "constant_array", "copy_model", "default_opset", "editing", "infer_shapes", "initializer_arrays", "model_digest"]
+__all__ = [
+    "GraphEdit",
+    "constant_array",
+    "copy_model",
+    "default_opset",
+    "densified",
+    "editing",
+    "import_graph",
+    "infer_shapes",
+    "initializer_arrays",
+    "model_digest",
+    "sparse_to_dense",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +48,12 @@ class GraphEdit:
 
 @contextlib.contextmanager
 def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
-    """Edit ``model`` (left untouched) as a graphsurgeon graph; read the new model from ``edit.model`` afterwards."""
-    edit = GraphEdit(gs.import_onnx(model))
+    """Edit ``model`` (left untouched) as a graphsurgeon graph; read the new model from ``edit.model`` afterwards.
+
+    Sparse constants are made dense first: graphsurgeon drops ``Constant(sparse_value)`` nodes and ignores
+    ``sparse_initializer``, so a pass after sparse storage would otherwise lose weights.
+    """
+    edit = GraphEdit(import_graph(model))
     yield edit
     edit.graph.cleanup(remove_unused_graph_inputs=False).toposort()
     exported = gs.export_onnx(edit.graph, do_type_check=False)
@@ -46,6 +63,46 @@ def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
     exported.graph.doc_string = model.graph.doc_string
     del exported.graph.value_info[:]
     edit.model = infer_shapes(exported)
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """``model`` as a graphsurgeon graph for analysis, sparse constants made dense (see ``editing``)."""
+    return gs.import_onnx(densified(model))
+
+
+def sparse_to_dense(sparse: onnx.SparseTensorProto, name: str = "") -> onnx.TensorProto:
+    """The dense tensor of an ONNX COO sparse tensor (linear ``[NNZ]`` or coordinate ``[NNZ, rank]`` indices)."""
+    values = numpy_helper.to_array(sparse.values).reshape(-1)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    shape = tuple(sparse.dims)
+    if indices.ndim == 2:
+        indices = np.ravel_multi_index(tuple(indices.T), shape) if indices.size else indices.reshape(-1)
+    dense = np.zeros(math.prod(shape), dtype=values.dtype)
+    dense[indices] = values
+    return numpy_helper.from_array(dense.reshape(shape), name or sparse.values.name)
+
+
+def densified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with main-graph sparse constants (``sparse_initializer``, ``Constant(sparse_value)``) as dense
+    initializers; ``model`` itself when it has none."""
+    sparse_nodes = [n for n in model.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                    and any(a.name == "sparse_value" for a in n.attribute)]
+    if not sparse_nodes and not model.graph.sparse_initializer:
+        return model
+    dense = copy_model(model)
+    for sparse in dense.graph.sparse_initializer:
+        dense.graph.initializer.append(sparse_to_dense(sparse))
+    del dense.graph.sparse_initializer[:]
+    kept = []
+    for node in dense.graph.node:
+        value = next((a for a in node.attribute if a.name == "sparse_value"), None)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+            dense.graph.initializer.append(sparse_to_dense(value.sparse_tensor, node.output[0]))
+        else:
+            kept.append(node)
+    del dense.graph.node[:]
+    dense.graph.node.extend(kept)
+    return dense
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -98,8 +155,12 @@ def initializer_arrays(model: onnx.ModelProto) -> Iterator[np.ndarray]:
     """Every weight of the main graph: initializers and ``Constant`` node tensors."""
     for tensor in model.graph.initializer:
         yield numpy_helper.to_array(tensor)
+    for sparse in model.graph.sparse_initializer:
+        yield numpy_helper.to_array(sparse_to_dense(sparse))
     for node in model.graph.node:
         if node.op_type == "Constant":
             for attribute in node.attribute:
                 if attribute.name == "value":
                     yield numpy_helper.to_array(attribute.t)
+                elif attribute.name == "sparse_value":
+                    yield numpy_helper.to_array(sparse_to_dense(attribute.sparse_tensor))

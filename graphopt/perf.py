@@ -1,7 +1,8 @@
 """Latency measurement as the brief defines it: single thread, batch 1, median of many runs after warm-up.
 
-Models are measured interleaved (one run of each in turn) so that drifts of the machine hit all of them alike;
-compare them as ratios from one call, never across calls.
+Models are measured interleaved (one run of each in turn, the order rotating every round so each model takes every
+position equally often) so that drifts of the machine hit all of them alike; compare them as ratios from one call,
+never across calls.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def measure_latency(
         runs = min(runs, max(20, int(budget_s * warmup / max(time.perf_counter() - start, 1e-9))))
     times = np.zeros((len(sessions), runs))
     for r in range(runs):
-        for i, (session, outputs) in enumerate(zip(sessions, names, strict=True)):
+        for step in range(len(sessions)):
+            i = (r + step) % len(sessions)  # rotate: no model always runs first, after the others warmed the cache
             start = time.perf_counter()
-            session.run(outputs, feeds)
+            sessions[i].run(names[i], feeds)
             times[i, r] = time.perf_counter() - start
     return [Latency(float(np.median(t) * 1e3), float(np.percentile(t, 90) * 1e3), runs) for t in times]

@@ -40,11 +40,13 @@ class ModelSummary:
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of weight elements: initializers plus ``Constant`` node tensors of the main graph."""
-    total = sum(math.prod(t.dims) for t in model.graph.initializer)
+    """Number of weight elements: initializers plus ``Constant`` node tensors of the main graph, sparse ones
+    counted at their dense size (their zeros are weights too)."""
+    total = sum(math.prod(t.dims) for t in (*model.graph.initializer, *model.graph.sparse_initializer))
     for node in model.graph.node:
         if node.op_type == "Constant":
             total += sum(math.prod(a.t.dims) for a in node.attribute if a.name == "value")
+            total += sum(math.prod(a.sparse_tensor.dims) for a in node.attribute if a.name == "sparse_value")
     return total
 
 

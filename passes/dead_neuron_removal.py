@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import copy_model, editing, model_digest
+from graphopt.graph import copy_model, editing, import_graph, model_digest
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
@@ -116,7 +115,7 @@ class DeadNeuronRemovalPass(PassBase):
 
     def _measure(self, model: onnx.ModelProto, context: PassContext) -> tuple[dict[str, dict[int, float]], list[Skip]]:
         assert context.calibration is not None
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         found = channels.find_channel_groups(graph)
         groups = [g for g in found if isinstance(g, channels.ChannelGroup)]
         skipped = [g for g in found if isinstance(g, Skip)]

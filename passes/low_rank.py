@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import constant_array, copy_model, editing, model_digest
+from graphopt.graph import constant_array, copy_model, editing, import_graph, model_digest
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt_passes._channels import Scope, label
 from graphopt_passes._math import low_rank as lr
@@ -164,7 +164,7 @@ def _make_plan(
     overridable = {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}
     if overridable:
         return [], [Skip("graph", f"initializers are also graph inputs (overridable): {sorted(overridable)[:3]}")]
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     scope = Scope.of(graph)
     found = [_match(i, node, scope) for i, node in enumerate(graph.nodes)]
     layers = [f for f in found if isinstance(f, _Layer)]

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import copy_model, editing, model_digest
+from graphopt.graph import copy_model, editing, import_graph, model_digest
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
@@ -132,8 +132,9 @@ class NeuronPruningPass(PassBase):
                      for plans in measured.plans.values() for plan in plans)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
-        empty = {"channels_removed": 0, "params_removed": 0, "layers_pruned": 0}
         measured = self._measure(model, context)
+        eligible = sum(plans[0].channels for plans in measured.plans.values() if plans)
+        empty = {"channels_removed": 0, "channels_eligible": eligible, "params_removed": 0, "layers_pruned": 0}
         chosen = {}
         for layer, plans in measured.plans.items():
             selected = [plan for plan in plans if context.selects(plan.unit)]
@@ -151,8 +152,8 @@ class NeuronPruningPass(PassBase):
             log.info("%s left the model unchanged: %s", self.name, e)
             return PassResult(copy_model(model), False, empty,
                               (*measured.skipped, Skip("graph", f"rewrite failed: {type(e).__name__}: {first_line(e)}")))
-        stats = {"channels_removed": removed, "params_removed": count_params(model) - count_params(edit.model),
-                 "layers_pruned": len(chosen)}
+        stats = {"channels_removed": removed, "channels_eligible": eligible,
+                 "params_removed": count_params(model) - count_params(edit.model), "layers_pruned": len(chosen)}
         notes = tuple(f"{plan.layer}: {plan.channels} → {plan.channels - len(plan.removed)} channels; next-layer "
                       f"relative error {plan.error_dropped:.3g} dropped → {plan.error_refit:.3g} refitted "
                       f"({self.options.reconstruct})" for plan in chosen.values())
@@ -194,7 +195,7 @@ class NeuronPruningPass(PassBase):
         assert context.calibration is not None
         measured = _Measured()
         groups = []
-        for found in channels.find_channel_groups(gs.import_onnx(model)):
+        for found in channels.find_channel_groups(import_graph(model)):
             why = _refusal(found, self.options.max_features) if isinstance(found, channels.ChannelGroup) else ""
             if isinstance(found, Skip) or why:
                 measured.skipped.append(found if isinstance(found, Skip) else Skip(found.name, why))

@@ -24,10 +24,9 @@ from typing import Literal
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from graphopt.errors import PassError, PreconditionError, first_line
-from graphopt.graph import copy_model, editing, model_digest
+from graphopt.graph import copy_model, editing, import_graph, model_digest
 from graphopt.machine import has_vnni
 from graphopt.normalize import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
@@ -114,7 +113,7 @@ class QdqInt8Pass(PassBase):
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer that can run in int8; the manager measures each one's damage."""
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         layers, _ = plan.find_layers(graph, Scope.of(graph), min_dim=self.options.min_dim)
         if self.options.mode == "dynamic":
             layers = [layer for layer in layers if layer.op == "MatMul"]
@@ -212,7 +211,7 @@ class QdqInt8Pass(PassBase):
         key = model_digest(model)
         if key and self._smooth and self._smooth[0] == key and self._smooth[1] is context.calibration:
             return self._smooth[2], self._smooth[3], self._smooth[4]
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         scope = Scope.of(graph)
         layers, _ = plan.find_layers(graph, scope, min_dim=self.options.min_dim)
         groups, skipped = smoothing.find_groups(graph, scope, layers)
@@ -242,7 +241,7 @@ class QdqInt8Pass(PassBase):
         key = model_digest(model)
         if key and self._state and self._state.key == key and self._state.data is context.calibration:
             return self._state
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         layers, _ = plan.find_layers(graph, Scope.of(graph), min_dim=self.options.min_dim)
         names = sorted({t for layer in layers for t in (layer.activation, layer.result)})
         ranges = calibration.activation_ranges(model, names, context, self.options.ranges,

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.errors import first_line
-from graphopt.graph import constant_array, copy_model, default_opset, editing, infer_shapes
+from graphopt.graph import constant_array, copy_model, default_opset, editing, import_graph, infer_shapes
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
@@ -116,7 +116,7 @@ def _rewrite(model: onnx.ModelProto, selects: Callable[[str], bool], align: int)
         channel_changes = functools.partial(_channel_changes, align=align)
         for find, apply in ((channel_changes, _apply_channels), (_identity_changes, _apply_identities)):
             try:
-                changes, skips = find(gs.import_onnx(outcome.model), opset)
+                changes, skips = find(import_graph(outcome.model), opset)
                 skipped += skips
                 if not any(selects(c.unit) for c in changes):
                     continue

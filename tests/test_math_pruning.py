@@ -217,3 +217,65 @@ def test_block_energy_scores_are_the_rms_change_of_removing_each_block(rng: np.r
     assert (block_energy_scores(accumulate(None, np.full((50, 12), 3.0)), w, 3) < 1e-6).all(), "constants: mean only"
     with pytest.raises(ValueError, match="blocks of 5"):
         block_energy_scores(gram, w, 5)
+
+
+def test_channel_nm_mask_groups_channels_at_each_kernel_position(rng: np.random.Generator) -> None:
+    from graphopt_passes._math.pruning import channel_nm_mask
+
+    scores = rng.standard_normal((8 * 9, 5))  # rows (channel, position) of 8 channels × 3×3 kernel
+    mask = channel_nm_mask(scores, 2, 4, positions=9)
+    by_position = mask.reshape(8, 9, 5)
+    for p in range(9):
+        per_channel = scores.reshape(8, 9, 5)[:, p]
+        np.testing.assert_array_equal(by_position[:, p], nm_mask(per_channel, 2, 4))
+    np.testing.assert_array_equal(channel_nm_mask(scores, 2, 4), nm_mask(scores, 2, 4))
+    with pytest.raises(ValueError, match="multiple"):
+        channel_nm_mask(rng.standard_normal((6 * 9, 2)), 2, 4, positions=9)
+    with pytest.raises(ValueError, match="kernel positions"):
+        channel_nm_mask(scores, 2, 4, positions=7)
+
+
+def test_meets_sparsity_and_meets_nm_say_whether_the_masks_would_change_anything(rng: np.random.Generator) -> None:
+    from graphopt_passes._math.pruning import channel_nm_mask, meets_nm, meets_sparsity
+
+    w = rng.standard_normal((16, 6))
+    assert not meets_sparsity(w, 0.5) and not meets_nm(w, 2, 4)
+    pruned = np.where(magnitude_mask(np.abs(w), 0.5), w, 0.0)
+    assert meets_sparsity(pruned, 0.5) and meets_sparsity(pruned, 0.4) and not meets_sparsity(pruned, 0.6)
+    nm = np.where(channel_nm_mask(np.abs(w), 2, 4, positions=2), w, 0.0)
+    assert meets_nm(nm, 2, 4, positions=2) and meets_nm(nm, 3, 4, positions=2)
+    assert not meets_nm(nm, 1, 4, positions=2) and not meets_nm(nm, 2, 4, positions=4)  # groups by 8 → other rows
+    assert not meets_nm(w[:10], 2, 4)
+
+
+@pytest.mark.parametrize("ridge", [1e-4, 0.0])
+def test_masked_refit_batched_equals_the_per_column_refit(rng: np.random.Generator, ridge: float) -> None:
+    from graphopt_passes._math.pruning import masked_refit_batched
+
+    x = correlated_inputs(rng, k=24, latent=8)
+    w = rng.standard_normal((24, 10))
+    gram = x.T @ x
+    for sparsity in (0.5, 0.25):  # the kept set solved directly, and through the smaller pruned set
+        mask = magnitude_mask(rng.random((24, 10)), sparsity)
+        mask[:, 1] = True  # unpruned
+        mask[:, 2] = False  # everything pruned
+        mask[3:9, 4] = False  # a different kept count
+        mask[:, 5] = True
+        mask[7, 5] = False  # a single pruned weight
+        expected = masked_refit(gram, w, mask, ridge)
+        for budget in (1, 300, 1 << 24):  # one column per batch, a few, all
+            got = masked_refit_batched(gram, w, mask, ridge, budget)
+            np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max())
+            assert (got[~mask] == 0).all()
+
+
+def test_output_errors_match_the_outputs(rng: np.random.Generator) -> None:
+    from graphopt_passes._math.pruning import relative_output_error, squared_output_error
+
+    x, w = rng.standard_normal((200, 12)), rng.standard_normal((12, 5))
+    new = np.where(rng.random((12, 5)) < 0.5, w, 0.0)
+    error, total = squared_output_error(x.T @ x, w, new)
+    assert error == pytest.approx(np.sum((x @ new - x @ w) ** 2), rel=1e-10)
+    assert total == pytest.approx(np.sum((x @ w) ** 2), rel=1e-10)
+    assert relative_output_error(x.T @ x, w, new) == pytest.approx(np.sqrt(error / total), rel=1e-12)
+    assert relative_output_error(np.zeros((12, 12)), w, new) == 0.0

@@ -67,7 +67,7 @@ def patches(x: ArrayLike, geometry: ConvGeometry) -> NDArray[np.float32]:
     for offset in itertools.product(*(range(k) for k in geometry.kernel)):
         index = tuple(slice(o * dil, o * dil + (n - 1) * s + 1, s)
                       for o, dil, n, s in zip(offset, dilations, outs, strides, strict=True))
-        taps.append(padded[(slice(None), slice(None), *index)])
+        taps.append(padded[(slice(None), slice(None)) + index])
     stacked = np.stack(taps, axis=2)  # N, C, taps, out…
     rows = np.moveaxis(stacked.reshape(stacked.shape[0], stacked.shape[1] * stacked.shape[2], -1), 1, 2)
     return np.ascontiguousarray(rows.reshape(-1, rows.shape[-1]))

@@ -27,14 +27,20 @@ __all__ = [
     "AugmentedGram",
     "accumulate",
     "block_energy_scores",
+    "channel_nm_mask",
     "channel_norms",
     "channels_to_remove",
     "energy_scores",
     "magnitude_mask",
     "masked_refit",
+    "masked_refit_batched",
+    "meets_nm",
+    "meets_sparsity",
     "nm_mask",
     "output_error",
     "reconstruct",
+    "relative_output_error",
+    "squared_output_error",
     "wanda_scores",
 ]
 
@@ -268,3 +274,107 @@ def masked_refit(gram: ArrayLike, weight: ArrayLike, mask: ArrayLike, ridge: flo
         except np.linalg.LinAlgError:
             result[s, j] = np.linalg.lstsq(lhs, targets[s, j], rcond=None)[0]
     return result
+
+
+def channel_nm_mask(scores: ArrayLike, n: int, m: int, positions: int = 1) -> Mask:
+    """``nm_mask`` over the input channels of a flattened Conv kernel (rows ordered (channel, position)): groups of
+    m consecutive channels at the same kernel position, the layout sparse kernels read (channels innermost). With
+    ``positions=1`` (a matrix) this is ``nm_mask``. The channel count must be a multiple of m."""
+    s = np.asarray(scores, np.float64)
+    k, rest = s.shape[0], s.shape[1:]
+    if positions < 1 or k % positions:
+        raise ValueError(f"{k} rows are not a whole number of {positions} kernel positions")
+    channels = k // positions
+    by_position = s.reshape(channels, positions, *rest).swapaxes(0, 1).reshape(k, *rest)
+    mask = nm_mask(by_position, n, m)
+    return mask.reshape(positions, channels, *rest).swapaxes(0, 1).reshape(s.shape)
+
+
+def meets_sparsity(weight: ArrayLike, sparsity: float) -> bool:
+    """Whether every column (output) of ``weight`` (K×N) already has the zeros ``magnitude_mask`` would make."""
+    w = np.asarray(weight)
+    pruned = math.floor(min(max(sparsity, 0.0), 1.0) * w.shape[0] + 1e-9)
+    return bool(np.all(np.count_nonzero(w == 0, axis=0) >= pruned))
+
+
+def meets_nm(weight: ArrayLike, n: int, m: int, positions: int = 1) -> bool:
+    """Whether ``weight`` (K×N) already has at most n non-zeros in every group ``channel_nm_mask`` forms."""
+    w = np.asarray(weight)
+    k = w.shape[0]
+    if positions < 1 or k % positions or (k // positions) % m:
+        return False
+    by_position = w.reshape(k // positions, positions, -1).swapaxes(0, 1).reshape(k // m, m, -1)
+    return bool(np.all(np.count_nonzero(by_position, axis=1) <= n))
+
+
+def masked_refit_batched(
+    gram: ArrayLike, weight: ArrayLike, mask: ArrayLike, ridge: float = 1e-4, budget: int = 1 << 24
+) -> Array:
+    """``masked_refit``, with the columns that keep the same number of weights solved together.
+
+    Unstructured and N:M masks keep the same count in every column, so the per-column systems stack into batches
+    of ``(G_SS + λI)`` (each batch holds at most ``budget`` float64 entries): one LAPACK call per batch instead of a
+    Python loop per column, which makes a 1536×384 layer a matter of seconds. Same result as ``masked_refit``.
+    """
+    g = np.asarray(gram, np.float64)
+    w = np.asarray(weight, np.float64)
+    keep = np.asarray(mask, dtype=bool)
+    metric = regularized(g, ridge)
+    targets = g @ w
+    result = np.where(keep, w, 0.0)
+    columns = np.flatnonzero(~keep.all(axis=0))
+    counts = keep[:, columns].sum(axis=0)
+    inverse = None
+    for size in np.unique(counts[counts > 0]):
+        same = columns[counts == size]
+        pruned = g.shape[0] - int(size)
+        step = max(1, budget // min(int(size), pruned) ** 2)
+        for start in range(0, same.size, step):
+            cols = same[start : start + step]
+            if pruned < size:
+                inverse = np.linalg.inv(metric) if inverse is None else inverse
+                result[:, cols] = _refit_by_complement(inverse, targets[:, cols], keep[:, cols])
+                continue
+            rows = np.stack([np.flatnonzero(keep[:, j]) for j in cols])
+            lhs = metric[rows[:, :, None], rows[:, None, :]]
+            rhs = targets[rows, cols[:, None]]
+            try:
+                result[rows, cols[:, None]] = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+            except np.linalg.LinAlgError:
+                for i, j in enumerate(cols):
+                    result[rows[i], j] = np.linalg.lstsq(lhs[i], rhs[i], rcond=None)[0]
+    return result
+
+
+def _refit_by_complement(inverse: Array, targets: Array, keep: Mask) -> Array:
+    """The masked refit of columns that prune fewer weights than they keep, solved over the pruned set P.
+
+    With M = (G + λI)⁻¹, block inversion gives ``(G_SS + λI)⁻¹ = M_SS − M_SP·M_PP⁻¹·M_PS``, so the kept weights are
+    ``u_S − M_SP·M_PP⁻¹·u_P`` with ``u = M_:S·t_S``: one |P|×|P| solve per column instead of |S|×|S|, which is
+    (|S|/|P|)³ cheaper at 30% sparsity, say. Every column of ``keep`` (K×b) keeps the same count.
+    """
+    kept_t = np.where(keep, targets, 0.0)
+    u = inverse @ kept_t  # column j: M_:S·t_S
+    p_rows = np.stack([np.flatnonzero(~keep[:, j]) for j in range(keep.shape[1])])  # b × |P|
+    cols = np.arange(keep.shape[1])[:, None]
+    m_pp = inverse[p_rows[:, :, None], p_rows[:, None, :]]
+    v = np.linalg.solve(m_pp, u[p_rows, cols][..., None])[..., 0]  # b × |P|
+    correction = np.einsum("kbp,bp->kb", inverse[:, p_rows], v)  # M_:P·v for every column
+    return np.where(keep, u - correction, 0.0)
+
+
+def squared_output_error(gram: ArrayLike, weight: ArrayLike, new_weight: ArrayLike) -> tuple[float, float]:
+    """``(‖X·W' − X·W‖²_F, ‖X·W‖²_F)`` from G = XᵀX alone; sums of several blocks (a grouped Conv's groups) give the
+    whole layer's relative error."""
+    g = np.asarray(gram, np.float64)
+    w = np.asarray(weight, np.float64)
+    delta = np.asarray(new_weight, np.float64) - w
+    return max(float(np.einsum("ij,ij->", delta, g @ delta)), 0.0), float(np.einsum("ij,ij->", w, g @ w))
+
+
+def relative_output_error(gram: ArrayLike, weight: ArrayLike, new_weight: ArrayLike) -> float:
+    """``‖X·W' − X·W‖_F / ‖X·W‖_F`` from G = XᵀX alone: how far a pruned layer's outputs move on the data."""
+    error, total = squared_output_error(gram, weight, new_weight)
+    if total <= 0:
+        return 0.0 if error <= 0 else math.inf
+    return math.sqrt(error / total)
