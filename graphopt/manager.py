@@ -4,8 +4,9 @@ Every pass gets a copy of the last accepted model. A modified result must pass `
 onnxruntime, and its outputs on the verification samples must stay within the budget tolerance against the
 ORIGINAL model (and, for lossless passes, within the lossless tolerance against the model before the pass). A pass
 that fails and offers units is narrowed to the largest subset of units that passes: units are ranked by sensitivity
-(the pass's estimate, or measured by applying each unit alone), the longest passing prefix is found by bisection,
-and the remaining units are then tried one at a time. Anything else is rolled back. The manager names no pass.
+(the pass's estimate, or measured by applying each unit alone; per unit of gain when every unit states one), the
+longest passing prefix is found by bisection, and the remaining units are then tried one at a time. Anything else
+is rolled back. The manager names no pass.
 """
 
 from __future__ import annotations
@@ -247,7 +248,9 @@ class PassManager:
             scores[unit.name] = alone.badness if alone.passed else math.inf
             if not alone.passed:
                 reasons[unit.name] = f"fails alone: {alone.failure}"
-        order = sorted((u.name for u in units if u.name not in reasons), key=lambda n: scores[n])
+        gains = {u.name: u.gain for u in units if u.gain is not None and u.gain > 0}
+        ranked = {n: s / gains[n] if n in gains and len(gains) == len(units) else s for n, s in scores.items()}
+        order = sorted((u.name for u in units if u.name not in reasons), key=lambda n: ranked[n])
         low, high = 0, len(order)
         while low < high and len(trials) < self.max_trials:
             middle = (low + high + 1) // 2

@@ -45,8 +45,8 @@ _CHUNK = 16384  # patch rows per Gram update: bounds the im2col copy of a large 
 
 @dataclass(frozen=True)
 class ChannelPlan:
-    """One layer pruned at one ratio: the channels removed and the readers' relative output error (RMS, the worst
-    reader) with the channels simply dropped and after the refit."""
+    """One layer pruned at one ratio: the channels removed, the readers' relative output error (RMS, the worst
+    reader) with the channels simply dropped and after the refit, and about how many weights go."""
 
     layer: str
     ratio: float
@@ -55,6 +55,7 @@ class ChannelPlan:
     removed: tuple[int, ...]
     error_dropped: float
     error_refit: float
+    params: int = 0
 
 
 @dataclass
@@ -128,7 +129,7 @@ class NeuronPruningPass(PassBase):
         """One unit per layer and ratio; its sensitivity is the readers' relative output error after the refit."""
         measured = self._measure(model, context)
         return tuple(Unit(plan.unit, plan.error_refit if self.options.reconstruct != "none" else plan.error_dropped,
-                          f"{plan.channels} → {plan.channels - len(plan.removed)} channels")
+                          f"{plan.channels} → {plan.channels - len(plan.removed)} channels", max(plan.params, 1))
                      for plans in measured.plans.values() for plan in plans)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
@@ -235,6 +236,8 @@ class NeuronPruningPass(PassBase):
                                                              centered=options.reconstruct != "none") ** 2
                                  for gram, m, reader in zip(grams, matrices, readers, strict=True)))
         align = options.align if producer.node.op in ("Conv", "ConvTranspose") else 1
+        per_channel = (channels.constant_input(producer.node, 1).size // producer.channels
+                       + sum(reader.block * m.shape[1] for reader, m in zip(readers, matrices, strict=True)))
         plans: list[ChannelPlan] = []
         for ratio in options.ratios:
             unit = group.name if len(options.ratios) == 1 else f"{group.name}@{ratio:g}"
@@ -251,7 +254,7 @@ class NeuronPruningPass(PassBase):
                 new, delta = self._fit(gram, m, rows)  # type: ignore[arg-type]
                 refit = max(refit, pruning.output_error(gram, m, None, rows, new, delta))  # type: ignore[arg-type]
             plans.append(ChannelPlan(group.name, ratio, unit, producer.channels, tuple(int(k) for k in removed),
-                                     math.sqrt(dropped), math.sqrt(refit)))
+                                     math.sqrt(dropped), math.sqrt(refit), removed.size * per_channel))
         return plans
 
 

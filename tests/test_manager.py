@@ -200,3 +200,26 @@ def test_report_records_every_pass(mlp_files: tuple[Path, Path], tmp_path: Path,
     assert body["schema"] == "graphopt.report/1"
     assert body["passes"][0]["options"] == {"noise": noise}
     assert body["data"]["calibration_samples"] + body["data"]["verification_samples"] == 64
+
+
+class RankedPerWeight(PerWeight):
+    """PerWeight whose units state sensitivities and gains: the bad unit looks mild but saves almost nothing."""
+
+    name = "test-ranked-per-weight"
+    gains = True
+
+    def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
+        return tuple(Unit(t.name, 0.1 if t.name == self.bad else 0.5, gain=(1.0 if t.name == self.bad else 1000.0)
+                          if self.gains else None) for t in model.graph.initializer)
+
+
+@pytest.mark.parametrize(("gains", "trials"), [(True, 3), (False, 5)])
+def test_narrowing_ranks_units_by_damage_per_gain(mlp_files: tuple[Path, Path], gains: bool, trials: int) -> None:
+    """With gains the mild-looking unit that saves nothing goes last: bisection keeps the other three in 3 trials;
+    ranked by sensitivity alone it goes first, and finding the same set takes 5."""
+    pass_ = RankedPerWeight()
+    pass_.gains = gains
+    (outcome,) = run(mlp_files, pass_).pipeline.outcomes
+    assert outcome.status is Status.NARROWED
+    assert {u.name for u in outcome.units if u.applied} == {"w1", "b1", "b2"}
+    assert outcome.trials == trials
