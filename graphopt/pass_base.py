@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import onnx
 
+from graphopt.errors import first_line
+from graphopt.graph import model_digest
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig
 
 if TYPE_CHECKING:
     from graphopt.data import Dataset
 
-__all__ = ["PassBase", "PassContext", "PassResult", "Skip", "Unit"]
+__all__ = ["PassBase", "PassContext", "PassResult", "PlanCache", "Skip", "Unit"]
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,35 @@ class PassContext:
     def selects(self, unit: str) -> bool:
         """Whether ``unit`` is to be applied in this run."""
         return self.only_units is None or unit in self.only_units
+
+
+class PlanCache(Generic[T]):
+    """A pass's last plan (what it measured and fitted), kept for the same model and calibration samples.
+
+    Narrowing runs a pass once per trial on the same model, and calibration and fitting are the costly part, so a
+    data-aware pass plans once and applies subsets of the plan. The key is the model's digest (models beyond
+    protobuf's 2 GB have none and are not cached) and the calibration set's identity.
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[bytes, object, T] | None = None
+
+    def get(self, model: onnx.ModelProto, context: PassContext, make: Callable[[], T],
+            on_error: Callable[[str], T] | None = None) -> T:
+        """The cached plan, or ``make()``; with ``on_error``, a plan that could not be made is ``on_error(reason)``
+        (a pass must never crash the pipeline)."""
+        key = model_digest(model)
+        if key and self._entry is not None and self._entry[0] == key and self._entry[1] is context.calibration:
+            return self._entry[2]
+        try:
+            plan = make()
+        except Exception as e:
+            if on_error is None:
+                raise
+            log.info("planning failed: %s", e)
+            plan = on_error(f"unexpected graph: {type(e).__name__}: {first_line(e)}")
+        self._entry = (key, context.calibration, plan) if key else None
+        return plan
 
 
 class PassBase(abc.ABC):

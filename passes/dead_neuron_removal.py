@@ -20,8 +20,8 @@ import onnx
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import copy_model, editing, import_graph, model_digest
-from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
+from graphopt.graph import copy_model, editing, import_graph
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
 
@@ -70,7 +70,7 @@ class DeadNeuronRemovalPass(PassBase):
 
     def __init__(self, options: DeadNeuronRemovalPass.Options | None = None) -> None:
         super().__init__(options)
-        self._cache: tuple[bytes, object, tuple[dict[str, dict[int, float]], list[Skip]]] | None = None
+        self._plans: PlanCache[tuple[dict[str, dict[int, float]], list[Skip]]] = PlanCache()
 
     def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
         if context.calibration is None or context.calibration.n_samples == 0:
@@ -106,12 +106,7 @@ class DeadNeuronRemovalPass(PassBase):
         digest, since narrowing runs the pass once per trial on the same model."""
         if context.calibration is None:
             return {}, []
-        key = model_digest(model)
-        if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
-            return self._cache[2]
-        plan = self._measure(model, context)
-        self._cache = (key, context.calibration, plan) if key else None
-        return plan
+        return self._plans.get(model, context, lambda: self._measure(model, context))
 
     def _measure(self, model: onnx.ModelProto, context: PassContext) -> tuple[dict[str, dict[int, float]], list[Skip]]:
         assert context.calibration is not None

@@ -30,8 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import first_line
-from graphopt.graph import copy_model, default_opset, infer_shapes, model_digest
-from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
+from graphopt.graph import copy_model, default_opset, infer_shapes
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.perf import measure_latency
 from graphopt_passes._math import fp16
 
@@ -87,7 +87,7 @@ class Float16Pass(PassBase):
 
     def __init__(self, options: Float16Pass.Options | None = None) -> None:
         super().__init__(options)
-        self._cache: tuple[bytes, object, _Plan] | None = None
+        self._plans: PlanCache[_Plan] = PlanCache()
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         return tuple(self._plan(model, context).convertible.values())
@@ -127,17 +127,12 @@ class Float16Pass(PassBase):
 
     def _plan(self, model: onnx.ModelProto, context: PassContext) -> _Plan:
         """Convertible nodes (or tensors) and refusals, cached by model digest: narrowing calls ``run`` per trial."""
-        key = model_digest(model)
-        if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
-            return self._cache[2]
-        try:
-            plan = _plan_weights(model, self.options) if self.options.mode == "weights" else _plan_compute(
-                model, context, self.options)
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s planned nothing: %s", self.name, e)
-            plan = _Plan({}, 0, (Skip("graph", f"unexpected graph: {type(e).__name__}: {first_line(e)}"),))
-        self._cache = (key, context.calibration, plan) if key else None
-        return plan
+        def make() -> _Plan:
+            if self.options.mode == "weights":
+                return _plan_weights(model, self.options)
+            return _plan_compute(model, context, self.options)
+
+        return self._plans.get(model, context, make, lambda why: _Plan({}, 0, (Skip("graph", why),)))
 
 
 @functools.cache

@@ -34,9 +34,9 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PassError, PreconditionError, first_line
-from graphopt.graph import copy_model, model_digest
+from graphopt.graph import copy_model
 from graphopt.normalize import ensure_opset
-from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math import block_quant as bq
 from graphopt_passes._math.low_rank import Gram, accumulate_gram
 
@@ -97,7 +97,7 @@ class Int4WeightsPass(PassBase):
 
     def __init__(self, options: Int4WeightsPass.Options | None = None) -> None:
         super().__init__(options)
-        self._cache: tuple[bytes, object, tuple[list[_Plan], list[Skip]]] | None = None
+        self._plans: PlanCache[tuple[list[_Plan], list[Skip]]] = PlanCache()
 
     def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
         if self.options.search == "data" and (context.calibration is None or context.calibration.n_samples == 0):
@@ -142,16 +142,8 @@ class Int4WeightsPass(PassBase):
 
     def _plan(self, model: onnx.ModelProto, context: PassContext) -> tuple[list[_Plan], list[Skip]]:
         """The quantised layers and refusals, cached by model digest: narrowing calls ``run`` once per trial."""
-        key = model_digest(model)
-        if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
-            return self._cache[2]
-        try:
-            plan = _make_plan(model, context, self.options)
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s planned nothing: %s", self.name, e)
-            plan = [], [Skip("graph", f"unexpected graph: {type(e).__name__}: {first_line(e)}")]
-        self._cache = (key, context.calibration, plan) if key else None
-        return plan
+        return self._plans.get(model, context, lambda: _make_plan(model, context, self.options),
+                               lambda why: ([], [Skip("graph", why)]))
 
 
 def _make_plan(model: onnx.ModelProto, context: PassContext, options: Int4WeightsPass.Options

@@ -23,8 +23,8 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import constant_array, copy_model, editing, import_graph, model_digest
-from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
+from graphopt.graph import constant_array, copy_model, editing, import_graph
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._channels import Scope, label
 from graphopt_passes._math import low_rank as lr
 
@@ -108,7 +108,7 @@ class LowRankPass(PassBase):
 
     def __init__(self, options: LowRankPass.Options | None = None) -> None:
         super().__init__(options)
-        self._cache: tuple[bytes, object, tuple[list[_Split], list[Skip]]] | None = None
+        self._plans: PlanCache[tuple[list[_Split], list[Skip]]] = PlanCache()
 
     def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
         if context.calibration is None or context.calibration.n_samples == 0:
@@ -146,16 +146,8 @@ class LowRankPass(PassBase):
 
     def _plan(self, model: onnx.ModelProto, context: PassContext) -> tuple[list[_Split], list[Skip]]:
         """The splits and refusals, cached by model digest: narrowing calls ``run`` once per trial subset."""
-        key = model_digest(model)
-        if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
-            return self._cache[2]
-        try:
-            plan = _make_plan(model, context, self.options)
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s planned nothing: %s", self.name, e)
-            plan = [], [Skip("graph", f"unexpected graph: {type(e).__name__}: {first_line(e)}")]
-        self._cache = (key, context.calibration, plan) if key else None
-        return plan
+        return self._plans.get(model, context, lambda: _make_plan(model, context, self.options),
+                               lambda why: ([], [Skip("graph", why)]))
 
 
 def _make_plan(

@@ -29,8 +29,8 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import copy_model, editing, import_graph, model_digest
-from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
+from graphopt.graph import copy_model, editing, import_graph
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
 from graphopt_passes._math import pruning
@@ -119,7 +119,7 @@ class NeuronPruningPass(PassBase):
 
     def __init__(self, options: NeuronPruningPass.Options | None = None) -> None:
         super().__init__(options)
-        self._cache: tuple[bytes, object, _Measured] | None = None
+        self._plans: PlanCache[_Measured] = PlanCache()
 
     def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
         if context.calibration is None or context.calibration.n_samples == 0:
@@ -185,12 +185,7 @@ class NeuronPruningPass(PassBase):
         """Grams and plans, cached by model digest: narrowing runs the pass once per trial on the same model."""
         if context.calibration is None:
             return _Measured()
-        key = model_digest(model)
-        if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
-            return self._cache[2]
-        measured = self._calibrate(model, context)
-        self._cache = (key, context.calibration, measured) if key else None
-        return measured
+        return self._plans.get(model, context, lambda: self._calibrate(model, context))
 
     def _calibrate(self, model: onnx.ModelProto, context: PassContext) -> _Measured:
         assert context.calibration is not None

@@ -32,8 +32,8 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PreconditionError, first_line
-from graphopt.graph import copy_model, model_digest
-from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
+from graphopt.graph import copy_model
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math import pruning as pr
 from graphopt_passes._math.patches import ConvGeometry, patches
 from graphopt_passes._math.sparse_storage import choose_storage, coo_decode, coo_encode
@@ -137,7 +137,7 @@ class WeightPruningPass(PassBase):
 
     def __init__(self, options: WeightPruningPass.Options | None = None) -> None:
         super().__init__(options)
-        self._cache: tuple[bytes, object, tuple[list[_Pruned], list[Skip]]] | None = None
+        self._plans: PlanCache[tuple[list[_Pruned], list[Skip]]] = PlanCache()
 
     def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
         if context.calibration is None or context.calibration.n_samples == 0:
@@ -179,16 +179,8 @@ class WeightPruningPass(PassBase):
 
     def _plan(self, model: onnx.ModelProto, context: PassContext) -> tuple[list[_Pruned], list[Skip]]:
         """The pruned layers and refusals, cached by model digest: narrowing calls ``run`` once per trial."""
-        key = model_digest(model)
-        if key and self._cache and self._cache[0] == key and self._cache[1] is context.calibration:
-            return self._cache[2]
-        try:
-            plan = _make_plan(model, context, self.options)
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s planned nothing: %s", self.name, e)
-            plan = [], [Skip("graph", f"unexpected graph: {type(e).__name__}: {first_line(e)}")]
-        self._cache = (key, context.calibration, plan) if key else None
-        return plan
+        return self._plans.get(model, context, lambda: _make_plan(model, context, self.options),
+                               lambda why: ([], [Skip("graph", why)]))
 
 
 def _make_plan(

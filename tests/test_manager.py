@@ -223,3 +223,23 @@ def test_narrowing_ranks_units_by_damage_per_gain(mlp_files: tuple[Path, Path], 
     assert outcome.status is Status.NARROWED
     assert {u.name for u in outcome.units if u.applied} == {"w1", "b1", "b2"}
     assert outcome.trials == trials
+
+
+def test_plan_cache_plans_once_per_model_and_calibration(mlp_model: onnx.ModelProto) -> None:
+    from graphopt.data import Dataset
+    from graphopt.pass_base import PlanCache
+
+    calls: list[int] = []
+    cache: PlanCache[int] = PlanCache()
+    data = Dataset({"x": np.zeros((4, 8), np.float32)}, frozenset(), True)
+    context = PassContext(calibration=data)
+    assert [cache.get(mlp_model, context, lambda: calls.append(1) or len(calls)) for _ in range(3)] == [1, 1, 1]
+    other = PassContext(calibration=Dataset(dict(data.arrays), frozenset(), True))
+    assert cache.get(mlp_model, other, lambda: calls.append(1) or len(calls)) == 2, "new samples, new plan"
+
+    def broken() -> int:
+        raise KeyError("w9")
+
+    assert cache.get(onnx.ModelProto(), context, broken, lambda why: len(why)) == len("unexpected graph: KeyError: 'w9'")
+    with pytest.raises(KeyError):
+        PlanCache[int]().get(mlp_model, context, broken)
