@@ -423,8 +423,6 @@ def _step(link: Link, channels: int, channel: int, value: np.ndarray) -> np.ndar
     rows = layout.rows([channel])
     if op in _UNARY:
         return _UNARY[op](value, node.attrs)
-    if op in _BINARY and link.index == BOTH:
-        raise ValueError("a binary op of two chain tensors needs both values")
     if op in _BINARY:
         other = _rows(_array(node, 1 - link.index), layout, channels)[rows]
         return _BINARY[op](value, other) if link.index == 0 else _BINARY[op](other, value)
