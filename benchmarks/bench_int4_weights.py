@@ -24,8 +24,6 @@ Not part of CI: timings belong here, not in tests.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import math
 import sys
@@ -35,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from workloads import LOADERS, ROOT, Unavailable, Workload, feed, held_out_indices, machine
+from workloads import ROOT, Workload, cell, feed, held_out_indices, load_workloads, machine, write_results
 
 import graphopt
 from graphopt.perf import measure_latency
@@ -125,9 +123,6 @@ def bench_model(w: Workload, runs: int) -> tuple[list[Row], dict[str, Any]]:
     return rows, info
 
 
-def _cell(value: float | None, digits: int) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
 
 def render(results: list[tuple[list[Row], dict[str, Any]]], info: dict[str, Any], command: str) -> str:
     lines = [f"# int4 weights benchmark, {info['date']}", "",
@@ -141,8 +136,8 @@ def render(results: list[tuple[list[Row], dict[str, Any]]], info: dict[str, Any]
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             lines.append(f"| {r.variant} | {'yes' if r.verified else 'no'} | {r.status} | {r.layers} | "
-                         f"{r.size_ratio:.3f} | {r.latency_ratio:.3f}× | {_cell(r.cosine, 5)} | "
-                         f"{_cell(r.cosine_min, 5)} | {_cell(r.top1, 4)} | {_cell(r.accuracy, 4)} |")
+                         f"{r.size_ratio:.3f} | {r.latency_ratio:.3f}× | {cell(r.cosine, 5)} | "
+                         f"{cell(r.cosine_min, 5)} | {cell(r.top1, 4)} | {cell(r.accuracy, 4)} |")
         lines.append("")
         for r in rows:
             for record in r.passes:
@@ -160,24 +155,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     command = "python benchmarks/bench_int4_weights.py " + " ".join(sys.argv[1:])
-    results = []
-    for name in (n.strip() for n in args.models.split(",") if n.strip()):
-        try:
-            workload = LOADERS[name]()
-        except Unavailable as e:
-            log.warning("[%s] skipped: %s", name, e)
-            continue
-        results.append(bench_model(workload, args.runs or DEFAULT_RUNS[name]))
+    results = [bench_model(w, args.runs or DEFAULT_RUNS[w.name]) for w in load_workloads(args.models)]
     info = machine()
     text = render(results, info, command.strip())
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"int4-weights-{datetime.date.today().isoformat()}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"machine": info, "command": command.strip(),
-         "models": [{"info": meta, "rows": [asdict(r) for r in rows]} for rows, meta in results]}, indent=2))
-    print(f"wrote {stem}.md and {stem}.json")
+    write_results(args.out, "int4-weights", text, {"machine": info, "command": command.strip(),
+         "models": [{"info": meta, "rows": [asdict(r) for r in rows]} for rows, meta in results]})
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ Not part of CI: timings belong here, not in tests.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import math
 import sys
@@ -39,7 +37,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from workloads import LOADERS, ROOT, Unavailable, Workload, feed, held_out_indices, machine
+from workloads import ROOT, Workload, cell, feed, held_out_indices, load_workloads, machine, write_results
 
 import graphopt
 from graphopt.perf import measure_latency
@@ -151,9 +149,6 @@ def measure(models: list[onnx.ModelProto], sample: dict[str, np.ndarray], runs: 
     return [latency.median_ms for latency in measure_latency(models, sample, runs=runs)]
 
 
-def _cell(value: float | None, digits: int) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
 
 def render(results: list[tuple[list[Row], dict[str, Any]]], info: dict[str, Any], command: str) -> str:
     lines = [f"# Pruning benchmark, {info['date']}", "",
@@ -168,8 +163,8 @@ def render(results: list[tuple[list[Row], dict[str, Any]]], info: dict[str, Any]
         for r in rows:
             share = "–" if r.pruned_share is None else f"{r.pruned_share:.0%}"
             lines.append(f"| {r.variant} | {'yes' if r.verified else 'no'} | {share} | {r.params:,} | {r.nonzero:,} | "
-                         f"{r.size_ratio:.3f} | {r.zip_ratio:.3f} | {r.latency_ratio:.3f}× | {_cell(r.cosine, 5)} | "
-                         f"{_cell(r.cosine_min, 5)} | {_cell(r.top1, 4)} | {_cell(r.accuracy, 4)} |")
+                         f"{r.size_ratio:.3f} | {r.zip_ratio:.3f} | {r.latency_ratio:.3f}× | {cell(r.cosine, 5)} | "
+                         f"{cell(r.cosine_min, 5)} | {cell(r.top1, 4)} | {cell(r.accuracy, 4)} |")
         lines.append("")
         for r in rows:
             for record in r.passes:
@@ -187,24 +182,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     command = "python benchmarks/bench_pruning.py " + " ".join(sys.argv[1:])
-    results = []
-    for name in (n.strip() for n in args.models.split(",") if n.strip()):
-        try:
-            workload = LOADERS[name]()
-        except Unavailable as e:
-            log.warning("[%s] skipped: %s", name, e)
-            continue
-        results.append(bench_model(workload, args.runs or DEFAULT_RUNS[name]))
+    results = [bench_model(w, args.runs or DEFAULT_RUNS[w.name]) for w in load_workloads(args.models)]
     info = machine()
     text = render(results, info, command.strip())
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"pruning-{datetime.date.today().isoformat()}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"machine": info, "command": command.strip(),
-         "models": [{"info": meta, "rows": [asdict(r) for r in rows]} for rows, meta in results]}, indent=2))
-    print(f"wrote {stem}.md and {stem}.json")
+    write_results(args.out, "pruning", text, {"machine": info, "command": command.strip(),
+         "models": [{"info": meta, "rows": [asdict(r) for r in rows]} for rows, meta in results]})
 
 
 if __name__ == "__main__":

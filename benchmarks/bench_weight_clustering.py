@@ -22,8 +22,6 @@ Not part of CI: timings belong here, not in tests.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import math
 import sys
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from workloads import LOADERS, ROOT, Unavailable, Workload, feed, held_out_indices, machine
+from workloads import ROOT, Workload, cell, feed, held_out_indices, load_workloads, machine, write_results
 
 import graphopt
 from graphopt.perf import measure_latency
@@ -108,9 +106,6 @@ def bench_model(w: Workload, runs: int, variants: list[tuple[str, WeightClusteri
     return rows, info
 
 
-def _cell(value: float | None, digits: int) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
 
 def render(results: list[tuple[list[Row], dict[str, Any]]], info: dict[str, Any], command: str) -> str:
     lines = [f"# Weight clustering benchmark, {info['date']}", "",
@@ -125,8 +120,8 @@ def render(results: list[tuple[list[Row], dict[str, Any]]], info: dict[str, Any]
         for r in rows:
             lines.append(f"| {r.variant} | {'yes' if r.verified else 'no'} | {r.status} | "
                          f"{r.stats.get('tensors_clustered', 0)} | {r.size_ratio:.3f} | {1 / r.size_ratio:.2f}× | "
-                         f"{r.latency_ratio:.3f}× | {_cell(r.cosine, 5)} | {_cell(r.cosine_min, 5)} | "
-                         f"{_cell(r.top1, 4)} | {_cell(r.accuracy, 4)} |")
+                         f"{r.latency_ratio:.3f}× | {cell(r.cosine, 5)} | {cell(r.cosine_min, 5)} | "
+                         f"{cell(r.top1, 4)} | {cell(r.accuracy, 4)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -142,24 +137,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     command = "python benchmarks/bench_weight_clustering.py " + " ".join(sys.argv[1:])
     variants = [VARIANTS[int(i)] for i in args.variants.split(",") if i.strip()] or VARIANTS
-    results = []
-    for name in (n.strip() for n in args.models.split(",") if n.strip()):
-        try:
-            workload = LOADERS[name]()
-        except Unavailable as e:
-            log.warning("[%s] skipped: %s", name, e)
-            continue
-        results.append(bench_model(workload, args.runs or DEFAULT_RUNS.get(name, 500), variants))
+    results = [bench_model(w, args.runs or DEFAULT_RUNS.get(w.name, 500), variants)
+               for w in load_workloads(args.models)]
     info = machine()
     text = render(results, info, command.strip())
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"weight-clustering-{datetime.date.today().isoformat()}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"machine": info, "command": command.strip(),
-         "models": [{"info": meta, "rows": [asdict(r) for r in rows]} for rows, meta in results]}, indent=2))
-    print(f"wrote {stem}.md and {stem}.json")
+    write_results(args.out, "weight-clustering", text, {"machine": info, "command": command.strip(),
+         "models": [{"info": meta, "rows": [asdict(r) for r in rows]} for rows, meta in results]})
 
 
 if __name__ == "__main__":

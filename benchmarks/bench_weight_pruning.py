@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from workloads import LOADERS, Unavailable, Workload, feed, held_out_indices, machine
+from workloads import LOADERS, Unavailable, Workload, cell, feed, held_out_indices, machine
 
 import graphopt
 from graphopt.pass_base import PassContext
@@ -132,9 +132,6 @@ def bench_model(
     return rows, notes
 
 
-def _cell(value: float | None, digits: int) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -165,8 +162,8 @@ def main() -> None:
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in rows:
             print(f"| {r.variant} | {'yes' if r.verified else 'no'} | {r.layers} | {r.nonzero:,} / {r.params:,} | "
-                  f"{r.size:,} | {r.zipped:,} | {r.latency_ratio:.3f}× | {_cell(r.cosine, 5)} | "
-                  f"{_cell(r.cosine_min, 5)} | {_cell(r.top1, 4)} | {_cell(r.accuracy, 4)} | {r.seconds:.1f} | "
+                  f"{r.size:,} | {r.zipped:,} | {r.latency_ratio:.3f}× | {cell(r.cosine, 5)} | "
+                  f"{cell(r.cosine_min, 5)} | {cell(r.top1, 4)} | {cell(r.accuracy, 4)} | {r.seconds:.1f} | "
                   f"{r.status} |")
         print("\n" + "\n".join(f"- {n}" for n in notes) + "\n", flush=True)
     if args.json:

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import json
+import logging
+import math
 import os
 import platform
 import random
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import sysconfig
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,10 @@ from graphopt.data import Dataset, input_specs, load_data
 from graphopt.machine import cpu_flags, cpu_model
 from graphopt.modelio import load_model
 
-__all__ = ["CACHE", "LOADERS", "ROOT", "Unavailable", "Workload", "feed", "held_out_indices", "machine"]
+__all__ = [
+    "CACHE", "LOADERS", "ROOT", "Unavailable", "Workload", "cell", "feed", "held_out_indices", "load_workloads",
+    "machine", "write_results",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "graphopt-bench"
@@ -251,3 +257,27 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": datetime.date.today().isoformat(),
     }
+
+
+def load_workloads(names: str) -> Iterator[Workload]:
+    """The workloads named (comma-separated), skipping with a logged reason those whose packages are missing."""
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        try:
+            yield LOADERS[name]()
+        except Unavailable as e:
+            logging.getLogger("benchmarks").warning("[%s] skipped: %s", name, e)
+
+
+def cell(value: float | None, digits: int) -> str:
+    """A table cell: the value with ``digits`` decimals, or "–" when there is none."""
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def write_results(folder: Path, name: str, text: str, payload: dict[str, Any]) -> Path:
+    """``<folder>/<name>-<date>.md`` (the table) and ``.json`` (the rows); returns the common stem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{name}-{datetime.date.today().isoformat()}"
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    print(f"wrote {stem}.md and {stem}.json")
+    return stem

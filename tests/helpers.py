@@ -16,6 +16,17 @@ from graphopt.pass_base import PassContext
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+# Conv → Relu → depthwise 3×3 Conv (padded) → Relu → 1×1 Conv: a channel chain through a depthwise layer.
+DEPTHWISE = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,4,6,6] x) => (float[N,5,6,6] y) {
+  c = Conv <kernel_shape: ints = [1, 1]> (x, k1, c1)
+  r = Relu(c)
+  d = Conv <kernel_shape: ints = [3, 3], pads: ints = [1, 1, 1, 1], group: int = 8> (r, kd, cd)
+  s = Relu(d)
+  y = Conv <kernel_shape: ints = [1, 1]> (s, k2, c2)
+}"""
+
+
 def run_ort(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], optimize: bool = False) -> list[np.ndarray]:
     """Outputs of ``model`` under onnxruntime (graph optimisations off unless asked)."""
     options = ort.SessionOptions()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLES, calibration, random_feeds, run_ort, text_model
+from helpers import DEPTHWISE, EXAMPLES, calibration, random_feeds, run_ort, text_model
 
 import graphopt
 from graphopt.data import input_specs, load_data
@@ -87,15 +87,6 @@ def test_digits_model_loses_its_dead_channels_and_keeps_its_accuracy() -> None:
     accuracy = [float(np.mean(np.argmax(run_ort(m, data.arrays)[0], axis=1) == labels)) for m in (model, result.model)]
     assert accuracy[1] >= accuracy[0] - 0.005, accuracy
 
-
-DEPTHWISE = """<ir_version: 8, opset_import: ["" : 17]>
-g (float[N,4,6,6] x) => (float[N,5,6,6] y) {
-  c = Conv <kernel_shape: ints = [1, 1]> (x, k1, c1)
-  r = Relu(c)
-  d = Conv <kernel_shape: ints = [3, 3], pads: ints = [1, 1, 1, 1], group: int = 8> (r, kd, cd)
-  s = Relu(d)
-  y = Conv <kernel_shape: ints = [1, 1]> (s, k2, c2)
-}"""
 
 
 def test_dead_channels_pass_through_a_padded_depthwise_conv(rng: np.random.Generator) -> None:

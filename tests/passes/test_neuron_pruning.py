@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from helpers import EXAMPLES, calibration, random_feeds, run_ort, text_model
+from helpers import DEPTHWISE, EXAMPLES, calibration, random_feeds, run_ort, text_model
 
 import graphopt
 import graphopt_zoo as zoo
@@ -233,15 +233,6 @@ def test_minilm_feed_forward_neurons_pruned_with_the_refit_keep_the_embeddings(t
                                        / np.linalg.norm(got, axis=-1) / np.linalg.norm(reference, axis=-1)))
     assert cosines["ls"] >= 0.98 and cosines["ls"] > cosines["none"] + 0.01, cosines
 
-
-DEPTHWISE = """<ir_version: 8, opset_import: ["" : 17]>
-g (float[N,4,6,6] x) => (float[N,5,6,6] y) {
-  c = Conv <kernel_shape: ints = [1, 1]> (x, k1, c1)
-  r = Relu(c)
-  d = Conv <kernel_shape: ints = [3, 3], pads: ints = [1, 1, 1, 1], group: int = 8> (r, kd, cd)
-  s = Relu(d)
-  y = Conv <kernel_shape: ints = [1, 1]> (s, k2, c2)
-}"""
 
 
 def test_depthwise_convs_are_part_of_the_chain(rng: np.random.Generator) -> None:
