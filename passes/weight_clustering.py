@@ -1,11 +1,13 @@
 """Weight clustering: every large weight shares k values, stored as small indices into a float codebook.
 
 Each float initializer that is a MatMul/Gemm/Conv/ConvTranspose weight or a Gather's data (embeddings) is replaced,
-under the same name, by ``Gather(codebook, Cast(indices))``: a k-entry codebook from optimal 1-D k-means
-(``graphopt_passes._math.clustering``) and one index per weight, packed two per byte as UINT4 when k ≤ 16
-(opset 21; the model is upgraded) or one byte each. The *file* shrinks about 8× (4-bit) or 4× (8-bit) on those
-tensors, while onnxruntime folds the constant ``Cast → Gather`` at session creation, so the graph it runs, and
-its speed, are the float model's. Keeping the tensor's name means every reader, shared or inside a subgraph,
+under the same name, by ``Gather(codebook, indices)``: a k-entry codebook from optimal 1-D k-means
+(``graphopt_passes._math.clustering``) and one index per weight, two per byte when k ≤ 16, else one byte each.
+The *file* shrinks about 8× (4-bit) or 4× (8-bit) on those tensors, while onnxruntime folds the constant index
+unpacking and ``Gather`` at session creation, so the graph it runs, and its speed, are the float model's. Packed
+indices are ONNX's UINT4 type when the model is already at opset 21; otherwise nibbles in a uint8 tensor unpacked by
+``Cast → Div/Mod → Concat → Reshape`` (opset 11+), because upgrading a model to opset 21 makes onnxruntime miss some
+of its fusions (MiniLM ran 3% slower as opset 21 with no other change). Keeping the tensor's name means every reader, shared or inside a subgraph,
 sees the rebuilt weight, so a shared weight is clustered once. Each tensor is one unit (sensitivity: its relative
 reconstruction error), so the manager keeps in float the tensors the budget cannot afford. With calibration data a
 2-D MatMul/Gemm weight's indices are chosen GPTQ-style (``compensate``): rows rounded in order against the input's
@@ -37,8 +39,8 @@ __all__ = ["WeightClusteringPass"]
 log = logging.getLogger(__name__)
 
 _WEIGHT_SLOTS = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (1,), "ConvTranspose": (1,), "Gather": (0,)}
-_INDEX_TYPES = (onnx.TensorProto.UINT4, onnx.TensorProto.UINT8)
 _UINT4_OPSET, _UINT4_IR = 21, 10
+_NIBBLES_OPSET = 10
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,9 @@ class WeightClusteringPass(PassBase):
     class Options:
         clusters: int = field(default=16, metadata={"help": "codebook size k per tensor (2…256)"})
         min_size: int = field(default=4096, metadata={"help": "skip tensors with fewer values"})
-        packing: Literal["auto", "uint8"] = field(
-            default="auto", metadata={"help": "auto: 4-bit UINT4 indices when clusters ≤ 16 (opset 21); uint8: always a byte"}
+        packing: Literal["auto", "uint4", "uint8"] = field(
+            default="auto", metadata={"help": "auto: 4-bit indices when clusters ≤ 16, as UINT4 at opset 21+ or packed "
+                                      "nibbles below; uint4: UINT4, upgrading the model to opset 21; uint8: a byte each"}
         )
         groups: int = field(default=1024, metadata={"help": "groups of sorted values the exact k-means DP runs on"})
         steps: int = field(default=8, metadata={"help": "Lloyd refinement steps on the raw values after the DP"})
@@ -109,8 +112,8 @@ class WeightClusteringPass(PassBase):
         def __post_init__(self) -> None:
             if not all(2 <= k <= 256 for k in (self.clusters, *self.levels)):
                 raise ValueError(f"clusters and levels must be in [2, 256], not {self.clusters}, {self.levels}")
-            if self.packing not in ("auto", "uint8"):
-                raise ValueError(f"packing must be auto or uint8, not {self.packing!r}")
+            if self.packing not in ("auto", "uint4", "uint8"):
+                raise ValueError(f"packing must be auto, uint4 or uint8, not {self.packing!r}")
             if self.min_size < 0 or self.groups < 2 or self.steps < 0 or self.block < 1:
                 raise ValueError("need min_size >= 0, groups >= 2, steps >= 0 and block >= 1")
 
@@ -121,7 +124,7 @@ class WeightClusteringPass(PassBase):
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per tensor (per tensor and codebook size with ``levels``); sensitivity = its relative
         reconstruction error (weighted by input importance when data-aware), so a tensor's larger codebooks rank first."""
-        packed = self.options.packing == "auto"
+        packed = self.options.packing != "uint8"
         return tuple(Unit(c.unit, c.result.relative_error, f"{'×'.join(map(str, c.shape))}, k={len(c.result.codebook)}",
                           gain=max(c.bytes_before - c.bytes_after(packed and c.packable), 1))
                      for c in self._plan(model, context)[0])
@@ -137,18 +140,22 @@ class WeightClusteringPass(PassBase):
         if not chosen:
             return PassResult(copy_model(model), False, stats, tuple(skipped))
         notes: list[str] = []
-        packed = self.options.packing == "auto" and any(c.packable for c in chosen)
+        packed = self.options.packing != "uint8" and any(c.packable for c in chosen)
+        uint4 = packed and (self.options.packing == "uint4" or default_opset(model) >= _UINT4_OPSET)
+        if packed and not uint4 and default_opset(model) < _NIBBLES_OPSET:
+            packed = False
+            notes.append(f"indices kept as bytes: unpacking nibbles needs opset {_NIBBLES_OPSET} (Mod, Slice inputs)")
         out = model
-        if packed:
+        if uint4:
             try:
                 out, upgraded = ensure_opset(model, _UINT4_OPSET)
                 notes += [upgraded] if upgraded else []
             except PassError as e:
-                packed = False
-                notes.append(f"indices kept as uint8: 4-bit UINT4 needs opset {_UINT4_OPSET}, {first_line(e)}")
+                uint4 = False
+                notes.append(f"indices packed as uint8 nibbles: UINT4 needs opset {_UINT4_OPSET}, {first_line(e)}")
         out = copy_model(out)
         try:
-            _rewrite(out, chosen, packed)
+            _rewrite(out, chosen, packed, uint4)
         except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
             log.info("%s left the model unchanged: %s", self.name, e)
             failed = Skip("graph", f"rewrite failed: {type(e).__name__}: {first_line(e)}")
@@ -170,7 +177,7 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: WeightClus
     graph = model.graph
     arrays = {t.name: t for t in graph.initializer}
     overridable = {i.name for i in graph.input}
-    producers = {o: n for n in graph.node for o in n.output}
+    constants = _constant_values(graph, arrays.keys() - overridable)
     readers: dict[str, list[_Reader | None]] = {}
     skipped = []
     for node in graph.node:
@@ -178,7 +185,7 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: WeightClus
             name = node.input[slot] if slot < len(node.input) else ""
             if name not in arrays or (name in readers and not readers[name]):
                 continue
-            why = _refusal(node, arrays[name], name in overridable, producers, arrays, options)
+            why = _refusal(node, arrays[name], name in overridable, constants, options)
             if why:
                 skipped.append(Skip(name, why))
                 readers[name] = []
@@ -271,15 +278,22 @@ def _weights(shape: tuple[int, ...], readers: list[_Reader | None], importance: 
     return np.broadcast_to(channel.reshape(view), shape)
 
 
-def _refusal(node: onnx.NodeProto, tensor: onnx.TensorProto, overridable: bool, producers: dict[str, onnx.NodeProto],
-             arrays: dict[str, onnx.TensorProto], options: WeightClusteringPass.Options) -> str:
+def _constant_values(graph: onnx.GraphProto, initializers: set[str]) -> set[str]:
+    """Values computed from ``initializers`` alone (nodes in topological order, as ONNX requires)."""
+    constants = set(initializers)
+    for node in graph.node:
+        if all(i in constants for i in node.input if i) and not any(a.g.node or a.graphs for a in node.attribute):
+            constants.update(node.output)
+    return constants
+
+
+def _refusal(node: onnx.NodeProto, tensor: onnx.TensorProto, overridable: bool, constants: set[str],
+             options: WeightClusteringPass.Options) -> str:
     """Why initializer ``tensor`` read by ``node`` cannot be clustered, or ``""``."""
     count = math.prod(tensor.dims)
     dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in producers:
-        cast = producers[node.input[1]]
-        if cast.op_type == "Cast" and cast.input[0] in arrays and arrays[cast.input[0]].data_type in _INDEX_TYPES:
-            return "already a clustering codebook"
+    if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in constants:
+        return "already a codebook (a Gather with constant indices)"
     if dtype.kind != "f":
         return f"dtype {dtype} is not float"
     if overridable:
@@ -291,8 +305,9 @@ def _refusal(node: onnx.NodeProto, tensor: onnx.TensorProto, overridable: bool, 
     return ""
 
 
-def _rewrite(model: onnx.ModelProto, chosen: list[_Clustered], packed: bool) -> None:
-    """Replace each chosen initializer by codebook + indices initializers and a ``Cast → Gather`` of the same name."""
+def _rewrite(model: onnx.ModelProto, chosen: list[_Clustered], packed: bool, uint4: bool) -> None:
+    """Replace each chosen initializer by codebook + indices initializers and constant nodes that rebuild it under
+    its own name: ``Gather(codebook, Cast(indices))``, packed nibbles unpacked in between unless stored as UINT4."""
     graph = model.graph
     taken = ({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
              | {i.name for i in graph.input} | {n.name for n in graph.node})
@@ -303,30 +318,59 @@ def _rewrite(model: onnx.ModelProto, chosen: list[_Clustered], packed: bool) -> 
         taken.add(name)
         return name
 
+    def constant(base: str, value: np.ndarray) -> str:
+        name = fresh(base)
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(op: str, inputs: list[str], base: str, **attrs: int) -> str:
+        output = fresh(base)
+        nodes.append(helper.make_node(op, inputs, [output], name=fresh(f"{base}_{op.lower()}"), **attrs))
+        return output
+
     kept = [t for t in graph.initializer if t.name not in names]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    nodes = []
+    nodes: list[onnx.NodeProto] = []
+    sixteen = constant("clustering_sixteen", np.array(16, np.int32)) if packed and not uint4 else ""
     for c in chosen:
-        codebook, indices, index = fresh(f"{c.name}_codebook"), fresh(f"{c.name}_indices"), fresh(f"{c.name}_index")
-        graph.initializer.append(numpy_helper.from_array(c.result.codebook, codebook))
-        graph.initializer.append(_indices(c.result.indices, indices, packed and c.packable))
-        nodes += [helper.make_node("Cast", [indices], [index], name=fresh(f"{c.name}_cast"), to=onnx.TensorProto.INT32),
-                  helper.make_node("Gather", [codebook, index], [c.name], name=fresh(f"{c.name}_gather"))]
+        codebook = constant(f"{c.name}_codebook", c.result.codebook)
+        if not (packed and c.packable):
+            index = node("Cast", [constant(f"{c.name}_indices", c.result.indices.astype(np.uint8))],
+                         f"{c.name}_index", to=onnx.TensorProto.INT32)
+        elif uint4:
+            indices = fresh(f"{c.name}_indices")
+            graph.initializer.append(_uint4(c.result.indices, indices))
+            index = node("Cast", [indices], f"{c.name}_index", to=onnx.TensorProto.INT32)
+        else:
+            pairs = node("Cast", [constant(f"{c.name}_indices", _nibbles(c.result.indices))], f"{c.name}_pairs",
+                         to=onnx.TensorProto.INT32)
+            pairs = node("Concat", [node("Mod", [pairs, sixteen], f"{c.name}_low"),
+                                    node("Div", [pairs, sixteen], f"{c.name}_high")], f"{c.name}_unpacked", axis=1)
+            count = math.prod(c.shape)
+            if count % 2:
+                flat = node("Reshape", [pairs, constant(f"{c.name}_flat", np.array([-1], np.int64))], f"{c.name}_flat")
+                pairs = node("Slice", [flat, constant(f"{c.name}_start", np.array([0], np.int64)),
+                                       constant(f"{c.name}_stop", np.array([count], np.int64))], f"{c.name}_cut")
+            index = node("Reshape", [pairs, constant(f"{c.name}_dims", np.array(c.shape, np.int64))], f"{c.name}_index")
+        nodes.append(helper.make_node("Gather", [codebook, index], [c.name], name=fresh(f"{c.name}_gather")))
     existing = list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes + existing)
-    if packed and default_opset(model) >= _UINT4_OPSET:
+    if uint4:
         model.ir_version = max(model.ir_version, _UINT4_IR)
 
 
-def _indices(indices: np.ndarray, name: str, packed: bool) -> onnx.TensorProto:
-    """``indices`` as a UINT8 tensor, or as UINT4 packed two per byte, low nibble first (ONNX's layout)."""
-    if not packed:
-        return numpy_helper.from_array(indices.astype(np.uint8), name)
+def _nibbles(indices: np.ndarray) -> np.ndarray:
+    """``indices`` (< 16) two per byte as a ``(ceil(n / 2), 1)`` uint8 array, low nibble first."""
     flat = indices.reshape(-1).astype(np.uint8)
     if flat.size % 2:
         flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).reshape(-1, 1)
+
+
+def _uint4(indices: np.ndarray, name: str) -> onnx.TensorProto:
+    """``indices`` (< 16) as a UINT4 tensor: two per byte, low nibble first (ONNX's layout)."""
     tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.UINT4, dims=list(indices.shape))
-    tensor.raw_data = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
+    tensor.raw_data = _nibbles(indices).tobytes()
     return tensor

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from helpers import EXAMPLES, calibration, random_feeds, run_ort, text_model
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 import graphopt
 import graphopt_zoo as zoo
@@ -43,18 +44,31 @@ def feeds(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def rebuilt(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Each clustered weight as the codebook Gather rebuilds it, computed in numpy from the stored tensors."""
-    arrays = {t.name: t for t in model.graph.initializer}
-    producers = {n.output[0]: n for n in model.graph.node}
-    out = {}
+    """Each clustered weight as its constant nodes rebuild it (a Gather fed by initializers alone), computed by
+    onnxruntime running just those nodes."""
+    constants = {t.name for t in model.graph.initializer}
+    nodes = []
     for node in model.graph.node:
-        if node.op_type == "Gather" and producers.get(node.input[1], node).op_type == "Cast":
-            indices = numpy_helper.to_array(arrays[producers[node.input[1]].input[0]]).astype(np.int64)
-            out[node.output[0]] = numpy_helper.to_array(arrays[node.input[0]])[indices]
-    return out
+        if all(i in constants for i in node.input):
+            nodes.append(node)
+            constants.update(node.output)
+    outputs = [helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None)
+               for n in nodes if n.op_type == "Gather"]
+    graph = helper.make_graph(nodes, "rebuilt", [], outputs, list(model.graph.initializer))
+    values = run_ort(helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version), {})
+    return {o.name: v for o, v in zip(outputs, values, strict=True)}
 
 
-def test_weights_become_codebook_and_4bit_indices(rng: np.random.Generator) -> None:
+def folded_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
+    """The operators of ``model`` as onnxruntime runs it after its graph optimisations (basic level: folding)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "folded.onnx")).graph.node]
+
+
+def test_weights_become_codebook_and_4bit_indices(rng: np.random.Generator, tmp_path: Path) -> None:
     model = build(rng)
     before = model.SerializeToString()
     result = cluster(min_size=1024, data_aware=False)(model, PassContext())
@@ -63,12 +77,14 @@ def test_weights_become_codebook_and_4bit_indices(rng: np.random.Generator) -> N
     assert {s.target: s.reason for s in result.skipped}["small"] == "512 values < min_size 1024: too small to gain"
     out = result.model
     onnx.checker.check_model(out, full_check=True)
-    assert [op.version for op in out.opset_import if op.domain == ""] == [21]
+    assert [op.version for op in out.opset_import if op.domain == ""] == [17]  # no upgrade: nibbles in bytes
     ops = [n.op_type for n in out.graph.node]
     assert ops.count("Cast") == 2 and ops.count("Gather") == 3 and ops.count("MatMul") == 3
     stored = {t.name: t for t in out.graph.initializer}
     assert "w" not in stored and "table" not in stored and "small" in stored
-    assert sum(t.data_type == onnx.TensorProto.UINT4 for t in stored.values()) == 2
+    packed = [t for t in stored.values() if t.data_type == onnx.TensorProto.UINT8]
+    assert sorted(tuple(t.dims) for t in packed) == [(64 * 32 // 2, 1), (200 * 32 // 2, 1)]
+    assert folded_ops(out, tmp_path) == folded_ops(model, tmp_path)  # onnxruntime folds the unpacking away
     weights = rebuilt(out)
     for name, shape in (("w", (64, 32)), ("table", (200, 32))):
         assert weights[name].shape == shape and len(np.unique(weights[name])) <= 16
@@ -88,7 +104,7 @@ def test_weights_become_codebook_and_4bit_indices(rng: np.random.Generator) -> N
         for got, want in zip(run_ort(out, sample, optimize), expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     second = cluster(min_size=1024, data_aware=False)(out, PassContext())
-    assert not second.modified and {s.reason for s in second.skipped} >= {"already a clustering codebook"}
+    assert not second.modified and {s.reason for s in second.skipped} >= {"already a codebook (a Gather with constant indices)"}
 
 
 def test_small_tensors_are_skipped_with_the_reason(rng: np.random.Generator) -> None:
@@ -99,13 +115,45 @@ def test_small_tensors_are_skipped_with_the_reason(rng: np.random.Generator) -> 
     assert reasons["w"] == "2048 values < min_size 4096: too small to gain"
 
 
-def test_more_than_16_clusters_store_byte_indices_without_an_opset_upgrade(rng: np.random.Generator) -> None:
+def test_uint4_indices_at_opset_21_or_on_request(rng: np.random.Generator, tmp_path: Path) -> None:
+    model = build(rng)
+    for packing, start in (("uint4", 17), ("auto", 21)):
+        source = onnx.version_converter.convert_version(model, start) if start != 17 else model
+        result = cluster(min_size=1024, data_aware=False, packing=packing)(source, PassContext())
+        out = result.model
+        onnx.checker.check_model(out, full_check=True)
+        assert [op.version for op in out.opset_import if op.domain == ""] == [21] and out.ir_version >= 10
+        assert any("opset upgraded from 17 to 21" in n for n in result.notes) == (start == 17)
+        indices = [t for t in out.graph.initializer if t.name.endswith("_indices")]
+        assert sorted(tuple(t.dims) for t in indices) == [(64, 32), (200, 32)]
+        assert {t.data_type for t in indices} == {onnx.TensorProto.UINT4}
+        assert result.stats["bytes_after"] == 2 * 64 + (64 * 32 + 200 * 32) // 2
+        nibbles = rebuilt(cluster(min_size=1024, data_aware=False)(model, PassContext()).model)
+        for name, value in rebuilt(out).items():
+            np.testing.assert_array_equal(value, nibbles[name])
+        assert folded_ops(out, tmp_path).count("Gather") == 1  # the embedding lookup; the codebook Gathers folded
+
+
+def test_odd_sized_tensors_unpack_exactly(rng: np.random.Generator) -> None:
+    text = """<ir_version: 8, opset_import: ["" : 13]>
+g (float[N,63] x) => (float[N,33] y) { y = MatMul(x, w) }"""
+    model = text_model(text, w=rng.standard_normal((63, 33)).astype(np.float32))
+    out = cluster(min_size=1024, data_aware=False)(model, PassContext()).model
+    onnx.checker.check_model(out, full_check=True)
+    assert "Slice" in [n.op_type for n in out.graph.node]
+    w = rebuilt(out)["w"]
+    assert w.shape == (63, 33) and len(np.unique(w)) <= 16
+    x = {"x": rng.standard_normal((4, 63)).astype(np.float32)}
+    np.testing.assert_allclose(run_ort(out, x, optimize=True)[0], x["x"] @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_more_than_16_clusters_store_byte_indices(rng: np.random.Generator) -> None:
     model = build(rng)
     errors = {}
     for k in (4, 16, 64):
         result = cluster(min_size=1024, clusters=k, data_aware=False)(model, PassContext())
-        types = {t.data_type for t in result.model.graph.initializer if t.name.endswith("_indices")}
-        assert types == {onnx.TensorProto.UINT4 if k <= 16 else onnx.TensorProto.UINT8}
+        shapes = {tuple(t.dims) for t in result.model.graph.initializer if t.name.endswith("_indices")}
+        assert shapes == ({(1024, 1), (3200, 1)} if k <= 16 else {(64, 32), (200, 32)}), shapes
         onnx.checker.check_model(result.model, full_check=True)
         errors[k] = np.linalg.norm(rebuilt(result.model)["w"] - numpy_helper.to_array(model.graph.initializer[0]))
     assert errors[64] < errors[16] < errors[4], errors
