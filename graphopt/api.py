@@ -1,4 +1,5 @@
-"""The Python API: ``optimize`` (load → normalise → (pass → verify)* → save + report), ``inspect``, ``list_passes``.
+"""The Python API: ``optimize`` (load → normalise → (pass → verify)* → save + report), ``validate`` (can this
+optimised model ship?), ``inspect``, ``list_passes``.
 
 The CLI is a thin layer over these functions; every CLI flag is a parameter here.
 """
@@ -14,23 +15,45 @@ from pathlib import Path
 import onnx
 
 from graphopt.data import Dataset, input_specs, load_data
+from graphopt.errors import GraphoptError, ValidationSetupError
+from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.manager import PassManager, PipelineResult
 from graphopt.modelio import check_destination, load_model, save_bytes, save_model
 from graphopt.normalize import NormalizePass
 from graphopt.pass_base import PassBase, PassContext
-from graphopt.pipeline import build_pipeline
+from graphopt.pipeline import build_pipeline, describe_pipeline
 from graphopt.progress import NULL_PROGRESS, Progress
+from graphopt.provenance import Provenance, data_digest, read_provenance, stamp_provenance
 from graphopt.registry import available_passes
 from graphopt.report.collector import ReportCollector
+from graphopt.report.html import optimize_page, validation_page
 from graphopt.report.model import Report
-from graphopt.report.render import to_json
+from graphopt.report.render import to_json, validation_json
 from graphopt.runtime import RuntimeConfig
 from graphopt.summary import ModelSummary, summarize
+from graphopt.validation.context import ValidationContext
+from graphopt.validation.environments import check_environments
+from graphopt.validation.folds import Refit, check_folds
+from graphopt.validation.held_out import Metric, check_held_out, load_metric
+from graphopt.validation.model import ValidationReport
+from graphopt.validation.performance import check_performance
+from graphopt.validation.shifts import Shift, check_shifts
 from graphopt.verify.tolerance import Tolerance
 from graphopt.verify.verifier import Verifier
 
-__all__ = ["OptimizeResult", "default_pipeline", "inspect", "list_passes", "optimize", "report_path_for"]
+__all__ = [
+    "SECTIONS",
+    "OptimizeResult",
+    "ValidationResult",
+    "default_pipeline",
+    "inspect",
+    "list_passes",
+    "optimize",
+    "report_path_for",
+    "run_pipeline",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +67,7 @@ class OptimizeResult:
     pipeline: PipelineResult
     output_path: Path | None = None
     report_path: Path | None = None
+    html_path: Path | None = None
 
 
 def graphopt_version() -> str:
@@ -78,6 +102,7 @@ def optimize(
     normalize: bool = True,
     progress: Progress = NULL_PROGRESS,
     instruments: Sequence[Instrument] = (),
+    html: str | Path | None = None,
 ) -> OptimizeResult:
     """Optimise ``model`` with ``passes``, verifying each against the original on held-out ``data``.
 
@@ -96,11 +121,15 @@ def optimize(
         normalize: run the normalisation pass first (verified lossless like any pass).
         progress: receives progress of calibration and verification.
         instruments: extra observers of the pass manager.
+        html: where to write the run as a self-contained HTML page.
+
+    The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so
+    ``validate`` can tell held-out samples from calibration ones and re-run the pipeline on folds.
     """
     input_path = None if isinstance(model, onnx.ModelProto) else Path(model)
     protect = (input_path,) if input_path else ()
     report_target = Path(report) if report is not None else report_path_for(output) if output is not None else None
-    for target in (output, report_target):
+    for target in (output, report_target, html):
         if target is not None:
             check_destination(target, protect=protect)
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
@@ -125,23 +154,166 @@ def optimize(
         tolerance=tolerance.to_dict(),
         lossless_tolerance=lossless_tolerance.to_dict(),
     )
-    verifier = Verifier(original, verification, runtime, progress)
-    manager = PassManager(
-        verifier,
-        PassContext(calibration=calibration, runtime=runtime, progress=progress),
-        tolerance,
-        lossless_tolerance,
-        [ReportCollector(record), *instruments],
-    )
-    result = manager.run(original, [NormalizePass(), *pipeline] if normalize else pipeline)
+    result = run_pipeline(original, pipeline, calibration, verification, tolerance=tolerance,
+                          lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
+                          progress=progress, instruments=[ReportCollector(record), *instruments])
+    final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
+    stamp_provenance(final, Provenance(describe_pipeline(pipeline), data_digest(dataset), calibration_fraction))
 
-    output_path = report_file = None
+    output_path = report_file = html_file = None
     if output is not None:
-        output_path = save_model(result.model, output, protect=protect, runtime=runtime)
+        output_path = save_model(final, output, protect=protect, runtime=runtime)
         record.output_path = str(output_path)
     if report_target is not None:
         report_file = save_bytes(to_json(record).encode(), report_target, protect=protect)
-    return OptimizeResult(result.model, record, result, output_path, report_file)
+    if html is not None:
+        html_file = save_bytes(optimize_page(record).encode(), html, protect=protect)
+    return OptimizeResult(final, record, result, output_path, report_file, html_file)
+
+
+def run_pipeline(
+    original: onnx.ModelProto,
+    pipeline: Sequence[PassBase],
+    calibration: Dataset | None,
+    verification: Dataset,
+    *,
+    tolerance: Tolerance,
+    lossless_tolerance: Tolerance,
+    runtime: RuntimeConfig,
+    normalize: bool = True,
+    progress: Progress = NULL_PROGRESS,
+    instruments: Sequence[Instrument] = (),
+) -> PipelineResult:
+    """The manager's run of ``pipeline`` (after normalisation), fitting on ``calibration`` and verifying on
+    ``verification`` against ``original``: the one code path of ``optimize`` and of ``validate``'s fold refits."""
+    verifier = Verifier(original, verification, runtime, progress)
+    context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
+    manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments))
+    return manager.run(original, [NormalizePass(), *pipeline] if normalize else list(pipeline))
+
+
+SECTIONS = ("held_out", "folds", "shifts", "environments", "performance")
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """The validation report and where it was written (``None`` when not asked for)."""
+
+    report: ValidationReport
+    report_path: Path | None = None
+    html_path: Path | None = None
+
+
+def validate(
+    original: str | Path | onnx.ModelProto,
+    optimized: str | Path | onnx.ModelProto,
+    data: str | Path | Dataset,
+    *,
+    labels: str | Path | None = None,
+    passes: str | None = None,
+    sections: Sequence[str] = SECTIONS,
+    folds: int = 5,
+    shifts: Sequence[Shift] | None = None,
+    metric: str | Metric | None = None,
+    max_accuracy_drop: float | None = 0.01,
+    tolerance: Tolerance | None = None,
+    runtime: RuntimeConfig | None = None,
+    seed: int = 0,
+    report: str | Path | None = None,
+    html: str | Path | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> ValidationResult:
+    """Answer "can I ship ``optimized`` in place of ``original``?" with evidence, section by section.
+
+    Args:
+        original, optimized: paths or loaded models (never modified); their inputs and outputs must match.
+        data: real samples (``.npz`` file or folder, or a ``Dataset``). When ``optimized`` records that it was
+            calibrated on these very samples, only the share it did not see is held out.
+        labels: the name of a label array in the data file, or an ``.npy`` file: adds task accuracy.
+        passes: the pipeline that made ``optimized`` (default: the one it records); k-fold re-runs it.
+        sections: which of ``held_out``, ``folds``, ``shifts``, ``environments``, ``performance`` to run.
+        folds: k of the k-fold section (the number of held-out samples for leave-one-out).
+        shifts: input shifts to verify under (default: chosen by input kind, plus ``graphopt.shifts`` hooks).
+        metric: a task metric (callable or ``graphopt.metrics`` entry point name) used instead of accuracy.
+        max_accuracy_drop: the largest accuracy (or metric) loss that passes; ``None`` only reports it.
+        tolerance: the budget every comparison is held to (default cosine ≥ 0.99, top-1 ≥ 0.99).
+        report, html: where to write the JSON report and the HTML page.
+    """
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ValidationSetupError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+    paths = [Path(m) for m in (original, optimized) if not isinstance(m, onnx.ModelProto)]
+    for target in (report, html):
+        if target is not None:
+            check_destination(target, protect=tuple(paths))
+    reference = original if isinstance(original, onnx.ModelProto) else load_model(original)
+    candidate = optimized if isinstance(optimized, onnx.ModelProto) else load_model(optimized)
+    specs = input_specs(reference)
+    if input_specs(candidate) != specs or _outputs(candidate) != _outputs(reference):
+        raise ValidationSetupError("the two models differ in their inputs or outputs; validate compares a model "
+                                   "with its own optimised version")
+    dataset = data if isinstance(data, Dataset) else load_data(data, specs, labels)
+    if dataset.synthetic:
+        raise ValidationSetupError("validation needs real samples, not --data random")
+    recorded = read_provenance(candidate)
+    held_out, held_note = _held_out(dataset, recorded)
+    pipeline = passes if passes is not None else recorded.pipeline if recorded else None
+    ctx = ValidationContext(reference, candidate, dataset, held_out, tolerance or Tolerance.budget(),
+                            runtime or RuntimeConfig(), pipeline=pipeline, seed=seed, progress=progress)
+    record = ValidationReport(graphopt_version(), str(paths[0]) if not isinstance(original, onnx.ModelProto) else None,
+                              str(paths[-1]) if not isinstance(optimized, onnx.ModelProto) else None,
+                              data={"source": dataset.source, "samples": dataset.n_samples,
+                                    "held_out_samples": held_out.n_samples, "labels": dataset.labels is not None,
+                                    "held_out": held_note, "pipeline": pipeline},
+                              tolerance=ctx.tolerance.to_dict())
+    task = load_metric(metric) if isinstance(metric, str) else metric
+    for name in (s for s in SECTIONS if s in sections):
+        if name == "held_out":
+            record.sections.append(check_held_out(ctx, metric=task, max_accuracy_drop=max_accuracy_drop))
+        elif name == "folds":
+            refit = _refit(reference, pipeline, ctx) if pipeline else None
+            record.sections.append(check_folds(ctx, min(folds, held_out.n_samples), refit))
+        elif name == "shifts":
+            record.sections.append(check_shifts(ctx, shifts))
+        elif name == "environments":
+            record.sections.append(check_environments(ctx))
+        else:
+            record.sections.append(check_performance(ctx))
+    report_file = save_bytes(validation_json(record).encode(), report, protect=tuple(paths)) if report else None
+    html_file = save_bytes(validation_page(record).encode(), html, protect=tuple(paths)) if html else None
+    return ValidationResult(record, report_file, html_file)
+
+
+def _outputs(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output]
+
+
+def _held_out(dataset: Dataset, recorded: Provenance | None) -> tuple[Dataset, str]:
+    """The samples ``optimized`` was not fitted on, and how that was decided."""
+    if recorded is None:
+        return dataset, "all samples: the optimised model does not record its calibration data"
+    if recorded.data_digest != data_digest(dataset):
+        return dataset, "all samples: the model was optimised on other data"
+    try:
+        lossless = all(p.lossless for p in build_pipeline(recorded.pipeline))
+    except GraphoptError:  # a pass not installed here: assume it fitted on data
+        lossless = False
+    if lossless:
+        return dataset, "all samples: the model was made by lossless passes only"
+    _, held_out = dataset.split(recorded.calibration_fraction, recorded.split_seed)
+    return held_out, (f"{held_out.n_samples} of {dataset.n_samples}: the share the model was not calibrated on "
+                      f"(recorded: calibration fraction {recorded.calibration_fraction:g}); optimize verified, "
+                      f"not fitted, on them: a separate data file is the stricter test")
+
+
+def _refit(original: onnx.ModelProto, pipeline: str, ctx: ValidationContext) -> Refit:
+    """The pipeline re-run with fresh pass instances on a (calibration, verification) split, as ``optimize`` runs it."""
+    build_pipeline(pipeline)  # an unknown pass or bad option fails before any fold runs
+
+    def refit(calibration: Dataset, verification: Dataset) -> PipelineResult:
+        return run_pipeline(original, build_pipeline(pipeline), calibration, verification, tolerance=ctx.tolerance,
+                            lossless_tolerance=Tolerance.lossless(), runtime=ctx.runtime, progress=ctx.progress)
+    return refit
 
 
 def _split(dataset: Dataset, fraction: float) -> tuple[Dataset | None, Dataset]:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 internal error (a bug: traceback shown); 2 usage or pipeline error; 3 unreadable or
 unsupported model; 4 output path refused; 5 data does not fit the model; 6 verification of a must-be-equal model
-failed; 130 interrupted. Every user mistake prints one line on stderr and writes nothing.
+failed; 7 ``validate`` found the optimised model not shippable; 130 interrupted. Every user mistake prints one line on stderr and writes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import NoReturn, TextIO
 from graphopt import api
 from graphopt.errors import GraphoptError
 from graphopt.pipeline import option_fields
-from graphopt.report.render import format_bytes, render_table, to_json
+from graphopt.report.render import format_bytes, render_table, render_validation_table, to_json, validation_json
 from graphopt.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeConfig
 from graphopt.verify.tolerance import Tolerance
 
@@ -80,7 +80,28 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calibration-fraction", type=float, default=0.5, help="share of samples for fitting")
     run.add_argument("--no-normalize", action="store_true", help="skip the normalisation pass")
     _add_runtime_flags(run)
+    run.add_argument("--html", default=None, help="also write the run as a self-contained HTML page")
     run.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+    check = commands.add_parser("validate", help="can the optimised model ship? held-out, k-fold, shifted inputs, "
+                                "threads and providers, performance")
+    check.add_argument("original", help="the original ONNX model")
+    check.add_argument("optimized", help="the optimised ONNX model")
+    check.add_argument("--data", required=True, help=".npz file or folder of real samples")
+    check.add_argument("--labels", default=None, help="label array in the data file, or an .npy file: adds accuracy")
+    check.add_argument("--metric", default=None, help="task metric registered in the graphopt.metrics entry points")
+    check.add_argument("--max-accuracy-drop", type=float, default=0.01, help="largest accuracy loss that passes")
+    check.add_argument("--passes", default=None, help="pipeline that made the model (default: the one it records)")
+    check.add_argument("--folds", type=int, default=5, help="k of the k-fold section (held-out samples: leave-one-out)")
+    check.add_argument("--skip", default="", help=f"sections to skip, comma-separated ({', '.join(api.SECTIONS)})")
+    check.add_argument("--cosine", type=float, default=budget.cosine, help="minimum mean cosine vs the original")
+    check.add_argument("--top1", type=float, default=budget.top1, help="minimum top-1 agreement for classifiers")
+    check.add_argument("--snr-db", type=float, default=None, help="minimum SNR in dB vs the original")
+    check.add_argument("--seed", type=int, default=0, help="seed of folds, shifts and bootstrap resampling")
+    check.add_argument("--report", default=None, help="write the JSON report here")
+    check.add_argument("--html", default=None, help="write a self-contained HTML page here")
+    _add_runtime_flags(check)
+    check.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
     listing = commands.add_parser("passes", help="list registered passes")
     listing.add_argument("--json", action="store_true", help="machine-readable list")
@@ -133,12 +154,52 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
         calibration_fraction=args.calibration_fraction,
         normalize=not args.no_normalize,
         progress=TerminalProgress(),
+        html=args.html,
     )
     if args.json:
         out.write(to_json(result.report))
     else:
         out.write(render_table(result.report) + "\n")
-        out.write(f"wrote {result.output_path} and {result.report_path}\n")
+        written = [p for p in (result.output_path, result.report_path, result.html_path) if p]
+        out.write(f"wrote {', '.join(map(str, written))}\n")
+    return 0
+
+
+class _NotShippable(GraphoptError):
+    exit_code = 7
+
+
+def _validate(args: argparse.Namespace, out: TextIO) -> int:
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = sorted(skip - set(api.SECTIONS))
+    if unknown:
+        raise _UsageError(f"--skip: unknown section(s) {', '.join(unknown)} (known: {', '.join(api.SECTIONS)})")
+    result = api.validate(
+        args.original,
+        args.optimized,
+        args.data,
+        labels=args.labels,
+        passes=args.passes,
+        sections=[s for s in api.SECTIONS if s not in skip],
+        folds=args.folds,
+        metric=args.metric,
+        max_accuracy_drop=args.max_accuracy_drop,
+        tolerance=Tolerance(cosine=args.cosine, snr_db=args.snr_db, top1=args.top1),
+        runtime=_runtime(args),
+        seed=args.seed,
+        report=args.report,
+        html=args.html,
+        progress=TerminalProgress(),
+    )
+    if args.json:
+        out.write(validation_json(result.report))
+    else:
+        out.write(render_validation_table(result.report) + "\n")
+        written = [p for p in (result.report_path, result.html_path) if p]
+        out.write(f"wrote {', '.join(map(str, written))}\n" if written else "")
+    if not result.report.passed:
+        failed = ", ".join(s.title for s in result.report.sections if s.passed is False)
+        raise _NotShippable(f"validation failed: {failed}")
     return 0
 
 
@@ -192,7 +253,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return int(e.code or 0)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    commands = {"optimize": _optimize, "passes": _passes, "inspect": _inspect}
+    commands = {"optimize": _optimize, "validate": _validate, "passes": _passes, "inspect": _inspect}
     try:
         return commands[args.command](args, out)
     except GraphoptError as e:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from graphopt.errors import DataError, UnsupportedModelError
+from graphopt.errors import DataError, UnsupportedModelError, first_line
 
 __all__ = ["Dataset", "InputSpec", "input_specs", "load_data", "synthesize"]
 
@@ -64,13 +64,15 @@ def input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Samples for every model input; ``stacked`` names inputs whose arrays stack whole model inputs."""
+    """Samples for every model input; ``stacked`` names inputs whose arrays stack whole model inputs. ``labels``
+    (one per sample, optional) travel with the samples through ``subset`` and ``split``."""
 
     arrays: Mapping[str, np.ndarray]
     stacked: frozenset[str]
     batchable: bool
     synthetic: bool = False
     source: str = ""
+    labels: np.ndarray | None = None
 
     @property
     def n_samples(self) -> int:
@@ -89,7 +91,8 @@ class Dataset:
 
     def subset(self, indices: np.ndarray) -> Dataset:
         arrays = {name: array[indices] for name, array in self.arrays.items()}
-        return Dataset(arrays, self.stacked, self.batchable, self.synthetic, self.source)
+        labels = self.labels[indices] if self.labels is not None else None
+        return Dataset(arrays, self.stacked, self.batchable, self.synthetic, self.source, labels)
 
     def split(self, calibration_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
         """A deterministic split into (calibration, verification) parts that share no sample."""
@@ -100,15 +103,44 @@ class Dataset:
         return self.subset(np.sort(order[:cut])), self.subset(np.sort(order[cut:]))
 
 
-def load_data(source: str | Path, specs: tuple[InputSpec, ...]) -> Dataset:
-    """Load and check validation data, or synthesise it when ``source`` is ``"random"``."""
+def load_data(source: str | Path, specs: tuple[InputSpec, ...], labels: str | Path | None = None) -> Dataset:
+    """Load and check validation data, or synthesise it when ``source`` is ``"random"``.
+
+    ``labels`` names an array of the data file that holds one label per sample (it is not fed to the model), or
+    is a path to an ``.npy`` file of them.
+    """
     if str(source) == RANDOM:
+        if labels is not None:
+            raise DataError("labels need real data, not --data random")
         return synthesize(specs)
     path = Path(source)
     if not path.exists():
         raise DataError(f"data not found: {path}")
     arrays = _read_folder(path, specs) if path.is_dir() else _read_file(path, specs)
-    return _check(arrays, specs, str(path))
+    label_array = None
+    if labels is not None:
+        label_array = _labels(arrays, labels)
+    dataset = _check(arrays, specs, str(path))
+    if label_array is not None and len(label_array) != dataset.n_samples:
+        raise DataError(f"labels hold {len(label_array)} values for {dataset.n_samples} samples")
+    return replace(dataset, labels=label_array)
+
+
+def _labels(arrays: dict[str, np.ndarray], labels: str | Path) -> np.ndarray:
+    """Take the label array named ``labels`` out of ``arrays``, or read it from an ``.npy`` file."""
+    name = str(labels)
+    if name in arrays:
+        found = arrays.pop(name)
+    elif name.endswith(".npy") and Path(name).is_file():
+        try:
+            found = np.load(name, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"cannot read labels {name}: {first_line(e)}") from e
+    else:
+        raise DataError(f"labels '{name}' are neither an array of the data ({', '.join(sorted(arrays))}) nor an .npy file")
+    if found.ndim < 1 or found.dtype.kind not in "biuf" or (found.dtype.kind == "f" and not np.isfinite(found).all()):
+        raise DataError(f"labels '{name}' must be finite numbers, one per sample (got {found.dtype} {list(found.shape)})")
+    return found
 
 
 def synthesize(specs: tuple[InputSpec, ...], n_samples: int = _SYNTHETIC_SAMPLES, seed: int = 0) -> Dataset:

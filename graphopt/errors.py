@@ -16,6 +16,7 @@ __all__ = [
     "PostconditionError",
     "PreconditionError",
     "UnsupportedModelError",
+    "ValidationSetupError",
     "VerificationError",
     "first_line",
 ]
@@ -59,6 +60,13 @@ class VerificationError(GraphoptError):
     """A model that must be kept equivalent (the normalised input) fails verification."""
 
     exit_code = 6
+
+
+class ValidationSetupError(GraphoptError):
+    """``graphopt validate`` was asked for something it cannot do: an unknown metric or shift hook, a fold count
+    the data cannot fill, models whose inputs or outputs differ."""
+
+    exit_code = 2
 
 
 class PassError(GraphoptError):

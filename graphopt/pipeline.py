@@ -18,7 +18,7 @@ from graphopt.errors import PipelineError
 from graphopt.pass_base import PassBase
 from graphopt.registry import pass_class
 
-__all__ = ["PassSpec", "build_pipeline", "option_fields", "parse_pipeline"]
+__all__ = ["PassSpec", "build_pipeline", "describe_pipeline", "option_fields", "parse_pipeline"]
 
 _ITEM = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.-]+)\s*(?:\{(?P<options>[^{}]*)\})?\s*$")
 
@@ -78,6 +78,33 @@ def build_pipeline(passes: str | Sequence[str | PassBase]) -> list[PassBase]:
         for spec in parse_pipeline(item) if isinstance(item, str) else [item]:
             built.append(_instantiate(spec))
     return built
+
+
+def describe_pipeline(passes: Sequence[PassBase]) -> str:
+    """The pipeline string that rebuilds ``passes``: each name with the options that differ from their defaults.
+
+    ``build_pipeline(describe_pipeline(p))`` gives passes with the same options, so a model can carry the pipeline
+    that made it (``graphopt validate`` refits it on folds)."""
+    items = []
+    for pass_ in passes:
+        options = [f"{f.name}={_text(getattr(pass_.options, f.name))}" for f in dataclasses.fields(pass_.Options)
+                   if getattr(pass_.options, f.name) != _default(f)]
+        items.append(pass_.name + (f"{{{','.join(options)}}}" if options else ""))
+    return ",".join(items)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ";".join(map(_text, value))
+    return "none" if value is None else str(value)
 
 
 def _instantiate(spec: PassSpec) -> PassBase:

@@ -23,7 +23,7 @@ from graphopt.progress import NULL_PROGRESS, Progress
 if TYPE_CHECKING:
     from graphopt.data import Dataset
 
-__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "Outputs", "RuntimeConfig", "create_session", "run_dataset"]
+__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "ORT_ERRORS", "Outputs", "RuntimeConfig", "create_session", "run_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ GRAPH_OPTIMIZATION_LEVELS: Mapping[str, ort.GraphOptimizationLevel] = {
 }
 
 _PROTOBUF_LIMIT = 2**31 - 1
+
+ORT_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, *(
+    error for error in vars(ort.capi.onnxruntime_pybind11_state).values()
+    if isinstance(error, type) and issubclass(error, Exception)))
+"""What onnxruntime raises for a model it cannot load or run: its own status classes (``Fail``, ``InvalidGraph``,
+``NotImplemented``, ``EPFail``…, none a ``RuntimeError``) and the Python errors of its bindings."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ def create_session(model: onnx.ModelProto | Path, config: RuntimeConfig | None =
             path = Path(folder) / "model.onnx"
             onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
             return ort.InferenceSession(str(path), options, providers=list(config.providers))
-    except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError, ValueError) as e:
+    except ORT_ERRORS as e:
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(e)}") from e
 
 

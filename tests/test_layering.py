@@ -40,3 +40,10 @@ def test_math_modules_do_not_import_onnx() -> None:
     for path in (ROOT / "passes" / "_math").rglob("*.py"):
         outside = [n for n in imports(path) if not n.startswith("graphopt_passes._math")]
         assert not any(n.startswith(("onnx", "graphopt")) for n in outside), path
+
+
+def test_validation_sections_know_nothing_of_the_cli_api_or_renderings() -> None:
+    """Sections measure and return data; the API orchestrates them and the report package renders them."""
+    forbidden = ("graphopt.cli", "graphopt.api", "graphopt.report", "graphopt_passes")
+    for path in (ROOT / "graphopt" / "validation").rglob("*.py"):
+        assert not any(n.startswith(forbidden) for n in imports(path)), path

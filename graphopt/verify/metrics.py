@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ErrorStats", "error_stats", "looks_like_classifier"]
+__all__ = ["ErrorStats", "error_stats", "looks_like_classifier", "per_sample_cosine", "per_sample_top1"]
 
 _MAX_CLASSES = 256
 
@@ -97,6 +97,21 @@ def error_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float = 0.0)
         snr_db=snr,
         top1=top1,
     )
+
+
+def per_sample_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """The cosine of each sample (axis 0) as ``error_stats`` averages it (non-finite positions count as zero)."""
+    n = reference.shape[0] if reference.ndim else 1
+    ref, got = reference.astype(np.float64), candidate.astype(np.float64)
+    finite = np.isfinite(ref) & np.isfinite(got)
+    return _cosines(np.where(finite, ref, 0.0).reshape(n, -1), np.where(finite, got, 0.0).reshape(n, -1))
+
+
+def per_sample_top1(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray | None:
+    """1.0 where the candidate's argmax equals the reference's, per sample; ``None`` unless classifier-like."""
+    if not np.issubdtype(reference.dtype, np.inexact) or not looks_like_classifier(reference.shape):
+        return None
+    return (np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)).astype(np.float64)
 
 
 def _cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:

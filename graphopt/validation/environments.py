@@ -1,0 +1,187 @@
+"""Stability across environments: the optimised model is verified under one onnxruntime configuration, but ships
+to others. Thread counts change reduction order, graph optimisation levels change which kernels fuse, other
+execution providers and OpenVINO use other kernels altogether; a rewrite that sits on the edge of its budget can
+pass in one and fail in another. Two runs of one configuration must also agree bit for bit.
+
+Every environment is judged against the original's reference outputs with the tolerance, and its drift is
+measured against a baseline: the optimised model on CPU, one thread, the configured graph optimisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graphopt.data import Dataset
+from graphopt.errors import GraphoptError, first_line
+from graphopt.runtime import ORT_ERRORS, Outputs, RuntimeConfig, create_session, run_dataset
+from graphopt.validation.context import ValidationContext
+from graphopt.validation.model import Check, Section
+from graphopt.verify.metrics import error_stats
+from graphopt.verify.verifier import Verifier
+
+__all__ = ["CPU", "Environment", "baseline_runtime", "check_environments", "default_environments"]
+
+CPU = "CPUExecutionProvider"
+LEVELS = ("disable", "basic", "all")
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Environment:
+    """An onnxruntime configuration to run the optimised model under; ``group`` and ``level`` place it in a plot."""
+
+    name: str
+    runtime: RuntimeConfig
+    group: str = ""
+    level: float | None = None
+
+
+def baseline_runtime(runtime: RuntimeConfig) -> RuntimeConfig:
+    """The reference environment for drift: CPU only, one thread, ``runtime``'s graph optimisation and batch."""
+    return replace(runtime, providers=(CPU,), intra_op_threads=1)
+
+
+def default_environments(runtime: RuntimeConfig, providers: Sequence[str] | None = None) -> list[Environment]:
+    """Threads 1, 2 and every core; each graph optimisation level; each execution provider other than the CPU's
+    (with the CPU as fallback for the nodes it does not take). ``providers`` defaults to those onnxruntime has."""
+    base = baseline_runtime(runtime)
+    threads = dict.fromkeys((1, 2, os.cpu_count() or 1))
+    found = ort.get_available_providers() if providers is None else list(providers)
+    return [
+        *(Environment(f"threads={t}", replace(base, intra_op_threads=t), "threads", float(t)) for t in threads),
+        *(Environment(f"optimization={level}", replace(base, graph_optimization=level), "optimization")
+          for level in LEVELS),
+        *(Environment(f"provider={p}", replace(base, providers=(p, CPU)), "provider") for p in found if p != CPU),
+    ]
+
+
+def _drift(baseline: Outputs | None, outputs: Outputs) -> dict[str, float | None]:
+    """Largest absolute difference and lowest cosine over the outputs, against the baseline environment."""
+    if baseline is None:
+        return {"drift_max_abs": None, "drift_cosine": None}
+    stats = [error_stats(ref, outputs[n]) for n, ref in baseline.items() if n in outputs and outputs[n].shape == ref.shape]
+    if len(stats) != len(baseline):
+        return {"drift_max_abs": None, "drift_cosine": None}
+    return {"drift_max_abs": max((s.max_abs for s in stats), default=0.0),
+            "drift_cosine": min((s.cosine for s in stats), default=1.0)}
+
+
+def _identical(a: Outputs, b: Outputs) -> bool:
+    return a.keys() == b.keys() and all(
+        a[n].shape == b[n].shape and a[n].dtype == b[n].dtype and a[n].tobytes() == b[n].tobytes() for n in a)
+
+
+def _judged(ctx: ValidationContext, env: str, outputs: Outputs, baseline: Outputs | None,
+            passed: bool | None = None, detail: str = "", group: str = "", level: float | None = None) -> Check:
+    """The check of one environment: its outputs against the original's (``passed`` overrides the tolerance)."""
+    verification = Verifier.compare(ctx.reference(), outputs, ctx.tolerance, "original")
+    worst = min(verification.stats.values(), key=lambda s: s.cosine, default=None)
+    metrics: dict[str, float | None] = {"cosine": worst.cosine if worst else None, "top1": worst.top1 if worst else None,
+                                        **_drift(baseline, outputs)}
+    verdict = verification.passed if passed is None else passed
+    return Check(env, verdict, metrics, detail or "; ".join(verification.failures), group, level)
+
+
+def _run(ctx: ValidationContext, runtime: RuntimeConfig) -> Outputs | str:
+    """The optimised model's held-out outputs under ``runtime``, or why onnxruntime could not produce them.
+
+    onnxruntime falls back to the CPU when a provider fails to start, printing why on stdout; that is captured
+    (stdout may carry the JSON report) and the fallback is a failure: the provider never ran the model.
+    """
+    wanted = runtime.providers[0]
+    if wanted not in ort.get_available_providers():
+        return f"execution provider {wanted} is not in this onnxruntime ({', '.join(ort.get_available_providers())})"
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            session = create_session(ctx.optimized, runtime)
+        used = session.get_providers()
+        if wanted not in used:
+            lines = [line.strip() for line in printed.getvalue().splitlines()]
+            reason = next((line for line in lines if line and not line.startswith("*")), "no reason given")
+            return f"onnxruntime fell back from {wanted} to {used[0]}: {reason[:300]}"
+        outputs, _ = run_dataset(session, ctx.held_out, runtime, progress=ctx.progress, label=f"optimized {wanted}")
+    except GraphoptError as e:
+        return first_line(e)
+    except ORT_ERRORS as e:  # a run that fails (create_session already turned load failures into GraphoptError)
+        return f"onnxruntime failed to run the model: {first_line(e)}"
+    return outputs
+
+
+def _write(model: onnx.ModelProto, folder: Path) -> Path:
+    path = folder / "model.onnx"
+    onnx.save_model(model, path, save_as_external_data=model.ByteSize() >= _PROTOBUF_LIMIT, location="model.onnx.data")
+    return path
+
+
+def _stack_like(parts: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Per-sample results in the reference's layout: concatenated along the batch axis, or stacked on a new one."""
+    joined = np.concatenate(parts, axis=0) if parts and parts[0].ndim else np.stack(parts)
+    return joined if joined.shape == shape else np.stack(parts)
+
+
+def _openvino_outputs(model: onnx.ModelProto, dataset: Dataset, reference: Outputs) -> Outputs:
+    """``model`` compiled by OpenVINO for its CPU plugin, run one sample at a time."""
+    import openvino
+
+    with tempfile.TemporaryDirectory(prefix="graphopt-openvino-") as folder:
+        compiled = openvino.Core().compile_model(str(_write(model, Path(folder))), "CPU")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in reference}
+        for feed, _ in dataset.batches(1, per_sample=True):
+            result = compiled(feed)
+            for name, chunks in parts.items():
+                chunks.append(np.asarray(result[compiled.output(name)]))
+    return {name: _stack_like(chunks, reference[name].shape) for name, chunks in parts.items()}
+
+
+def _openvino_check(ctx: ValidationContext, baseline: Outputs | None) -> Check | None:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        outputs = _openvino_outputs(ctx.optimized, ctx.held_out, ctx.reference())
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises many unrelated types; a failure is the finding
+        return Check("openvino", False, {}, f"OpenVINO cannot run the model: {first_line(e)}", "openvino")
+    return _judged(ctx, "openvino", outputs, baseline, group="openvino")
+
+
+def check_environments(ctx: ValidationContext, environments: Sequence[Environment] | None = None) -> Section:
+    """One check per environment (``default_environments`` unless given), OpenVINO when it is installed, and
+    ``repeat``: the baseline run twice must give bit-identical outputs."""
+    section = Section("environments", "Stability across environments")
+    base = baseline_runtime(ctx.runtime)
+    baseline = _run(ctx, base)
+    clean = baseline if not isinstance(baseline, str) else None
+    for env in default_environments(ctx.runtime) if environments is None else environments:
+        outputs = baseline if env.runtime == base else _run(ctx, env.runtime)
+        if isinstance(outputs, str):
+            section.checks.append(Check(env.name, False, {}, outputs, env.group, env.level))
+        else:
+            section.checks.append(_judged(ctx, env.name, outputs, clean, group=env.group, level=env.level))
+    openvino = _openvino_check(ctx, clean)
+    if openvino is not None:
+        section.checks.append(openvino)
+    again = _run(ctx, base)
+    if isinstance(again, str) or clean is None:
+        section.checks.append(Check("repeat", False, {}, again if isinstance(again, str) else str(baseline), "repeat"))
+    else:
+        same = _identical(clean, again)
+        section.checks.append(_judged(ctx, "repeat", again, clean, passed=same, group="repeat",
+                                      detail="" if same else "two runs of the baseline differ bit-wise"))
+    section.notes.append(f"execution providers found: {', '.join(ort.get_available_providers())}; "
+                         f"OpenVINO: {'installed' if openvino is not None else 'not installed'}")
+    section.notes.append(f"drift is measured against the optimised model on CPU, one thread, graph optimisation "
+                         f"'{base.graph_optimization}'; every environment is judged against the original with the "
+                         "tolerance, and 'repeat' must be bit-identical")
+    return section

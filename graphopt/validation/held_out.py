@@ -1,0 +1,94 @@
+"""Held-out agreement: the optimised model against the original on samples never used to fit it, each figure with
+a bootstrap interval, and task accuracy (or a user metric) when the data carries labels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+
+import numpy as np
+
+from graphopt.errors import ValidationSetupError
+from graphopt.runtime import Outputs
+from graphopt.validation.context import ValidationContext
+from graphopt.validation.model import Check, Section
+from graphopt.verify.intervals import bootstrap_mean, paired_difference
+from graphopt.verify.metrics import looks_like_classifier, per_sample_cosine, per_sample_top1
+from graphopt.verify.verifier import Verifier
+
+__all__ = ["METRIC_GROUP", "Metric", "check_held_out", "load_metric"]
+
+METRIC_GROUP = "graphopt.metrics"
+
+Metric = Callable[[Mapping[str, np.ndarray], np.ndarray], float]
+"""A task metric: the model's outputs over the samples and their labels → a score, higher is better."""
+
+
+def load_metric(name: str) -> Metric:
+    """The task metric registered as entry point ``name`` in the ``graphopt.metrics`` group."""
+    found = {p.name: p for p in entry_points(group=METRIC_GROUP)}
+    if name not in found:
+        raise ValidationSetupError(f"unknown metric '{name}' (registered: {', '.join(sorted(found)) or 'none'})")
+    metric = found[name].load()
+    if not callable(metric):
+        raise ValidationSetupError(f"metric entry point '{name}' is not callable")
+    return metric  # type: ignore[no-any-return]
+
+
+def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_accuracy_drop: float | None = 0.01,
+                   resamples: int = 2000) -> Section:
+    """One check per output (the tolerance applied to its figures, cosine and top-1 with 95% intervals), and one
+    for the task: accuracy of an argmax output against the labels, or ``metric``, original vs optimised."""
+    section = Section("held_out", "Held-out samples")
+    reference, candidate = ctx.reference(), ctx.candidate()
+    verification = Verifier.compare(reference, candidate, ctx.tolerance, "original")
+    failures = {name: [f for f in verification.failures if f.startswith(f"{name}:")] for name in reference}
+    for name, ref in reference.items():
+        got = candidate.get(name)
+        stats = verification.stats.get(name)
+        if got is None or stats is None:
+            section.checks.append(Check(name, False, {}, "; ".join(failures[name]) or "output missing"))
+            continue
+        metrics: dict[str, float | None] = {"cosine": stats.cosine, "cosine_min": stats.cosine_min}
+        if not stats.exact:
+            cosine = bootstrap_mean(per_sample_cosine(ref, got), resamples=resamples, seed=ctx.seed)
+            metrics.update(cosine_low=cosine.low, cosine_high=cosine.high)
+        top1 = per_sample_top1(ref, got)
+        if top1 is not None:
+            interval = bootstrap_mean(top1, resamples=resamples, seed=ctx.seed)
+            metrics.update(top1=interval.mean, top1_low=interval.low, top1_high=interval.high)
+        metrics.update(max_abs=stats.max_abs, snr_db=stats.snr_db if math.isfinite(stats.snr_db) else None)
+        section.checks.append(Check(name, not failures[name], metrics, "; ".join(failures[name])))
+    section.notes.append(f"{ctx.held_out.n_samples} held-out samples; intervals: 95% bootstrap of the mean, "
+                         f"{resamples} resamples")
+    if ctx.held_out.labels is not None:
+        section.checks.append(_task_check(reference, candidate, ctx.held_out.labels, metric, max_accuracy_drop,
+                                          resamples, ctx.seed))
+    return section
+
+
+def _task_check(reference: Outputs, candidate: Outputs, labels: np.ndarray, metric: Metric | None,
+                max_drop: float | None, resamples: int, seed: int) -> Check:
+    """Accuracy (or the user metric) of both models; fails when the optimised one loses more than ``max_drop``."""
+    if metric is not None:
+        before, after = float(metric(reference, labels)), float(metric(candidate, labels))
+        drop = before - after
+        passed = None if max_drop is None else drop <= max_drop
+        return Check("metric", passed, {"metric_original": before, "metric_optimized": after},
+                     f"drop {drop:.4f}" + (f" > {max_drop:g}" if passed is False else ""))
+    output = next((n for n, a in reference.items() if looks_like_classifier(a.shape) and len(a) == len(labels)), None)
+    if output is None:
+        return Check("accuracy", None, {}, "labels given but no [samples, classes] output and no --metric to score them")
+    truth = labels.reshape(-1)
+    right_before = (np.argmax(reference[output], axis=-1) == truth).astype(np.float64)
+    right_after = (np.argmax(candidate[output], axis=-1) == truth).astype(np.float64)
+    accuracy = bootstrap_mean(right_after, resamples=resamples, seed=seed)
+    loss = paired_difference(right_before, right_after, resamples=resamples, seed=seed)
+    passed = None if max_drop is None else loss.mean <= max_drop
+    detail = f"{output}: drop {loss.mean:+.4f} (95% interval {loss.low:+.4f} … {loss.high:+.4f})"
+    if passed is False:
+        detail += f", more than the allowed {max_drop:g}"
+    return Check("accuracy", passed, {"accuracy_original": float(right_before.mean()),
+                                      "accuracy_optimized": accuracy.mean, "accuracy_low": accuracy.low,
+                                      "accuracy_high": accuracy.high, "accuracy_drop": loss.mean}, detail)
