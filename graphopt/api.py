@@ -20,7 +20,7 @@ from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.manager import PassManager, PipelineResult
 from graphopt.modelio import check_destination, load_model, save_bytes, save_model
-from graphopt.normalize import NormalizePass
+from graphopt.normalize import DropInferredShapesPass, NormalizePass
 from graphopt.pass_base import PassBase, PassContext
 from graphopt.pipeline import build_pipeline, describe_pipeline
 from graphopt.progress import NULL_PROGRESS, Progress
@@ -118,7 +118,7 @@ def optimize(
         lossless_tolerance: the bound lossless passes are held to against the model before them.
         runtime: onnxruntime settings for verification.
         calibration_fraction: the share of samples given to passes for fitting; the rest verify.
-        normalize: run the normalisation pass first (verified lossless like any pass).
+        normalize: run the normalisation pass first and drop the shapes it inferred last (both verified lossless).
         progress: receives progress of calibration and verification.
         instruments: extra observers of the pass manager.
         html: where to write the run as a self-contained HTML page.
@@ -189,7 +189,10 @@ def run_pipeline(
     verifier = Verifier(original, verification, runtime, progress)
     context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
     manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments))
-    return manager.run(original, [NormalizePass(), *pipeline] if normalize else list(pipeline))
+    if not normalize:
+        return manager.run(original, list(pipeline))
+    inferred = DropInferredShapesPass(frozenset(v.name for v in original.graph.value_info))
+    return manager.run(original, [NormalizePass(), *pipeline, inferred])
 
 
 SECTIONS = ("held_out", "folds", "shifts", "environments", "performance")

@@ -48,6 +48,13 @@ class Report:
     lossless_tolerance: dict[str, Any] = field(default_factory=dict)
     passes: list[PassRecord] = field(default_factory=list)
 
+    def record(self, name: str) -> PassRecord:
+        """The record of the pass called ``name`` (the first, if it ran twice)."""
+        found = next((p for p in self.passes if p.name == name), None)
+        if found is None:
+            raise KeyError(f"no pass '{name}' in the report ({', '.join(p.name for p in self.passes)})")
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
         applied = [p for p in self.passes if p.status in ("applied", "narrowed")]

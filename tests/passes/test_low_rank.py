@@ -244,7 +244,7 @@ def test_end_to_end_applies_or_narrows(tmp_path: Path, rng: np.random.Generator)
     def run(**options: float) -> dict:
         pass_ = LowRankPass(LowRankPass.Options(min_size=1000, **options))  # type: ignore[arg-type]
         result = graphopt.optimize(tmp_path / "mlp.onnx", tmp_path / "data.npz", passes=[pass_])
-        record = result.report.passes[-1]
+        record = result.report.record("low-rank")
         assert record.stats["layers_split"] == 2 and all(v["passed"] for v in record.verifications)
         return {"status": record.status, "units": {u["name"]: u["applied"] for u in record.units},
                 "skipped": " | ".join(f"{s['target']}: {s['reason']}" for s in record.skipped)}

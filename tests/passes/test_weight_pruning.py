@@ -282,7 +282,7 @@ def test_end_to_end_saved_and_reloaded_with_sparse_weights(tmp_path: Path, rng: 
     )
     data = Dataset({"x": correlated(rng, 128)}, frozenset(), False)
     result = graphopt.optimize(model, data, passes=[pruner(sparsity=0.7)], output=tmp_path / "pruned.onnx")
-    record = result.report.passes[-1]
+    record = result.report.record("weight-pruning")
     assert record.status == "applied" and record.stats["layers_stored_sparse"] == 1, record  # w2: 960 < min_size
     reloaded = onnx.load(str(tmp_path / "pruned.onnx"))
     onnx.checker.check_model(reloaded, full_check=True)
@@ -301,7 +301,7 @@ def test_digits_model_keeps_its_accuracy_at_80_percent_sparsity() -> None:
     data = load_data(EXAMPLES / "digits.npz", input_specs(model))
     pass_ = WeightPruningPass(Options(sparsity=0.8))
     result = graphopt.optimize(model, data, passes=[pass_])
-    record = result.report.passes[-1]
+    record = result.report.record("weight-pruning")
     assert record.status == "applied" and record.stats["layers_pruned"] == 2, record  # conv2 and fc1
     assert {"target": "conv1", "reason": "9×16 = 144 weights < min_size 4096"} in record.skipped
     pruned = weights(result.model)
@@ -345,7 +345,7 @@ def test_end_to_end_narrowing_keeps_each_layer_at_the_level_the_budget_allows(rn
     )
     data = Dataset({"x": correlated(rng, 256)}, frozenset(), False)
     result = graphopt.optimize(model, data, passes=[pruner(levels=(0.1, 0.75))])
-    record = result.report.passes[-1]
+    record = result.report.record("weight-pruning")
     assert record.status == "narrowed", record
     applied = {u["name"] for u in record.units if u["applied"]}
     assert {"h@0.75", "y@0.1"} <= applied and "y@0.75" not in applied, record.units
