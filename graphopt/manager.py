@@ -210,7 +210,7 @@ class PassManager:
         except GraphoptError as e:
             return _Trial(result, error=str(e))
         checks = [self.verifier.compare(self.verifier.reference, outputs, self.tolerance, "original")]
-        if pass_.lossless:
+        if pass_.lossless and pass_.same_rounding:
             checks.insert(0, self.verifier.compare(previous, outputs, self.lossless_tolerance, "previous"))
         for check in checks:
             for instrument in self.instruments:

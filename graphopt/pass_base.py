@@ -120,14 +120,17 @@ class PlanCache(Generic[T]):
 class PassBase(abc.ABC):
     """Base class of graphopt passes.
 
-    Subclasses set ``name`` (kebab-case, stable: used on the command line and in reports), ``lossless`` (judged
-    against the previous model with the tight lossless tolerance) and ``needs_data`` (needs real calibration
-    samples), define a nested frozen dataclass ``Options`` and implement ``run``. The first line of the class
-    docstring is the pass's one-line help.
+    Subclasses set ``name`` (kebab-case, stable: used on the command line and in reports), ``lossless`` (the
+    rewritten graph computes the same function, so random data can verify it; judged against the previous model with
+    the tight lossless tolerance unless ``same_rounding`` is False: then onnxruntime may pick other kernels for the
+    rewritten graph, whose rounding can differ by more, and the budget against the original judges it) and
+    ``needs_data`` (needs real calibration samples), define a nested frozen dataclass ``Options`` and implement
+    ``run``. The first line of the class docstring is the pass's one-line help.
     """
 
     name: ClassVar[str]
     lossless: ClassVar[bool] = False
+    same_rounding: ClassVar[bool] = True
     needs_data: ClassVar[bool] = False
     options: Any
 

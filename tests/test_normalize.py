@@ -5,7 +5,7 @@ import onnx
 from helpers import run_ort
 from onnx import parser
 
-from graphopt.normalize import NormalizePass, ensure_opset
+from graphopt.normalize import DropInferredShapesPass, NormalizePass, ensure_opset
 from graphopt.pass_base import PassContext
 
 MESSY = parser.parse_model(
@@ -43,3 +43,14 @@ def test_ensure_opset_upgrades_only_when_needed(mlp_model: onnx.ModelProto) -> N
     mlp_model.opset_import[0].version = 11
     upgraded, note = ensure_opset(mlp_model, 17)
     assert upgraded.opset_import[0].version == 17 and note == "opset upgraded from 11 to 17"
+
+
+def test_drop_inferred_shapes_keeps_only_the_annotations_the_input_had() -> None:
+    normalized = NormalizePass()(MESSY, PassContext()).model
+    inferred = [v.name for v in normalized.graph.value_info]
+    assert inferred == ["h"]
+    assert not DropInferredShapesPass(frozenset({"h"}))(normalized, PassContext()).modified  # the input had it
+    result = DropInferredShapesPass()(normalized, PassContext())
+    assert result.modified and result.stats == {"shapes_dropped": 1} and not result.model.graph.value_info
+    assert [v.name for v in normalized.graph.value_info] == ["h"]  # the input is not touched
+    onnx.checker.check_model(result.model, full_check=True)
