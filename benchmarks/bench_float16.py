@@ -94,7 +94,7 @@ def bench_model(w: Workload, runs: int) -> tuple[list[Row], dict[str, Any]]:
         start = time.perf_counter()
         pass_ = Float16Pass(Float16Pass.Options(**options))  # type: ignore[arg-type]
         result = graphopt.optimize(w.model, w.data, passes=[pass_], tolerance=None if verified else Tolerance())
-        record = result.report.passes[-1]
+        record = result.report.record("float16")
         status = record.status + (f" ({record.reason})" if record.reason and record.status != "applied" else "")
         rows.append(Row(w.name, variant, options, verified, status, stats=dict(record.stats),
                         seconds=time.perf_counter() - start, notes=list(record.notes)))

@@ -178,7 +178,7 @@ def _graphopt(w: Workload, variant: str = GRAPHOPT) -> Candidate:
         result = graphopt.optimize(w.model, w.data, passes=_PIPELINES[variant])
     except Exception as e:  # noqa: BLE001 - a crash is a result to report, not a reason to stop
         return Candidate(variant, None, time.perf_counter() - start, _error_text(e))
-    record = result.report.passes[-1]
+    record = [p for p in result.report.passes if p.name != "drop-inferred-shapes"][-1]
     left = [u for u in record.units if not u.get("applied")] if record.status == "narrowed" else []
     why = next((s["reason"] for s in record.skipped if s.get("target") == "graph"), record.reason)
     status = record.status + (f", {len(left)} left float by narrowing" if left else "")
