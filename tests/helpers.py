@@ -85,3 +85,19 @@ def random_feeds(model: onnx.ModelProto, count: int, rng: np.random.Generator) -
 def calibration(model: onnx.ModelProto, rng: np.random.Generator, count: int = 64) -> PassContext:
     """A pass context whose calibration samples are ``count`` random feeds."""
     return PassContext(calibration=Dataset(random_feeds(model, count, rng), frozenset(), True))
+
+
+def digits(samples: int) -> tuple[onnx.ModelProto, Dataset]:
+    """The bundled digits CNN and its first ``samples`` real images ([N, 1, 8, 8] in [0, 1]) with their labels."""
+    from graphopt.data import input_specs, load_data
+
+    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
+    data = load_data(EXAMPLES / "digits.npz", input_specs(model), EXAMPLES / "digits_labels.npy")
+    return model, data.subset(np.arange(samples))
+
+
+def figure(check: object, key: str) -> float:
+    """A validation check's metric that must be present (``None`` fails the test)."""
+    value = check.metrics[key]  # type: ignore[attr-defined]
+    assert value is not None, (check.name, key)  # type: ignore[attr-defined]
+    return float(value)

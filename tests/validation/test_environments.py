@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import EXAMPLES
+from helpers import digits, figure
 
-from graphopt.data import Dataset, input_specs, load_data
+from graphopt.data import Dataset
 from graphopt.runtime import RuntimeConfig
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.environments import (
@@ -24,23 +24,13 @@ from graphopt.validation.environments import (
     check_environments,
     default_environments,
 )
-from graphopt.validation.model import Check
 
 METRICS = {"cosine", "top1", "drift_max_abs", "drift_cosine"}
 
 
-def figure(check: Check, key: str) -> float:
-    """A metric that must be present (``None`` fails the test)."""
-    value = check.metrics[key]
-    assert value is not None, (check.name, key)
-    return value
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[onnx.ModelProto, Dataset]:
-    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
-    return model, load_data(EXAMPLES / "digits.npz", input_specs(model)).subset(np.arange(100))
-
+@pytest.fixture(scope="module", name="digits")
+def digits_fixture() -> tuple[onnx.ModelProto, Dataset]:
+    return digits(100)
 
 def test_default_environments_cover_threads_levels_and_providers() -> None:
     runtime = RuntimeConfig(intra_op_threads=4, graph_optimization="basic", batch_size=8)

@@ -4,31 +4,20 @@ the reason."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLES
+from helpers import digits, figure
 
-from graphopt.data import Dataset, input_specs, load_data
+from graphopt.data import Dataset
 from graphopt.validation.context import ValidationContext
-from graphopt.validation.model import Check
 from graphopt.validation.performance import check_performance, peak_memory_bytes
 
 NAMES = ["size_bytes", "load_ms", "latency_median_ms", "latency_p90_ms", "peak_memory_bytes"]
 
 
-def figure(check: Check, key: str) -> float:
-    """A metric that must be present (``None`` fails the test)."""
-    value = check.metrics[key]
-    assert value is not None, (check.name, key)
-    return value
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[onnx.ModelProto, Dataset]:
-    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
-    return model, load_data(EXAMPLES / "digits.npz", input_specs(model)).subset(np.arange(8))
-
+@pytest.fixture(scope="module", name="digits")
+def digits_fixture() -> tuple[onnx.ModelProto, Dataset]:
+    return digits(8)
 
 def test_identical_models_measure_alike_and_the_section_only_informs(digits: tuple[onnx.ModelProto, Dataset]) -> None:
     model, held_out = digits

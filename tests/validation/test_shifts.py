@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLES
+from helpers import digits, figure
 from onnx import helper, numpy_helper
 
 import graphopt_zoo as zoo
@@ -18,7 +18,6 @@ from graphopt.data import Dataset, input_specs, load_data
 from graphopt.errors import ValidationSetupError
 from graphopt.validation import shifts as shifts_module
 from graphopt.validation.context import ValidationContext
-from graphopt.validation.model import Check
 from graphopt.validation.shifts import (
     Shift,
     brightness,
@@ -36,20 +35,9 @@ METRICS = {"fidelity_cosine", "fidelity_top1", "original_stability_cosine", "ori
            "optimized_stability_cosine", "optimized_stability_top1"}
 
 
-def figure(check: Check, key: str) -> float:
-    """A metric that must be present (``None`` fails the test)."""
-    value = check.metrics[key]
-    assert value is not None, (check.name, key)
-    return value
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[onnx.ModelProto, Dataset]:
-    """The bundled digits CNN and 200 of its real held-out images ([N, 1, 8, 8] in [0, 1])."""
-    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
-    data = load_data(EXAMPLES / "digits.npz", input_specs(model), EXAMPLES / "digits_labels.npy")
-    return model, data.subset(np.arange(200))
-
+@pytest.fixture(scope="module", name="digits")
+def digits_fixture() -> tuple[onnx.ModelProto, Dataset]:
+    return digits(200)
 
 def test_noise_reaches_its_snr_per_sample_and_leaves_the_input_alone(rng: np.random.Generator) -> None:
     x = (rng.standard_normal((64, 3, 32, 32)) * rng.uniform(0.1, 10, (64, 1, 1, 1))).astype(np.float32)
