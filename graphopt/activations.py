@@ -71,8 +71,10 @@ def reduce_activations(
     """Stream ``data`` and hand each batch of tensor ``name`` to ``reducers[name]`` at once (running statistics).
 
     Returns ``""``, or the one-line reason the run failed: onnxruntime raises many exception types, and a pass that
-    cannot calibrate skips with that reason rather than crash.
+    cannot calibrate skips with that reason rather than crash. Nothing to reduce runs nothing.
     """
+    if not reducers:
+        return ""
     try:
         for batch in stream_activations(model, sorted(reducers), data, runtime, progress=progress, label=label):
             for name, reduce in reducers.items():

@@ -8,7 +8,9 @@ the model's (dynamic or size-1) batch axis, or one more dimension: whole model i
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +26,10 @@ __all__ = ["Dataset", "InputSpec", "input_specs", "load_data", "synthesize"]
 RANDOM = "random"
 _SYNTHETIC_SAMPLES = 16
 _SYNTHETIC_DYNAMIC_DIM = 16
+_READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, zlib.error,
+                NotImplementedError)
+"""What numpy and zipfile raise for unreadable array files (corrupt headers and deflate streams, unknown zip
+methods…)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,12 @@ def input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
         if value.type.WhichOneof("value") != "tensor_type":
             raise UnsupportedModelError(f"model input '{value.name}' is not a tensor; graphopt feeds tensors only")
         tensor = value.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UnsupportedModelError(
+                f"model input '{value.name}' has an unknown element type {tensor.elem_type}"
+            ) from e
         shape = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
         )
@@ -133,8 +144,8 @@ def _labels(arrays: dict[str, np.ndarray], labels: str | Path) -> np.ndarray:
         found = arrays.pop(name)
     elif name.endswith(".npy") and Path(name).is_file():
         try:
-            found = np.load(name, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
+            found = _load_npy(Path(name))
+        except _READ_ERRORS as e:
             raise DataError(f"cannot read labels {name}: {first_line(e)}") from e
     else:
         raise DataError(f"labels '{name}' are neither an array of the data ({', '.join(sorted(arrays))}) nor an .npy file")
@@ -168,15 +179,29 @@ def _read_file(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray
         if path.suffix == ".npy":
             if len(specs) != 1:
                 raise DataError(f"{path} holds one array but the model has {len(specs)} inputs; use an .npz")
-            return {specs[0].name: np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise DataError(f"{path} is not an .npz archive")
-            return {name: archive[name] for name in archive.files}
+            return {specs[0].name: _load_npy(path)}
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} is not an .npz archive (it holds one array; name it .npy)")
+        with archive:
+            arrays = {name: archive[name] for name in archive.files}
+        odd = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+        if odd:
+            raise DataError(f"{path}: member '{odd[0]}' is not a numpy array")
+        return arrays
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"cannot read data file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    except _READ_ERRORS as e:
+        raise DataError(f"cannot read data file {path}: {first_line(e)}") from e
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """One array from an ``.npy`` file; ``DataError`` when the file holds something else (an ``.npz`` archive)."""
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.ndarray):
+        loaded.close()
+        raise DataError(f"{path} is not an .npy array (it is an .npz archive; name it .npz)")
+    return loaded
 
 
 def _read_folder(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray]:
@@ -188,9 +213,9 @@ def _read_folder(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarr
         arrays: dict[str, np.ndarray] = {}
         for file in npy:
             try:
-                arrays[file.stem] = np.load(file, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise DataError(f"cannot read data file {file}: {str(e).splitlines()[0]}") from e
+                arrays[file.stem] = _load_npy(file)
+            except _READ_ERRORS as e:
+                raise DataError(f"cannot read data file {file}: {first_line(e)}") from e
         return arrays
     if not npz:
         raise DataError(f"data folder {path} holds no .npz or .npy files")

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
+from google.protobuf.message import EncodeError
+from onnx import helper, numpy_helper
+
+from graphopt._proto import fits_protobuf
 
 __all__ = [
     "GraphEdit",
@@ -34,8 +37,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_PROTOBUF_LIMIT = 2**31 - 1
 
 
 @dataclass
@@ -61,8 +62,36 @@ def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
         setattr(exported, name, getattr(model, name))
     exported.metadata_props.extend(model.metadata_props)
     exported.graph.doc_string = model.graph.doc_string
+    _restore_initializer_inputs(model, exported)
+    _restore_output_types(model, exported)
     del exported.graph.value_info[:]
     edit.model = infer_shapes(exported)
+
+
+def _restore_initializer_inputs(model: onnx.ModelProto, exported: onnx.ModelProto) -> None:
+    """Put back the graph inputs that have an initializer (a default the caller may override), which graphsurgeon
+    imports as constants and exports as initializers only, so the model keeps its interface; below IR 4, where
+    every initializer must be a graph input, new initializers become inputs too. Typed from the initializer."""
+    present = {v.name: v for v in exported.graph.input}
+    weights = {t.name: t for t in exported.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name in present or v.name in weights]
+    names += [name for name in present if name not in names]
+    if exported.ir_version < 4:
+        names += [name for name in weights if name not in names]
+    if names == list(present):
+        return
+    inputs = [present.get(n) or helper.make_tensor_value_info(n, weights[n].data_type, weights[n].dims) for n in names]
+    del exported.graph.input[:]
+    exported.graph.input.extend(inputs)
+
+
+def _restore_output_types(model: onnx.ModelProto, exported: onnx.ModelProto) -> None:
+    """Give graph outputs that are not tensors (``ZipMap``'s sequence of maps, optionals) their original type back:
+    graphsurgeon exports them as sequences of untyped tensors, which fails the full check."""
+    original = {v.name: v.type for v in model.graph.output if v.type.WhichOneof("value") != "tensor_type"}
+    for value in exported.graph.output:
+        if value.name in original:
+            value.type.CopyFrom(original[value.name])
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -107,7 +136,7 @@ def densified(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference where it can run; the model unchanged where it cannot (too large, unknown ops)."""
-    if model.ByteSize() >= _PROTOBUF_LIMIT:
+    if not fits_protobuf(model):
         return model
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
@@ -121,7 +150,7 @@ def model_digest(model: onnx.ModelProto) -> bytes:
     protobuf's 2 GB, where the model cannot be serialised: then nothing is cached."""
     try:
         return hashlib.sha256(model.SerializeToString()).digest()
-    except ValueError:
+    except (ValueError, EncodeError):
         return b""
 
 

@@ -12,6 +12,7 @@ is rolled back. The manager names no pass.
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import onnx
 
+from graphopt._proto import weight_bytes
 from graphopt.errors import GraphoptError, PreconditionError, first_line
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
@@ -141,6 +143,7 @@ class PassManager:
             outcomes.append(outcome)
             model = outcome.model_after
             previous = outputs if outputs is not None else previous
+        _free_earlier_copies(model)
         result = PipelineResult(model, tuple(outcomes))
         for instrument in self.instruments:
             instrument.after_pipeline(result)
@@ -151,6 +154,9 @@ class PassManager:
     ) -> tuple[PassOutcome, Outputs | None]:
         def settle(status: Status, reason: str, trial: _Trial | None = None, **extra: Any) -> PassOutcome:
             kept = status in (Status.APPLIED, Status.NARROWED) and trial is not None and trial.result is not None
+            result = trial.result if trial else None
+            if result is not None and not kept:  # facts only: a rejected candidate (gigabytes, maybe) is not kept alive
+                result = replace(result, model=model)
             return PassOutcome(
                 pass_name=pass_.name,
                 options=asdict(pass_.options),
@@ -159,7 +165,7 @@ class PassManager:
                 reason=reason,
                 model_before=model,
                 model_after=trial.result.model if kept else model,  # type: ignore[union-attr]
-                result=trial.result if trial else None,
+                result=result,
                 verifications=trial.verifications if trial else (),
                 **extra,
             )
@@ -194,6 +200,7 @@ class PassManager:
         self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, context: PassContext
     ) -> _Trial:
         """Run the pass on a copy of ``model``, check and verify it. ``PreconditionError`` propagates."""
+        _free_earlier_copies(model)
         work = copy_model(model)
         try:
             result = pass_(work, context)
@@ -288,3 +295,15 @@ def _nothing_to_change(result: PassResult | None) -> str:
         return "nothing to change"
     (reason, count), total = reasons.most_common(1)[0], sum(reasons.values())
     return f"nothing to change ({count} of {total} skipped: {reason})"
+
+
+_BIG_MODEL = 2**28
+"""Weights from which a model's copies are worth a full garbage collection to free (256 MiB)."""
+
+
+def _free_earlier_copies(model: onnx.ModelProto) -> None:
+    """Collect the copies earlier attempts left behind. Graphsurgeon graphs are reference cycles whose constants
+    hold on to a whole copied model (protobuf keeps the parent of a sub-message alive), so only a full collection
+    frees them; for a model of gigabytes, copies pile up faster than Python collects them on its own."""
+    if weight_bytes(model) >= _BIG_MODEL:
+        gc.collect()

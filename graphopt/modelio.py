@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, helper
 
+from graphopt._proto import model_size, save_model_file
 from graphopt.errors import ModelIOError, OutputPathError, UnsupportedModelError, first_line
 from graphopt.graph import default_opset
 from graphopt.runtime import RuntimeConfig, create_session
@@ -101,7 +102,7 @@ def max_supported_opset() -> int:
 
 def check_model(model: onnx.ModelProto, runtime: RuntimeConfig | None = None) -> None:
     """Raise ``ModelIOError`` unless ``model`` passes the full ONNX check and loads in onnxruntime."""
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+    if model_size(model) < EXTERNAL_DATA_THRESHOLD:
         try:
             onnx.checker.check_model(model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -161,15 +162,8 @@ def save_bytes(data: bytes, path: str | Path, *, protect: tuple[str | Path, ...]
 
 
 def _write(model: onnx.ModelProto, path: Path) -> list[str]:
-    """Serialise ``model`` to ``path``; returns the names of external data files written beside it."""
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, path)
-        return []
-    location = f"{path.name}.data"
-    onnx.save_model(
-        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
-    )
-    return [location]
+    """Serialise ``model`` (left untouched) to ``path``; returns the names of external data files written beside it."""
+    return save_model_file(model, path, external=model_size(model) >= EXTERNAL_DATA_THRESHOLD)
 
 
 def check_destination(path: str | Path, *, protect: tuple[str | Path, ...] = ()) -> Path:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphopt._proto import fits_protobuf, save_model_file
 from graphopt.errors import UnsupportedModelError, first_line
 from graphopt.progress import NULL_PROGRESS, Progress
 
@@ -37,7 +38,6 @@ GRAPH_OPTIMIZATION_LEVELS: Mapping[str, ort.GraphOptimizationLevel] = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
-_PROTOBUF_LIMIT = 2**31 - 1
 
 ORT_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, *(
     error for error in vars(ort.capi.onnxruntime_pybind11_state).values()
@@ -73,15 +73,15 @@ def create_session(model: onnx.ModelProto | Path, config: RuntimeConfig | None =
     options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[config.graph_optimization]
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: its errors reach the user once, as the exception graphopt reports
     try:
         if isinstance(model, Path):
             return ort.InferenceSession(str(model), options, providers=list(config.providers))
-        if model.ByteSize() < _PROTOBUF_LIMIT:
+        if fits_protobuf(model):
             return ort.InferenceSession(model.SerializeToString(), options, providers=list(config.providers))
         with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
             path = Path(folder) / "model.onnx"
-            onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+            save_model_file(model, path, external=True)
             return ort.InferenceSession(str(path), options, providers=list(config.providers))
     except ORT_ERRORS as e:
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(e)}") from e
@@ -155,6 +155,11 @@ def _as_array(value: Any) -> np.ndarray:
         if items and all(isinstance(i, Mapping) for i in items):
             keys = sorted(items[0])
             return np.asarray([[i[k] for k in keys] for i in items], dtype=np.float64)
+        shapes = {np.shape(i) for i in items}
+        if len(shapes) > 1:  # SplitToSequence into unequal parts: nothing to stack them into
+            raise UnsupportedModelError(f"an output is a sequence of tensors of different shapes "
+                                        f"({', '.join(str(list(s)) for s in sorted(shapes))}); graphopt compares "
+                                        f"tensors and sequences of equal tensors only")
         return np.asarray(items)
     return np.asarray(value)
 

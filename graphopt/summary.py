@@ -13,6 +13,7 @@ from typing import Any
 
 import onnx
 
+from graphopt._proto import model_size
 from graphopt.graph import default_opset
 
 __all__ = ["ModelSummary", "count_params", "summarize"]
@@ -57,7 +58,11 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
             return {"name": v.name, "type": kind or "unknown"}
         t = v.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-        return {"name": v.name, "type": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+        try:
+            type_name = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        except KeyError:  # an element type this onnx does not know (a corrupt or future model): shown, not fatal
+            type_name = f"unknown element type {t.elem_type}"
+        return {"name": v.name, "type": type_name, "shape": dims}
 
     initializers = {i.name for i in model.graph.initializer}
     ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph.node)
@@ -69,5 +74,5 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
         ops=dict(ops.most_common()),
         nodes=len(model.graph.node),
         params=count_params(model),
-        size_bytes=model.ByteSize(),
+        size_bytes=model_size(model),
     )

@@ -45,6 +45,7 @@ BLOCK_LIST = ("Exp", "Log", "Pow", "Softmax", "LogSoftmax", "CumSum", "Range", "
 _MOVEMENT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split", "Slice", "Gather",
              "GatherElements", "GatherND", "Expand", "Identity", "Shape", "Size", "Cast", "CastLike", "Constant",
              "ConstantOfShape", "Tile", "Pad", "Dropout"}
+_BIT_LEVEL = {"BitCast"}  # float16 input bits would change what the output means (or its type check)
 _DTYPED = {"RandomNormal", "RandomUniform"}  # their output defaults to float32 when the dtype attribute is absent
 
 
@@ -152,6 +153,14 @@ def _has_kernel(op: str, opset: int) -> bool:
     return any(domain == "" and name == op and since <= opset for domain, name, since in fp16_kernels())
 
 
+def _kernel_refusal(node: onnx.NodeProto) -> str:
+    """Why onnxruntime's CPU EP fails at run time on this float16 node although it registers a float16 kernel."""
+    reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
+    if node.op_type in ("ScatterElements", "ScatterND") and reduction != "none":
+        return f"onnxruntime's CPU EP has no float16 {node.op_type} with reduction '{reduction}'"
+    return ""
+
+
 def _plan_weights(model: onnx.ModelProto, options: Float16Pass.Options) -> _Plan:
     overridable = {i.name for i in model.graph.input}
     units, skipped, small = {}, [], 0
@@ -190,8 +199,11 @@ def _plan_compute(model: onnx.ModelProto, context: PassContext, options: Float16
                else "holds a subgraph: left float32" if any(a.g.node or a.graphs for a in node.attribute)
                else f"{node.op_type} is in the block list (overflows or loses precision in float16)"
                if node.op_type in options.block
+               else f"{node.op_type} reinterprets the bits of its input: float16 would change them"
+               if node.op_type in _BIT_LEVEL
                else f"onnxruntime's CPU EP has no float16 {node.op_type} kernel"
                if options.kernels == "runtime" and node.op_type != "Constant" and not _has_kernel(node.op_type, opset)
+               else _kernel_refusal(node) if options.kernels == "runtime" and _kernel_refusal(node)
                else next(iter(constant_reasons), "")
                or _attribute_reason(node, options.max_loss)
                or next((f"{n}: {types[n]} is neither float32 nor integer" for n in names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from helpers import run_ort, text_model
 from onnx import helper, numpy_helper, parser
 
@@ -40,3 +41,29 @@ def test_sparse_constants_become_dense_and_survive_editing(rng: np.random.Genera
     onnx.checker.check_model(edit.model, full_check=True)
     np.testing.assert_array_equal(run_ort(edit.model, feeds)[0], run_ort(dense, feeds)[0])
     assert densified(dense) is dense
+
+
+
+def test_editing_keeps_initializer_inputs_and_ir3_validity(rng: np.random.Generator) -> None:
+    """graphsurgeon turns a graph input that has an initializer into a constant and drops the input: the model lost
+    an overridable input, and an IR 3 model (every initializer must be an input, as in onnx's light CNNs) failed
+    ``onnx.checker``, so normalisation was rolled back on it. Below IR 4 a new initializer becomes an input too."""
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    for ir_version in (3, 8):
+        model = helper.make_model(
+            helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6]),
+                               helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [6, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
+                              [numpy_helper.from_array(w, "w")]),
+            opset_imports=[helper.make_opsetid("", 7)], ir_version=ir_version)
+        with editing(model) as edit:  # y = MatMul(x, w) + b, b a new constant
+            matmul, y = edit.graph.nodes[0], edit.graph.outputs[0]
+            h = gs.Variable("h", np.float32)
+            matmul.outputs = [h]
+            edit.graph.nodes.append(gs.Node("Add", inputs=[h, gs.Constant("b", np.ones(4, np.float32))], outputs=[y]))
+        out = edit.model
+        onnx.checker.check_model(out, full_check=True)
+        assert [v.name for v in out.graph.input] == (["x", "w", "b"] if ir_version < 4 else ["x", "w"])
+        np.testing.assert_allclose(run_ort(out, {"x": x})[0], x @ w + 1, rtol=1e-5, atol=1e-5)

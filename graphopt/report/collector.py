@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from graphopt._proto import model_size
 from graphopt.instrument import Instrument
 from graphopt.manager import PassOutcome, PipelineResult
 from graphopt.report.model import PassRecord, Report
@@ -38,8 +39,8 @@ class ReportCollector(Instrument):
                 notes=list(result.notes) if result else [],
                 params_before=count_params(outcome.model_before),
                 params_after=count_params(outcome.model_after),
-                size_before=outcome.model_before.ByteSize(),
-                size_after=outcome.model_after.ByteSize(),
+                size_before=model_size(outcome.model_before),
+                size_after=model_size(outcome.model_after),
                 worst=worst_output(outcome.verifications),
                 verifications=[v.to_dict() for v in outcome.verifications],
                 units=[asdict(u) for u in outcome.units],

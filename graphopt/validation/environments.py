@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphopt._proto import save_model_file
 from graphopt.data import Dataset
 from graphopt.errors import GraphoptError, first_line
 from graphopt.runtime import ORT_ERRORS, Outputs, RuntimeConfig, create_session, run_dataset
@@ -33,7 +34,6 @@ __all__ = ["CPU", "Environment", "baseline_runtime", "check_environments", "defa
 
 CPU = "CPUExecutionProvider"
 LEVELS = ("disable", "basic", "all")
-_PROTOBUF_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def _run(ctx: ValidationContext, runtime: RuntimeConfig) -> Outputs | str:
 
 def _write(model: onnx.ModelProto, folder: Path) -> Path:
     path = folder / "model.onnx"
-    onnx.save_model(model, path, save_as_external_data=model.ByteSize() >= _PROTOBUF_LIMIT, location="model.onnx.data")
+    save_model_file(model, path)
     return path
 
 

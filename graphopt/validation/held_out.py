@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 
 import numpy as np
 
-from graphopt.errors import ValidationSetupError
+from graphopt.errors import DataError, ValidationSetupError
 from graphopt.runtime import Outputs
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
@@ -80,7 +80,12 @@ def _task_check(reference: Outputs, candidate: Outputs, labels: np.ndarray, metr
     output = next((n for n, a in reference.items() if looks_like_classifier(a.shape) and len(a) == len(labels)), None)
     if output is None:
         return Check("accuracy", None, {}, "labels given but no [samples, classes] output and no --metric to score them")
-    truth = labels.reshape(-1)
+    classes = reference[output].shape[1]
+    values = labels.reshape(len(labels), -1).astype(np.float64)
+    if values.shape[1] != 1 or not np.all((values >= 0) & (values < classes) & (values == np.floor(values))):
+        raise DataError(f"labels do not fit output '{output}': accuracy needs one class index in 0..{classes - 1} per "
+                        f"sample (got {labels.dtype} {list(labels.shape)}, values {values.min():g}..{values.max():g})")
+    truth = values.reshape(-1)
     right_before = (np.argmax(reference[output], axis=-1) == truth).astype(np.float64)
     right_after = (np.argmax(candidate[output], axis=-1) == truth).astype(np.float64)
     accuracy = bootstrap_mean(right_after, resamples=resamples, seed=seed)

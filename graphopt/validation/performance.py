@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from graphopt._proto import model_size, save_model_file
 from graphopt.errors import GraphoptError, first_line
 from graphopt.machine import cpu_model
 from graphopt.perf import measure_latency
@@ -31,7 +32,6 @@ __all__ = ["check_performance", "load_ms", "peak_memory_bytes"]
 
 _FAILURES: tuple[type[Exception], ...] = (GraphoptError, *ORT_ERRORS)
 
-_PROTOBUF_LIMIT = 2**31 - 1
 _LOADS = 5
 _MEMORY_TIMEOUT_S = 300
 
@@ -92,8 +92,7 @@ def peak_memory_bytes(model: onnx.ModelProto, feed: Mapping[str, Any], graph_opt
     """
     with tempfile.TemporaryDirectory(prefix="graphopt-memory-") as folder:
         path = Path(folder) / "model.onnx"
-        onnx.save_model(model, path, save_as_external_data=model.ByteSize() >= _PROTOBUF_LIMIT,
-                        location="model.onnx.data")
+        save_model_file(model, path)
         arrays: dict[str, Any] = {name: np.asarray(value) for name, value in feed.items()}
         np.savez(Path(folder) / "feed.npz", **arrays)
         level = GRAPH_OPTIMIZATION_LEVELS[graph_optimization].name
@@ -137,7 +136,7 @@ def check_performance(ctx: ValidationContext, runs: int = 200, budget_s: float =
     section = Section("performance", "Performance")
     feed, _ = next(ctx.held_out.batches(1))
     level = ctx.runtime.graph_optimization
-    section.checks.append(_informational("size_bytes", (float(ctx.original.ByteSize()), float(ctx.optimized.ByteSize())),
+    section.checks.append(_informational("size_bytes", (float(model_size(ctx.original)), float(model_size(ctx.optimized))),
                                          "serialised ModelProto, external data included"))
     try:
         before, after = load_ms([ctx.original, ctx.optimized], ctx.runtime)

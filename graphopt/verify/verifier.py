@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from graphopt.data import Dataset
+from graphopt.errors import DataError
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import Outputs, RuntimeConfig, create_session, run_dataset
 from graphopt.verify.metrics import ErrorStats, error_stats
@@ -54,6 +55,8 @@ class Verifier:
         runtime: RuntimeConfig | None = None,
         progress: Progress = NULL_PROGRESS,
     ) -> None:
+        if data.n_samples == 0:  # e.g. a model without inputs fed a Dataset built by hand
+            raise DataError("no verification samples: the data holds zero samples")
         self.data = data
         self.runtime = runtime or RuntimeConfig()
         self.progress = progress

@@ -12,7 +12,7 @@ from helpers import EXAMPLES, calibration, random_feeds, run_ort, text_model
 
 import graphopt
 import graphopt_zoo as zoo
-from graphopt.data import input_specs, load_data
+from graphopt.data import Dataset, input_specs, load_data
 from graphopt.pass_base import PassContext
 from graphopt_passes.float16 import Float16Pass, fp16_kernels
 
@@ -175,3 +175,26 @@ def test_minilm_both_modes_verified(tmp_path: Path) -> None:
     assert any("no float16 MatMul kernel" in s["reason"] for s in compute.skipped)
     assert result.model.ByteSize() < 0.51 * model.ByteSize()
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_bitcast_and_scatter_reductions_stay_float32(rng: np.random.Generator) -> None:
+    """onnx's ``test_bitcast_*`` and ``test_scatternd_add`` (robustness corpus): a float16 BitCast input fails the
+    full check (16 bits cannot become int32), and onnxruntime registers float16 ScatterND/ScatterElements kernels
+    but refuses them at run time with a reduction; both candidates were rolled back, losing every other node."""
+    model = text_model("""<ir_version: 13, opset_import: ["" : 26]>
+g (float[N,4] x, int64[2,1] i, float[2,4] u) => (int32[N,4] y, float[N,4] z) {
+  n = LayerNormalization <axis = -1> (x, scale, bias)\n y = BitCast <to = 6> (n)
+  s = ScatterND <reduction = "add"> (x, i, u)\n z = LayerNormalization <axis = -1> (s, scale, bias) }""",
+                       scale=np.ones(4, np.float32), bias=np.zeros(4, np.float32))
+    feeds = {"x": rng.standard_normal((3, 4)).astype(np.float32), "i": np.array([[0], [2]]),
+             "u": rng.standard_normal((2, 4)).astype(np.float32)}
+    context = PassContext(calibration=Dataset({k: v[None] for k, v in feeds.items()}, frozenset(feeds), False))
+    result = half()(model, context)
+    reasons = {s.target: s.reason for s in result.skipped}
+    assert "reinterprets the bits" in reasons["y"] and "reduction 'add'" in reasons["s"]
+    assert result.modified and result.stats["nodes_fp16"] == 2 and not result.notes  # the two LayerNorms
+    onnx.checker.check_model(result.model, full_check=True)
+    got, want = run_ort(result.model, feeds), run_ort(model, feeds)
+    assert got[0].dtype == np.int32
+    np.testing.assert_allclose(got[1], want[1], atol=5e-3)
+    assert not half()(result.model, context).modified
