@@ -38,6 +38,9 @@ import graphopt
 
 log = logging.getLogger("bench_corpus")
 
+ROWS = ("cases: [outcome, seconds, reason] of every case refused, in error, timed out or taking 1 s or more; the "
+        "applied ones with their passes are in tallies.applied, the other unchanged ones only in the counts")
+
 
 def spread(cases: list[Case], limit: int | None) -> list[Case]:
     """``limit`` cases evenly spaced over ``cases`` (all of them without a limit)."""
@@ -124,15 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(cases)} cases ({_counts(kinds)}), profiles {', '.join(profiles)}, passes: {', '.join(passes)}",
           flush=True)
     tallies: dict[str, Tally] = {}
-    rows: list[dict[str, object]] = []
+    rows: dict[str, dict[str, list[object]]] = {}  # profile → case → [outcome, seconds(, reason)]: see ROWS
     started = time.perf_counter()
     for profile in profiles:
         tally = tallies[profile] = Tally(slow_seconds=args.slow)
         for result in run_all(cases, profile, args.jobs, args.timeout, args.memory):
             tally.add(result)
-            rows.append({"case": result.name, "kind": result.kind, "profile": profile, "outcome": result.outcome,
-                         "reason": result.reason, "seconds": round(result.seconds, 3),
-                         "passes": {n: s for n, (s, _) in result.passes.items() if s != "skipped"}})
+            if result.outcome not in ("applied", "unchanged") or result.seconds >= 1.0:
+                row: list[object] = [result.outcome, round(result.seconds, 2)]
+                rows.setdefault(profile, {})[result.name] = row + ([result.reason] if result.reason else [])
             if result.outcome in ("error", "timeout") or result.seconds > args.slow:
                 print(f"{result.outcome.upper()} [{profile}] {result.name} {result.seconds:.0f} s: {result.reason}",
                       flush=True)
@@ -163,10 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines += ["", f"## Profile `{profile}`", "", tally.markdown()]
     text = "\n".join(lines)
     print(text)
-    payload = {"machine": machine(), "argv": list(argv if argv is not None else sys.argv[1:]), "passes": passes,
+    payload = {"machine": machine(), "cases_listed": ROWS, "argv": list(argv if argv is not None else sys.argv[1:]), "passes": passes,
                "stress": STRESS, "wall_seconds": round(wall, 1),
-               "tallies": {p: t.to_dict() for p, t in tallies.items()}, "cases": rows}
-    rows.sort(key=lambda row: (str(row["profile"]), str(row["case"])))
+               "tallies": {p: t.to_dict() for p, t in tallies.items()},
+               "cases": {p: dict(sorted(r.items())) for p, r in rows.items()}}
     write_results(Path(args.out), args.name, text, payload)
     return 1 if any(t.errors for t in tallies.values()) else 0
 
