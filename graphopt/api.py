@@ -137,7 +137,8 @@ def optimize(
     tolerance = tolerance or Tolerance.budget()
     lossless_tolerance = lossless_tolerance or Tolerance.lossless()
     pipeline = build_pipeline(passes if passes is not None else default_pipeline())
-    dataset = data if isinstance(data, Dataset) else load_data(data, input_specs(original))
+    specs = input_specs(original)
+    dataset = data if isinstance(data, Dataset) else load_data(data, specs)
     calibration, verification = _split(dataset, calibration_fraction)
 
     record = Report(

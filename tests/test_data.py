@@ -3,10 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
+import graphopt
 from graphopt.data import InputSpec, input_specs, load_data, synthesize
-from graphopt.errors import DataError
+from graphopt.errors import DataError, UnsupportedModelError
 
 SPECS = (InputSpec("x", np.dtype(np.float32), ("N", 8)),)
 
@@ -100,3 +103,24 @@ def test_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
     assert not seen
     again, _ = data.split(0.5)
     assert np.array_equal(again.arrays["x"], calibration.arrays["x"])
+
+
+@pytest.mark.parametrize("elem_type", [onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.INT4])
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_types_onnxruntime_cannot_exchange_are_refused_up_front(elem_type: int, side: str, tmp_path: Path) -> None:
+    """bfloat16, float8 and int4 exist in numpy only as ml_dtypes records, which onnxruntime's Python API rejects."""
+    odd = helper.make_tensor_value_info("odd", elem_type, [2])
+    plain = helper.make_tensor_value_info("plain", onnx.TensorProto.FLOAT, [2])
+    to = onnx.TensorProto.FLOAT if side == "input" else elem_type
+    inputs, outputs = ([odd], [plain]) if side == "input" else ([plain], [odd])
+    node = helper.make_node("Cast", [inputs[0].name], [outputs[0].name], to=to)
+    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 21)])
+    onnx.checker.check_model(model)
+    name = onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    with pytest.raises(UnsupportedModelError, match=f"model {side} 'odd' is {name}, which onnxruntime's Python API"):
+        input_specs(model)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(UnsupportedModelError):
+        graphopt.optimize(model, "random", output=out, passes=[])
+    assert not out.exists()
