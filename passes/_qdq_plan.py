@@ -1,7 +1,7 @@
 """Where QuantizeLinear/DequantizeLinear pairs go so that a QDQ runtime really runs the layers in int8.
 
 The rules follow what onnxruntime's CPU provider fuses (checked against onnxruntime 1.32's QDQ selectors and by
-saving optimised graphs); OpenVINO and TensorRT read the same pattern:
+saving optimised graphs); OpenVINO reads the same pattern, TensorRT wants its own (last paragraph):
 
 - A *layer* is a Conv, a Gemm (``transA = 0``) or a MatMul whose second input is a constant 2-D weight, in float32.
   Its activation input gets a Q→DQ pair, its weight becomes int8 behind a DQ (per output channel), its constant
@@ -16,12 +16,17 @@ saving optimised graphs); OpenVINO and TensorRT read the same pattern:
   zero point, for all consumers, so the runtime moves int8 and drops the pair (exact: these ops commute with DQ).
 - Any other float consumer of a quantized input keeps reading the float tensor, so a residual stream is not rounded.
 - Layers too small for int8 to pay (K or N below ``min_dim``, Convs with few channels) are left in float.
+
+Those are the ``ort-cpu`` rules. ``place`` takes a ``TargetRules`` (``_qdq_targets``, which documents each target):
+for ``tensorrt`` only the layers' inputs get pairs, read by the quantized layers alone (no results, no
+pass-through sharing, no rerouted graph outputs), biases stay float, and the skip input of a residual Add whose
+other input is a quantized Conv's output gets a pair the Add reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -29,8 +34,10 @@ import onnx_graphsurgeon as gs
 from graphopt.graph import constant_array
 from graphopt.pass_base import Skip
 from graphopt_passes._channels import Scope, label
+from graphopt_passes._qdq_targets import ORT_CPU, TargetRules
 
-__all__ = ["PASS_THROUGH", "Layer", "Placement", "TensorQuant", "find_layers", "place"]
+__all__ = ["PASS_THROUGH", "Layer", "Placement", "TensorQuant", "find_layers", "place", "range_names",
+           "residual_skips"]
 
 PASS_THROUGH = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Slice", "Expand",
                           "Tile", "Gather"})
@@ -63,11 +70,12 @@ class Layer:
 class TensorQuant:
     """A tensor to quantize: ``source`` names the tensor whose range sets its scale (itself unless shared through
     data movement); ``everyone`` puts the pair between the producer and every consumer (graph outputs too), else
-    only the quantized layers read the DQ."""
+    only the quantized layers, and the non-layer ``readers`` (residual Adds), read the DQ."""
 
     name: str
     source: str
     everyone: bool
+    readers: tuple[gs.Node, ...] = ()
 
 
 @dataclass
@@ -196,17 +204,22 @@ def _owned_activation(output: gs.Tensor, scope: Scope) -> gs.Node | None:
     return None if id(result) in scope.outputs or result.name in scope.outer else node
 
 
-def place(graph: gs.Graph, scope: Scope, layers: Collection[Layer]) -> Placement:
-    """The tensors to quantize for ``layers`` (already filtered to the selected units)."""
-    placement = Placement(list(layers))
+def place(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: TargetRules = ORT_CPU) -> Placement:
+    """The tensors to quantize for ``layers`` (already filtered to the selected units) under ``rules``."""
+    placement = Placement(list(layers) if rules.int32_bias else [replace(layer, int32_bias=False) for layer in layers])
     tensors = graph.tensors()
-    results = {layer.result for layer in layers if layer.op == "Conv" or layer.owns_activation}
+    results = {layer.result for layer in layers if layer.op == "Conv" or layer.owns_activation} \
+        if rules.quantize_results else set()
     inputs = {layer.activation for layer in layers}
     blocked = scope.outer
     for name in sorted(results | inputs):
-        everyone = name in results or _produced_by_layer_result(tensors[name], layers)
+        everyone = rules.quantize_results and (name in results or _produced_by_layer_result(tensors[name], layers))
         placement.tensors[name] = TensorQuant(name, name, everyone and name not in blocked)
-    for name in sorted(inputs):
+    for name, adds in residual_skips(graph, scope, layers).items() if rules.residual_skip else ():
+        known = placement.tensors.get(name)
+        placement.tensors[name] = replace(known, readers=(*known.readers, *adds)) if known is not None \
+            else TensorQuant(name, name, False, tuple(adds))
+    for name in sorted(inputs):  # only reaches rerouted (everyone) tensors, which quantize_results alone makes
         chain = _pass_through_chain(tensors[name], placement, blocked)
         if chain:
             source = placement.tensors[chain[0].inputs[0].name].source if chain[0].inputs[0].name in \
@@ -215,6 +228,39 @@ def place(graph: gs.Graph, scope: Scope, layers: Collection[Layer]) -> Placement
                 out = node.outputs[0].name
                 placement.tensors[out] = TensorQuant(out, source, True)
     return placement
+
+
+def range_names(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: TargetRules = ORT_CPU) -> list[str]:
+    """The tensors whose ranges calibration measures so that any selection of ``layers`` can be placed."""
+    names = {layer.activation for layer in layers}
+    names |= {layer.result for layer in layers} if rules.quantize_results else set()
+    names |= set(residual_skips(graph, scope, layers)) if rules.residual_skip else set()
+    return sorted(names)
+
+
+def residual_skips(graph: gs.Graph, scope: Scope, layers: Collection[Layer]) -> dict[str, list[gs.Node]]:
+    """The skip inputs of residual Adds, each with the Adds that read it.
+
+    A residual Add sums two distinct float activations of the same shape, one of them the output of a quantized
+    Conv that only this Add reads (the main branch the runtime fuses into the Conv); the other is the skip input.
+    When both inputs qualify (a projection shortcut), the first is the main branch.
+    """
+    convs = {id(layer.node.outputs[0]) for layer in layers if layer.op == "Conv"}
+    found: dict[str, list[gs.Node]] = {}
+    for node in graph.nodes:
+        if node.op != "Add" or node.domain not in (None, "", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        first, second = node.inputs
+        if first is second or any(constant_array(t) is not None or t.dtype not in (None, np.float32)
+                                  for t in (first, second)):
+            continue
+        if first.shape is not None and second.shape is not None and list(first.shape) != list(second.shape):
+            continue  # a broadcast Add is not the element-wise residual the runtime fuses
+        main = next((t for t in (first, second) if id(t) in convs and len(t.outputs) == 1
+                     and id(t) not in scope.outputs and t.name not in scope.outer), None)
+        if main is not None:
+            found.setdefault((second if main is first else first).name, []).append(node)
+    return found
 
 
 def _produced_by_layer_result(tensor: gs.Tensor, layers: Collection[Layer]) -> bool:

@@ -1,8 +1,10 @@
 """The QDQ rewrite of qdq-int8: insert the pairs a placement asks for and quantize weights and biases.
 
 Tensors quantized for every reader get their pair between the producer and the tensor, which keeps its name (so
-graph outputs stay as they are); otherwise only the quantized layers read the DQ. Shared tensors share their scale
-and zero-point constants, which lets the runtime drop pairs around data movement.
+graph outputs stay as they are); otherwise only the quantized layers (and a residual Add the placement names) read
+the DQ. Shared tensors share their scale and zero-point constants, which lets the runtime drop pairs around data
+movement. Weights are always int8 initializers behind a DQ; biases of layers placed with ``int32_bias`` off stay
+float (``_qdq_targets``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def rewrite(graph: gs.Graph, scope: Scope, placement: plan.Placement, grids: Gri
             source, restored, readers = raw, tensor, []
         else:
             restored = gs.Variable(scope.fresh(f"{tq.name}_dequantized"), dtype=np.float32, shape=tensor.shape)
-            source, readers = tensor, list(tensor.outputs) if tq.everyone else layer_nodes[tq.name]
+            readers = list(tensor.outputs) if tq.everyone else [*layer_nodes.get(tq.name, ()), *tq.readers]
+            source = tensor
         graph.nodes.append(gs.Node("QuantizeLinear", scope.fresh(f"{tq.name}_QuantizeLinear"), {},
                                    [source, scale, zero], [quantized]))
         graph.nodes.append(gs.Node("DequantizeLinear", scope.fresh(f"{tq.name}_DequantizeLinear"), {},

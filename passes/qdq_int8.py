@@ -7,13 +7,15 @@ The pass runs smooth → calibrate → place → correct → rewrite → time, e
 - ``_qdq_calibration``: the calibration samples stream through the float model and each batch is reduced at once
   into bounded observers (running min/max, a fixed-size histogram), so memory does not grow with the sample count;
   ranges come from the chosen estimator (``_math.quant``). Also the channel means bias correction needs.
-- ``_qdq_plan``: which tensors get a pair, following the patterns onnxruntime fuses into int8 kernels.
+- ``_qdq_plan``: which tensors get a pair, following the patterns onnxruntime fuses into int8 kernels, or
+  TensorRT's explicit-quantization placement for ``target=tensorrt`` (the rules per target: ``_qdq_targets``).
 - ``_qdq_rewrite``: the pairs, int8 per-channel weights (7-bit where the CPU lacks VNNI: onnxruntime's AVX2 u8·s8
   kernels saturate on full-range weights) and int32 biases at ``s_x·s_w``, corrected for the mean output shift
   (``_math.bias_correction``) when that brings the outputs closer on the calibration samples.
 
 Every layer is a unit: when the quantized model breaks the budget, the manager measures each layer's damage alone
-and keeps as many layers in int8 as the budget allows. A result that is not faster than float is declined.
+and keeps as many layers in int8 as the budget allows. For ``ort-cpu`` a result that is not faster than float is
+declined; other targets are not the runtime timed here, so by default their speed is not checked.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from graphopt_passes import _qdq_rewrite as qdq_rewrite
 from graphopt_passes import _qdq_smooth as smoothing
 from graphopt_passes._channels import Scope
 from graphopt_passes._math import quant, smooth
+from graphopt_passes._qdq_targets import TargetRules, rules_for
 
 __all__ = ["QdqInt8Pass"]
 
@@ -63,8 +66,9 @@ class QdqInt8Pass(PassBase):
         )
         target: Literal["ort-cpu", "openvino", "tensorrt"] = field(
             default="ort-cpu",
-            metadata={"help": "runtime the QDQ model is for: ort-cpu and openvino use uint8 activations, tensorrt "
-                      "symmetric int8"},
+            metadata={"help": "runtime the QDQ model is for: ort-cpu and openvino use uint8 activations and "
+                      "onnxruntime's fusion patterns; tensorrt follows TensorRT explicit quantization (symmetric "
+                      "int8, pairs on layer inputs only, float biases, quantized residual skip inputs)"},
         )
         ranges: Literal["minmax", "mean-minmax", "percentile", "mse"] = field(
             default="mse", metadata={"help": "activation range estimator"}
@@ -86,10 +90,11 @@ class QdqInt8Pass(PassBase):
             metadata={"help": "SmoothQuant: where a LayerNorm feeds only quantized MatMul/Gemm, fold per-channel "
                       "scales into it and their weights, with alpha (or none) chosen on calibration data"},
         )
-        speed_check: Literal["decline", "note", "off"] = field(
-            default="decline",
-            metadata={"help": "time int8 against float (single thread, batch 1, interleaved): decline an int8 model "
-                      "that is not faster, or only note the ratio"},
+        speed_check: Literal["auto", "decline", "note", "off"] = field(
+            default="auto",
+            metadata={"help": "time int8 against float in onnxruntime (single thread, batch 1, interleaved): decline "
+                      "an int8 model that is not faster, or only note the ratio; auto declines for ort-cpu and is "
+                      "off for other targets, whose runtime is not the one timed here"},
         )
 
         def __post_init__(self) -> None:
@@ -106,6 +111,10 @@ class QdqInt8Pass(PassBase):
         if self.options.weight_bits != "auto":
             return int(self.options.weight_bits)
         return 7 if self.options.target == "ort-cpu" and not has_vnni() else 8
+
+    @property
+    def rules(self) -> TargetRules:
+        return rules_for(self.options.target)
 
     def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
         if context.calibration is None or context.calibration.n_samples == 0:
@@ -124,6 +133,9 @@ class QdqInt8Pass(PassBase):
         notes: list[str] = []
         static = self.options.mode == "static"
         minimum = 11 if not static else 13 if self.options.per_channel else 10  # DynamicQuantizeLinear; DQ axis
+        if not static and not self.rules.dynamic_mode:
+            why = f"mode=dynamic writes DynamicQuantizeLinear + MatMulInteger, which {self.options.target} does not run"
+            return PassResult(copy_model(model), False, empty, (Skip("graph", why),))
         try:
             model, upgraded = ensure_opset(model, minimum)
         except PassError as e:
@@ -144,9 +156,15 @@ class QdqInt8Pass(PassBase):
                                              if bits == 7 and self.options.weight_bits == "auto" else ""))
         stats: dict[str, int | float] = {"layers_quantized": len(built.chosen), "tensors_quantized": built.tensors,
                                          "weight_bits": bits, **built.counts}
-        if self.options.speed_check != "off":
+        speed_check = self.options.speed_check
+        if speed_check == "auto":
+            speed_check = "decline" if self.rules.timed_here else "off"
+            if not self.rules.timed_here:
+                notes.append(f"speed not checked: {self.options.target} is not the runtime timed here (onnxruntime "
+                             "on this CPU)")
+        if speed_check != "off":
             stats["latency_ratio"] = ratio = _latency_ratio(model, built.model, context)
-            if ratio >= 1.0 and self.options.speed_check == "decline":
+            if ratio >= 1.0 and speed_check == "decline":
                 why = (f"int8 is not faster here: {ratio:.3f}× the float latency (single thread, batch 1); "
                        "speed_check=note keeps it anyway")
                 return PassResult(copy_model(model), False, {**empty, "latency_ratio": ratio},
@@ -195,8 +213,8 @@ class QdqInt8Pass(PassBase):
             scope.names.update(node.name for node in edit.graph.nodes)
             layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
             chosen = [layer for layer in layers if context.selects(layer.name)]
-            placement = plan.place(edit.graph, scope, chosen)
-            grids = qdq_rewrite.Grids(state.ranges, signed=self.options.target == "tensorrt")
+            placement = plan.place(edit.graph, scope, chosen, self.rules)
+            grids = qdq_rewrite.Grids(state.ranges, signed=self.rules.signed_activations)
             shifts = self._shifts(model, placement, grids, state, context) if correct else {}
             counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params)
         return _Built(edit.model, chosen, len(placement.tensors), skipped, counts)
@@ -242,11 +260,12 @@ class QdqInt8Pass(PassBase):
         if key and self._state and self._state.key == key and self._state.data is context.calibration:
             return self._state
         graph = import_graph(model)
-        layers, _ = plan.find_layers(graph, Scope.of(graph), min_dim=self.options.min_dim)
-        names = sorted({t for layer in layers for t in (layer.activation, layer.result)})
+        scope = Scope.of(graph)
+        layers, _ = plan.find_layers(graph, scope, min_dim=self.options.min_dim)
+        names = plan.range_names(graph, scope, layers, self.rules)
         ranges = calibration.activation_ranges(model, names, context, self.options.ranges,
                                                percentile=self.options.percentile,
-                                               signed=self.options.target == "tensorrt") if names else {}
+                                               signed=self.rules.signed_activations) if names else {}
         state = _Calibration(key, context.calibration, ranges)
         self._state = state if key else None
         return state
