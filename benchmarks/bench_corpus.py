@@ -32,7 +32,8 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 from corpus import KINDS, OUTCOMES, PROFILES, STRESS, Case, CaseResult, Tally, iter_cases, run_case
-from workloads import ROOT, machine, write_results
+from harness import write
+from workloads import ROOT, machine
 
 import graphopt
 
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "stress": STRESS, "wall_seconds": round(wall, 1),
                "tallies": {p: t.to_dict() for p, t in tallies.items()},
                "cases": {p: dict(sorted(r.items())) for p, r in rows.items()}}
-    write_results(Path(args.out), args.name, text, payload)
+    write(Path(args.out), args.name, text, payload)
     return 1 if any(t.errors for t in tallies.values()) else 0
 
 
