@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -30,7 +31,8 @@ from graphopt.validation.model import Check, Section
 from graphopt.verify.metrics import error_stats
 from graphopt.verify.verifier import Verifier
 
-__all__ = ["CPU", "Environment", "baseline_runtime", "check_environments", "default_environments"]
+__all__ = ["CPU", "Environment", "baseline_runtime", "check_environments", "default_environments", "openvino_outputs",
+           "openvino_reason"]
 
 CPU = "CPUExecutionProvider"
 LEVELS = ("disable", "basic", "all")
@@ -124,24 +126,38 @@ def _write(model: onnx.ModelProto, folder: Path) -> Path:
     return path
 
 
-def _stack_like(parts: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    """Per-sample results in the reference's layout: concatenated along the batch axis, or stacked on a new one."""
+def _stack_like(parts: list[np.ndarray], shape: tuple[int, ...] | None, batchable: bool) -> np.ndarray:
+    """Per-sample results in ``run_dataset``'s layout: concatenated along the batch axis, or stacked on a new one.
+
+    With the reference's ``shape`` the layout is the one that gives it; without, a batchable dataset's outputs that
+    keep a leading axis of 1 (the batch of one sample) are concatenated, as ``run_dataset`` does in batches.
+    """
+    if shape is None:
+        follows_batch = batchable and all(p.ndim and p.shape[0] == 1 for p in parts)
+        return np.concatenate(parts, axis=0) if parts and follows_batch else np.stack(parts)
     joined = np.concatenate(parts, axis=0) if parts and parts[0].ndim else np.stack(parts)
     return joined if joined.shape == shape else np.stack(parts)
 
 
-def _openvino_outputs(model: onnx.ModelProto, dataset: Dataset, reference: Outputs) -> Outputs:
-    """``model`` compiled by OpenVINO for its CPU plugin, run one sample at a time."""
+def openvino_outputs(model: onnx.ModelProto, dataset: Dataset, reference: Outputs | None = None) -> Outputs:
+    """``model`` compiled by OpenVINO for its CPU plugin with default settings (what a user gets), run one sample at
+    a time, its outputs laid out as ``run_dataset`` lays out onnxruntime's so the two compare directly.
+
+    ``reference`` (onnxruntime's outputs of the same samples) fixes the output names and layout; without it, the
+    graph's outputs in the layout ``_stack_like`` infers. Needs ``openvino``; raises whatever OpenVINO raises.
+    """
     import openvino
 
+    names = list(reference) if reference is not None else [o.name for o in model.graph.output]
     with tempfile.TemporaryDirectory(prefix="graphopt-openvino-") as folder:
         compiled = openvino.Core().compile_model(str(_write(model, Path(folder))), "CPU")
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in reference}
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for feed, _ in dataset.batches(1, per_sample=True):
             result = compiled(feed)
             for name, chunks in parts.items():
                 chunks.append(np.asarray(result[compiled.output(name)]))
-    return {name: _stack_like(chunks, reference[name].shape) for name, chunks in parts.items()}
+    return {name: _stack_like(chunks, reference[name].shape if reference is not None else None, dataset.batchable)
+            for name, chunks in parts.items()}
 
 
 def _openvino_check(ctx: ValidationContext, baseline: Outputs | None) -> Check | None:
@@ -150,10 +166,20 @@ def _openvino_check(ctx: ValidationContext, baseline: Outputs | None) -> Check |
     except ImportError:
         return None
     try:
-        outputs = _openvino_outputs(ctx.optimized, ctx.held_out, ctx.reference())
+        outputs = openvino_outputs(ctx.optimized, ctx.held_out, ctx.reference())
     except Exception as e:  # noqa: BLE001 - OpenVINO raises many unrelated types; a failure is the finding
-        return Check("openvino", False, {}, f"OpenVINO cannot run the model: {first_line(e)}", "openvino")
+        return Check("openvino", False, {}, f"OpenVINO cannot run the model: {openvino_reason(e)}", "openvino")
     return _judged(ctx, "openvino", outputs, baseline, group="openvino")
+
+
+def openvino_reason(error: BaseException) -> str:
+    """One line from OpenVINO's multi-line error: its summary when it has one, else its first line that is not a
+    source location (``Exception from src/…/core.cpp:132:``)."""
+    lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
+    if "Summary:" in lines:
+        return "; ".join(lines[lines.index("Summary:") + 1:]) or first_line(error)
+    located = re.compile(r"^(Exception from |Check '.*' failed at )\S+:\d+:?$")
+    return next((line for line in lines if not located.match(line)), first_line(error))
 
 
 def check_environments(ctx: ValidationContext, environments: Sequence[Environment] | None = None) -> Section:

@@ -23,6 +23,7 @@ from graphopt.validation.environments import (
     baseline_runtime,
     check_environments,
     default_environments,
+    openvino_reason,
 )
 
 METRICS = {"cosine", "top1", "drift_max_abs", "drift_cosine"}
@@ -95,8 +96,8 @@ def test_an_optimised_model_onnxruntime_cannot_load_fails_every_check(digits: tu
     broken.graph.node[0].op_type = "NoSuchOp"
     section = check_environments(ValidationContext(model, broken, held_out, held_out))
     assert section.checks and all(c.passed is False for c in section.checks)
-    assert all(c.detail.startswith("onnxruntime cannot load the model") and "\n" not in c.detail
-               for c in section.checks)
+    assert all(c.detail.startswith(("onnxruntime cannot load the model", "OpenVINO cannot run the model"))
+               and "\n" not in c.detail for c in section.checks)  # OpenVINO, when installed, words its own failure
 
 
 class _FakeOpenVino:
@@ -139,3 +140,16 @@ def test_openvino_runs_when_installed_and_its_failure_is_one_line(digits: tuple[
     check = check_environments(ctx, []).checks[0]
     assert (check.name, check.passed, check.detail) == (
         "openvino", False, "OpenVINO cannot run the model: Exception from src/frontends/onnx")
+
+
+def test_openvino_reason_is_its_summary_not_a_source_location() -> None:
+    """OpenVINO's conversion errors start with source locations; what the user needs is in its summary."""
+    real = ("Exception from src/inference/src/cpp/core.cpp:132:\nException from src/inference/src/dev/plugin.cpp:59:\n"
+            "Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:\n"
+            "FrontEnd API failed with OpConversionFailure:\nModel wasn't fully converted.\n\nSummary:\n"
+            "-- No conversion rule found for operations: NoSuchOp-17\n-- Conversion is failed for: Conv-17\n\n")
+    assert openvino_reason(RuntimeError(real)) == (
+        "No conversion rule found for operations: NoSuchOp-17; Conversion is failed for: Conv-17")
+    assert openvino_reason(RuntimeError("Exception from src/a.cpp:1:\nCannot open file x.onnx\nmore")) == (
+        "Cannot open file x.onnx")
+    assert openvino_reason(RuntimeError("plain")) == "plain"

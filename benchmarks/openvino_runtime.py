@@ -1,0 +1,167 @@
+"""OpenVINO for the benchmarks: outputs, latency and int8 use of a model compiled for OpenVINO's CPU plugin.
+
+graphopt's ``qdq-int8{target=openvino}`` writes QDQ pairs for OpenVINO, which reads them as FakeQuantize and runs
+the layers between them in int8 where the CPU allows. Whether it did is not visible from the outputs, so
+``openvino_int8_layers`` reads the compiled runtime graph: each executed layer records its ``runtimePrecision``
+(and ``openvino_matrix_kernels`` its kernel). int8 layers are not always faster: on an AVX2 CPU without VNNI,
+OpenVINO 2026.4 ran all 36 of MiniLM's QDQ FullyConnected layers in u8×i8 on ``jit_gemm_I8``, slower than its f32
+kernels (int8 1.08× the float latency, where onnxruntime gave 0.56×), while the digits CNN's int8 convolution ran
+on ``jit_avx2_I8``.
+
+Latency is measured as ``graphopt.perf.measure_latency`` measures onnxruntime's, so the two ratios (int8 / float)
+read alike: one inference thread, one stream, the LATENCY hint, batch 1, warm-up, then runs interleaved across the
+models (the order rotating each round), median. ``INFERENCE_PRECISION_HINT`` is pinned to f32: on CPUs with bf16 or
+fp16 support OpenVINO would otherwise run the float model in bf16/fp16 and the ratio would not be float vs int8.
+Compare ratios from one call, never milliseconds across calls.
+
+Benchmarks run as scripts from this folder and import it as ``from openvino_runtime import ...``.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from graphopt.data import Dataset
+from graphopt.modelio import save_model
+from graphopt.validation.environments import openvino_outputs as _graphopt_openvino_outputs
+
+__all__ = [
+    "INT8_PRECISIONS",
+    "LATENCY_CONFIG",
+    "MATRIX_LAYERS",
+    "compile_openvino",
+    "openvino_int8_layers",
+    "openvino_latency",
+    "openvino_layer_precisions",
+    "openvino_matrix_kernels",
+    "openvino_outputs",
+    "unavailable",
+]
+
+LATENCY_CONFIG: Mapping[str, Any] = {
+    "INFERENCE_NUM_THREADS": 1,  # ov::inference_num_threads: single thread, as onnxruntime is timed
+    "NUM_STREAMS": 1,  # ov::num_streams: one infer request at a time
+    "PERFORMANCE_HINT": "LATENCY",  # ov::hint::performance_mode
+    "INFERENCE_PRECISION_HINT": "f32",  # ov::hint::inference_precision: no silent bf16/fp16 for the float model
+}
+"""The CPU plugin's properties for latency runs (string keys: stable across OpenVINO releases since 2023)."""
+
+MATRIX_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"})
+"""Runtime-graph layer types that do the arithmetic int8 is for (Reorder, Pooling… in u8 only move bytes)."""
+
+INT8_PRECISIONS = frozenset({"i8", "u8"})
+
+
+def unavailable() -> str | None:
+    """Why OpenVINO cannot be used here (``None`` when ``import openvino`` works), for a benchmark's skip note."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as e:
+        return f"openvino is not installed ({e}): pip install openvino"
+    return None
+
+
+def openvino_outputs(model: onnx.ModelProto, data: Dataset) -> dict[str, np.ndarray]:
+    """``model``'s outputs on every sample of ``data`` under OpenVINO's CPU plugin with default settings (what
+    ``graphopt validate`` checks), one sample per run, laid out as onnxruntime's ``run_dataset`` lays them out."""
+    return _graphopt_openvino_outputs(model, data)
+
+
+def compile_openvino(model: onnx.ModelProto, config: Mapping[str, Any] | None = None,
+                     shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
+    """``model`` compiled for OpenVINO's CPU plugin with ``config`` (default: ``LATENCY_CONFIG``).
+
+    The model is written to a temporary folder first (OpenVINO reads ONNX from files; ``graphopt.modelio`` puts
+    the weights of models over 2 GB in an external data file). ``shapes`` fixes input shapes before compiling:
+    the CPU plugin chooses kernels per shape, and a latency deployment runs one fixed shape.
+    """
+    import openvino
+
+    core = openvino.Core()
+    with tempfile.TemporaryDirectory(prefix="graphopt-bench-openvino-") as folder:
+        path = save_model(model, Path(folder) / "model.onnx")
+        read = core.read_model(str(path))
+        if shapes:
+            read.reshape({name: openvino.PartialShape(list(shape)) for name, shape in shapes.items()})
+        return core.compile_model(read, "CPU", dict(LATENCY_CONFIG if config is None else config))
+
+
+def openvino_latency(models: Sequence[onnx.ModelProto], sample: dict[str, np.ndarray], runs: int,
+                     warmup: int = 30) -> list[float]:
+    """Median milliseconds of one inference of each model on ``sample`` (one sample, batch axis included).
+
+    Each model is compiled with ``LATENCY_CONFIG`` for the sample's static shapes, warmed up, then the models run
+    interleaved, one run of each per round in a rotating order, as ``graphopt.perf.measure_latency`` does. Inputs
+    and outputs are shared with the request, not copied: the Python binding's copies into fresh arrays would
+    otherwise double its per-call time on small models (0.24 vs 0.11 ms for the digits CNN) and hide the model.
+    """
+    feed = {name: np.ascontiguousarray(array) for name, array in sample.items()}
+    shapes = {name: array.shape for name, array in feed.items()}
+    requests = [compile_openvino(model, shapes=shapes).create_infer_request() for model in models]
+
+    def infer(request: Any) -> None:
+        request.infer(feed, share_inputs=True, share_outputs=True)
+
+    for _ in range(warmup):
+        for request in requests:
+            infer(request)
+    times = np.zeros((len(requests), runs))
+    for r in range(runs):
+        for step in range(len(requests)):
+            i = (r + step) % len(requests)  # rotate: no model always runs first, after the others warmed the cache
+            start = time.perf_counter()
+            infer(requests[i])
+            times[i, r] = time.perf_counter() - start
+    return [float(np.median(t) * 1e3) for t in times]
+
+
+def _compiled(model: Any, shapes: Mapping[str, Sequence[int]] | None) -> Any:
+    return compile_openvino(model, shapes=shapes) if isinstance(model, onnx.ModelProto) else model
+
+
+def openvino_layer_precisions(compiled: Any, shapes: Mapping[str, Sequence[int]] | None = None
+                              ) -> collections.Counter[tuple[str, str]]:
+    """``(layer type, runtime precision)`` counts of the layers a compiled model executes (``Const``, ``Input``
+    and ``Output`` left out). ``compiled`` is an ``openvino.CompiledModel`` or an ``onnx.ModelProto`` to compile
+    with ``LATENCY_CONFIG`` (and ``shapes``); the precision is the one the CPU plugin chose per layer, read from
+    the runtime graph."""
+    compiled = _compiled(compiled, shapes)
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind not in {"Const", "Input", "Output"}:
+            counts[kind, info["runtimePrecision"].astype(str)] += 1
+    return counts
+
+
+def openvino_int8_layers(compiled: Any, shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[int, int]:
+    """``(int8, total)``: how many matrix layers (``MATRIX_LAYERS``) of ``compiled`` run in i8/u8, of how many.
+
+    Arguments as for ``openvino_layer_precisions``. A QDQ model whose count is 0 ran in float: OpenVINO found no
+    int8 kernel for its layers on this CPU and kept the quantization as float arithmetic.
+    """
+    counts = openvino_layer_precisions(compiled, shapes)
+    matrix = {key: n for key, n in counts.items() if key[0] in MATRIX_LAYERS}
+    return sum(n for (_, precision), n in matrix.items() if precision in INT8_PRECISIONS), sum(matrix.values())
+
+
+def openvino_matrix_kernels(compiled: Any, shapes: Mapping[str, Sequence[int]] | None = None
+                            ) -> collections.Counter[str]:
+    """How many matrix layers of ``compiled`` run on each CPU kernel (``primitiveType``; arguments as for
+    ``openvino_layer_precisions``): int8 layers can still be slow ones, such as ``jit_gemm_I8``, oneDNN's generic
+    int8 GEMM that the CPU plugin uses for FullyConnected on AVX2 without VNNI, slower here than the f32
+    ``gemm_mlas_f32``/``brgemm_avx2_f32`` it picks for the float model. Dynamic shapes leave kernels ``undef_*``
+    until a run: give ``shapes`` to see them."""
+    compiled = _compiled(compiled, shapes)
+    return collections.Counter(
+        op.get_rt_info()["primitiveType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) in MATRIX_LAYERS)
