@@ -325,7 +325,9 @@ def _rewrite(model: onnx.ModelProto, chosen: list[_Clustered], packed: bool, uin
 
     def node(op: str, inputs: list[str], base: str, **attrs: int) -> str:
         output = fresh(base)
-        nodes.append(helper.make_node(op, inputs, [output], name=fresh(f"{base}_{op.lower()}"), **attrs))
+        made = helper.make_node(op, inputs, [output], name=fresh(f"{base}_{op.lower()}"))
+        made.attribute.extend(helper.make_attribute(key, value) for key, value in attrs.items())
+        nodes.append(made)
         return output
 
     kept = [t for t in graph.initializer if t.name not in names]
