@@ -8,11 +8,10 @@ OpenVINO 2026.4 ran all 36 of MiniLM's QDQ FullyConnected layers in u8×i8 on ``
 kernels (int8 1.08× the float latency, where onnxruntime gave 0.56×), while the digits CNN's int8 convolution ran
 on ``jit_avx2_I8``.
 
-Latency is measured as ``graphopt.perf.measure_latency`` measures onnxruntime's, so the two ratios (int8 / float)
-read alike: one inference thread, one stream, the LATENCY hint, batch 1, warm-up, then runs interleaved across the
-models (the order rotating each round), median. ``INFERENCE_PRECISION_HINT`` is pinned to f32: on CPUs with bf16 or
-fp16 support OpenVINO would otherwise run the float model in bf16/fp16 and the ratio would not be float vs int8.
-Compare ratios from one call, never milliseconds across calls.
+Compiling and timing are graphopt's own (``graphopt.openvino``, which ``qdq-int8{target=openvino}`` times with):
+latency is measured as ``graphopt.perf.measure_latency`` measures onnxruntime's, so the two ratios (int8 / float)
+read alike: one inference thread, one stream, the LATENCY hint, ``INFERENCE_PRECISION_HINT`` f32, batch 1, warm-up,
+then runs interleaved across the models, median. Compare ratios from one call, never milliseconds across calls.
 
 Benchmarks run as scripts from this folder and import it as ``from openvino_runtime import ...``.
 """
@@ -20,17 +19,14 @@ Benchmarks run as scripts from this folder and import it as ``from openvino_runt
 from __future__ import annotations
 
 import collections
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
 from graphopt.data import Dataset
-from graphopt.modelio import save_model
+from graphopt.openvino import LATENCY_CONFIG, compile_cpu, measure_latency, unavailable
 from graphopt.validation.environments import openvino_outputs as _graphopt_openvino_outputs
 
 __all__ = [
@@ -46,27 +42,10 @@ __all__ = [
     "unavailable",
 ]
 
-LATENCY_CONFIG: Mapping[str, Any] = {
-    "INFERENCE_NUM_THREADS": 1,  # ov::inference_num_threads: single thread, as onnxruntime is timed
-    "NUM_STREAMS": 1,  # ov::num_streams: one infer request at a time
-    "PERFORMANCE_HINT": "LATENCY",  # ov::hint::performance_mode
-    "INFERENCE_PRECISION_HINT": "f32",  # ov::hint::inference_precision: no silent bf16/fp16 for the float model
-}
-"""The CPU plugin's properties for latency runs (string keys: stable across OpenVINO releases since 2023)."""
-
 MATRIX_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"})
 """Runtime-graph layer types that do the arithmetic int8 is for (Reorder, Pooling… in u8 only move bytes)."""
 
 INT8_PRECISIONS = frozenset({"i8", "u8"})
-
-
-def unavailable() -> str | None:
-    """Why OpenVINO cannot be used here (``None`` when ``import openvino`` works), for a benchmark's skip note."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError as e:
-        return f"openvino is not installed ({e}): pip install openvino"
-    return None
 
 
 def openvino_outputs(model: onnx.ModelProto, data: Dataset) -> dict[str, np.ndarray]:
@@ -77,50 +56,16 @@ def openvino_outputs(model: onnx.ModelProto, data: Dataset) -> dict[str, np.ndar
 
 def compile_openvino(model: onnx.ModelProto, config: Mapping[str, Any] | None = None,
                      shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
-    """``model`` compiled for OpenVINO's CPU plugin with ``config`` (default: ``LATENCY_CONFIG``).
-
-    The model is written to a temporary folder first (OpenVINO reads ONNX from files; ``graphopt.modelio`` puts
-    the weights of models over 2 GB in an external data file). ``shapes`` fixes input shapes before compiling:
-    the CPU plugin chooses kernels per shape, and a latency deployment runs one fixed shape.
-    """
-    import openvino
-
-    core = openvino.Core()
-    with tempfile.TemporaryDirectory(prefix="graphopt-bench-openvino-") as folder:
-        path = save_model(model, Path(folder) / "model.onnx")
-        read = core.read_model(str(path))
-        if shapes:
-            read.reshape({name: openvino.PartialShape(list(shape)) for name, shape in shapes.items()})
-        return core.compile_model(read, "CPU", dict(LATENCY_CONFIG if config is None else config))
+    """``model`` compiled for OpenVINO's CPU plugin with ``config`` (default: ``LATENCY_CONFIG``) and ``shapes``
+    fixed before compiling (``graphopt.openvino.compile_cpu``)."""
+    return compile_cpu(model, LATENCY_CONFIG if config is None else config, shapes)
 
 
 def openvino_latency(models: Sequence[onnx.ModelProto], sample: dict[str, np.ndarray], runs: int,
                      warmup: int = 30) -> list[float]:
-    """Median milliseconds of one inference of each model on ``sample`` (one sample, batch axis included).
-
-    Each model is compiled with ``LATENCY_CONFIG`` for the sample's static shapes, warmed up, then the models run
-    interleaved, one run of each per round in a rotating order, as ``graphopt.perf.measure_latency`` does. Inputs
-    and outputs are shared with the request, not copied: the Python binding's copies into fresh arrays would
-    otherwise double its per-call time on small models (0.24 vs 0.11 ms for the digits CNN) and hide the model.
-    """
-    feed = {name: np.ascontiguousarray(array) for name, array in sample.items()}
-    shapes = {name: array.shape for name, array in feed.items()}
-    requests = [compile_openvino(model, shapes=shapes).create_infer_request() for model in models]
-
-    def infer(request: Any) -> None:
-        request.infer(feed, share_inputs=True, share_outputs=True)
-
-    for _ in range(warmup):
-        for request in requests:
-            infer(request)
-    times = np.zeros((len(requests), runs))
-    for r in range(runs):
-        for step in range(len(requests)):
-            i = (r + step) % len(requests)  # rotate: no model always runs first, after the others warmed the cache
-            start = time.perf_counter()
-            infer(requests[i])
-            times[i, r] = time.perf_counter() - start
-    return [float(np.median(t) * 1e3) for t in times]
+    """Median milliseconds of one inference of each model on ``sample`` (one sample, batch axis included), timed
+    interleaved with ``LATENCY_CONFIG`` for the sample's static shapes (``graphopt.openvino.measure_latency``)."""
+    return [latency.median_ms for latency in measure_latency(models, sample, runs=runs, warmup=warmup)]
 
 
 def _compiled(model: Any, shapes: Mapping[str, Sequence[int]] | None) -> Any:

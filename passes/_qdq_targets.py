@@ -56,15 +56,21 @@ fuse-conv-bn first), and pairs around non-weighted layers that do not commute wi
 unfused pair slows the engine down.
 
 TensorRT does not run here (no GPU), so these rules are checked structurally; the manager still verifies every
-result in onnxruntime's CPU provider, which runs int8 QDQ graphs. The speed check, which times onnxruntime on this
-CPU, does not apply to a target runtime it cannot time (``timed_here``).
+result in onnxruntime's CPU provider, which runs int8 QDQ graphs. The speed check times a target in the runtime
+that runs it on this CPU (``timed_in``): onnxruntime for ``ort-cpu``, OpenVINO's CPU plugin for ``openvino`` (when
+the package is installed: its int8 kernels are not onnxruntime's, and on AVX2 without VNNI it ran MiniLM's int8
+layers slower than float where onnxruntime ran them faster); TensorRT it cannot time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
-__all__ = ["ORT_CPU", "TARGETS", "TENSORRT", "TargetRules", "rules_for"]
+__all__ = ["ORT_CPU", "TARGETS", "TENSORRT", "Runtime", "TargetRules", "rules_for"]
+
+Runtime = Literal["onnxruntime", "openvino"]
+"""A runtime the speed check can time on this CPU."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,8 @@ class TargetRules:
         int32_bias: biases as int32 behind a DQ at ``s_x·s_w``; else they stay float (corrected when enabled).
         residual_skip: quantize the skip input of a residual Add whose other input is a quantized Conv's output.
         dynamic_mode: ``mode=dynamic`` (DynamicQuantizeLinear + MatMulInteger) is something the runtime imports.
-        timed_here: the runtime is onnxruntime on this CPU, so ``speed_check=auto`` times and may decline.
+        timed_in: the runtime that runs the target on this CPU, which ``speed_check=auto`` times int8 in and may
+            decline it by: ``"onnxruntime"``, ``"openvino"`` (when installed), or ``None`` (not timed).
     """
 
     name: str
@@ -89,14 +96,14 @@ class TargetRules:
     int32_bias: bool
     residual_skip: bool
     dynamic_mode: bool
-    timed_here: bool
+    timed_in: Runtime | None
 
 
 ORT_CPU = TargetRules("ort-cpu", signed_activations=False, quantize_results=True, int32_bias=True,
-                      residual_skip=False, dynamic_mode=True, timed_here=True)
+                      residual_skip=False, dynamic_mode=True, timed_in="onnxruntime")
 TENSORRT = TargetRules("tensorrt", signed_activations=True, quantize_results=False, int32_bias=False,
-                       residual_skip=True, dynamic_mode=False, timed_here=False)
-TARGETS = {rules.name: rules for rules in (ORT_CPU, replace(ORT_CPU, name="openvino", timed_here=False), TENSORRT)}
+                       residual_skip=True, dynamic_mode=False, timed_in=None)
+TARGETS = {rules.name: rules for rules in (ORT_CPU, replace(ORT_CPU, name="openvino", timed_in="openvino"), TENSORRT)}
 
 
 def rules_for(target: str) -> TargetRules:

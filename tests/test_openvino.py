@@ -3,8 +3,11 @@ onnxruntime's CPU compiles, its outputs on the held-out samples stay within the 
 (cosine ≥ 0.99, top-1 ≥ 0.99), its matrix layers run in int8 on x86, and ``graphopt validate``'s ``openvino``
 check passes with the real package. The float model's OpenVINO outputs match onnxruntime's to float rounding.
 
-``speed_check=note`` keeps the int8 model: on the tiny digits CNN int8 is not faster in onnxruntime, and the
-pass's default would decline it (the optimised model would be the float one, testing nothing).
+``speed_check=note`` keeps the int8 model: on the tiny digits CNN int8 is not always faster, and the pass's default
+would decline it (the optimised model would be the float one, testing nothing). The default speed check for
+``target=openvino`` times int8 against float in OpenVINO (``graphopt.openvino.measure_latency``) and declines an
+int8 model that is not faster there; the tests replace that timing with fixed latencies and never assert on real
+ones. Without OpenVINO the pass keeps the int8 model and notes that its speed was not checked.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import platform
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,7 +25,10 @@ import pytest
 from helpers import EXAMPLES
 
 import graphopt
+import graphopt.openvino
 from graphopt.data import Dataset, input_specs, load_data
+from graphopt.perf import Latency
+from graphopt.report.model import PassRecord
 from graphopt.runtime import Outputs, create_session, run_dataset
 from graphopt.validation.environments import openvino_outputs
 from graphopt.verify.metrics import error_stats
@@ -115,3 +122,81 @@ def test_validate_openvino_check_passes(digits: tuple[onnx.ModelProto, Dataset, 
     assert float(check.metrics["cosine"] or 0) >= 0.99 and float(check.metrics["top1"] or 0) >= 0.99
     assert "OpenVINO: installed" in section.notes[0]
     assert isinstance(check.metrics["drift_max_abs"], float) and np.isfinite(check.metrics["drift_max_abs"])
+
+
+def _optimized(digits: tuple[onnx.ModelProto, Dataset, Dataset], pipeline: str) -> tuple[onnx.ModelProto, PassRecord]:
+    model, data, _ = digits
+    result = graphopt.optimize(model, data, passes=pipeline)
+    return result.model, result.report.record("qdq-int8")
+
+
+def _int8(model: onnx.ModelProto) -> bool:
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def test_default_speed_check_times_int8_in_openvino(digits: tuple[onnx.ModelProto, Dataset, Dataset]) -> None:
+    """Real timing (about a second on the digits CNN): whichever way it goes, the report says it was OpenVINO's."""
+    model, record = _optimized(digits, "qdq-int8{target=openvino}")
+    assert any(note.startswith("int8 timed in OpenVINO: ") for note in record.notes), record.notes
+    if record.status == "applied":
+        assert _int8(model) and 0 < record.stats["latency_ratio"] < 1, record
+    else:
+        assert record.status == "skipped" and not _int8(model), record
+        assert any(s["reason"].startswith("int8 is not faster in OpenVINO here") for s in record.skipped), record
+
+
+@pytest.mark.parametrize(("int8_ms", "applied"), [(1.2, False), (0.8, True)])
+def test_openvino_timing_declines_a_slower_int8_model(digits: tuple[onnx.ModelProto, Dataset, Dataset],
+                                                      monkeypatch: pytest.MonkeyPatch, int8_ms: float,
+                                                      applied: bool) -> None:
+    timed: list[list[onnx.ModelProto]] = []
+
+    def fixed(models: list[onnx.ModelProto], feed: dict[str, np.ndarray], **_: object) -> list[Latency]:
+        timed.append(models)
+        assert [next(iter(array.shape)) for array in feed.values()] == [1], "one sample, batch 1"
+        return [Latency(1.0, 1.0, 20), Latency(int8_ms, int8_ms, 20)]
+
+    monkeypatch.setattr(graphopt.openvino, "measure_latency", fixed)
+    model, record = _optimized(digits, "qdq-int8{target=openvino}")
+    assert timed and all(not _int8(float_) and _int8(int8) for float_, int8 in timed)
+    assert f"int8 timed in OpenVINO: {int8_ms:.3f}× the float latency (single thread, batch 1)" in record.notes
+    if applied:
+        assert record.status == "applied" and _int8(model) and record.stats["latency_ratio"] == int8_ms, record
+    else:
+        ops = [node.op_type for node in digits[0].graph.node]
+        assert record.status == "skipped" and [node.op_type for node in model.graph.node] == ops, record
+        assert {"target": "graph", "reason": "int8 is not faster in OpenVINO here: 1.200× the float latency (single "
+                "thread, batch 1); speed_check=note keeps it anyway"} in record.skipped, record.skipped
+
+
+def test_without_openvino_the_speed_is_not_checked(digits: tuple[onnx.ModelProto, Dataset, Dataset],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``import openvino`` fails: the int8 model is kept, untimed (onnxruntime is not OpenVINO), and the note says
+    why; an explicit ``speed_check`` times it in onnxruntime instead and says so."""
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert graphopt.openvino.unavailable() is not None
+    model, record = _optimized(digits, "qdq-int8{target=openvino}")
+    assert record.status == "applied" and _int8(model) and "latency_ratio" not in record.stats, record
+    assert "speed not checked: OpenVINO is not installed here, so int8 was not timed in it (pip install openvino)" in (
+        record.notes), record.notes
+    _, record = _optimized(digits, "qdq-int8{target=openvino,speed_check=note}")
+    assert "OpenVINO is not installed here: int8 timed in onnxruntime instead" in record.notes, record.notes
+    assert any(note.startswith("int8 timed in onnxruntime: ") for note in record.notes), record.notes
+
+
+def test_int8_model_openvino_cannot_run_is_declined(digits: tuple[onnx.ModelProto, Dataset, Dataset],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO is the target: a model it cannot compile is not handed over, unless ``speed_check=note`` asks."""
+
+    def failing(models: list[onnx.ModelProto], feed: dict[str, np.ndarray], **_: object) -> list[Latency]:
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:132:\nSummary:\n-- Conversion is failed for: "
+                           "QuantizeLinear-13")
+
+    monkeypatch.setattr(graphopt.openvino, "measure_latency", failing)
+    model, record = _optimized(digits, "qdq-int8{target=openvino}")
+    assert record.status == "skipped" and not _int8(model), record
+    assert {"target": "graph", "reason": "OpenVINO could not time the models: Conversion is failed for: "
+            "QuantizeLinear-13; speed_check=note keeps it anyway"} in record.skipped, record.skipped
+    model, record = _optimized(digits, "qdq-int8{target=openvino,speed_check=note}")
+    assert record.status == "applied" and _int8(model), record
+    assert any(n.startswith("speed not checked: OpenVINO could not time the models") for n in record.notes), record

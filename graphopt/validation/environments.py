@@ -12,19 +12,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphopt._proto import save_model_file
 from graphopt.data import Dataset
 from graphopt.errors import GraphoptError, first_line
+from graphopt.openvino import compile_cpu, openvino_reason, unavailable
 from graphopt.runtime import ORT_ERRORS, Outputs, RuntimeConfig, create_session, run_dataset
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
@@ -120,12 +117,6 @@ def _run(ctx: ValidationContext, runtime: RuntimeConfig) -> Outputs | str:
     return outputs
 
 
-def _write(model: onnx.ModelProto, folder: Path) -> Path:
-    path = folder / "model.onnx"
-    save_model_file(model, path)
-    return path
-
-
 def _stack_like(parts: list[np.ndarray], shape: tuple[int, ...] | None, batchable: bool) -> np.ndarray:
     """Per-sample results in ``run_dataset``'s layout: concatenated along the batch axis, or stacked on a new one.
 
@@ -146,40 +137,25 @@ def openvino_outputs(model: onnx.ModelProto, dataset: Dataset, reference: Output
     ``reference`` (onnxruntime's outputs of the same samples) fixes the output names and layout; without it, the
     graph's outputs in the layout ``_stack_like`` infers. Needs ``openvino``; raises whatever OpenVINO raises.
     """
-    import openvino
-
     names = list(reference) if reference is not None else [o.name for o in model.graph.output]
-    with tempfile.TemporaryDirectory(prefix="graphopt-openvino-") as folder:
-        compiled = openvino.Core().compile_model(str(_write(model, Path(folder))), "CPU")
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        for feed, _ in dataset.batches(1, per_sample=True):
-            result = compiled(feed)
-            for name, chunks in parts.items():
-                chunks.append(np.asarray(result[compiled.output(name)]))
+    compiled = compile_cpu(model)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for feed, _ in dataset.batches(1, per_sample=True):
+        result = compiled(feed)
+        for name, chunks in parts.items():
+            chunks.append(np.asarray(result[compiled.output(name)]))
     return {name: _stack_like(chunks, reference[name].shape if reference is not None else None, dataset.batchable)
             for name, chunks in parts.items()}
 
 
 def _openvino_check(ctx: ValidationContext, baseline: Outputs | None) -> Check | None:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
+    if unavailable() is not None:
         return None
     try:
         outputs = openvino_outputs(ctx.optimized, ctx.held_out, ctx.reference())
     except Exception as e:  # noqa: BLE001 - OpenVINO raises many unrelated types; a failure is the finding
         return Check("openvino", False, {}, f"OpenVINO cannot run the model: {openvino_reason(e)}", "openvino")
     return _judged(ctx, "openvino", outputs, baseline, group="openvino")
-
-
-def openvino_reason(error: BaseException) -> str:
-    """One line from OpenVINO's multi-line error: its summary when it has one, else its first line that is not a
-    source location (``Exception from src/…/core.cpp:132:``)."""
-    lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
-    if "Summary:" in lines:
-        return "; ".join(lines[lines.index("Summary:") + 1:]) or first_line(error)
-    located = re.compile(r"^(Exception from |Check '.*' failed at )\S+:\d+:?$")
-    return next((line for line in lines if not located.match(line)), first_line(error))
 
 
 def check_environments(ctx: ValidationContext, environments: Sequence[Environment] | None = None) -> Section:
