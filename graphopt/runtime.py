@@ -7,6 +7,7 @@ because a rewrite must be judged the way users run it (fused kernels can round d
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -133,7 +134,7 @@ def _run(
             try:
                 values = session.run(names, feed)
             except Exception as e:  # onnxruntime raises several unrelated types for bad feeds
-                raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line(e)}") from e
+                raise UnsupportedModelError(_run_failure(e)) from e
             for name, value in zip(names, values, strict=True):
                 array = _as_array(value)
                 if per_sample:
@@ -144,6 +145,15 @@ def _run(
                     chunks[name].append(array)
             advance(count)
     return {n: np.concatenate(c, axis=0) for n, c in chunks.items()}
+
+
+def _run_failure(error: BaseException) -> str:
+    """One line for a failed run; an output type numpy has no name for is said in graphopt's words."""
+    found = re.search(r"No corresponding Numpy type for Tensor Type\. *(\w+)", str(error))
+    if found:
+        return (f"an output is {found.group(1)}, which onnxruntime's Python API cannot return; graphopt compares "
+                "numpy-typed outputs only")
+    return f"onnxruntime failed to run the model: {first_line(error)}"
 
 
 def _as_array(value: Any) -> np.ndarray:
