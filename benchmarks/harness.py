@@ -169,8 +169,9 @@ def graphopt_variant(w: Workload, label: str, passes: str | Sequence[str | PassB
                          notes=[f"{p.name}: {p.status}" + (f" ({p.reason})" if p.reason else "") for p in records])
     left = [u for u in chosen.units if not u.get("applied")] if chosen.status == "narrowed" else []
     status = chosen.status + (f", {len(left)} units left out" if left else "")
-    if chosen.status not in ("applied", "narrowed") and chosen.reason:
-        status += f": {chosen.reason if len(chosen.reason) <= 120 else chosen.reason[:119] + '…'}"
+    why = next((s["reason"] for s in chosen.skipped if s.get("target") == "graph"), chosen.reason)
+    if chosen.status not in ("applied", "narrowed") and why:
+        status += f": {why if len(why) <= 120 else why[:119] + '…'}"
     notes = _grouped_skips(chosen.skipped) + list(chosen.notes)
     return Candidate(label, result.model, seconds, status=status, verified=verified, notes=notes,
                      stats=dict(chosen.stats))
