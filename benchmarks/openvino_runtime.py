@@ -1,4 +1,4 @@
-"""OpenVINO for the benchmarks: outputs, latency and int8 use of a model compiled for OpenVINO's CPU plugin.
+"""OpenVINO for the benchmarks: which layers of a model compiled for OpenVINO's CPU plugin run in int8.
 
 graphopt's ``qdq-int8{target=openvino}`` writes QDQ pairs for OpenVINO, which reads them as FakeQuantize and runs
 the layers between them in int8 where the CPU allows. Whether it did is not visible from the outputs, so
@@ -8,8 +8,8 @@ OpenVINO 2026.4 ran all 36 of MiniLM's QDQ FullyConnected layers in u8×i8 on ``
 kernels (int8 1.08× the float latency, where onnxruntime gave 0.56×), while the digits CNN's int8 convolution ran
 on ``jit_avx2_I8``.
 
-Compiling and timing are graphopt's own (``graphopt.openvino``, which ``qdq-int8{target=openvino}`` times with):
-latency is measured as ``graphopt.perf.measure_latency`` measures onnxruntime's, so the two ratios (int8 / float)
+Compiling, timing and outputs are graphopt's own (``graphopt.openvino``, which ``qdq-int8{target=openvino}`` times
+with, and ``graphopt.validation.environments.openvino_outputs``): latency is measured as ``graphopt.perf.measure_latency`` measures onnxruntime's, so the two ratios (int8 / float)
 read alike: one inference thread, one stream, the LATENCY hint, ``INFERENCE_PRECISION_HINT`` f32, batch 1, warm-up,
 then runs interleaved across the models, median. Compare ratios from one call, never milliseconds across calls.
 
@@ -22,25 +22,12 @@ import collections
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import onnx
 
-from graphopt.data import Dataset
-from graphopt.openvino import LATENCY_CONFIG, compile_cpu, measure_latency, unavailable
-from graphopt.validation.environments import openvino_outputs as _graphopt_openvino_outputs
+from graphopt.openvino import LATENCY_CONFIG, compile_cpu
 
-__all__ = [
-    "INT8_PRECISIONS",
-    "LATENCY_CONFIG",
-    "MATRIX_LAYERS",
-    "compile_openvino",
-    "openvino_int8_layers",
-    "openvino_latency",
-    "openvino_layer_precisions",
-    "openvino_matrix_kernels",
-    "openvino_outputs",
-    "unavailable",
-]
+__all__ = ["INT8_PRECISIONS", "MATRIX_LAYERS", "openvino_int8_layers", "openvino_layer_precisions",
+           "openvino_matrix_kernels"]
 
 MATRIX_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"})
 """Runtime-graph layer types that do the arithmetic int8 is for (Reorder, Pooling… in u8 only move bytes)."""
@@ -48,28 +35,8 @@ MATRIX_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "
 INT8_PRECISIONS = frozenset({"i8", "u8"})
 
 
-def openvino_outputs(model: onnx.ModelProto, data: Dataset) -> dict[str, np.ndarray]:
-    """``model``'s outputs on every sample of ``data`` under OpenVINO's CPU plugin with default settings (what
-    ``graphopt validate`` checks), one sample per run, laid out as onnxruntime's ``run_dataset`` lays them out."""
-    return _graphopt_openvino_outputs(model, data)
-
-
-def compile_openvino(model: onnx.ModelProto, config: Mapping[str, Any] | None = None,
-                     shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
-    """``model`` compiled for OpenVINO's CPU plugin with ``config`` (default: ``LATENCY_CONFIG``) and ``shapes``
-    fixed before compiling (``graphopt.openvino.compile_cpu``)."""
-    return compile_cpu(model, LATENCY_CONFIG if config is None else config, shapes)
-
-
-def openvino_latency(models: Sequence[onnx.ModelProto], sample: dict[str, np.ndarray], runs: int,
-                     warmup: int = 30) -> list[float]:
-    """Median milliseconds of one inference of each model on ``sample`` (one sample, batch axis included), timed
-    interleaved with ``LATENCY_CONFIG`` for the sample's static shapes (``graphopt.openvino.measure_latency``)."""
-    return [latency.median_ms for latency in measure_latency(models, sample, runs=runs, warmup=warmup)]
-
-
 def _compiled(model: Any, shapes: Mapping[str, Sequence[int]] | None) -> Any:
-    return compile_openvino(model, shapes=shapes) if isinstance(model, onnx.ModelProto) else model
+    return compile_cpu(model, LATENCY_CONFIG, shapes) if isinstance(model, onnx.ModelProto) else model
 
 
 def openvino_layer_precisions(compiled: Any, shapes: Mapping[str, Sequence[int]] | None = None

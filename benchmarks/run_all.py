@@ -34,9 +34,10 @@ from peers import int8_layers, ort_quantizers
 from workloads import LOADERS, Workload, feed
 
 from graphopt.data import Dataset
-from graphopt.openvino import openvino_reason
+from graphopt.openvino import measure_latency, openvino_reason, unavailable
 from graphopt.registry import available_passes
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
+from graphopt.validation.environments import openvino_outputs
 from graphopt.verify.metrics import error_stats
 from graphopt.verify.tolerance import Tolerance, judge
 
@@ -69,7 +70,7 @@ def build(w: Workload, calibration: Dataset) -> list[Candidate]:
 def openvino(w: Workload, result: ModelResult, models: dict[str, onnx.ModelProto]) -> None:
     """OpenVINO's view of the original and graphopt's QDQ models: agreement with onnxruntime on the same file,
     and latency as a ratio to the original's, timed together."""
-    reason = ov.unavailable()
+    reason = unavailable()
     if reason:
         result.notes.append(f"OpenVINO not measured: {reason}")
         return
@@ -82,7 +83,7 @@ def openvino(w: Workload, result: ModelResult, models: dict[str, onnx.ModelProto
         row = result.row(name)
         assert row is not None
         try:
-            got = ov.openvino_outputs(models[name], held_out)
+            got = openvino_outputs(models[name], held_out)
         except Exception as e:  # noqa: BLE001 - OpenVINO failing to read a model is a finding, not a crash
             row.stats["openvino"] = {"error": openvino_reason(e)}
             continue
@@ -99,7 +100,7 @@ def openvino(w: Workload, result: ModelResult, models: dict[str, onnx.ModelProto
     runs = result.runs
     log.warning("[%s] OpenVINO latency: %d runs of %d models …", w.name, runs, len(compiled))
     try:
-        medians = ov.openvino_latency([models[n] for n in compiled], feed(held_out), runs)
+        medians = [t.median_ms for t in measure_latency([models[n] for n in compiled], feed(held_out), runs=runs)]
     except Exception as e:  # noqa: BLE001
         result.notes.append(f"OpenVINO latency not measured: {error_text(e)}")
         return

@@ -98,18 +98,18 @@ def test_openvino_runs_the_qdq_layers_in_int8(digits: tuple[onnx.ModelProto, Dat
     """conv2 and fc1 carry QDQ pairs (conv1 and fc2 are below ``min_dim``): OpenVINO runs them in u8."""
     bench = _benchmark_module()
     model, _, held_out = digits
-    assert bench.unavailable() is None
+    assert graphopt.openvino.unavailable() is None
     assert bench.openvino_int8_layers(model) == (0, 4)
     int8, total = bench.openvino_int8_layers(quantized)
     assert total == 4 and int8 >= 2, bench.openvino_layer_precisions(quantized)
     kernels = bench.openvino_matrix_kernels(quantized, {"image": (1, 1, 8, 8)})  # static shapes: kernels chosen
     assert sum(kernels.values()) == 4 and not any(k.startswith("undef") for k in kernels), kernels
-    compiled = bench.compile_openvino(quantized)  # LATENCY_CONFIG is what the CPU plugin applied
+    compiled = graphopt.openvino.compile_cpu(quantized, graphopt.openvino.LATENCY_CONFIG)  # what the plugin applied
     assert (compiled.get_property("INFERENCE_NUM_THREADS"), compiled.get_property("NUM_STREAMS")) == (1, 1)
     assert str(compiled.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
     sample = next(held_out.batches(1))[0]
-    latencies = bench.openvino_latency([model, quantized], sample, runs=5, warmup=2)
+    latencies = [t.median_ms for t in graphopt.openvino.measure_latency([model, quantized], sample, runs=5, warmup=2)]
     assert len(latencies) == 2 and all(0 < ms < 1000 for ms in latencies)
 
 

@@ -28,8 +28,7 @@ from graphopt.validation.model import Check, Section
 from graphopt.verify.metrics import error_stats
 from graphopt.verify.verifier import Verifier
 
-__all__ = ["CPU", "Environment", "baseline_runtime", "check_environments", "default_environments", "openvino_outputs",
-           "openvino_reason"]
+__all__ = ["CPU", "Environment", "baseline_runtime", "check_environments", "default_environments", "openvino_outputs"]
 
 CPU = "CPUExecutionProvider"
 LEVELS = ("disable", "basic", "all")

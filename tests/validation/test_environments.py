@@ -15,6 +15,7 @@ import pytest
 from helpers import digits, figure
 
 from graphopt.data import Dataset
+from graphopt.openvino import openvino_reason
 from graphopt.runtime import RuntimeConfig
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.environments import (
@@ -23,7 +24,6 @@ from graphopt.validation.environments import (
     baseline_runtime,
     check_environments,
     default_environments,
-    openvino_reason,
 )
 
 METRICS = {"cosine", "top1", "drift_max_abs", "drift_cosine"}
