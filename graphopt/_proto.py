@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import EncodeError, Message
 
-__all__ = ["PROTOBUF_LIMIT", "fits_protobuf", "model_size", "save_model_file", "weight_bytes"]
+__all__ = ["PROTOBUF_LIMIT", "fits_protobuf", "model_size", "raw_bytes", "save_model_file", "weight_bytes"]
 
 PROTOBUF_LIMIT = 2**31 - 1
 """The largest message protobuf serialises."""
@@ -35,7 +35,7 @@ _BITS: dict[int, int] = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, on
 
 def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the main-graph initializers' values, from their dims and types (cheap: no data is read)."""
-    return sum(_raw_bytes(t) or 0 for t in model.graph.initializer)
+    return sum(raw_bytes(t) or 0 for t in model.graph.initializer)
 
 
 def model_size(model: onnx.ModelProto) -> int:
@@ -100,7 +100,7 @@ def _copy_fields(source: Message, target: Message, skip: str) -> None:
 
 def _size(message: Message) -> int:
     if isinstance(message, onnx.TensorProto):
-        raw = _raw_bytes(message) if message.HasField("raw_data") else 0
+        raw = raw_bytes(message) if message.HasField("raw_data") else 0
         if raw is not None and raw > _LARGE:
             return _fields_size(message, skip="raw_data") + _field_size(message, "raw_data", raw)
     if not isinstance(message, (onnx.ModelProto, onnx.GraphProto)):
@@ -136,7 +136,7 @@ def _field_size(message: Message, name: str, size: int) -> int:
     return _varint_size(number << 3) + _varint_size(size) + size
 
 
-def _raw_bytes(tensor: onnx.TensorProto) -> int | None:
+def raw_bytes(tensor: onnx.TensorProto) -> int | None:
     """How many bytes the tensor's values take as ``raw_data``, from dims and type (``None``: variable width)."""
     if tensor.data_type in _BITS:
         return (math.prod(tensor.dims) * _BITS[tensor.data_type] + 7) // 8

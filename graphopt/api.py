@@ -14,12 +14,20 @@ from pathlib import Path
 
 import onnx
 
-from graphopt.data import Dataset, input_specs, load_data
-from graphopt.errors import GraphoptError, ValidationSetupError
+from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
+from graphopt.errors import GraphoptError, PipelineError, UsageError, ValidationSetupError
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.manager import PassManager, PipelineResult
-from graphopt.modelio import check_destination, load_model, save_bytes, save_model
+from graphopt.modelio import (
+    LoadedModel,
+    NamedPath,
+    check_destinations,
+    model_sidecar,
+    read_model,
+    save_bytes,
+    save_model,
+)
 from graphopt.normalize import DropInferredShapesPass, NormalizePass
 from graphopt.pass_base import PassBase, PassContext
 from graphopt.pipeline import build_pipeline, describe_pipeline
@@ -39,7 +47,7 @@ from graphopt.validation.held_out import Metric, check_held_out, load_metric
 from graphopt.validation.model import ValidationReport
 from graphopt.validation.performance import check_performance
 from graphopt.validation.shifts import Shift, check_shifts
-from graphopt.verify.tolerance import Tolerance
+from graphopt.verify.tolerance import Tolerance, check_number
 from graphopt.verify.verifier import Verifier
 
 __all__ = [
@@ -126,17 +134,28 @@ def optimize(
     The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so
     ``validate`` can tell held-out samples from calibration ones and re-run the pipeline on folds.
     """
-    input_path = None if isinstance(model, onnx.ModelProto) else Path(model)
-    protect = (input_path,) if input_path else ()
+    if not 0.0 < calibration_fraction < 1.0:  # NaN fails this too
+        raise UsageError(f"calibration fraction must be between 0 and 1, got {calibration_fraction!r}")
+    pipeline = build_pipeline(passes if passes is not None else default_pipeline())
+    lossy = [p.name for p in pipeline if not p.lossless]
+    synthetic = data.synthetic if isinstance(data, Dataset) else str(data) == RANDOM
+    if synthetic and lossy:
+        raise PipelineError(f"{', '.join(lossy)} {'is' if len(lossy) == 1 else 'are'} lossy and must be verified on "
+                            "real samples: give --data FILE.npz (random data verifies lossless passes only)")
+    loaded = None if isinstance(model, onnx.ModelProto) else read_model(model)
+    input_path = None if loaded is None else loaded.files[0]
+    original = model if loaded is None else loaded.model
     report_target = Path(report) if report is not None else report_path_for(output) if output is not None else None
-    for target in (output, report_target, html):
-        if target is not None:
-            check_destination(target, protect=protect)
-    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    inputs = _named_inputs(loaded, data)
+    outputs = [(label, Path(p)) for label, p in (("the output model", output), ("the report", report_target),
+                                                  ("the HTML page", html)) if p is not None]
+    if output is not None:
+        outputs.insert(1, ("the output model's external data", model_sidecar(output)))
+    check_destinations(outputs, inputs)
+    protect = tuple(p for _, p in (*inputs, *outputs))
     runtime = runtime or RuntimeConfig()
     tolerance = tolerance or Tolerance.budget()
     lossless_tolerance = lossless_tolerance or Tolerance.lossless()
-    pipeline = build_pipeline(passes if passes is not None else default_pipeline())
     specs = input_specs(original)
     dataset = data if isinstance(data, Dataset) else load_data(data, specs)
     calibration, verification = _split(dataset, calibration_fraction)
@@ -163,13 +182,31 @@ def optimize(
 
     output_path = report_file = html_file = None
     if output is not None:
-        output_path = save_model(final, output, protect=protect, runtime=runtime)
+        output_path = save_model(final, output, protect=_others(protect, output, model_sidecar(output)),
+                                 runtime=runtime)
         record.output_path = str(output_path)
     if report_target is not None:
-        report_file = save_bytes(to_json(record).encode(), report_target, protect=protect)
+        report_file = save_bytes(to_json(record).encode(), report_target, protect=_others(protect, report_target))
     if html is not None:
-        html_file = save_bytes(optimize_page(record).encode(), html, protect=protect)
+        html_file = save_bytes(optimize_page(record).encode(), html, protect=_others(protect, html))
     return OptimizeResult(final, record, result, output_path, report_file, html_file)
+
+
+def _named_inputs(loaded: LoadedModel | None, data: str | Path | Dataset,
+                  labels: str | Path | None = None, role: str = "the input model") -> list[NamedPath]:
+    """Every file a run reads, named for error messages: outputs must never be written over one of them."""
+    named: list[NamedPath] = []
+    if loaded is not None:
+        named.append((role, loaded.files[0]))
+        named.extend((f"{role}'s external data", f) for f in loaded.files[1:])
+    if not isinstance(data, Dataset):
+        named.extend(("a data file", f) for f in data_files(data, labels))
+    return named
+
+
+def _others(protect: tuple[Path, ...], *targets: str | Path) -> tuple[Path, ...]:
+    """The protected files but ``targets`` themselves (checked distinct from all of them before the run)."""
+    return tuple(p for p in protect if p not in {Path(t) for t in targets})
 
 
 def run_pipeline(
@@ -246,12 +283,16 @@ def validate(
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ValidationSetupError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
-    paths = [Path(m) for m in (original, optimized) if not isinstance(m, onnx.ModelProto)]
-    for target in (report, html):
-        if target is not None:
-            check_destination(target, protect=tuple(paths))
-    reference = original if isinstance(original, onnx.ModelProto) else load_model(original)
-    candidate = optimized if isinstance(optimized, onnx.ModelProto) else load_model(optimized)
+    if max_accuracy_drop is not None:
+        check_number("max_accuracy_drop", max_accuracy_drop, low=0.0, high=1.0)
+    loaded = [None if isinstance(m, onnx.ModelProto) else read_model(m) for m in (original, optimized)]
+    inputs = [*_named_inputs(loaded[0], data, labels, role="the original model"),
+              *_named_inputs(loaded[1], "random", role="the optimised model")]
+    outputs = [(label, Path(p)) for label, p in (("the report", report), ("the HTML page", html)) if p is not None]
+    check_destinations(outputs, inputs)
+    protect = tuple(p for _, p in (*inputs, *outputs))
+    reference = original if loaded[0] is None else loaded[0].model
+    candidate = optimized if loaded[1] is None else loaded[1].model
     specs = input_specs(reference)
     if input_specs(candidate) != specs or _outputs(candidate) != _outputs(reference):
         raise ValidationSetupError("the two models differ in their inputs or outputs; validate compares a model "
@@ -264,8 +305,7 @@ def validate(
     pipeline = passes if passes is not None else recorded.pipeline if recorded else None
     ctx = ValidationContext(reference, candidate, dataset, held_out, tolerance or Tolerance.budget(),
                             runtime or RuntimeConfig(), pipeline=pipeline, seed=seed, progress=progress)
-    record = ValidationReport(graphopt_version(), str(paths[0]) if not isinstance(original, onnx.ModelProto) else None,
-                              str(paths[-1]) if not isinstance(optimized, onnx.ModelProto) else None,
+    record = ValidationReport(graphopt_version(), *(str(m.files[0]) if m else None for m in loaded),
                               data={"source": dataset.source, "samples": dataset.n_samples,
                                     "held_out_samples": held_out.n_samples, "labels": dataset.labels is not None,
                                     "held_out": held_note, "pipeline": pipeline},
@@ -283,8 +323,8 @@ def validate(
             record.sections.append(check_environments(ctx))
         else:
             record.sections.append(check_performance(ctx))
-    report_file = save_bytes(validation_json(record).encode(), report, protect=tuple(paths)) if report else None
-    html_file = save_bytes(validation_page(record).encode(), html, protect=tuple(paths)) if html else None
+    report_file = save_bytes(validation_json(record).encode(), report, protect=_others(protect, report)) if report else None
+    html_file = save_bytes(validation_page(record).encode(), html, protect=_others(protect, html)) if html else None
     return ValidationResult(record, report_file, html_file)
 
 
@@ -329,7 +369,7 @@ def _split(dataset: Dataset, fraction: float) -> tuple[Dataset | None, Dataset]:
 
 def inspect(model: str | Path | onnx.ModelProto) -> ModelSummary:
     """Opset, inputs and outputs, operator histogram, parameter count and size of a model."""
-    return summarize(model if isinstance(model, onnx.ModelProto) else load_model(model))
+    return summarize(model if isinstance(model, onnx.ModelProto) else read_model(model).model)
 
 
 def list_passes() -> dict[str, type[PassBase]]:

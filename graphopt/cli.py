@@ -1,8 +1,10 @@
 """The ``graphopt`` command: a thin layer that parses flags, calls the API and renders the result.
 
-Exit codes: 0 success; 1 internal error (a bug: traceback shown); 2 usage or pipeline error; 3 unreadable or
-unsupported model; 4 output path refused; 5 data does not fit the model; 6 verification of a must-be-equal model
-failed; 7 ``validate`` found the optimised model not shippable; 130 interrupted. Every user mistake prints one line on stderr and writes nothing.
+Exit codes: 0 success; 1 internal error (a bug: traceback shown); 2 usage or pipeline error, or a tolerance that is
+not a number in its range; 3 unreadable or unsupported model; 4 output path refused (it would overwrite an input or
+another output); 5 data does not fit the model; 6 verification of a must-be-equal model failed; 7 ``validate``
+found the optimised model not shippable; 130 interrupted (SIGINT); 143 terminated (SIGTERM). Every user mistake
+prints one line on stderr and writes nothing; an interrupted run removes what it was staging.
 """
 
 from __future__ import annotations
@@ -11,19 +13,24 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TextIO
 
 from graphopt import api
-from graphopt.errors import GraphoptError
+from graphopt.errors import GraphoptError, UsageError
 from graphopt.pipeline import option_fields
 from graphopt.report.render import format_bytes, render_table, render_validation_table, to_json, validation_json
 from graphopt.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeConfig
 from graphopt.verify.tolerance import Tolerance
 
-__all__ = ["main"]
+__all__ = ["INTERRUPTED", "TERMINATED", "main"]
+
+INTERRUPTED = 130
+TERMINATED = 143
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,16 +138,10 @@ def _runtime(args: argparse.Namespace) -> RuntimeConfig:
             batch_size=args.batch_size,
         )
     except ValueError as e:
-        raise _UsageError(str(e)) from e
-
-
-class _UsageError(GraphoptError):
-    exit_code = 2
+        raise UsageError(str(e)) from e
 
 
 def _optimize(args: argparse.Namespace, out: TextIO) -> int:
-    if not 0.0 < args.calibration_fraction < 1.0:
-        raise _UsageError("--calibration-fraction must be between 0 and 1")
     tolerance = Tolerance(atol=args.atol, rtol=args.rtol, cosine=args.cosine, snr_db=args.snr_db, top1=args.top1)
     result = api.optimize(
         args.model,
@@ -173,7 +174,7 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = sorted(skip - set(api.SECTIONS))
     if unknown:
-        raise _UsageError(f"--skip: unknown section(s) {', '.join(unknown)} (known: {', '.join(api.SECTIONS)})")
+        raise UsageError(f"--skip: unknown section(s) {', '.join(unknown)} (known: {', '.join(api.SECTIONS)})")
     result = api.validate(
         args.original,
         args.optimized,
@@ -240,6 +241,28 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (staging folders) runs before the exit."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds as SIGINT does while the command runs (main thread only; restored afterwards)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals to the host program
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     out = out or sys.stdout
@@ -254,11 +277,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     commands = {"optimize": _optimize, "validate": _validate, "passes": _passes, "inspect": _inspect}
-    try:
-        return commands[args.command](args, out)
-    except GraphoptError as e:
-        sys.stderr.write(f"graphopt: error: {e}\n")
-        return e.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("graphopt: interrupted\n")
-        return 130
+    with _terminate_like_interrupt(), warnings.catch_warnings():
+        if not args.verbose:  # numpy's overflow/divide warnings on odd data: the NaN rule judges their results
+            warnings.simplefilter("ignore", RuntimeWarning)
+        else:
+            logging.captureWarnings(True)
+        try:
+            return commands[args.command](args, out)
+        except GraphoptError as e:
+            sys.stderr.write(f"graphopt: error: {e}\n")
+            return e.exit_code
+        except _Terminated:
+            sys.stderr.write("graphopt: terminated\n")
+            return TERMINATED
+        except KeyboardInterrupt:
+            sys.stderr.write("graphopt: interrupted\n")
+            return INTERRUPTED

@@ -8,12 +8,16 @@ the model's (dynamic or size-1) batch axis, or one more dimension: whole model i
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -21,11 +25,13 @@ from onnx import helper
 
 from graphopt.errors import DataError, UnsupportedModelError, first_line
 
-__all__ = ["Dataset", "InputSpec", "input_specs", "load_data", "synthesize"]
+__all__ = ["RANDOM", "Dataset", "InputSpec", "data_files", "input_specs", "load_data", "synthesize"]
 
 RANDOM = "random"
 _SYNTHETIC_SAMPLES = 16
 _SYNTHETIC_DYNAMIC_DIM = 16
+_MAX_SYNTHETIC_BYTES = 2**30
+"""Random data is for checking lossless rewrites; inputs declared larger than this are refused, not allocated."""
 _READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, zlib.error,
                 NotImplementedError)
 """What numpy and zipfile raise for unreadable array files (corrupt headers and deflate streams, unknown zip
@@ -76,8 +82,9 @@ def input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
         if not _numpy_native(dtype):
             raise UnsupportedModelError(f"model input '{value.name}' is {dtype.name}, which onnxruntime's Python API "
                                         "cannot feed; graphopt runs models with numpy-typed inputs only")
-        shape = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+        shape = tuple(  # a negative dim_value (PaddlePaddle writes -1) is dynamic, as onnxruntime treats it
+            d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or None)
+            for d in tensor.shape.dim
         )
         specs.append(InputSpec(value.name, dtype, shape))
     return tuple(specs)
@@ -142,7 +149,7 @@ def load_data(source: str | Path, specs: tuple[InputSpec, ...], labels: str | Pa
     path = Path(source)
     if not path.exists():
         raise DataError(f"data not found: {path}")
-    arrays = _read_folder(path, specs) if path.is_dir() else _read_file(path, specs)
+    arrays = _read_folder(path, specs) if path.is_dir() else _read_file(_regular(path), specs)
     label_array = None
     if labels is not None:
         label_array = _labels(arrays, labels)
@@ -157,9 +164,9 @@ def _labels(arrays: dict[str, np.ndarray], labels: str | Path) -> np.ndarray:
     name = str(labels)
     if name in arrays:
         found = arrays.pop(name)
-    elif name.endswith(".npy") and Path(name).is_file():
+    elif name.endswith(".npy") and Path(name).exists():
         try:
-            found = _load_npy(Path(name))
+            found = _load_npy(_regular(Path(name)))
         except _READ_ERRORS as e:
             raise DataError(f"cannot read labels {name}: {first_line(e)}") from e
     else:
@@ -173,10 +180,18 @@ def synthesize(specs: tuple[InputSpec, ...], n_samples: int = _SYNTHETIC_SAMPLES
     """Seeded random inputs: normal floats, booleans, and integers in a range that suits ids and masks
     (ones for inputs named like masks, zeros for type ids, 0..99 otherwise)."""
     rng = np.random.default_rng(seed)
-    arrays: dict[str, np.ndarray] = {}
+    shapes = {}
     for spec in specs:
         dims = [d if isinstance(d, int) else _SYNTHETIC_DYNAMIC_DIM for d in spec.shape]
-        shape = (n_samples, *dims[1:]) if spec.batch_axis else (n_samples, *dims)
+        shapes[spec.name] = (n_samples, *dims[1:]) if spec.batch_axis else (n_samples, *dims)
+    needed = sum(math.prod(shapes[s.name]) * s.dtype.itemsize for s in specs)
+    if needed > _MAX_SYNTHETIC_BYTES:
+        widest = max(specs, key=lambda s: math.prod(shapes[s.name]) * s.dtype.itemsize)
+        raise DataError(f"--data random: input '{widest.name}' is declared {widest.describe()}, so {n_samples} "
+                        f"random samples would take {_gib(needed)}; give real samples with --data")
+    arrays: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = shapes[spec.name]
         name = spec.name.lower()
         if spec.dtype == np.bool_:
             arrays[spec.name] = rng.random(shape) < 0.5
@@ -195,6 +210,8 @@ def _read_file(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray
             if len(specs) != 1:
                 raise DataError(f"{path} holds one array but the model has {len(specs)} inputs; use an .npz")
             return {specs[0].name: _load_npy(path)}
+        if zipfile.is_zipfile(path):
+            _check_archive(path)
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise DataError(f"{path} is not an .npz archive (it holds one array; name it .npy)")
@@ -212,6 +229,10 @@ def _read_file(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray
 
 def _load_npy(path: Path) -> np.ndarray:
     """One array from an ``.npy`` file; ``DataError`` when the file holds something else (an ``.npz`` archive)."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            _claimed_bytes(handle, path.stat().st_size, str(path))
+        _check_memory(path.stat().st_size, str(path))
     loaded = np.load(path, allow_pickle=False)
     if not isinstance(loaded, np.ndarray):
         loaded.close()
@@ -219,9 +240,104 @@ def _load_npy(path: Path) -> np.ndarray:
     return loaded
 
 
+def _regular(path: Path) -> Path:
+    """``path`` if it is a regular file; a FIFO or device is refused, since reading one can block for ever."""
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read data file {path}: {first_line(e)}") from e
+    if not regular:
+        raise DataError(f"data file {path} is not a regular file (a FIFO, socket or device); give an .npz or .npy file")
+    return path
+
+
+def _claimed_bytes(handle: BinaryIO, stored: int, name: str) -> int | None:
+    """The bytes an ``.npy`` stream's header says its array takes, refused when ``stored`` bytes cannot hold them;
+    ``None`` when the stream is not an ``.npy`` (numpy then says what it is).
+
+    Read before the array, so that a header claiming 10**12 samples is refused instead of allocated.
+    """
+    try:
+        version = np.lib.format.read_magic(handle)
+    except ValueError:
+        return None
+    try:
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(handle)
+    except _READ_ERRORS as e:
+        raise DataError(f"cannot read data file {name}: {first_line(e)}") from e
+    if dtype.hasobject:
+        return None  # numpy refuses object arrays itself (allow_pickle=False), in its own words
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > stored - handle.tell():
+        raise DataError(f"cannot read data file {name}: its header declares {dtype} {list(shape)} ({claimed} bytes), "
+                        f"but the file holds {max(stored - handle.tell(), 0)}: truncated or forged")
+    return claimed
+
+
+def _check_archive(path: Path) -> None:
+    """Check an ``.npz``'s members before numpy inflates any: each array header against its member's uncompressed
+    size, and the uncompressed total against the memory this machine has free."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    _claimed_bytes(member, info.file_size, f"{path}:{info.filename}")  # type: ignore[arg-type]
+            total = sum(info.file_size for info in archive.infolist())
+    except DataError:
+        raise
+    except _READ_ERRORS as e:
+        raise DataError(f"cannot read data file {path}: {first_line(e)}") from e
+    _check_memory(total, str(path))
+
+
+def _check_memory(claimed: int, name: str) -> None:
+    """Refuse data that would take more than a quarter of the memory available now: graphopt holds the arrays, their
+    calibration and verification halves and the models' outputs on them at once."""
+    available = _available_memory()
+    if available is not None and claimed > available // 4:
+        raise DataError(f"{name} holds {_gib(claimed)} of arrays, more than a quarter of the {_gib(available)} of "
+                        "memory available; give fewer samples")
+
+
+def _available_memory() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in bytes (Linux), else physical memory, else ``None``."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB"
+
+
+def data_files(source: str | Path, labels: str | Path | None = None) -> tuple[Path, ...]:
+    """The files ``load_data`` reads for ``source`` and ``labels`` (none for ``random``), so outputs never
+    overwrite one of them."""
+    if str(source) == RANDOM:
+        return ()
+    path = Path(source)
+    files = [*_members(path)] if path.is_dir() else [path]
+    if labels is not None and str(labels).endswith(".npy"):
+        files.append(Path(labels))
+    return tuple(files)
+
+
+def _members(folder: Path) -> list[Path]:
+    return sorted([*folder.glob("*.npz"), *folder.glob("*.npy")])
+
+
 def _read_folder(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray]:
-    npz = sorted(path.glob("*.npz"))
-    npy = sorted(path.glob("*.npy"))
+    npz = sorted(_regular(p) for p in path.glob("*.npz"))
+    npy = sorted(_regular(p) for p in path.glob("*.npy"))
     if npz and npy:
         raise DataError(f"data folder {path} mixes .npz and .npy files; use one kind")
     if npy:

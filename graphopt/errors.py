@@ -15,7 +15,9 @@ __all__ = [
     "PipelineError",
     "PostconditionError",
     "PreconditionError",
+    "ToleranceError",
     "UnsupportedModelError",
+    "UsageError",
     "ValidationSetupError",
     "VerificationError",
     "first_line",
@@ -28,10 +30,19 @@ class GraphoptError(Exception):
     exit_code: int = 1
 
 
-class PipelineError(GraphoptError):
-    """An unknown pass name, a malformed pipeline string or a bad pass option."""
+class UsageError(GraphoptError):
+    """The call itself is wrong: a parameter outside its range, or options that contradict each other."""
 
     exit_code = 2
+
+
+class PipelineError(UsageError):
+    """An unknown pass name, a malformed pipeline string, a bad pass option, or lossy passes without real data."""
+
+
+class ToleranceError(UsageError):
+    """A tolerance or budget that is not a number in its range (NaN, a cosine outside [0, 1], a negative atol):
+    such a value would silently disable the check it sets."""
 
 
 class ModelIOError(GraphoptError):
@@ -45,7 +56,8 @@ class UnsupportedModelError(ModelIOError):
 
 
 class OutputPathError(GraphoptError):
-    """The output path would overwrite the input or cannot be written."""
+    """An output path would overwrite an input (the model, its external data, data or label files) or another
+    output, or cannot be written."""
 
     exit_code = 4
 
@@ -62,11 +74,9 @@ class VerificationError(GraphoptError):
     exit_code = 6
 
 
-class ValidationSetupError(GraphoptError):
+class ValidationSetupError(UsageError):
     """``graphopt validate`` was asked for something it cannot do: an unknown metric or shift hook, a fold count
     the data cannot fill, models whose inputs or outputs differ."""
-
-    exit_code = 2
 
 
 class PassError(GraphoptError):

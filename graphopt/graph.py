@@ -34,6 +34,7 @@ __all__ = [
     "initializer_arrays",
     "model_digest",
     "sparse_to_dense",
+    "subgraphs",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,20 @@ def _restore_output_types(model: onnx.ModelProto, exported: onnx.ModelProto) -> 
     for value in exported.graph.output:
         if value.name in original:
             value.type.CopyFrom(original[value.name])
+
+
+def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every graph nested in its nodes' attributes (``If`` branches, ``Loop``/``Scan`` bodies),
+    depth first."""
+    pending = [graph]
+    while pending:
+        current = pending.pop()
+        yield current
+        for node in current.node:
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    pending.append(attribute.g)
+                pending.extend(attribute.graphs)
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:

@@ -11,21 +11,37 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, helper
+from onnx import helper
 
-from graphopt._proto import model_size, save_model_file
+from graphopt._proto import model_size, raw_bytes, save_model_file
 from graphopt.errors import ModelIOError, OutputPathError, UnsupportedModelError, first_line
-from graphopt.graph import default_opset
+from graphopt.graph import default_opset, subgraphs
 from graphopt.runtime import RuntimeConfig, create_session
 
-__all__ = ["MIN_OPSET", "check_destination", "check_model", "load_model", "max_supported_opset", "save_bytes", "save_model"]
+__all__ = [
+    "MIN_OPSET",
+    "LoadedModel",
+    "NamedPath",
+    "check_destination",
+    "check_destinations",
+    "check_model",
+    "load_model",
+    "max_supported_opset",
+    "model_sidecar",
+    "read_model",
+    "same_file",
+    "save_bytes",
+    "save_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,40 +50,129 @@ EXTERNAL_DATA_THRESHOLD = 2**31 - 2**24
 """Models larger than this (just under protobuf's 2 GiB limit) are saved with external data."""
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read from disk and every file it was read from (the ``.onnx`` and its external data files)."""
+
+    model: onnx.ModelProto
+    files: tuple[Path, ...]
+
+
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX model with its external data; one-line ``ModelIOError`` for anything unreadable or unsafe."""
+    return read_model(path).model
+
+
+def read_model(path: str | Path) -> LoadedModel:
+    """``load_model``, also naming the files read, so that no output is ever written over one of them."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelIOError(f"model not found: {path}")
+    if not _is_regular_file(path):
+        raise ModelIOError(f"model not found: {path}" if not path.exists() else f"{path} is not a regular file")
     try:
         model = onnx.load_model(path, load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, OSError) as e:
         raise ModelIOError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from e
     if not model.HasField("graph") or not model.opset_import or model.ir_version <= 0:
         raise ModelIOError(f"{path} is not an ONNX model (no graph, opset or IR version)")
-    _load_external_data(model, path.parent)
+    data_files = _load_external_data(model, path.parent)
     _check_opset(model, path)
-    return model
+    return LoadedModel(model, (path, *data_files))
 
 
-def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:
-    tensors = [t for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)]
+def _is_regular_file(path: Path) -> bool:
+    """A regular file (after symlinks): FIFOs and devices are refused, since reading one can block for ever."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except (OSError, ValueError):  # missing, a name too long, an embedded NUL
+        return False
+
+
+_MAX_LOCATION = 1024
+"""The longest external-data location accepted (Linux allows 4096-byte paths; real exports use short names)."""
+
+
+def _load_external_data(model: onnx.ModelProto, folder: Path) -> tuple[Path, ...]:
+    """Read every tensor's external data (initializers, sparse initializers, attributes, subgraphs) from files in
+    ``folder``, refusing each unsafe or malformed reference with one line; returns the files read."""
     root = folder.resolve()
-    for tensor in tensors:
-        info = external_data_helper.ExternalDataInfo(tensor)
-        target = (folder / info.location).resolve()
-        if Path(info.location).is_absolute() or not target.is_relative_to(root):
-            raise ModelIOError(f"external data '{info.location}' of tensor '{tensor.name}' lies outside {folder}")
-        if not target.is_file():
-            raise ModelIOError(f"external data file '{info.location}' of tensor '{tensor.name}' is missing")
-        end = (info.offset or 0) + (info.length or 0)
-        if end > target.stat().st_size:
-            raise ModelIOError(f"external data file '{info.location}' is shorter than tensor '{tensor.name}' needs")
-    if tensors:
+    files: dict[Path, None] = {}
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location, offset, length = _external_fields(tensor)
+        target = _external_file(location, tensor.name, folder, root)
+        size = target.stat().st_size
+        if offset > size or (length is not None and offset + length > size):
+            raise ModelIOError(f"external data file '{location}' is shorter than tensor '{tensor.name}' needs")
+        length = size - offset if length is None else length
+        expected = raw_bytes(tensor)
+        if expected is not None and expected != length:
+            raise ModelIOError(f"tensor '{tensor.name}' takes {length} bytes of external data, but its dims and "
+                               f"type need {expected}")
         try:
-            external_data_helper.load_external_data_for_model(model, str(folder))
-        except (OSError, ValueError) as e:
-            raise ModelIOError(f"cannot read external data: {first_line(e)}") from e
+            with open(target, "rb") as handle:
+                handle.seek(offset)
+                tensor.raw_data = handle.read(length)
+        except OSError as e:
+            raise ModelIOError(f"cannot read external data '{location}': {e.strerror or first_line(e)}") from e
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+        files[target] = None
+    return tuple(files)
+
+
+def _external_fields(tensor: onnx.TensorProto) -> tuple[str, int, int | None]:
+    """``location``, ``offset`` and ``length`` of an external tensor, each checked before it is used."""
+    fields = {entry.key: entry.value for entry in tensor.external_data}
+    location = fields.get("location", "")
+    if not location or "\0" in location or len(location) > _MAX_LOCATION:
+        shown = location[:40].replace("\0", "\\0") + ("…" if len(location) > 40 else "")
+        raise ModelIOError(f"tensor '{tensor.name[:80]}' names an invalid external data location '{shown}'")
+    numbers: list[int | None] = []
+    for key in ("offset", "length"):
+        value = fields.get(key)
+        if value is not None and not (value.isascii() and value.isdigit() and len(value) <= 19):
+            raise ModelIOError(f"tensor '{tensor.name[:80]}': external data {key} '{value[:40]}' is not a "
+                               "non-negative integer")
+        numbers.append(int(value) if value is not None else None)
+    return location, numbers[0] or 0, numbers[1]
+
+
+def _external_file(location: str, tensor: str, folder: Path, root: Path) -> Path:
+    """The file ``location`` names, refused unless it is a regular file inside ``folder`` with no other links."""
+    try:
+        target = (folder / location).resolve()
+        outside = Path(location).is_absolute() or not target.is_relative_to(root)
+    except (OSError, ValueError) as e:
+        raise ModelIOError(f"external data location '{location[:80]}' of tensor '{tensor[:80]}' cannot be resolved: "
+                           f"{first_line(e)}") from e
+    if outside:
+        raise ModelIOError(f"external data '{location[:80]}' of tensor '{tensor[:80]}' lies outside {folder}")
+    if not target.exists():
+        raise ModelIOError(f"external data file '{location[:80]}' of tensor '{tensor[:80]}' is missing")
+    if not _is_regular_file(target):
+        raise ModelIOError(f"external data '{location[:80]}' of tensor '{tensor[:80]}' is not a regular file")
+    if target.stat().st_nlink > 1:
+        raise ModelIOError(f"external data file '{location[:80]}' has other hard links, so it may live outside "
+                           f"{folder}; copy it into the model's folder")
+    return target
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model that can hold external data, subgraphs and functions included."""
+    nodes = [n for f in model.functions for n in f.node]
+    for graph in subgraphs(model.graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        nodes.extend(graph.node)
+    for attribute in (a for n in nodes for a in n.attribute):
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        sparse_tensors = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+        for sparse in (*sparse_tensors, *attribute.sparse_tensors):
+            yield from (sparse.values, sparse.indices)
 
 
 def _check_opset(model: onnx.ModelProto, path: Path) -> None:
@@ -127,7 +232,7 @@ def save_model(
     model: onnx.ModelProto,
     path: str | Path,
     *,
-    protect: tuple[str | Path, ...] = (),
+    protect: Sequence[str | Path] = (),
     runtime: RuntimeConfig | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically, after it passes ``onnx.checker`` and loads in onnxruntime.
@@ -150,7 +255,7 @@ def save_model(
     return path
 
 
-def save_bytes(data: bytes, path: str | Path, *, protect: tuple[str | Path, ...] = ()) -> Path:
+def save_bytes(data: bytes, path: str | Path, *, protect: Sequence[str | Path] = ()) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     _refuse_protected(path, protect)
@@ -166,7 +271,7 @@ def _write(model: onnx.ModelProto, path: Path) -> list[str]:
     return save_model_file(model, path, external=model_size(model) >= EXTERNAL_DATA_THRESHOLD)
 
 
-def check_destination(path: str | Path, *, protect: tuple[str | Path, ...] = ()) -> Path:
+def check_destination(path: str | Path, *, protect: Sequence[str | Path] = ()) -> Path:
     """Fail early, before any work, if ``path`` could not be written by ``save_model``/``save_bytes``."""
     path = Path(path)
     _refuse_protected(path, protect)
@@ -175,14 +280,50 @@ def check_destination(path: str | Path, *, protect: tuple[str | Path, ...] = ())
     return path
 
 
-def _refuse_protected(path: Path, protect: tuple[str | Path, ...]) -> None:
-    target = path.resolve()
+NamedPath = tuple[str, Path]
+"""What a file is to the run ("the report", "a data file") and where it is."""
+
+
+def check_destinations(outputs: Sequence[NamedPath], inputs: Sequence[NamedPath]) -> None:
+    """Fail before any work unless every output can be written and none is an input or another output.
+
+    Files are compared by what they are, not by how they are named: the same path, a symlink to it, or a hard
+    link (same device and inode) all collide. Raises ``OutputPathError`` naming both sides.
+    """
+    for index, (label, path) in enumerate(outputs):
+        for other_label, other in (*inputs, *outputs[:index]):
+            if same_file(path, other):
+                raise OutputPathError(f"refusing to write {label} to {path}: it is {other_label} ({other}); "
+                                      "choose another path")
+        check_destination(path)
+
+
+def model_sidecar(path: str | Path) -> Path:
+    """The external-data file ``save_model`` writes beside ``path`` for a model over the protobuf limit."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.data")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal after resolving symlinks, or the same inode (a hard link)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def _refuse_protected(path: Path, protect: Sequence[str | Path]) -> None:
     for other in protect:
-        if target == Path(other).resolve():
-            raise OutputPathError(f"refusing to overwrite the input model {other}; choose another output path")
+        if same_file(path, Path(other)):
+            raise OutputPathError(f"refusing to write {path}: it is the same file as {other}, an input or another "
+                                  "output of this run; choose another path")
 
 
 def _writable_folder(path: Path) -> Path:
+    if "\0" in str(path):
+        raise OutputPathError(f"output path {str(path)!r} holds a NUL character")
     folder = path.parent
     if not folder.is_dir():
         raise OutputPathError(f"output folder does not exist: {folder}")

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, version_converter
 
 from graphopt.errors import PassError, first_line
-from graphopt.graph import copy_model, default_opset, editing
+from graphopt.graph import copy_model, default_opset, editing, subgraphs
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip
 
 __all__ = ["DropInferredShapesPass", "NormalizePass", "ensure_opset"]
@@ -35,6 +35,7 @@ class NormalizePass(PassBase):
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         skipped: list[Skip] = []
         model = copy_model(model)
+        dynamic = _negative_dims_to_dynamic(model)
         converted = _constants_to_initializers(model, skipped)
         nodes_before = len(model.graph.node)
         order_before = [n.output[0] if n.output else n.name for n in model.graph.node]
@@ -43,13 +44,15 @@ class NormalizePass(PassBase):
                 pass
         except Exception as e:  # noqa: BLE001 - graphsurgeon cannot import every model; normalisation is partial
             skipped.append(Skip("graph", f"cleanup and sort skipped: {first_line(e)}"))
-            return PassResult(model, converted > 0, {"constants_to_initializers": converted}, tuple(skipped))
+            stats = {"constants_to_initializers": converted, "negative_dims_to_dynamic": dynamic}
+            return PassResult(model, converted > 0 or dynamic > 0, stats, tuple(skipped))
         normalized = edit.model
         removed = nodes_before - len(normalized.graph.node)
         reordered = [n.output[0] if n.output else n.name for n in normalized.graph.node] != order_before
         shapes = len(normalized.graph.value_info) - len(model.graph.value_info)
-        stats = {"constants_to_initializers": converted, "dead_nodes_removed": removed, "shapes_inferred": shapes}
-        modified = converted > 0 or removed > 0 or reordered or shapes > 0
+        stats = {"constants_to_initializers": converted, "negative_dims_to_dynamic": dynamic,
+                 "dead_nodes_removed": removed, "shapes_inferred": shapes}
+        modified = converted > 0 or dynamic > 0 or removed > 0 or reordered or shapes > 0
         return PassResult(normalized, modified, stats, tuple(skipped))
 
 
@@ -78,6 +81,22 @@ class DropInferredShapesPass(PassBase):
         del out.graph.value_info[:]
         out.graph.value_info.extend(kept)
         return PassResult(out, True, {"shapes_dropped": dropped})
+
+
+def _negative_dims_to_dynamic(model: onnx.ModelProto) -> int:
+    """Clear negative ``dim_value``s (PaddlePaddle exports declare dynamic dims as -1) in the declared shapes of
+    every graph, in place, leaving the dims unknown, as onnxruntime reads them; returns how many were cleared.
+    Without this, onnx's shape inference takes -1 for a size and the full check fails on the input itself."""
+    cleared = 0
+    for graph in subgraphs(model.graph):
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.HasField("shape"):
+                continue
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_value") and dim.dim_value < 0:
+                    dim.Clear()
+                    cleared += 1
+    return cleared
 
 
 def _constants_to_initializers(model: onnx.ModelProto, skipped: list[Skip]) -> int:

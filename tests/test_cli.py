@@ -128,12 +128,12 @@ def test_bad_paths_and_pipelines(tmp_path: Path, capsys: pytest.CaptureFixture[s
     onnx.save(mlp(), model)
     before = model.read_bytes()
     cases = [
-        (["-o", str(model)], 4, "overwrite the input"),
+        (["-o", str(model)], 4, "it is the input model"),
         (["-o", str(tmp_path / "no" / "such" / "out.onnx")], 4, "does not exist"),
         (["-o", "/proc/graphopt-out.onnx"], 4, "cannot write to /proc"),
         (["-o", str(tmp_path / "o.onnx"), "--passes", "no-such-pass"], 2, "unknown pass 'no-such-pass'"),
         (["-o", str(tmp_path / "o.onnx"), "--passes", "zero-weight-elimination{x=1}"], 2, "no option 'x'"),
-        (["-o", str(tmp_path / "o.onnx"), "--calibration-fraction", "2"], 2, "calibration-fraction"),
+        (["-o", str(tmp_path / "o.onnx"), "--calibration-fraction", "2"], 2, "calibration fraction"),
         (["-o", str(tmp_path / "o.onnx"), "--threads", "x"], 2, "invalid int value"),
     ]
     for extra, code, message in cases:

@@ -26,7 +26,8 @@ def test_normalize_moves_constants_removes_dead_nodes_and_sorts() -> None:
     result = NormalizePass()(MESSY, PassContext())
     assert MESSY == original
     assert result.modified
-    assert result.stats == {"constants_to_initializers": 2, "dead_nodes_removed": 1, "shapes_inferred": 1}
+    assert result.stats == {"constants_to_initializers": 2, "negative_dims_to_dynamic": 0, "dead_nodes_removed": 1,
+                            "shapes_inferred": 1}
     assert [n.op_type for n in result.model.graph.node] == ["MatMul", "Add"]
     assert {t.name for t in result.model.graph.initializer} == {"w", "b"}
     onnx.checker.check_model(result.model, full_check=True)

@@ -8,13 +8,15 @@ a non-finite value where the reference has none fails every tolerance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from graphopt.errors import ToleranceError
 from graphopt.verify.metrics import ErrorStats
 
-__all__ = ["Tolerance", "Verdict", "judge"]
+__all__ = ["Tolerance", "Verdict", "check_number", "judge"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class Tolerance:
 
     ``cosine`` bounds the mean per-sample cosine similarity, ``top1`` the argmax agreement of classifier-like outputs
     ([samples, 2..256]), ``snr_db`` the signal-to-noise ratio in dB.
+
+    Every threshold is checked when the tolerance is built: NaN compares false with everything, so a NaN (or a
+    cosine of -1) would silently accept any model. ``ToleranceError`` names the field and its range.
     """
 
     atol: float | None = None
@@ -31,6 +36,16 @@ class Tolerance:
     snr_db: float | None = None
     top1: float | None = None
     per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_number("atol", self.atol, low=0.0)
+        check_number("rtol", self.rtol, low=0.0, optional=False)
+        check_number("cosine", self.cosine, low=0.0, high=1.0)
+        check_number("snr_db", self.snr_db)
+        check_number("top1", self.top1, low=0.0, high=1.0)
+        for name, value in self.per_output.items():
+            if not isinstance(value, Tolerance):
+                raise ToleranceError(f"per_output['{name}'] must be a Tolerance, not {type(value).__name__}")
 
     @classmethod
     def lossless(cls) -> Tolerance:
@@ -53,6 +68,18 @@ class Tolerance:
         if self.per_output:
             fields["per_output"] = {k: v.to_dict() for k, v in self.per_output.items()}
         return fields
+
+
+def check_number(name: str, value: object, *, low: float | None = None, high: float | None = None,
+                 optional: bool = True) -> None:
+    """Raise ``ToleranceError`` unless ``value`` is a finite number in [low, high] (or ``None`` when optional)."""
+    if value is None and optional:
+        return
+    span = f" in [{low:g}, {high:g}]" if low is not None and high is not None else (
+        f" >= {low:g}" if low is not None else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            low is not None and value < low) or (high is not None and value > high):
+        raise ToleranceError(f"{name} must be a finite number{span}, got {value!r}")
 
 
 @dataclass(frozen=True)
