@@ -9,6 +9,14 @@ alike: one inference thread, one stream, the LATENCY hint, batch 1, warm-up, the
 models (``perf.time_interleaved``), median. ``INFERENCE_PRECISION_HINT`` is pinned to f32: on CPUs with bf16 or
 fp16 support OpenVINO would otherwise run the float model in bf16/fp16 and the ratio would not be float vs int8.
 Compare ratios from one call, never milliseconds across calls.
+
+Precision: with no hint (``EXECUTION_MODE_HINT`` PERFORMANCE, the default), OpenVINO's CPU plugin runs
+floating-point layers in bf16 on x86 CPUs with native bf16 (AVX-512 BF16: AMD Zen 4 and later, Intel Cooper Lake and
+later), in f16 on Arm CPUs with fp16 arithmetic, and in f32 elsewhere (its ``config.cpp``). A hint the CPU cannot
+honour is not an error: on this AVX2 CPU ``INFERENCE_PRECISION_HINT: bf16`` compiles and runs in f32 (OpenVINO
+2026.4, measured; AVX-512 CPUs without native bf16 would emulate it). So the precision a model ran in is read back
+from the compiled model (``inference_precision``), never inferred from the hint or from the CPU flags; ``F32_CONFIG``
+pins f32 where a caller needs float32 arithmetic.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from graphopt._proto import save_model_file
 from graphopt.errors import first_line
 from graphopt.perf import Latency, time_interleaved
 
-__all__ = ["LATENCY_CONFIG", "compile_cpu", "measure_latency", "openvino_reason", "unavailable"]
+__all__ = ["F32_CONFIG", "LATENCY_CONFIG", "compile_cpu", "inference_precision", "measure_latency", "openvino_reason",
+           "unavailable"]
 
 LATENCY_CONFIG: Mapping[str, Any] = {
     "INFERENCE_NUM_THREADS": 1,  # ov::inference_num_threads: single thread, as onnxruntime is timed
@@ -35,6 +44,10 @@ LATENCY_CONFIG: Mapping[str, Any] = {
     "INFERENCE_PRECISION_HINT": "f32",  # ov::hint::inference_precision: no silent bf16/fp16 for the float model
 }
 """The CPU plugin's properties for latency runs (string keys: stable across OpenVINO releases since 2023)."""
+
+F32_CONFIG: Mapping[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+"""The CPU plugin's defaults with float32 arithmetic pinned: what OpenVINO runs by default on CPUs without native
+bf16/f16 (x86 without AVX-512 BF16), whichever CPU this is."""
 
 
 def unavailable() -> str | None:
@@ -66,6 +79,15 @@ def compile_cpu(model: onnx.ModelProto, config: Mapping[str, Any] | None = None,
             source = core.read_model(source)
             source.reshape({name: openvino.PartialShape(list(shape)) for name, shape in shapes.items()})
         return core.compile_model(source, "CPU", dict(config)) if config else core.compile_model(source, "CPU")
+
+
+def inference_precision(compiled: Any) -> str:
+    """The floating-point precision ``compiled`` (an ``openvino.CompiledModel``) runs in, as its CPU plugin reports
+    it: ``INFERENCE_PRECISION_HINT`` read back from the compiled model, in OpenVINO's short names (``f32``,
+    ``bf16``, ``f16``). This is what the plugin applied, not what was asked: a hint the CPU cannot honour falls back."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    name = getattr(value, "get_type_name", None)  # openvino.Type; a plain string from other callers
+    return str(name() if callable(name) else value)
 
 
 def measure_latency(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], *, runs: int = 300,

@@ -1,7 +1,11 @@
 """OpenVINO (CPU plugin) runs graphopt's QDQ models: the digits CNN quantized by ``qdq-int8`` for OpenVINO and for
 onnxruntime's CPU compiles, its outputs on the held-out samples stay within the default budget of onnxruntime's
 (cosine ≥ 0.99, top-1 ≥ 0.99), its matrix layers run in int8 on x86, and ``graphopt validate``'s ``openvino``
-check passes with the real package. The float model's OpenVINO outputs match onnxruntime's to float rounding.
+check passes with the real package. The float model's OpenVINO outputs match onnxruntime's to float rounding with
+f32 pinned, and stay within budget at OpenVINO's default precision, which depends on the CPU: bf16 on CPUs with
+AVX-512 BF16 (the AVX-512 CI machine), f32 elsewhere (the AVX2 one). These tests run on either and check that the
+precision read back from the compiled model is the one this CPU's flags call for; the reporting logic for the other
+kind of CPU is tested with forced flags in ``tests/test_machine_features.py``.
 
 ``speed_check=note`` keeps the int8 model: on the tiny digits CNN int8 is not always faster, and the pass's default
 would decline it (the optimised model would be the float one, testing nothing). The default speed check for
@@ -27,10 +31,12 @@ from helpers import EXAMPLES
 import graphopt
 import graphopt.openvino
 from graphopt.data import Dataset, input_specs, load_data
+from graphopt.machine import cpu_flags
+from graphopt.openvino import F32_CONFIG, inference_precision
 from graphopt.perf import Latency
 from graphopt.report.model import PassRecord
 from graphopt.runtime import Outputs, create_session, run_dataset
-from graphopt.validation.environments import openvino_outputs
+from graphopt.validation.environments import OPENVINO, OPENVINO_F32, openvino_outputs, openvino_run
 from graphopt.verify.metrics import error_stats
 from graphopt.verify.tolerance import Tolerance
 from graphopt.verify.verifier import Verifier
@@ -39,6 +45,10 @@ openvino = pytest.importorskip("openvino")
 
 TARGETS = ("openvino", "ort-cpu")  # ort-cpu is the default target: 7-bit weights on CPUs without VNNI
 X86 = platform.machine().lower() in {"x86_64", "amd64"}
+DEFAULT_PRECISION = "bf16" if "avx512_bf16" in cpu_flags() else "f32"
+"""OpenVINO's CPU plugin by default on x86: bf16 where the CPU has native bf16 (AVX-512 BF16), else f32."""
+BF16_HINT_HONOURED = bool(cpu_flags() & {"avx512bw", "avx_ne_convert"})
+"""Whether an explicit bf16 hint gives bf16 (native, or emulated on AVX-512); elsewhere it silently stays f32."""
 
 
 def _benchmark_module() -> ModuleType:
@@ -75,12 +85,47 @@ def _ort(model: onnx.ModelProto, data: Dataset) -> Outputs:
 
 
 def test_float_model_matches_onnxruntime(digits: tuple[onnx.ModelProto, Dataset, Dataset]) -> None:
+    """With f32 pinned, on any CPU: OpenVINO's float kernels agree with onnxruntime's to float rounding."""
     model, _, held_out = digits
     reference = _ort(model, held_out)
-    got = openvino_outputs(model, held_out)  # no reference given: names and layout from the model and data
-    assert got.keys() == reference.keys() and got["logits"].shape == reference["logits"].shape == (399, 10)
+    run = openvino_run(model, held_out, config=F32_CONFIG)  # no reference given: names and layout from model and data
+    got = run.outputs
+    assert run.precision == "f32" and got.keys() == reference.keys()
+    logits, expected = got["logits"], reference["logits"]
+    assert isinstance(logits, np.ndarray) and isinstance(expected, np.ndarray)
+    assert logits.shape == expected.shape == (399, 10)
     stats = error_stats(reference["logits"], got["logits"])
     assert stats.max_abs < 1e-4 and stats.cosine > 0.999999 and stats.top1 == 1.0, stats
+
+
+def test_float_model_at_openvinos_default_precision_is_within_budget(
+        digits: tuple[onnx.ModelProto, Dataset, Dataset]) -> None:
+    """What a user gets: OpenVINO's defaults, bf16 or f32 by the CPU. Within budget either way; to float rounding
+    when f32."""
+    model, _, held_out = digits
+    reference = _ort(model, held_out)
+    run = openvino_run(model, held_out, reference)
+    if X86:
+        assert run.precision == DEFAULT_PRECISION, (run.precision, sorted(cpu_flags()))
+    verification = Verifier.compare(reference, run.outputs, Tolerance.budget(), "onnxruntime")
+    assert verification.passed, (run.precision, verification.failures)
+    stats = error_stats(reference["logits"], run.outputs["logits"])
+    if run.precision == "f32":
+        assert stats.max_abs < 1e-4 and stats.cosine > 0.999999, stats
+    assert openvino_outputs(model, held_out, reference).keys() == {"logits"}  # the same run, outputs only
+
+
+@pytest.mark.skipif(not X86, reason="OpenVINO's bf16 rules are x86's")
+def test_a_bf16_hint_stays_f32_on_a_cpu_without_bf16(digits: tuple[onnx.ModelProto, Dataset, Dataset]) -> None:
+    """On the AVX2 machine OpenVINO accepts ``INFERENCE_PRECISION_HINT: bf16`` without an error and runs f32: the
+    compiled model says f32 and so does every layer. On an AVX-512 CPU the hint gives bf16."""
+    model, _, _ = digits
+    compiled = graphopt.openvino.compile_cpu(model, {"INFERENCE_PRECISION_HINT": "bf16"})
+    assert inference_precision(compiled) == ("bf16" if BF16_HINT_HONOURED else "f32")
+    bench = _benchmark_module()
+    precisions = {precision for (_, precision) in bench.openvino_layer_precisions(compiled)}
+    if not BF16_HINT_HONOURED:
+        assert "bf16" not in precisions and "f32" in precisions, precisions
 
 
 def test_qdq_model_runs_in_openvino_within_budget(digits: tuple[onnx.ModelProto, Dataset, Dataset],
@@ -108,6 +153,7 @@ def test_openvino_runs_the_qdq_layers_in_int8(digits: tuple[onnx.ModelProto, Dat
     assert (compiled.get_property("INFERENCE_NUM_THREADS"), compiled.get_property("NUM_STREAMS")) == (1, 1)
     assert str(compiled.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+    assert inference_precision(compiled) == "f32"  # pinned: float layers run f32 whatever the CPU
     sample = next(held_out.batches(1))[0]
     latencies = [t.median_ms for t in graphopt.openvino.measure_latency([model, quantized], sample, runs=5, warmup=2)]
     assert len(latencies) == 2 and all(0 < ms < 1000 for ms in latencies)
@@ -115,13 +161,22 @@ def test_openvino_runs_the_qdq_layers_in_int8(digits: tuple[onnx.ModelProto, Dat
 
 def test_validate_openvino_check_passes(digits: tuple[onnx.ModelProto, Dataset, Dataset],
                                         quantized: onnx.ModelProto) -> None:
+    """Both OpenVINO checks, on either CI machine: the deployed default (its precision stated, as the compiled model
+    reports it) and f32 pinned, each within budget of the original."""
     model, data, _ = digits
     section = graphopt.validate(model, quantized, data, sections=("environments",)).report.sections[0]
-    check = next(c for c in section.checks if c.name == "openvino")
-    assert check.passed is True, check
-    assert float(check.metrics["cosine"] or 0) >= 0.99 and float(check.metrics["top1"] or 0) >= 0.99
-    assert "OpenVINO: installed" in section.notes[0]
-    assert isinstance(check.metrics["drift_max_abs"], float) and np.isfinite(check.metrics["drift_max_abs"])
+    default = inference_precision(graphopt.openvino.compile_cpu(quantized))
+    if X86:
+        assert default == DEFAULT_PRECISION
+    checks = {c.name: c for c in section.checks if c.group == "openvino"}
+    assert list(checks) == [OPENVINO, OPENVINO_F32], section.checks
+    assert checks[OPENVINO].detail == f"inference precision {default}: OpenVINO's default on this CPU"
+    assert checks[OPENVINO_F32].detail.startswith("inference precision f32")
+    for check in checks.values():
+        assert check.passed is True, check
+        assert float(check.metrics["cosine"] or 0) >= 0.99 and float(check.metrics["top1"] or 0) >= 0.99
+        assert isinstance(check.metrics["drift_max_abs"], float) and np.isfinite(check.metrics["drift_max_abs"])
+    assert f"OpenVINO: installed, default inference precision {default} on this CPU" in section.notes[0]
 
 
 def _optimized(digits: tuple[onnx.ModelProto, Dataset, Dataset], pipeline: str) -> tuple[onnx.ModelProto, PassRecord]:

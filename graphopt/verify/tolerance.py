@@ -105,9 +105,9 @@ def _failures(s: ErrorStats, t: Tolerance) -> list[str]:
     if t.atol is not None and s.min_atol > t.atol:
         out.append(f"max |error| {s.max_abs:.3g} exceeds atol {t.atol:g} + rtol {t.rtol:g}·|ref|")
     if t.cosine is not None and s.cosine < t.cosine:
-        out.append(f"cosine {s.cosine:.5f} < {t.cosine:g}")
+        out.append(f"cosine {s.cosine:.5f} < {t.cosine:.10g}")
     if t.snr_db is not None and s.snr_db < t.snr_db:
-        out.append(f"SNR {s.snr_db:.1f} dB < {t.snr_db:g} dB")
+        out.append(f"SNR {s.snr_db:.1f} dB < {t.snr_db:.10g} dB")
     if t.top1 is not None and s.top1 is not None and s.top1 < t.top1:
-        out.append(f"top-1 agreement {s.top1:.4f} < {t.top1:g}")
+        out.append(f"top-1 agreement {s.top1:.4f} < {t.top1:.10g}")
     return out
