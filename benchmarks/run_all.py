@@ -37,7 +37,7 @@ from graphopt.data import Dataset
 from graphopt.openvino import measure_latency, openvino_reason, unavailable
 from graphopt.registry import available_passes
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
-from graphopt.validation.environments import openvino_outputs
+from graphopt.validation.environments import openvino_run
 from graphopt.verify.metrics import error_stats
 from graphopt.verify.tolerance import Tolerance, judge
 
@@ -83,13 +83,14 @@ def openvino(w: Workload, result: ModelResult, models: dict[str, onnx.ModelProto
         row = result.row(name)
         assert row is not None
         try:
-            got = openvino_outputs(models[name], held_out)
+            run = openvino_run(models[name], held_out)  # OpenVINO's default precision: bf16 on AVX-512 BF16 CPUs
         except Exception as e:  # noqa: BLE001 - OpenVINO failing to read a model is a finding, not a crash
             row.stats["openvino"] = {"error": openvino_reason(e)}
             continue
         ort_outputs, _ = run_dataset(create_session(models[name], config), held_out, config)
-        stats = {k: error_stats(ort_outputs[k], got[k]) for k in ort_outputs}
+        stats = {k: error_stats(ort_outputs[k], run.outputs[k]) for k in ort_outputs}
         row.stats["openvino"] = {
+            "precision": run.precision,
             "within_budget_vs_onnxruntime": judge(stats, Tolerance.budget()).passed,
             "cosine_vs_onnxruntime": stats[w.main_output].cosine,
             "int8_layers": list(ov.openvino_int8_layers(models[name], shapes)),

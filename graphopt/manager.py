@@ -28,8 +28,8 @@ from graphopt.errors import GraphoptError, PreconditionError, first_line
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.modelio import check_model
+from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult
-from graphopt.runtime import Outputs
 from graphopt.verify.tolerance import Tolerance
 from graphopt.verify.verifier import Verification, Verifier
 

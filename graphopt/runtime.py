@@ -2,10 +2,16 @@
 
 Sessions use the CPU execution provider and onnxruntime's default graph optimisations unless configured otherwise,
 because a rewrite must be judged the way users run it (fused kernels can round differently from the unfused graph).
+
+An output whose shape depends on the sample (``NonZero``, ``Unique``, ``Compress``, ``NonMaxSuppression``, ``TopK``
+with a data-dependent k…) cannot be stacked into one array: it comes back as a ``RaggedOutput``, one array per
+sample, and ``graphopt.verify.metrics`` compares it sample by sample.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import tempfile
@@ -19,18 +25,28 @@ import onnx
 import onnxruntime as ort
 
 from graphopt._proto import fits_protobuf, save_model_file
-from graphopt.errors import UnsupportedModelError, first_line
+from graphopt.errors import UnsupportedModelError, UsageError, first_line
+from graphopt.outputs import Output, Outputs, RaggedOutput, stack_samples
 from graphopt.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:
     from graphopt.data import Dataset
 
-__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "ORT_ERRORS", "Outputs", "RuntimeConfig", "create_session", "run_dataset"]
+__all__ = [
+    "GRAPH_OPTIMIZATION_LEVELS",
+    "ORT_ERRORS",
+    "Output",
+    "Outputs",
+    "RaggedOutput",
+    "RuntimeConfig",
+    "check_providers",
+    "create_session",
+    "run_dataset",
+    "stack_samples",
+]
 
 log = logging.getLogger(__name__)
 
-Outputs = dict[str, np.ndarray]
-"""Model outputs over a dataset: one array per output name, axis 0 = samples."""
 
 GRAPH_OPTIMIZATION_LEVELS: Mapping[str, ort.GraphOptimizationLevel] = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -75,17 +91,40 @@ def create_session(model: onnx.ModelProto | Path, config: RuntimeConfig | None =
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # fatal only: its errors reach the user once, as the exception graphopt reports
+    printed = io.StringIO()
     try:
-        if isinstance(model, Path):
-            return ort.InferenceSession(str(model), options, providers=list(config.providers))
-        if fits_protobuf(model):
-            return ort.InferenceSession(model.SerializeToString(), options, providers=list(config.providers))
-        with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
-            path = Path(folder) / "model.onnx"
-            save_model_file(model, path, external=True)
-            return ort.InferenceSession(str(path), options, providers=list(config.providers))
+        with contextlib.redirect_stdout(printed):  # its "EP Error … Falling back" banner must not reach stdout
+            session = _open_session(model, options, list(config.providers))
     except ORT_ERRORS as e:
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(e)}") from e
+    wanted, used = config.providers[0], session.get_providers()
+    if wanted not in used:
+        lines = [line.strip() for line in printed.getvalue().splitlines()]
+        reason = next((line for line in lines if line and not line.startswith("*")), "no reason given")
+        raise UnsupportedModelError(f"onnxruntime fell back from {wanted} to {used[0]}: {reason[:300]}")
+    return session
+
+
+def _open_session(model: onnx.ModelProto | Path, options: ort.SessionOptions,
+                  providers: list[str]) -> ort.InferenceSession:
+    if isinstance(model, Path):
+        return ort.InferenceSession(str(model), options, providers=providers)
+    if fits_protobuf(model):
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
+        path = Path(folder) / "model.onnx"
+        save_model_file(model, path, external=True)
+        return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def check_providers(config: RuntimeConfig) -> None:
+    """Raise ``UsageError`` for an execution provider this onnxruntime does not have (it would silently run on the
+    CPU instead, and the verdict would be about another runtime)."""
+    available = ort.get_available_providers()
+    missing = [p for p in config.providers if p not in available]
+    if missing:
+        raise UsageError(f"execution provider {missing[0]} is not in this onnxruntime (available: "
+                         f"{', '.join(available)})")
 
 
 def run_dataset(
@@ -100,23 +139,38 @@ def run_dataset(
     """Run every sample of ``dataset`` and return ``(outputs, per_sample)``.
 
     Samples run in batches where every input's first axis is the sample axis and every output's first axis follows
-    the batch; otherwise (``per_sample``) one sample per run, outputs stacked on a new axis 0. ``per_sample=None``
-    decides from the model; pass the returned flag back to run another model with the same layout.
+    the batch; otherwise (``per_sample``) one sample per run, outputs stacked on a new axis 0, or kept as a
+    ``RaggedOutput`` when their shapes differ between samples. ``per_sample=None`` decides from the model (an output
+    whose shape changes from batch to batch also runs per sample: its values may depend on the batch); pass the
+    returned flag back to run another model with the same layout. In that layout an output whose shape changes
+    between batches is split into a ``RaggedOutput`` of the samples' slices, and one whose first axis no longer
+    follows the batch is an ``UnsupportedModelError`` (its samples cannot be told apart).
     """
     config = config or RuntimeConfig()
     if per_sample is None:
         per_sample = not dataset.batchable
         if not per_sample:
             try:
-                return _run(session, dataset, config.batch_size, False, progress, label), False
-            except _BatchMismatch:
-                log.info("outputs do not follow the batch axis; running one sample at a time")
+                outputs = _run(session, dataset, config.batch_size, False, progress, label)
+            except _BatchMismatch as e:
+                log.info("output %s does not follow the batch axis; running one sample at a time", e.name)
+            else:
+                ragged = [name for name, output in outputs.items() if isinstance(output, RaggedOutput)]
+                if not ragged:
+                    return outputs, False
+                log.info("output %s changes shape between batches; running one sample at a time", ragged[0])
         return _run(session, dataset, 1, True, progress, label), True
-    return _run(session, dataset, 1 if per_sample else config.batch_size, per_sample, progress, label), per_sample
+    try:
+        return _run(session, dataset, 1 if per_sample else config.batch_size, per_sample, progress, label), per_sample
+    except _BatchMismatch as e:
+        raise UnsupportedModelError(f"output '{e.name}' does not follow the batch axis (shape {list(e.shape)} for a "
+                                    f"batch of {e.count}), so its samples cannot be compared") from e
 
 
 class _BatchMismatch(Exception):
-    pass
+    def __init__(self, name: str, shape: tuple[int, ...], count: int) -> None:
+        super().__init__(name)
+        self.name, self.shape, self.count = name, shape, count
 
 
 def _run(
@@ -137,14 +191,20 @@ def _run(
                 raise UnsupportedModelError(_run_failure(e)) from e
             for name, value in zip(names, values, strict=True):
                 array = _as_array(value)
-                if per_sample:
-                    chunks[name].append(array[np.newaxis])
-                elif array.ndim == 0 or array.shape[0] != count:
-                    raise _BatchMismatch(name)
-                else:
-                    chunks[name].append(array)
+                if not per_sample and (array.ndim == 0 or array.shape[0] != count):
+                    raise _BatchMismatch(name, array.shape, count)
+                chunks[name].append(array)
             advance(count)
-    return {n: np.concatenate(c, axis=0) for n, c in chunks.items()}
+    if per_sample:
+        return {n: stack_samples(c) for n, c in chunks.items()}
+    return {n: _join_batches(c) for n, c in chunks.items()}
+
+
+def _join_batches(batches: list[np.ndarray]) -> Output:
+    """Batches concatenated on axis 0, or their samples' slices as a ``RaggedOutput`` when their shapes differ."""
+    if len({a.shape[1:] for a in batches}) > 1:
+        return RaggedOutput(tuple(sample for batch in batches for sample in batch))
+    return np.concatenate(batches, axis=0)
 
 
 def _run_failure(error: BaseException) -> str:

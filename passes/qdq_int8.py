@@ -33,9 +33,11 @@ from graphopt.errors import PassError, PreconditionError, first_line
 from graphopt.graph import copy_model, editing, import_graph, model_digest
 from graphopt.machine import has_vnni
 from graphopt.normalize import ensure_opset
+from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.perf import measure_latency
 from graphopt.runtime import create_session, run_dataset
+from graphopt.verify.metrics import comparable, error_stats
 from graphopt_passes import _qdq_calibration as calibration
 from graphopt_passes import _qdq_dynamic as dynamic
 from graphopt_passes import _qdq_plan as plan
@@ -337,10 +339,9 @@ def _closer(reference: onnx.ModelProto, first: onnx.ModelProto, second: onnx.Mod
     outputs = [run_dataset(create_session(m, context.runtime), context.calibration, context.runtime)[0]
                for m in (reference, first, second)]
 
-    def error(got: dict[str, np.ndarray]) -> float:
-        return sum(float(np.sum((got[k].astype(np.float64) - v) ** 2) / max(np.sum(v.astype(np.float64) ** 2),
-                                                                            1e-30))
-                   for k, v in outputs[0].items() if v.dtype.kind == "f")
+    def error(got: Outputs) -> float:  # per sample, so outputs whose shape varies by sample compare too
+        return sum(10 ** (-s.snr_db / 10) for s in (error_stats(v, got[k]) for k, v in outputs[0].items()
+                                                     if v.dtype.kind == "f" and comparable(v, got[k])))
 
     return error(outputs[1]) < error(outputs[2])
 

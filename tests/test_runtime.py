@@ -6,7 +6,7 @@ from onnx import parser
 
 from graphopt.data import Dataset
 from graphopt.errors import UnsupportedModelError
-from graphopt.runtime import create_session, run_dataset
+from graphopt.runtime import RaggedOutput, RuntimeConfig, create_session, run_dataset, stack_samples
 
 SPLIT = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[N] x, int64[2] parts) => (seq(float[?]) y) { y = SplitToSequence(x, parts) }"""
@@ -25,4 +25,80 @@ def test_sequence_of_unequal_tensors_is_refused_in_one_line() -> None:
     with pytest.raises(UnsupportedModelError, match=r"different shapes \(\[1\], \[2\]\)"):
         run_dataset(session, data(3, [2, 1]))
     outputs, per_sample = run_dataset(session, data(4, [2, 2]))
-    assert per_sample and outputs["y"].shape == (2, 2, 2)
+    assert per_sample and isinstance(outputs["y"], np.ndarray) and outputs["y"].shape == (2, 2, 2)
+
+
+NONZERO = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 6] x) => (int64[2, ?] y) { y = NonZero(x) }"""
+
+# Each batch keeps its columns up to the largest count of positives in any of its rows: the output's second axis
+# depends on which samples share a batch.
+BATCH_WIDTH = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 8] x) => (float[N, ?] y) {
+  zero = Constant <value = float {0.0}> ()
+  positive = Greater(x, zero)
+  counts = Cast <to = 7> (positive)
+  axis = Constant <value = int64[1] {1}> ()
+  per_row = ReduceSum <keepdims = 0> (counts, axis)
+  k = ReduceMax <keepdims = 1, axes = [0]> (per_row)
+  start = Constant <value = int64[1] {0}> ()
+  y = Slice(x, start, k, axis)
+}"""
+
+
+def test_outputs_whose_shape_varies_by_sample_come_back_ragged(rng: np.random.Generator) -> None:
+    """NonZero crashed the reference run with np.concatenate's ValueError; its batched output does not follow the
+    batch axis, so it runs per sample and keeps one array per sample (a stackable run still stacks)."""
+    x = (rng.random((5, 6)) > 0.5).astype(np.float32)
+    x[0] = [1, 0, 0, 0, 0, 0]
+    x[1] = [1, 1, 0, 0, 0, 0]
+    outputs, per_sample = run_dataset(create_session(parser.parse_model(NONZERO)), Dataset({"x": x}, frozenset(), True))
+    y = outputs["y"]
+    assert per_sample and isinstance(y, RaggedOutput) and len(y) == 5 and y.dtype == np.int64
+    for sample, got in zip(x, y.samples, strict=True):
+        np.testing.assert_array_equal(got, np.array(np.nonzero(sample[np.newaxis])))
+    even = np.tile(x[:1], (3, 1))
+    outputs, _ = run_dataset(create_session(parser.parse_model(NONZERO)), Dataset({"x": even}, frozenset(), True))
+    assert isinstance(outputs["y"], np.ndarray) and outputs["y"].shape == (3, 2, 1)
+
+
+def test_an_output_whose_shape_changes_between_batches_runs_per_sample(rng: np.random.Generator) -> None:
+    """Its values may depend on which samples share a batch, so the reference runs one sample at a time; a model run
+    in the batched layout (``per_sample=False``) is split into its samples' slices instead."""
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    config = RuntimeConfig(batch_size=2)
+    session = create_session(parser.parse_model(BATCH_WIDTH), config)
+    data = Dataset({"x": x}, frozenset(), True)
+    outputs, per_sample = run_dataset(session, data, config)
+    assert per_sample and isinstance(outputs["y"], RaggedOutput)
+    assert outputs["y"].shapes == tuple((1, int((row > 0).sum())) for row in x)
+    batched, per_sample = run_dataset(session, data, config, per_sample=False)
+    y = batched["y"]
+    assert not per_sample and isinstance(y, RaggedOutput)
+    widths = [int((x[i:i + 2] > 0).sum(axis=1).max()) for i in (0, 2, 4)]
+    assert y.shapes == tuple((w,) for w in widths for _ in range(2))
+    np.testing.assert_array_equal(y.samples[3], x[3, :widths[1]])
+
+
+def test_the_batched_layout_refuses_an_output_off_the_batch_axis_in_one_line() -> None:
+    """A model asked for the batched layout (the reference's) whose output no longer follows the batch raised a
+    private exception through the manager; it is now an UnsupportedModelError that rolls the candidate back."""
+    session = create_session(parser.parse_model(NONZERO))
+    data = Dataset({"x": np.ones((5, 6), np.float32)}, frozenset(), True)
+    with pytest.raises(UnsupportedModelError, match=r"output 'y' does not follow the batch axis \(shape \[2, 30\] for "
+                                                     r"a batch of 5\)"):
+        run_dataset(session, data, per_sample=False)
+
+
+def test_ragged_output_container() -> None:
+    a, b = np.zeros((2, 1), np.int64), np.zeros((2, 3), np.int64)
+    ragged = stack_samples([a, b, a])
+    assert isinstance(ragged, RaggedOutput) and ragged.shapes == ((2, 1), (2, 3), (2, 1))
+    taken = ragged.take(np.array([2, 1]))
+    assert taken.shapes == ((2, 1), (2, 3)) and taken.samples[1] is b
+    stacked = stack_samples([a, a])
+    assert isinstance(stacked, np.ndarray) and stacked.shape == (2, 2, 1)
+    with pytest.raises(ValueError, match="at least one sample"):
+        RaggedOutput(())
+    with pytest.raises(ValueError, match="one dtype"):
+        RaggedOutput((a, b.astype(np.float32)))

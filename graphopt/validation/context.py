@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 
 from graphopt.data import Dataset
+from graphopt.outputs import Outputs
 from graphopt.progress import NULL_PROGRESS, Progress
-from graphopt.runtime import Outputs, RuntimeConfig, create_session, run_dataset
+from graphopt.runtime import RuntimeConfig, create_session, run_dataset
 from graphopt.verify.tolerance import Tolerance
 
 __all__ = ["ValidationContext"]

@@ -16,8 +16,6 @@ much each differs. Only ``repeat`` (onnxruntime run twice) must be bit-identical
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,10 +28,11 @@ import onnxruntime as ort
 from graphopt.data import Dataset
 from graphopt.errors import GraphoptError, first_line
 from graphopt.openvino import F32_CONFIG, compile_cpu, inference_precision, openvino_reason, unavailable
-from graphopt.runtime import ORT_ERRORS, Outputs, RuntimeConfig, create_session, run_dataset
+from graphopt.outputs import Output, Outputs, RaggedOutput, stack_samples
+from graphopt.runtime import ORT_ERRORS, RuntimeConfig, create_session, run_dataset
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
-from graphopt.verify.metrics import error_stats
+from graphopt.verify.metrics import comparable, error_stats, identical
 from graphopt.verify.verifier import Verifier
 
 __all__ = ["CPU", "OPENVINO", "OPENVINO_F32", "Environment", "OpenVinoRun", "baseline_runtime", "check_environments",
@@ -80,7 +79,7 @@ def _drift(baseline: Outputs | None, outputs: Outputs) -> dict[str, float | None
     """Largest absolute difference and lowest cosine over the outputs, against the baseline environment."""
     if baseline is None:
         return {"drift_max_abs": None, "drift_cosine": None}
-    stats = [error_stats(ref, outputs[n]) for n, ref in baseline.items() if n in outputs and outputs[n].shape == ref.shape]
+    stats = [error_stats(ref, outputs[n]) for n, ref in baseline.items() if n in outputs and comparable(ref, outputs[n])]
     if len(stats) != len(baseline):
         return {"drift_max_abs": None, "drift_cosine": None}
     return {"drift_max_abs": max((s.max_abs for s in stats), default=0.0),
@@ -88,8 +87,7 @@ def _drift(baseline: Outputs | None, outputs: Outputs) -> dict[str, float | None
 
 
 def _identical(a: Outputs, b: Outputs) -> bool:
-    return a.keys() == b.keys() and all(
-        a[n].shape == b[n].shape and a[n].dtype == b[n].dtype and a[n].tobytes() == b[n].tobytes() for n in a)
+    return a.keys() == b.keys() and all(identical(a[n], b[n]) for n in a)
 
 
 def _judged(ctx: ValidationContext, env: str, outputs: Outputs, baseline: Outputs | None,
@@ -107,23 +105,13 @@ def _judged(ctx: ValidationContext, env: str, outputs: Outputs, baseline: Output
 
 
 def _run(ctx: ValidationContext, runtime: RuntimeConfig) -> Outputs | str:
-    """The optimised model's held-out outputs under ``runtime``, or why onnxruntime could not produce them.
-
-    onnxruntime falls back to the CPU when a provider fails to start, printing why on stdout; that is captured
-    (stdout may carry the JSON report) and the fallback is a failure: the provider never ran the model.
-    """
+    """The optimised model's held-out outputs under ``runtime``, or why onnxruntime could not produce them (a
+    fallback to the CPU from a provider that failed to start is one such reason: the provider never ran the model)."""
     wanted = runtime.providers[0]
     if wanted not in ort.get_available_providers():
         return f"execution provider {wanted} is not in this onnxruntime ({', '.join(ort.get_available_providers())})"
-    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
-            session = create_session(ctx.optimized, runtime)
-        used = session.get_providers()
-        if wanted not in used:
-            lines = [line.strip() for line in printed.getvalue().splitlines()]
-            reason = next((line for line in lines if line and not line.startswith("*")), "no reason given")
-            return f"onnxruntime fell back from {wanted} to {used[0]}: {reason[:300]}"
+        session = create_session(ctx.optimized, runtime)
         outputs, _ = run_dataset(session, ctx.held_out, runtime, progress=ctx.progress, label=f"optimized {wanted}")
     except GraphoptError as e:
         return first_line(e)
@@ -132,15 +120,20 @@ def _run(ctx: ValidationContext, runtime: RuntimeConfig) -> Outputs | str:
     return outputs
 
 
-def _stack_like(parts: list[np.ndarray], shape: tuple[int, ...] | None, batchable: bool) -> np.ndarray:
-    """Per-sample results in ``run_dataset``'s layout: concatenated along the batch axis, or stacked on a new one.
+def _stack_like(parts: list[np.ndarray], reference: Output | None, batchable: bool) -> Output:
+    """Per-sample results in ``run_dataset``'s layout: concatenated along the batch axis, or stacked on a new one,
+    or a ``RaggedOutput`` when the samples' shapes differ.
 
-    With the reference's ``shape`` the layout is the one that gives it; without, a batchable dataset's outputs that
-    keep a leading axis of 1 (the batch of one sample) are concatenated, as ``run_dataset`` does in batches.
+    With the reference the layout is the one that gives it; without, a batchable dataset's outputs that keep a
+    leading axis of 1 (the batch of one sample) are concatenated, as ``run_dataset`` does in batches.
     """
+    shape = reference.shape if isinstance(reference, np.ndarray) else None
+    in_batches = all(p.ndim and p.shape[0] == 1 for p in parts) and (
+        batchable if reference is None else shape is not None and len(shape) == parts[0].ndim)
+    if isinstance(reference, RaggedOutput) or len({p.shape for p in parts}) > 1:
+        return RaggedOutput(tuple(p[0] for p in parts)) if in_batches else stack_samples(parts)
     if shape is None:
-        follows_batch = batchable and all(p.ndim and p.shape[0] == 1 for p in parts)
-        return np.concatenate(parts, axis=0) if parts and follows_batch else np.stack(parts)
+        return np.concatenate(parts, axis=0) if parts and in_batches else np.stack(parts)
     joined = np.concatenate(parts, axis=0) if parts and parts[0].ndim else np.stack(parts)
     return joined if joined.shape == shape else np.stack(parts)
 
@@ -170,8 +163,8 @@ def openvino_run(model: onnx.ModelProto, dataset: Dataset, reference: Outputs | 
         result = compiled(feed)
         for name, chunks in parts.items():
             chunks.append(np.asarray(result[compiled.output(name)]))
-    known = {name: output.shape for name, output in (reference or {}).items() if isinstance(output, np.ndarray)}
-    outputs: Outputs = {name: _stack_like(chunks, known.get(name), dataset.batchable) for name, chunks in parts.items()}
+    outputs: Outputs = {name: _stack_like(chunks, (reference or {}).get(name), dataset.batchable)
+                        for name, chunks in parts.items()}
     return OpenVinoRun(outputs, inference_precision(compiled))
 
 

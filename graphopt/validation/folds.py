@@ -18,7 +18,7 @@ import numpy as np
 from graphopt.data import Dataset
 from graphopt.errors import ValidationSetupError
 from graphopt.manager import PipelineResult
-from graphopt.runtime import Outputs
+from graphopt.outputs import Outputs, RaggedOutput
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
 from graphopt.verify.verifier import Verification, Verifier
@@ -99,7 +99,8 @@ def _refit_folds(ctx: ValidationContext, section: Section, folds: int, refit: Re
 
 
 def _take(outputs: Outputs, index: np.ndarray) -> Outputs:
-    return {name: array[index] for name, array in outputs.items()}
+    return {name: output.take(index) if isinstance(output, RaggedOutput) else output[index]
+            for name, output in outputs.items()}
 
 
 def _worst(verification: Verification) -> dict[str, float | None]:

@@ -1,5 +1,8 @@
 """Held-out agreement: the optimised model against the original on samples never used to fit it, each figure with
-a bootstrap interval, and task accuracy (or a user metric) when the data carries labels."""
+a bootstrap interval, and task accuracy (or a user metric) when the data carries labels.
+
+An output whose shape depends on the sample (``RaggedOutput``) is judged sample by sample: its intervals cover the
+samples whose shapes agree, and any sample whose shape differs fails the output's check."""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ from importlib.metadata import entry_points
 import numpy as np
 
 from graphopt.errors import DataError, ValidationSetupError
-from graphopt.runtime import Outputs
+from graphopt.outputs import Output, Outputs, RaggedOutput
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
-from graphopt.verify.intervals import bootstrap_mean, paired_difference
+from graphopt.verify.intervals import Interval, bootstrap_mean, paired_difference
 from graphopt.verify.metrics import looks_like_classifier, per_sample_cosine, per_sample_top1
 from graphopt.verify.verifier import Verifier
 
@@ -21,8 +24,9 @@ __all__ = ["METRIC_GROUP", "Metric", "check_held_out", "load_metric"]
 
 METRIC_GROUP = "graphopt.metrics"
 
-Metric = Callable[[Mapping[str, np.ndarray], np.ndarray], float]
-"""A task metric: the model's outputs over the samples and their labels → a score, higher is better."""
+Metric = Callable[[Mapping[str, Output], np.ndarray], float]
+"""A task metric: the model's outputs over the samples and their labels → a score, higher is better. An output whose
+shape varies by sample arrives as a ``graphopt.runtime.RaggedOutput`` (``.samples``: one array per sample)."""
 
 
 def load_metric(name: str) -> Metric:
@@ -51,12 +55,12 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
             section.checks.append(Check(name, False, {}, "; ".join(failures[name]) or "output missing"))
             continue
         metrics: dict[str, float | None] = {"cosine": stats.cosine, "cosine_min": stats.cosine_min}
-        if not stats.exact:
-            cosine = bootstrap_mean(per_sample_cosine(ref, got), resamples=resamples, seed=ctx.seed)
+        cosine = None if stats.exact else _interval(per_sample_cosine(ref, got), resamples, ctx.seed)
+        if cosine is not None:
             metrics.update(cosine_low=cosine.low, cosine_high=cosine.high)
         top1 = per_sample_top1(ref, got)
-        if top1 is not None:
-            interval = bootstrap_mean(top1, resamples=resamples, seed=ctx.seed)
+        interval = None if top1 is None else _interval(top1, resamples, ctx.seed)
+        if interval is not None:
             metrics.update(top1=interval.mean, top1_low=interval.low, top1_high=interval.high)
         metrics.update(max_abs=stats.max_abs, snr_db=stats.snr_db if math.isfinite(stats.snr_db) else None)
         section.checks.append(Check(name, not failures[name], metrics, "; ".join(failures[name])))
@@ -68,6 +72,13 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
     return section
 
 
+def _interval(values: np.ndarray, resamples: int, seed: int) -> Interval | None:
+    """The bootstrap interval of per-sample ``values`` over the samples they measure (NaN: shapes differ, a failure
+    the check already states); ``None`` when no sample is left."""
+    measured = values[~np.isnan(values)]
+    return bootstrap_mean(measured, resamples=resamples, seed=seed) if measured.size else None
+
+
 def _task_check(reference: Outputs, candidate: Outputs, labels: np.ndarray, metric: Metric | None,
                 max_drop: float | None, resamples: int, seed: int) -> Check:
     """Accuracy (or the user metric) of both models; fails when the optimised one loses more than ``max_drop``."""
@@ -77,17 +88,20 @@ def _task_check(reference: Outputs, candidate: Outputs, labels: np.ndarray, metr
         passed = None if max_drop is None else drop <= max_drop
         return Check("metric", passed, {"metric_original": before, "metric_optimized": after},
                      f"drop {drop:.4f}" + (f" > {max_drop:g}" if passed is False else ""))
-    output = next((n for n, a in reference.items() if looks_like_classifier(a.shape) and len(a) == len(labels)), None)
+    output = next((n for n, a in reference.items()
+                   if isinstance(a, np.ndarray) and looks_like_classifier(a.shape) and len(a) == len(labels)), None)
     if output is None:
         return Check("accuracy", None, {}, "labels given but no [samples, classes] output and no --metric to score them")
-    classes = reference[output].shape[1]
+    chosen = reference[output]
+    assert isinstance(chosen, np.ndarray)
+    classes = chosen.shape[1]
     values = labels.reshape(len(labels), -1).astype(np.float64)
     if values.shape[1] != 1 or not np.all((values >= 0) & (values < classes) & (values == np.floor(values))):
         raise DataError(f"labels do not fit output '{output}': accuracy needs one class index in 0..{classes - 1} per "
                         f"sample (got {labels.dtype} {list(labels.shape)}, values {values.min():g}..{values.max():g})")
     truth = values.reshape(-1)
-    right_before = (np.argmax(reference[output], axis=-1) == truth).astype(np.float64)
-    right_after = (np.argmax(candidate[output], axis=-1) == truth).astype(np.float64)
+    right_before = _correct(chosen, truth, classes)
+    right_after = _correct(candidate[output], truth, classes)
     accuracy = bootstrap_mean(right_after, resamples=resamples, seed=seed)
     loss = paired_difference(right_before, right_after, resamples=resamples, seed=seed)
     passed = None if max_drop is None else loss.mean <= max_drop
@@ -97,3 +111,12 @@ def _task_check(reference: Outputs, candidate: Outputs, labels: np.ndarray, metr
     return Check("accuracy", passed, {"accuracy_original": float(right_before.mean()),
                                       "accuracy_optimized": accuracy.mean, "accuracy_low": accuracy.low,
                                       "accuracy_high": accuracy.high, "accuracy_drop": loss.mean}, detail)
+
+
+def _correct(output: Output, truth: np.ndarray, classes: int) -> np.ndarray:
+    """1.0 per sample whose argmax is its label; a sample of a ragged output that is not one score per class (the
+    optimised model changed its shape) has no prediction, so it counts as wrong."""
+    if isinstance(output, RaggedOutput):
+        return np.array([float(s.shape == (classes,) and np.argmax(s) == t)
+                         for s, t in zip(output.samples, truth, strict=True)])
+    return (np.argmax(output, axis=-1) == truth).astype(np.float64)

@@ -19,10 +19,10 @@ import numpy as np
 
 from graphopt.data import Dataset
 from graphopt.errors import GraphoptError, ValidationSetupError, first_line
-from graphopt.runtime import Outputs
+from graphopt.outputs import Outputs
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
-from graphopt.verify.metrics import error_stats
+from graphopt.verify.metrics import comparable, error_stats
 from graphopt.verify.verifier import Verifier
 
 __all__ = [
@@ -243,9 +243,10 @@ def _shifted(dataset: Dataset, shift: Shift, seed: int) -> Dataset:
 
 
 def _worst(reference: Outputs, candidate: Outputs) -> tuple[float | None, float | None]:
-    """Cosine and top-1 of the output furthest from ``reference`` (lowest cosine)."""
+    """Cosine and top-1 of the output furthest from ``reference`` (lowest cosine; of a ragged output, over the
+    samples whose shapes agree)."""
     stats = [error_stats(ref, candidate[n]) for n, ref in reference.items()
-             if n in candidate and candidate[n].shape == ref.shape]
+             if n in candidate and comparable(ref, candidate[n])]
     if not stats:
         return None, None
     worst = min(stats, key=lambda s: s.cosine)

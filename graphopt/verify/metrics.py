@@ -3,17 +3,34 @@
 NaN rule: a NaN where the reference has a NaN, and an infinity equal to the reference's, count as exact matches;
 any other non-finite value on either side is a ``nonfinite_mismatch`` and fails every tolerance. The remaining
 metrics are computed over the positions where both sides are finite.
+
+Shape rule: an output whose shape depends on the sample is a ``RaggedOutput`` (one array per sample) and is compared
+sample by sample. A sample whose candidate shape differs from the reference's is a ``shape_mismatch`` and fails
+every tolerance, as a non-finite mismatch does; the other metrics are computed over the samples whose shapes agree
+(with none, they read as for an empty output: cosine 1, errors 0).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
-__all__ = ["ErrorStats", "error_stats", "looks_like_classifier", "per_sample_cosine", "per_sample_top1"]
+from graphopt.outputs import Output, RaggedOutput
+
+__all__ = [
+    "ErrorStats",
+    "comparable",
+    "error_stats",
+    "identical",
+    "looks_like_classifier",
+    "per_sample_cosine",
+    "per_sample_top1",
+    "shape_mismatches",
+]
 
 _MAX_CLASSES = 256
 
@@ -29,7 +46,8 @@ def looks_like_classifier(shape: tuple[int, ...]) -> bool:
 @dataclass(frozen=True)
 class ErrorStats:
     """How far a candidate output is from the reference. ``exact`` outputs (integers, booleans) only count
-    ``mismatches``. ``min_atol`` is the smallest absolute tolerance that passes together with ``rtol``."""
+    ``mismatches``. ``min_atol`` is the smallest absolute tolerance that passes together with ``rtol``.
+    ``shape_mismatches`` counts the samples whose shapes differ (ragged outputs); the other figures leave them out."""
 
     n_samples: int
     exact: bool
@@ -46,6 +64,7 @@ class ErrorStats:
     cosine_min: float
     snr_db: float
     top1: float | None
+    shape_mismatches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()} | {
@@ -57,34 +76,122 @@ def _finite_or_label(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
-def error_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float = 0.0) -> ErrorStats:
-    """Compare ``candidate`` with ``reference`` (same shape, axis 0 = samples)."""
-    if reference.shape != candidate.shape:
-        raise ValueError(f"shape {candidate.shape} differs from the reference {reference.shape}")
-    n = reference.shape[0] if reference.ndim else 1
+def comparable(reference: Output, candidate: Output) -> bool:
+    """Whether ``error_stats`` can compare the two: arrays of one shape, or (either side ragged) as many samples."""
+    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
+        return reference.shape == candidate.shape
+    return _count(reference) == _count(candidate)
+
+
+def shape_mismatches(reference: Output, candidate: Output) -> list[int]:
+    """The samples whose candidate output is shaped differently from the reference's (``comparable`` outputs)."""
+    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
+        return []
+    return [i for i, (r, g) in enumerate(zip(_samples(reference), _samples(candidate), strict=True))
+            if r.shape != g.shape]
+
+
+def error_stats(reference: Output, candidate: Output, rtol: float = 0.0) -> ErrorStats:
+    """Compare ``candidate`` with ``reference``: arrays of one shape (axis 0 = samples), or, when either is a
+    ``RaggedOutput``, sample by sample over the samples whose shapes agree (the others are ``shape_mismatches``)."""
+    if not comparable(reference, candidate):
+        raise ValueError(f"{_layout(candidate)} differs from the reference {_layout(reference)}")
     exact = not np.issubdtype(reference.dtype, np.inexact)
+    classifier = _classifier_like(reference)
+    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
+        n = reference.shape[0] if reference.ndim else 1
+        ref, got, nonfinite = _finite_pair(reference, candidate)
+        cosines = _cosines(ref.reshape(n, -1), got.reshape(n, -1))
+        top1 = np.argmax(ref, axis=-1) == np.argmax(got, axis=-1) if classifier else None
+        return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0)
+    samples = list(zip(_samples(reference), _samples(candidate), strict=True))
+    pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
+    ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
+    got = np.concatenate([g.ravel() for _, g, _ in pairs]) if pairs else np.zeros(0)
+    cosines = np.array([_cosine(r, g) for r, g, _ in pairs])
+    top1 = np.array([np.argmax(r) == np.argmax(g) for r, g, _ in pairs]) if classifier else None
+    return _stats(len(samples), exact, ref, got, sum(c for _, _, c in pairs), cosines, top1, rtol,
+                  len(samples) - len(pairs))
+
+
+def per_sample_cosine(reference: Output, candidate: Output) -> np.ndarray:
+    """The cosine of each sample (axis 0) as ``error_stats`` averages it (non-finite positions count as zero); NaN
+    for a sample whose shapes differ (``error_stats`` leaves it out)."""
+    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
+        n = reference.shape[0] if reference.ndim else 1
+        ref, got, _ = _finite_pair(reference, candidate)
+        return _cosines(ref.reshape(n, -1), got.reshape(n, -1))
+    return np.array([_cosine(*_finite_pair(r, g)[:2]) if r.shape == g.shape else math.nan
+                     for r, g in zip(_samples(reference), _samples(candidate), strict=True)])
+
+
+def per_sample_top1(reference: Output, candidate: Output) -> np.ndarray | None:
+    """1.0 where the candidate's argmax equals the reference's, per sample, NaN where the sample's shapes differ;
+    ``None`` unless the reference is classifier-like (a ragged reference never is)."""
+    if not _classifier_like(reference):
+        return None
+    if isinstance(candidate, np.ndarray):
+        return (np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)).astype(np.float64)
+    return np.array([float(np.argmax(r) == np.argmax(g)) if r.shape == g.shape else math.nan
+                     for r, g in zip(_samples(reference), candidate.samples, strict=True)])
+
+
+def identical(a: Output, b: Output) -> bool:
+    """Bit for bit the same: one layout, and equal shapes, dtypes and bytes (per sample when ragged)."""
+    if isinstance(a, RaggedOutput) or isinstance(b, RaggedOutput):
+        return (isinstance(a, RaggedOutput) and isinstance(b, RaggedOutput) and len(a) == len(b)
+                and all(identical(x, y) for x, y in zip(a.samples, b.samples, strict=True)))
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _classifier_like(reference: Output) -> TypeGuard[np.ndarray]:
+    """A float array of shape [samples, classes] (``looks_like_classifier``), whose top-1 agreement is judged."""
+    return (isinstance(reference, np.ndarray) and np.issubdtype(reference.dtype, np.inexact)
+            and looks_like_classifier(reference.shape))
+
+
+def _count(output: Output) -> int:
+    return len(output) if isinstance(output, RaggedOutput) or output.ndim else 1
+
+
+def _samples(output: Output) -> Sequence[np.ndarray]:
+    """An output as one array per sample (``array[i]``)."""
+    if isinstance(output, RaggedOutput):
+        return output.samples
+    return list(output) if output.ndim else [output]
+
+
+def _layout(output: Output) -> str:
+    if isinstance(output, RaggedOutput):
+        return f"ragged output of {len(output)} samples"
+    return f"shape {output.shape}"
+
+
+def _finite_pair(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Both sides in float64 with non-finite positions zeroed, and how many of those break the NaN rule."""
     ref = reference.astype(np.float64)
     got = candidate.astype(np.float64)
     finite = np.isfinite(ref) & np.isfinite(got)
     matched_special = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
-    nonfinite_mismatch = int(np.count_nonzero(~finite & ~matched_special))
-    ref = np.where(finite, ref, 0.0)
-    got = np.where(finite, got, 0.0)
+    nonfinite = int(np.count_nonzero(~finite & ~matched_special))
+    return np.where(finite, ref, 0.0), np.where(finite, got, 0.0), nonfinite
+
+
+def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int, cosines: np.ndarray,
+           top1: np.ndarray | None, rtol: float, shape_mismatched: int) -> ErrorStats:
+    """The statistics from finite, float64 ``ref`` and ``got`` (of one shape), the per-sample cosines and top-1
+    agreements (``None``: not classifier-like) of the compared samples, and the count of samples left out."""
     diff = np.abs(got - ref)
     scale = np.abs(ref)
     flat = diff.ravel()
     rel = diff / np.maximum(scale, np.finfo(np.float32).tiny)
-    cosines = _cosines(ref.reshape(n, -1), got.reshape(n, -1))
     signal, noise = float(np.sum(ref * ref)), float(np.sum(diff * diff))
     snr = math.inf if noise == 0 else (-math.inf if signal == 0 else 10 * math.log10(signal / noise))
-    top1 = None
-    if not exact and looks_like_classifier(reference.shape):
-        top1 = float(np.mean(np.argmax(ref, axis=-1) == np.argmax(got, axis=-1)))
     return ErrorStats(
         n_samples=n,
         exact=exact,
         mismatches=int(np.count_nonzero(diff)),
-        nonfinite_mismatch=nonfinite_mismatch,
+        nonfinite_mismatch=nonfinite,
         max_abs=float(flat.max(initial=0.0)),
         mean_abs=float(flat.mean()) if flat.size else 0.0,
         median_abs=float(np.median(flat)) if flat.size else 0.0,
@@ -95,23 +202,14 @@ def error_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float = 0.0)
         cosine=float(cosines.mean()) if cosines.size else 1.0,
         cosine_min=float(cosines.min()) if cosines.size else 1.0,
         snr_db=snr,
-        top1=top1,
+        top1=None if top1 is None else (float(np.mean(top1)) if top1.size else 1.0),
+        shape_mismatches=shape_mismatched,
     )
 
 
-def per_sample_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """The cosine of each sample (axis 0) as ``error_stats`` averages it (non-finite positions count as zero)."""
-    n = reference.shape[0] if reference.ndim else 1
-    ref, got = reference.astype(np.float64), candidate.astype(np.float64)
-    finite = np.isfinite(ref) & np.isfinite(got)
-    return _cosines(np.where(finite, ref, 0.0).reshape(n, -1), np.where(finite, got, 0.0).reshape(n, -1))
-
-
-def per_sample_top1(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray | None:
-    """1.0 where the candidate's argmax equals the reference's, per sample; ``None`` unless classifier-like."""
-    if not np.issubdtype(reference.dtype, np.inexact) or not looks_like_classifier(reference.shape):
-        return None
-    return (np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)).astype(np.float64)
+def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    """The cosine of one sample's finite, float64 arrays (of one shape), as ``_cosines`` computes it."""
+    return float(_cosines(ref.reshape(1, -1), got.reshape(1, -1))[0])
 
 
 def _cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:

@@ -97,6 +97,8 @@ def judge(stats: Mapping[str, ErrorStats], tolerance: Tolerance) -> Verdict:
 
 
 def _failures(s: ErrorStats, t: Tolerance) -> list[str]:
+    if s.shape_mismatches:
+        return [f"{s.shape_mismatches} of {s.n_samples} samples differ in shape from the reference"]
     if s.nonfinite_mismatch:
         return [f"{s.nonfinite_mismatch} NaN/Inf values the reference does not have"]
     if s.exact:

@@ -1,7 +1,9 @@
 """The verifier: runs models on the verification samples and compares them with reference outputs.
 
 The original model's outputs are computed once per run and cached; every candidate is compared with them (and,
-for lossless passes, with the outputs of the model before the pass).
+for lossless passes, with the outputs of the model before the pass). Outputs whose shape depends on the sample
+(``RaggedOutput``) are compared sample by sample; a sample whose shape differs fails the comparison whatever the
+tolerance.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import onnx
 
 from graphopt.data import Dataset
 from graphopt.errors import DataError
+from graphopt.outputs import Output, Outputs, RaggedOutput
 from graphopt.progress import NULL_PROGRESS, Progress
-from graphopt.runtime import Outputs, RuntimeConfig, create_session, run_dataset
-from graphopt.verify.metrics import ErrorStats, error_stats
+from graphopt.runtime import RuntimeConfig, create_session, run_dataset
+from graphopt.verify.metrics import ErrorStats, comparable, error_stats, shape_mismatches
 from graphopt.verify.tolerance import Tolerance, judge
 
 __all__ = ["Verification", "Verifier"]
@@ -75,17 +78,37 @@ class Verifier:
 
     @staticmethod
     def compare(reference: Outputs, candidate: Outputs, tolerance: Tolerance, against: str) -> Verification:
-        """Judge ``candidate`` against ``reference``; missing outputs or changed shapes fail."""
+        """Judge ``candidate`` against ``reference``; missing outputs or changed shapes (of the whole output, or of
+        any sample of a ragged one) fail, whatever the tolerance."""
         stats: dict[str, ErrorStats] = {}
         problems: list[str] = []
         for name, ref in reference.items():
             got = candidate.get(name)
             if got is None:
                 problems.append(f"{name}: output missing")
-            elif got.shape != ref.shape:
-                problems.append(f"{name}: shape {list(got.shape)} differs from {list(ref.shape)}")
+            elif not comparable(ref, got):
+                problems.append(f"{name}: {_layout(got)} differs from {_layout(ref)}")
             else:
                 stats[name] = error_stats(ref, got, rtol=tolerance.for_output(name).rtol)
-        verdict = judge(stats, tolerance)
+                if stats[name].shape_mismatches:
+                    problems.append(f"{name}: {_shape_failure(ref, got, stats[name])}")
+        verdict = judge({n: s for n, s in stats.items() if not s.shape_mismatches}, tolerance)
         failures = tuple(problems) + verdict.failures
         return Verification(not failures, against, tolerance, stats, failures)
+
+
+def _layout(output: Output) -> str:
+    if isinstance(output, RaggedOutput):
+        return f"shape varying by sample ({len(output)} sample{'s' if len(output) != 1 else ''})"
+    return f"shape {list(output.shape)}"
+
+
+def _shape_failure(reference: Output, candidate: Output, stats: ErrorStats) -> str:
+    """"3 of 40 samples differ in shape (sample 7: [2, 5] instead of [2, 4])"."""
+    first = shape_mismatches(reference, candidate)[0]
+    return (f"{stats.shape_mismatches} of {stats.n_samples} samples differ in shape (sample {first}: "
+            f"{_sample_shape(candidate, first)} instead of {_sample_shape(reference, first)})")
+
+
+def _sample_shape(output: Output, index: int) -> list[int]:
+    return list(output.shapes[index] if isinstance(output, RaggedOutput) else output.shape[1:])

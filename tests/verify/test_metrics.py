@@ -5,7 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from graphopt.verify.metrics import error_stats, looks_like_classifier
+from graphopt.runtime import RaggedOutput
+from graphopt.verify.metrics import (
+    comparable,
+    error_stats,
+    identical,
+    looks_like_classifier,
+    per_sample_cosine,
+    per_sample_top1,
+    shape_mismatches,
+)
 
 
 def test_identical_outputs_are_exact(rng: np.random.Generator) -> None:
@@ -60,3 +69,71 @@ def test_zero_vectors_and_shape_mismatch() -> None:
     assert error_stats(zeros, np.ones((2, 3))).cosine == 0.0
     with pytest.raises(ValueError):
         error_stats(zeros, np.zeros((3, 2)))
+
+
+def ragged(*samples: np.ndarray | list[float]) -> RaggedOutput:
+    return RaggedOutput(tuple(np.asarray(s, dtype=np.float32) for s in samples))
+
+
+def test_ragged_outputs_compare_sample_by_sample(rng: np.random.Generator) -> None:
+    """A NonZero/TopK-style output (one array per sample, shapes varying) has the figures of its samples pooled."""
+    ref = RaggedOutput(tuple(rng.standard_normal((1, k)).astype(np.float32) for k in (3, 5, 1, 4)))
+    got = RaggedOutput(tuple((a + 0.01 * rng.standard_normal(a.shape)).astype(np.float32) for a in ref.samples))
+    s = error_stats(ref, got, rtol=1e-3)
+    pairs = [(r.astype(np.float64).ravel(), g.astype(np.float64).ravel()) for r, g in zip(ref.samples, got.samples,
+                                                                                          strict=True)]
+    diffs = np.concatenate([np.abs(g - r) for r, g in pairs])
+    cosines = [r @ g / np.linalg.norm(r) / np.linalg.norm(g) for r, g in pairs]
+    assert s.n_samples == 4 and s.shape_mismatches == 0 and not s.exact and s.top1 is None
+    assert s.max_abs == pytest.approx(diffs.max()) and s.median_abs == pytest.approx(np.median(diffs))
+    assert s.cosine == pytest.approx(np.mean(cosines)) and s.cosine_min == pytest.approx(np.min(cosines))
+    assert np.allclose(per_sample_cosine(ref, got), cosines)
+    same = error_stats(ref, ref)
+    assert same.max_abs == 0 and same.mismatches == 0 and math.isinf(same.snr_db)
+    indices = RaggedOutput((np.array([[0, 2]]), np.array([[1]])))
+    assert error_stats(indices, RaggedOutput((np.array([[0, 2]]), np.array([[3]])))).mismatches == 1
+
+
+def test_samples_whose_shapes_differ_are_counted_and_left_out() -> None:
+    ref = ragged([1.0, 2.0], [3.0], [1.0, 0.0, 1.0])
+    got = ragged([1.0, 2.0], [3.0, 0.0], [1.0, 0.0, 1.5])
+    assert comparable(ref, got) and shape_mismatches(ref, got) == [1]
+    s = error_stats(ref, got)
+    assert s.shape_mismatches == 1 and s.n_samples == 3
+    assert s.max_abs == pytest.approx(0.5)  # sample 1 is left out of the figures, not read as zeros
+    cosine = per_sample_cosine(ref, got)
+    assert cosine[0] == pytest.approx(1.0) and math.isnan(cosine[1]) and s.cosine == pytest.approx(np.nanmean(cosine))
+    assert s.to_dict()["shape_mismatches"] == 1 and error_stats(ref, ref).to_dict()["shape_mismatches"] == 0
+    nothing_agrees = error_stats(ragged([1.0]), ragged([1.0, 2.0]))
+    assert nothing_agrees.shape_mismatches == 1 and nothing_agrees.max_abs == 0 and nothing_agrees.cosine == 1.0
+    assert not comparable(ref, ragged([1.0])) and not comparable(ref, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="3 samples"):
+        error_stats(ref, ragged([1.0]))
+
+
+def test_a_fixed_shape_reference_against_a_ragged_candidate() -> None:
+    """The candidate changed one sample's shape: the reference is an array, compared per sample (``ref[i]``)."""
+    ref = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], np.float32)
+    got = RaggedOutput((ref[0], np.array([0.8, 0.2, 0.0], np.float32), np.array([0.9, 0.1], np.float32)))
+    assert comparable(ref, got) and comparable(got, ref) and shape_mismatches(ref, got) == [1]
+    s = error_stats(ref, got)
+    assert s.shape_mismatches == 1 and s.top1 == 0.5  # over the two samples whose shapes agree
+    top1 = per_sample_top1(ref, got)
+    assert top1 is not None and top1[0] == 1.0 and math.isnan(top1[1]) and top1[2] == 0.0
+    assert per_sample_top1(got, ref) is None  # a ragged reference is never classifier-like
+    assert error_stats(got, ref).shape_mismatches == 1
+    np.testing.assert_array_equal(per_sample_top1(ref, ref.copy()), [1.0, 1.0, 1.0])
+
+
+def test_nan_rule_holds_per_sample() -> None:
+    ref = ragged([1.0, np.nan], [np.inf])
+    assert error_stats(ref, ragged([1.0, np.nan], [np.inf])).nonfinite_mismatch == 0
+    assert error_stats(ref, ragged([1.0, 2.0], [-np.inf])).nonfinite_mismatch == 2
+
+
+def test_identical_is_bitwise_and_layout_aware() -> None:
+    a = ragged([1.0], [2.0, 3.0])
+    assert identical(a, ragged([1.0], [2.0, 3.0])) and not identical(a, ragged([1.0], [2.0, 3.5]))
+    assert not identical(a, np.array([[1.0], [2.0]], np.float32)) and not identical(ragged([1.0]), a)
+    x = np.arange(4.0)
+    assert identical(x, x.copy()) and not identical(x, x.astype(np.float32)) and not identical(x, x.reshape(2, 2))

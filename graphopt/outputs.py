@@ -1,0 +1,63 @@
+"""Model outputs over a dataset, as the verifier and the validation sections compare them (numpy only).
+
+An output whose shape depends on the sample (``NonZero``, ``Unique``, ``Compress``, ``NonMaxSuppression``, ``TopK``
+with a data-dependent k…) cannot be stacked into one array: it is a ``RaggedOutput``, one array per sample, and
+``graphopt.verify.metrics`` compares it sample by sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import numpy as np
+
+__all__ = ["Output", "Outputs", "RaggedOutput", "stack_samples"]
+
+
+@dataclass(frozen=True, eq=False)
+class RaggedOutput:
+    """One output over the samples when its shape differs between them: ``samples[i]`` is sample ``i``'s array,
+    laid out as ``array[i]`` would be had the samples stacked (a batch's slice, or a whole per-sample output).
+
+    All samples share one dtype; there is no sample axis, so there is no ``shape`` (see ``shapes``).
+    """
+
+    samples: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise ValueError("a ragged output holds at least one sample")
+        if len({a.dtype for a in self.samples}) > 1:
+            dtypes = sorted({str(a.dtype) for a in self.samples})
+            raise ValueError(f"the samples of a ragged output share one dtype, not {', '.join(dtypes)}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.samples[0].dtype
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(a.shape for a in self.samples)
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> RaggedOutput:
+        """The samples at ``indices``, in that order (as ``array[indices]`` on a stacked output)."""
+        return RaggedOutput(tuple(self.samples[int(i)] for i in indices))
+
+
+Output: TypeAlias = np.ndarray | RaggedOutput
+"""One output over a dataset: an array (axis 0 = samples), or a ``RaggedOutput`` when the shape varies by sample."""
+
+Outputs: TypeAlias = Mapping[str, Output]
+"""Model outputs over a dataset, by output name (``run_dataset`` returns a dict)."""
+
+
+def stack_samples(parts: Sequence[np.ndarray]) -> Output:
+    """Per-sample arrays stacked on a new axis 0, or a ``RaggedOutput`` when their shapes differ."""
+    if len({a.shape for a in parts}) > 1:
+        return RaggedOutput(tuple(parts))
+    return np.stack(parts)
