@@ -38,7 +38,7 @@ from graphopt.report.collector import ReportCollector
 from graphopt.report.html import optimize_page, validation_page
 from graphopt.report.model import Report
 from graphopt.report.render import to_json, validation_json
-from graphopt.runtime import RuntimeConfig
+from graphopt.runtime import RuntimeConfig, check_providers
 from graphopt.summary import ModelSummary, summarize
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.environments import check_environments
@@ -142,9 +142,8 @@ def optimize(
     if synthetic and lossy:
         raise PipelineError(f"{', '.join(lossy)} {'is' if len(lossy) == 1 else 'are'} lossy and must be verified on "
                             "real samples: give --data FILE.npz (random data verifies lossless passes only)")
-    loaded = None if isinstance(model, onnx.ModelProto) else read_model(model)
+    original, loaded = _read(model)
     input_path = None if loaded is None else loaded.files[0]
-    original = model if loaded is None else loaded.model
     report_target = Path(report) if report is not None else report_path_for(output) if output is not None else None
     inputs = _named_inputs(loaded, data)
     outputs = [(label, Path(p)) for label, p in (("the output model", output), ("the report", report_target),
@@ -154,6 +153,7 @@ def optimize(
     check_destinations(outputs, inputs)
     protect = tuple(p for _, p in (*inputs, *outputs))
     runtime = runtime or RuntimeConfig()
+    check_providers(runtime)
     tolerance = tolerance or Tolerance.budget()
     lossless_tolerance = lossless_tolerance or Tolerance.lossless()
     specs = input_specs(original)
@@ -190,6 +190,14 @@ def optimize(
     if html is not None:
         html_file = save_bytes(optimize_page(record).encode(), html, protect=_others(protect, html))
     return OptimizeResult(final, record, result, output_path, report_file, html_file)
+
+
+def _read(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, LoadedModel | None]:
+    """A model given as a path is read (with the files it came from); a ``ModelProto`` is used as it is."""
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    loaded = read_model(model)
+    return loaded.model, loaded
 
 
 def _named_inputs(loaded: LoadedModel | None, data: str | Path | Dataset,
@@ -285,14 +293,14 @@ def validate(
         raise ValidationSetupError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
     if max_accuracy_drop is not None:
         check_number("max_accuracy_drop", max_accuracy_drop, low=0.0, high=1.0)
-    loaded = [None if isinstance(m, onnx.ModelProto) else read_model(m) for m in (original, optimized)]
-    inputs = [*_named_inputs(loaded[0], data, labels, role="the original model"),
-              *_named_inputs(loaded[1], "random", role="the optimised model")]
+    check_providers(runtime or RuntimeConfig())
+    reference, loaded_reference = _read(original)
+    candidate, loaded_candidate = _read(optimized)
+    inputs = [*_named_inputs(loaded_reference, data, labels, role="the original model"),
+              *_named_inputs(loaded_candidate, "random", role="the optimised model")]
     outputs = [(label, Path(p)) for label, p in (("the report", report), ("the HTML page", html)) if p is not None]
     check_destinations(outputs, inputs)
     protect = tuple(p for _, p in (*inputs, *outputs))
-    reference = original if loaded[0] is None else loaded[0].model
-    candidate = optimized if loaded[1] is None else loaded[1].model
     specs = input_specs(reference)
     if input_specs(candidate) != specs or _outputs(candidate) != _outputs(reference):
         raise ValidationSetupError("the two models differ in their inputs or outputs; validate compares a model "
@@ -305,7 +313,9 @@ def validate(
     pipeline = passes if passes is not None else recorded.pipeline if recorded else None
     ctx = ValidationContext(reference, candidate, dataset, held_out, tolerance or Tolerance.budget(),
                             runtime or RuntimeConfig(), pipeline=pipeline, seed=seed, progress=progress)
-    record = ValidationReport(graphopt_version(), *(str(m.files[0]) if m else None for m in loaded),
+    record = ValidationReport(graphopt_version(),
+                              str(loaded_reference.files[0]) if loaded_reference else None,
+                              str(loaded_candidate.files[0]) if loaded_candidate else None,
                               data={"source": dataset.source, "samples": dataset.n_samples,
                                     "held_out_samples": held_out.n_samples, "labels": dataset.labels is not None,
                                     "held_out": held_note, "pipeline": pipeline},

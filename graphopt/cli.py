@@ -284,8 +284,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             logging.captureWarnings(True)
         try:
             return commands[args.command](args, out)
-        except GraphoptError as e:
-            sys.stderr.write(f"graphopt: error: {e}\n")
+        except GraphoptError as e:  # one line, whatever the message quotes (a file name may hold a newline)
+            sys.stderr.write(f"graphopt: error: {' '.join(str(e).splitlines())}\n")
             return e.exit_code
         except _Terminated:
             sys.stderr.write("graphopt: terminated\n")

@@ -143,7 +143,7 @@ def _external_file(location: str, tensor: str, folder: Path, root: Path) -> Path
     try:
         target = (folder / location).resolve()
         outside = Path(location).is_absolute() or not target.is_relative_to(root)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a symlink loop
         raise ModelIOError(f"external data location '{location[:80]}' of tensor '{tensor[:80]}' cannot be resolved: "
                            f"{first_line(e)}") from e
     if outside:
@@ -310,7 +310,7 @@ def same_file(a: Path, b: Path) -> bool:
         if a.resolve() == b.resolve():
             return True
         return a.exists() and b.exists() and os.path.samefile(a, b)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: a symlink loop (Python 3.11's resolve)
         return False
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from helpers import EXAMPLES
 from onnx import helper, numpy_helper
@@ -401,3 +402,43 @@ def test_a_minus_one_batch_dim_is_dynamic(tmp_path: Path, capfd: pytest.CaptureF
     result = graphopt.optimize(tmp_path / "m.onnx", tmp_path / "d.npz")
     assert result.report.passes[0].stats["negative_dims_to_dynamic"] == 4  # 3 input dims, 1 output dim
     assert data_module.input_specs(onnx.load(tmp_path / "m.onnx"))[0].shape == (None, 3, None, None)
+
+
+# --- onnxruntime's and numpy's own output stays out of the one-line contract ----------------------------------------
+
+
+def test_an_execution_provider_that_is_not_installed_is_a_usage_error(
+    work: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """onnxruntime would warn, print an "EP Error" banner on stdout and silently verify on the CPU instead."""
+    before = _listing(work)
+    got = main(["optimize", str(work / "m.onnx"), "-o", str(work / "o.onnx"), "--provider", "NoSuchExecutionProvider"])
+    captured = capfd.readouterr()
+    assert got == 2 and captured.out == ""
+    available = ", ".join(ort.get_available_providers())
+    assert captured.err.strip().splitlines() == [
+        f"{PREFIX}execution provider NoSuchExecutionProvider is not in this onnxruntime (available: {available})"]
+    assert _listing(work) == before
+
+
+def test_numpy_warnings_do_not_reach_stderr(work: Path) -> None:
+    """A numpy overflow warning raised inside a command (the NaN rule judges such results) stays off stderr; with
+    -v it is logged. Run as a process: pytest would capture warnings itself."""
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from graphopt import api
+        real = api.optimize
+        def overflowing(*args, **kwargs):
+            np.float32(3e38) * np.float32(10)  # RuntimeWarning: overflow encountered in scalar multiply
+            return real(*args, **kwargs)
+        api.optimize = overflowing
+        from graphopt.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    argv = [sys.executable, "-c", script, "optimize", "m.onnx", "-o", "o.onnx", "--threads", "1"]
+    quiet = subprocess.run(argv, check=False, cwd=work, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    verbose = subprocess.run([*argv[:3], "-v", *argv[3:]], check=False, cwd=work, capture_output=True, text=True,
+                             timeout=120)
+    assert verbose.returncode == 0 and "overflow encountered" in verbose.stderr
