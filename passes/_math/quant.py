@@ -37,6 +37,7 @@ __all__ = [
 Array = NDArray[np.float64]
 METHODS = ("minmax", "mean-minmax", "percentile", "mse")
 _MIN_SCALE = float(np.finfo(np.float32).tiny)
+_MIN_NORMAL = float(np.finfo(np.float64).tiny)
 _INT32_MAX = 2**31 - 1
 
 
@@ -240,20 +241,56 @@ class MinMaxObserver:
 
     @property
     def batch_low_mean(self) -> float:
-        return self._low_sum / self.batches if self.batches else math.inf
+        return self._mean(self._low_sum) if self.batches else math.inf
 
     @property
     def batch_high_mean(self) -> float:
-        return self._high_sum / self.batches if self.batches else -math.inf
+        return self._mean(self._high_sum) if self.batches else -math.inf
+
+    def _mean(self, total: float) -> float:
+        """``total / batches``, kept in ``[low, high]``, where the mean of per-batch extremes lies but for rounding."""
+        return min(max(total / self.batches, self.low), self.high)
+
+
+def _offsets(values: Array, width: float) -> Array:
+    """Bin of each value counted from the bin left of which 0 lies: ``floor(v / width)``, but at most -1 when v < 0.
+
+    A negative value whose quotient underflows to -0.0 would otherwise land right of 0. The result stays float, as
+    the quotient of a value far outside the grid may pass int64 (or be inf when ``width`` is tiny); the histogram
+    decides where a value goes, and whether a grid covers a range, with this one function only.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        steps = np.floor(values / width)
+    return np.where(values < 0, np.minimum(steps, -1.0), steps)
+
+
+def _first_grid(low: float, high: float, bins: int) -> tuple[float, int]:
+    """Width and zero bin of ``bins`` bins over ``[low ≤ 0 ≤ high]``, ``low < high``, by the rule ``_offsets`` reads.
+
+    The width is ``(high - low) / (bins - 1)`` plus 2^-48 relative slack and at least float64's smallest normal
+    number. In exact arithmetic ``ceil(-low / w) + floor(high / w) ≤ bins - 1``; each quotient is rounded once and
+    the width a few times, at most a few 2^-53 relative, and the slack outweighs them, so ``low`` falls in bin 0 or
+    later and ``high`` in bin ``bins - 1`` or earlier (``update`` checks it like any batch, with ``_offsets``).
+    """
+    m = bins - 1
+    width = max(high / m - low / m, _MIN_NORMAL) * (1.0 + 2.0**-48)  # two quotients: no overflow in high - low
+    if not math.isfinite(width):
+        raise OverflowError(f"{bins} bins over [{low:g}, {high:g}] need a width past float64's range")
+    return width, int(-_offsets(np.array([low]), width)[0])
 
 
 class HistogramObserver:
     """Counts of finite values in ``bins`` equal bins of ``width``, with 0 the left edge of bin ``zero_bin``.
 
-    The bins always cover 0 and every value seen. When a batch falls outside, the width doubles (k times) and the
-    grid stays anchored at 0, so each old bin nests in exactly one new bin and the counts merge exactly: the only
-    approximation is the coarser resolution, and reading a value inside a bin assumes the values spread evenly in it.
+    The bins always cover 0 and every value seen: value v is counted in bin ``zero_bin + floor(v / width)``, the
+    quotient rounded as float64 (so a value within rounding of an edge may sit on either side of it), and before a
+    batch is counted its min and max are checked to fall inside the grid by that same rule. When a batch falls
+    outside, the width doubles (k times) and the grid stays anchored at 0, so each old bin nests in exactly one new
+    bin and the counts merge exactly: the only approximation is the coarser resolution, and reading a value inside a
+    bin assumes the values spread evenly in it. Until a nonzero value comes, ``width`` is 0 and zeros count in bin 0.
     Exact ``low``/``high``, the count of exact zeros and of ignored NaN/Inf are kept too. Memory is O(bins).
+    ``update`` raises OverflowError, before changing anything, only for values so near float64's max that
+    ``bins`` bins cannot span them.
     """
 
     def __init__(self, bins: int = 2048) -> None:
@@ -272,50 +309,70 @@ class HistogramObserver:
 
     def update(self, x: ArrayLike) -> None:
         values, ignored = _finite(x)
+        if values.size:
+            smallest, largest = float(values.min()), float(values.max())
+            low, high = min(smallest, 0.0), max(largest, 0.0)
+            if self.width == 0.0 and high > low:
+                self._start(low, high)
+            if self.width > 0.0 and not self._covers(low, high):
+                self._widen(low, high)
+            self._count(values)
+            self.low, self.high = min(self.low, smallest), max(self.high, largest)
+            self.count += values.size
+            self.zeros += values.size - int(np.count_nonzero(values))
         self.ignored += ignored
-        if values.size == 0:
-            return
-        smallest, largest = float(values.min()), float(values.max())
-        self.low, self.high = min(self.low, smallest), max(self.high, largest)
-        low, high = min(smallest, 0.0), max(largest, 0.0)
-        self.count += values.size
-        self.zeros += values.size - int(np.count_nonzero(values))
-        if self.width == 0.0 and high > low:
-            self.width = max((high - low) / (self.bins - 1), float(np.finfo(np.float64).tiny))
-            self.zero_bin = math.ceil(-low / self.width)
-            pending, self.counts[0] = self.counts[0], 0
-            self.counts[self.zero_bin] += pending
-        elif self.width > 0 and (math.floor(low / self.width) + self.zero_bin < 0
-                                 or math.floor(high / self.width) + self.zero_bin >= self.bins):
-            self._widen(low, high)
-        if self.width == 0.0:
+
+    def _start(self, low: float, high: float) -> None:
+        """The first grid, for the first batch with a nonzero value; the zeros seen before move to its zero bin."""
+        width, zero = _first_grid(low, high, self.bins)
+        pending, self.counts[0] = self.counts[0], 0
+        self.counts[zero] += pending
+        self.width, self.zero_bin = width, zero
+
+    def _covers(self, low: float, high: float) -> bool:
+        first, last = _offsets(np.array([low, high]), self.width) + self.zero_bin
+        return bool(first >= 0 and last < self.bins)
+
+    def _count(self, values: Array) -> None:
+        if self.width == 0.0:  # only zeros so far
             self.counts[0] += values.size
             return
-        index = np.floor(values / self.width).astype(np.int64) + self.zero_bin
-        self.counts += np.bincount(np.clip(index, 0, self.bins - 1), minlength=self.bins)
+        index = _offsets(values, self.width).astype(np.int64) + self.zero_bin  # in [0, bins): the grid covers them
+        self.counts += np.bincount(index, minlength=self.bins)
 
     def _widen(self, low: float, high: float) -> None:
-        """Double the width until old bins and ``[low, high]`` fit, choosing the fewest bins below zero."""
+        """Double the width until old bins and ``[low, high]`` fit, choosing the fewest bins below zero.
+
+        ``math.ldexp`` scales exactly (and raises OverflowError past float64's max); quotients may be inf at first,
+        so the fit is decided on floats, whose integer values are exact while they matter (below ``bins``).
+        A fit needs ``last - first < n``, so ``max(-low, high) / width < 2n`` even after rounding: the search skips
+        the doublings that leave the width below ``max(-low, high) / 2n``, so it takes a few steps however far the
+        range jumps (logarithms, as ``2n · width`` may overflow).
+        """
         n, zero = self.bins, self.zero_bin
-        k = 0
+        k = max(0, math.floor(math.log2(max(-low, high)) - math.log2(2 * n) - math.log2(self.width)) - 1)
         while True:
             k += 1
-            group, width = min(2**k, n), self.width * 2.0**k
-            new_zero = max(-(-zero // group), math.ceil(-low / width))
-            if new_zero + (n - 1 - zero) // group < n and new_zero + math.floor(high / width) < n:
+            group, width = min(2**k, n), math.ldexp(self.width, k)
+            first, last = _offsets(np.array([low, high]), width)
+            new_zero = max(-(-zero // group), -first)
+            if new_zero + (n - 1 - zero) // group < n and new_zero + last < n:
                 break
         merged = np.zeros(n, np.int64)
-        np.add.at(merged, new_zero + (np.arange(n) - zero) // group, self.counts)
-        self.counts, self.width, self.zero_bin = merged, width, new_zero
+        np.add.at(merged, int(new_zero) + (np.arange(n) - zero) // group, self.counts)
+        self.counts, self.width, self.zero_bin = merged, width, int(new_zero)
 
     def percentile(self, q: float) -> float:
         """numpy's ``percentile(values, q)`` read off the histogram: the value of 0-based rank ``q/100·(count-1)``.
 
         Value k owns ``[k, k+1)`` of the cumulative count, and a bin's values spread evenly across it, except exact
-        zeros, which sit at 0, the left edge of ``zero_bin``. The answer is clamped to ``[low, high]``.
+        zeros, which sit at 0, the left edge of ``zero_bin``. The answer is clamped to ``[low, high]``, and the ends,
+        ``q`` 0 and 100, are the exact ``low`` and ``high``: where in its bin the largest value lies is not known.
         """
         if self.count == 0 or not 0 <= q <= 100:
             raise ValueError(f"percentile {q} of {self.count} values")
+        if q in (0, 100):
+            return self.low if q == 0 else self.high
         if self.width == 0.0:
             return 0.0
         target = q / 100 * (self.count - 1) + 0.5
