@@ -81,6 +81,11 @@ import graphopt
 from graphopt.data import Dataset, input_specs
 from graphopt.errors import DataError, GraphoptError, first_line
 from graphopt.pass_base import PassBase
+from graphopt.verify.tolerance import Tolerance
+
+ROBUSTNESS_BUDGET = Tolerance(cosine=0.99, top1=0.99, confidence=None)
+"""The default budget judged on the means: a node test verifies on its one sample, and the corpus asks whether
+every pass survives every operator, not whether a verdict generalises (a bound needs 30 samples)."""
 
 __all__ = [
     "ALWAYS",
@@ -348,7 +353,8 @@ def run_case(case: Case, profile: str = "default") -> CaseResult:
             output = Path(folder) / "model.onnx"
             try:
                 model = case.load()
-                report = graphopt.optimize(model, dataset(case, model), passes=passes, output=output).report
+                report = graphopt.optimize(model, dataset(case, model), passes=passes, output=output,
+                                           tolerance=ROBUSTNESS_BUDGET).report
             except GraphoptError as e:
                 result.outcome, result.reason = "refused", first_line(e)
             except Exception as e:  # noqa: BLE001 - any other exception is a bug: keep its traceback

@@ -7,6 +7,7 @@ The CLI is a thin layer over these functions; every CLI flag is a parameter here
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -15,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
-from graphopt.errors import GraphoptError, PipelineError, UsageError, ValidationSetupError
+from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.manager import PassManager, PipelineResult
@@ -47,7 +48,7 @@ from graphopt.validation.held_out import Metric, check_held_out, load_metric
 from graphopt.validation.model import ValidationReport
 from graphopt.validation.performance import check_performance
 from graphopt.validation.shifts import Shift, check_shifts
-from graphopt.verify.tolerance import Tolerance, check_number
+from graphopt.verify.tolerance import MIN_BOUNDED_SAMPLES, Tolerance, check_number
 from graphopt.verify.verifier import Verifier
 
 __all__ = [
@@ -159,6 +160,12 @@ def optimize(
     specs = input_specs(original)
     dataset = data if isinstance(data, Dataset) else load_data(data, specs)
     calibration, verification = _split(dataset, calibration_fraction)
+    if lossy and tolerance.confidence is not None and verification.n_samples < MIN_BOUNDED_SAMPLES:
+        needed = math.ceil(MIN_BOUNDED_SAMPLES / (1 - calibration_fraction))
+        raise DataError(f"too few samples to decide: lossy passes are judged on the {tolerance.confidence:.0%} lower "
+                        f"confidence bound over at least {MIN_BOUNDED_SAMPLES} verification samples, and "
+                        f"{dataset.n_samples} samples give {verification.n_samples}; give at least {needed} (or "
+                        "--confidence 0 to judge the means)")
 
     record = Report(
         graphopt_version=graphopt_version(),

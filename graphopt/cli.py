@@ -25,7 +25,7 @@ from graphopt.errors import GraphoptError, UsageError
 from graphopt.pipeline import option_fields
 from graphopt.report.render import format_bytes, render_table, render_validation_table, to_json, validation_json
 from graphopt.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeConfig
-from graphopt.verify.tolerance import Tolerance
+from graphopt.verify.tolerance import DEFAULT_CONFIDENCE, Tolerance
 
 __all__ = ["INTERRUPTED", "TERMINATED", "main"]
 
@@ -84,6 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rtol", type=float, default=0.0, help="relative tolerance used with --atol")
     run.add_argument("--lossless-atol", type=float, default=lossless.atol, help="lossless passes: atol")
     run.add_argument("--lossless-rtol", type=float, default=lossless.rtol, help="lossless passes: rtol")
+    _add_confidence_flag(run)
     run.add_argument("--calibration-fraction", type=float, default=0.5, help="share of samples for fitting")
     run.add_argument("--no-normalize", action="store_true", help="skip the normalisation pass")
     _add_runtime_flags(run)
@@ -104,6 +105,7 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--cosine", type=float, default=budget.cosine, help="minimum mean cosine vs the original")
     check.add_argument("--top1", type=float, default=budget.top1, help="minimum top-1 agreement for classifiers")
     check.add_argument("--snr-db", type=float, default=None, help="minimum SNR in dB vs the original")
+    _add_confidence_flag(check)
     check.add_argument("--seed", type=int, default=0, help="seed of folds, shifts and bootstrap resampling")
     check.add_argument("--report", default=None, help="write the JSON report here")
     check.add_argument("--html", default=None, help="write a self-contained HTML page here")
@@ -117,6 +119,16 @@ def _build_parser() -> argparse.ArgumentParser:
     look.add_argument("model")
     look.add_argument("--json", action="store_true", help="machine-readable summary")
     return parser
+
+
+def _add_confidence_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help="judge cosine and top-1 by their one-sided lower confidence bound at this level "
+                             "(0: by their means on the verification samples)")
+
+
+def _confidence(args: argparse.Namespace) -> float | None:
+    return None if args.confidence == 0 else args.confidence
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
@@ -142,7 +154,8 @@ def _runtime(args: argparse.Namespace) -> RuntimeConfig:
 
 
 def _optimize(args: argparse.Namespace, out: TextIO) -> int:
-    tolerance = Tolerance(atol=args.atol, rtol=args.rtol, cosine=args.cosine, snr_db=args.snr_db, top1=args.top1)
+    tolerance = Tolerance(atol=args.atol, rtol=args.rtol, cosine=args.cosine, snr_db=args.snr_db, top1=args.top1,
+                          confidence=_confidence(args))
     result = api.optimize(
         args.model,
         args.data,
@@ -185,7 +198,7 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
         folds=args.folds,
         metric=args.metric,
         max_accuracy_drop=args.max_accuracy_drop,
-        tolerance=Tolerance(cosine=args.cosine, snr_db=args.snr_db, top1=args.top1),
+        tolerance=Tolerance(cosine=args.cosine, snr_db=args.snr_db, top1=args.top1, confidence=_confidence(args)),
         runtime=_runtime(args),
         seed=args.seed,
         report=args.report,

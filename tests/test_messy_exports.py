@@ -152,7 +152,7 @@ def _mlp_with_constants(rng: np.random.Generator, opset: int = 17) -> onnx.Model
 
 def test_weights_as_constant_nodes(tmp_path: Path, rng: np.random.Generator) -> None:
     model = _mlp_with_constants(rng)
-    arrays = {"x": rng.standard_normal((48, 4, 8)).astype(np.float32)}
+    arrays = {"x": rng.standard_normal((64, 4, 8)).astype(np.float32)}
     result = _optimize(tmp_path, model, arrays)
     _check(result, model, _batch_feeds(arrays), CLUSTERING)
     assert result.report.record("normalize").stats["constants_to_initializers"] == 4
@@ -175,7 +175,7 @@ def test_old_opsets(tmp_path: Path, rng: np.random.Generator, opset: int) -> Non
     assert result.report.record("weight-clustering").status in ("applied", "narrowed")
 
     mlp = _mlp_with_constants(rng, opset)
-    arrays = {"x": rng.standard_normal((48, 4, 8)).astype(np.float32)}
+    arrays = {"x": rng.standard_normal((64, 4, 8)).astype(np.float32)}
     (tmp_path / "mlp").mkdir()
     result = _optimize(tmp_path / "mlp", mlp, arrays, "int4-weights{min_size=64,block=16}")
     _check(result, mlp, _batch_feeds(arrays), "int4-weights")
@@ -207,7 +207,7 @@ def test_dynamic_batch_and_sequence(tmp_path: Path, rng: np.random.Generator) ->
     model = onnx.parser.parse_model(text)
     model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in
                                    {"w_in": w_in, "w_out": w_out, "head": head}.items())
-    arrays = {"x": rng.standard_normal((40, 12, 32)).astype(np.float32)}
+    arrays = {"x": rng.standard_normal((64, 12, 32)).astype(np.float32)}
     result = _optimize(tmp_path, model, arrays, "int4-weights{min_size=64,block=16}")
     feeds = [{"x": rng.standard_normal((b, s, 32)).astype(np.float32)} for b, s in ((1, 12), (3, 7), (2, 1))]
     _check(result, model, feeds, "int4-weights", min_cosine=0.98)
@@ -261,7 +261,7 @@ def _if_loop_model(rng: np.random.Generator) -> onnx.ModelProto:
 
 def test_if_and_loop_subgraphs(tmp_path: Path, rng: np.random.Generator) -> None:
     model = _if_loop_model(rng)
-    arrays = {"x": rng.standard_normal((48, 64)).astype(np.float32)}
+    arrays = {"x": rng.standard_normal((64, 64)).astype(np.float32)}
     fine = "weight-clustering{min_size=64,clusters=128}"  # w is also read in the Loop body: clustered, name kept
     result = _optimize(tmp_path, model, arrays, fine)
     _check(result, model, _batch_feeds(arrays, 16), fine)
@@ -283,14 +283,14 @@ def test_silero_vad_if_subgraphs(tmp_path: Path, rng: np.random.Generator) -> No
     path = Path(SILERO.origin).parent / "data" / "silero_vad.onnx"
     shutil.copy(path, tmp_path / "silero_vad.onnx")
     session = _session(path)
-    audio = (rng.standard_normal(576 * 14) * 0.1).astype(np.float32)
+    audio = (rng.standard_normal(576 * 64) * 0.1).astype(np.float32)
     chunks, states, state = [], [], np.zeros((2, 1, 128), np.float32)
-    for i in range(14):
+    for i in range(64):
         chunk = audio[None, i * 576:(i + 1) * 576]
         chunks.append(chunk)
         states.append(state)
         _, state = session.run(None, {"input": chunk, "state": state, "sr": np.array(16000, np.int64)})
-    arrays = {"input": np.concatenate(chunks), "state": np.stack(states), "sr": np.full(14, 16000, np.int64)}
+    arrays = {"input": np.concatenate(chunks), "state": np.stack(states), "sr": np.full(64, 16000, np.int64)}
     result = _optimize(tmp_path, tmp_path / "silero_vad.onnx", arrays)
     feeds = [{"input": arrays["input"][i:i + 1], "state": arrays["state"][i], "sr": np.asarray(arrays["sr"][i])}
              for i in range(6)]
@@ -356,8 +356,8 @@ def test_integer_inputs(tmp_path: Path, rng: np.random.Generator) -> None:
     model = onnx.parser.parse_model(text)
     model.graph.initializer.extend([numpy_helper.from_array(table, "table"), numpy_helper.from_array(fc, "fc"),
                                     numpy_helper.from_array(np.zeros(4, np.float32), "bias")])
-    ids = rng.integers(0, 200, (48, 10)).astype(np.int64)
-    mask = (rng.random((48, 10)) < 0.8).astype(np.int32)
+    ids = rng.integers(0, 200, (64, 10)).astype(np.int64)
+    mask = (rng.random((64, 10)) < 0.8).astype(np.int32)
     arrays = {"ids": ids, "mask": mask}
     result = _optimize(tmp_path, model, arrays)
     _check(result, model, _batch_feeds(arrays, 12), CLUSTERING)
@@ -479,7 +479,7 @@ def test_sizes_and_external_saves_without_protobuf(tmp_path: Path, rng: np.rando
 def test_rejected_candidates_are_not_kept(tmp_path: Path, rng: np.random.Generator) -> None:
     """Regression: every pass outcome held its candidate model, rejected or not (three 2 GB copies of a big model)."""
     model = _mlp_with_constants(rng)
-    result = _optimize(tmp_path, model, {"x": rng.standard_normal((48, 4, 8)).astype(np.float32)},
+    result = _optimize(tmp_path, model, {"x": rng.standard_normal((64, 4, 8)).astype(np.float32)},
                        "weight-clustering{min_size=64,clusters=2}")
     outcomes = {o.pass_name: o for o in result.pipeline.outcomes}
     assert outcomes["weight-clustering"].status.value == "rolled back"

@@ -61,4 +61,5 @@ def worst_output(verifications: tuple[Verification, ...]) -> dict[str, Any] | No
     stats = against_original[0].stats
     name = min(stats, key=lambda n: (stats[n].cosine, -stats[n].max_abs))
     s = stats[name]
-    return {"output": name, "cosine": s.cosine, "top1": s.top1, "max_abs": s.max_abs, "snr_db": s.to_dict()["snr_db"]}
+    return {"output": name, "cosine": s.cosine, "cosine_low": s.cosine_low, "top1": s.top1, "top1_low": s.top1_low,
+            "max_abs": s.max_abs, "snr_db": s.to_dict()["snr_db"]}

@@ -35,12 +35,17 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 10_000 else str(n)
 
 
+def _bound(low: float | None, mean: float, digits: int) -> str:
+    """`` (≥low)``: the lower confidence bound beside its estimate, when it says something the estimate does not."""
+    return "" if low is None or round(low, digits) == round(mean, digits) else f" (≥{low:.{digits}f})"
+
+
 def _worst(worst: dict[str, Any] | None) -> str:
     if not worst:
         return "-"
-    text = f"cos {worst['cosine']:.5f}"
+    text = f"cos {worst['cosine']:.5f}" + _bound(worst.get("cosine_low"), worst["cosine"], 5)
     if worst.get("top1") is not None:
-        text += f" top1 {worst['top1']:.3f}"
+        text += f" top1 {worst['top1']:.3f}" + _bound(worst.get("top1_low"), worst["top1"], 3)
     return f"{text} max|Δ| {worst['max_abs']:.2g}"
 
 

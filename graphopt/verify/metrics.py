@@ -20,6 +20,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from graphopt.outputs import Output, RaggedOutput
+from graphopt.verify.intervals import lower_bound
 
 __all__ = [
     "ErrorStats",
@@ -47,7 +48,9 @@ def looks_like_classifier(shape: tuple[int, ...]) -> bool:
 class ErrorStats:
     """How far a candidate output is from the reference. ``exact`` outputs (integers, booleans) only count
     ``mismatches``. ``min_atol`` is the smallest absolute tolerance that passes together with ``rtol``.
-    ``shape_mismatches`` counts the samples whose shapes differ (ragged outputs); the other figures leave them out."""
+    ``shape_mismatches`` counts the samples whose shapes differ (ragged outputs); the other figures leave them out.
+    ``cosine_low`` and ``top1_low`` are one-sided bootstrap lower bounds of the mean per-sample cosine and top-1
+    agreement at ``confidence`` (``None`` when not asked for): what the figures are on fresh samples, at least."""
 
     n_samples: int
     exact: bool
@@ -65,6 +68,9 @@ class ErrorStats:
     snr_db: float
     top1: float | None
     shape_mismatches: int = 0
+    cosine_low: float | None = None
+    top1_low: float | None = None
+    confidence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()} | {
@@ -91,9 +97,11 @@ def shape_mismatches(reference: Output, candidate: Output) -> list[int]:
             if r.shape != g.shape]
 
 
-def error_stats(reference: Output, candidate: Output, rtol: float = 0.0) -> ErrorStats:
+def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
+                confidence: float | None = None) -> ErrorStats:
     """Compare ``candidate`` with ``reference``: arrays of one shape (axis 0 = samples), or, when either is a
-    ``RaggedOutput``, sample by sample over the samples whose shapes agree (the others are ``shape_mismatches``)."""
+    ``RaggedOutput``, sample by sample over the samples whose shapes agree (the others are ``shape_mismatches``).
+    With ``confidence``, the per-sample cosines and top-1 agreements also give lower confidence bounds."""
     if not comparable(reference, candidate):
         raise ValueError(f"{_layout(candidate)} differs from the reference {_layout(reference)}")
     exact = not np.issubdtype(reference.dtype, np.inexact)
@@ -103,7 +111,7 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0) -> Erro
         ref, got, nonfinite = _finite_pair(reference, candidate)
         cosines = _cosines(ref.reshape(n, -1), got.reshape(n, -1))
         top1 = np.argmax(ref, axis=-1) == np.argmax(got, axis=-1) if classifier else None
-        return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0)
+        return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0, confidence)
     samples = list(zip(_samples(reference), _samples(candidate), strict=True))
     pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
     ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
@@ -111,7 +119,7 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0) -> Erro
     cosines = np.array([_cosine(r, g) for r, g, _ in pairs])
     top1 = np.array([np.argmax(r) == np.argmax(g) for r, g, _ in pairs]) if classifier else None
     return _stats(len(samples), exact, ref, got, sum(c for _, _, c in pairs), cosines, top1, rtol,
-                  len(samples) - len(pairs))
+                  len(samples) - len(pairs), confidence)
 
 
 def per_sample_cosine(reference: Output, candidate: Output) -> np.ndarray:
@@ -178,9 +186,14 @@ def _finite_pair(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarr
 
 
 def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int, cosines: np.ndarray,
-           top1: np.ndarray | None, rtol: float, shape_mismatched: int) -> ErrorStats:
+           top1: np.ndarray | None, rtol: float, shape_mismatched: int, confidence: float | None) -> ErrorStats:
     """The statistics from finite, float64 ``ref`` and ``got`` (of one shape), the per-sample cosines and top-1
     agreements (``None``: not classifier-like) of the compared samples, and the count of samples left out."""
+    def bound(values: np.ndarray | None) -> float | None:
+        if confidence is None or values is None or exact:
+            return None
+        return lower_bound(values.astype(np.float64), confidence=confidence) if values.size else 1.0
+
     diff = np.abs(got - ref)
     scale = np.abs(ref)
     flat = diff.ravel()
@@ -204,6 +217,9 @@ def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int
         snr_db=snr,
         top1=None if top1 is None else (float(np.mean(top1)) if top1.size else 1.0),
         shape_mismatches=shape_mismatched,
+        cosine_low=bound(cosines),
+        top1_low=bound(top1),
+        confidence=None if exact else confidence,
     )
 
 

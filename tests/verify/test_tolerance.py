@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from graphopt.errors import ToleranceError
 from graphopt.verify.metrics import error_stats
 from graphopt.verify.tolerance import Tolerance, judge
 
@@ -39,3 +41,47 @@ def test_per_output_override_and_exact_outputs(rng: np.random.Generator) -> None
 def test_nonfinite_fails_every_tolerance() -> None:
     verdict = judge({"y": error_stats(np.array([[1.0]]), np.array([[np.nan]]))}, Tolerance())
     assert not verdict.passed and "NaN" in verdict.failures[0]
+
+
+def _borderline(rng: np.random.Generator, n: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """A candidate whose mean per-sample cosine sits just above 0.99, with a spread between samples: most samples
+    agree closely, a few much less."""
+    ref = rng.standard_normal((n, 16))
+    noise = np.where(np.arange(n)[:, None] % 10 == 0, 0.3, 0.02) * rng.standard_normal((n, 16))
+    return ref, ref + noise
+
+
+def test_a_borderline_candidate_is_rejected_by_its_bound_and_accepted_by_its_mean(rng: np.random.Generator) -> None:
+    ref, got = _borderline(rng)
+    bounded = error_stats(ref, got, confidence=0.95)
+    assert 0.99 <= bounded.cosine and bounded.cosine_low is not None and bounded.cosine_low < 0.99
+    verdict = judge({"y": bounded}, Tolerance(cosine=0.99))
+    assert not verdict.passed and "lower confidence bound" in verdict.failures[0]
+    assert judge({"y": bounded}, Tolerance(cosine=0.99, confidence=None)).passed  # the old rule: the mean only
+    assert judge({"y": error_stats(ref, got)}, Tolerance(cosine=0.99)).passed  # no bound computed, none judged
+
+
+def test_a_clear_candidate_passes_its_bound_and_identical_outputs_bound_at_one(rng: np.random.Generator) -> None:
+    ref = rng.standard_normal((80, 16))
+    close = error_stats(ref, ref + 1e-3 * rng.standard_normal(ref.shape), confidence=0.95)
+    assert close.cosine_low is not None and 0.99 < close.cosine_low <= close.cosine
+    assert judge({"y": close}, Tolerance.budget()).passed
+    same = error_stats(ref, ref.copy(), confidence=0.95)
+    assert same.cosine_low == same.top1_low == 1.0
+
+
+def test_top1_is_judged_on_its_bound(rng: np.random.Generator) -> None:
+    ref = rng.standard_normal((200, 10))
+    got = ref.copy()
+    got[:2] = got[:2, ::-1]  # 2 of 200 argmaxes change: 0.99 agreement, right at the budget
+    stats = error_stats(ref, got, confidence=0.95)
+    assert stats.top1 is not None and stats.top1 >= 0.99 - 1e-12
+    assert stats.top1_low is not None and stats.top1_low < 0.99
+    assert any("top-1 agreement" in f and "bound" in f for f in judge({"y": stats}, Tolerance.budget()).failures)
+
+
+def test_confidence_is_checked() -> None:
+    for value in (0.0, 1.0, float("nan"), 0.3):
+        with pytest.raises(ToleranceError, match="confidence"):
+            Tolerance(confidence=value)
+    assert Tolerance().confidence == Tolerance.budget().confidence == 0.95
