@@ -50,7 +50,8 @@ class ErrorStats:
     ``mismatches``. ``min_atol`` is the smallest absolute tolerance that passes together with ``rtol``.
     ``shape_mismatches`` counts the samples whose shapes differ (ragged outputs); the other figures leave them out.
     ``cosine_low`` and ``top1_low`` are one-sided bootstrap lower bounds of the mean per-sample cosine and top-1
-    agreement at ``confidence`` (``None`` when not asked for): what the figures are on fresh samples, at least."""
+    agreement at ``confidence`` (``None`` when not asked for): what the figures are on fresh samples, at least.
+    ``near_zero_samples`` counts the samples judged by absolute error instead of cosine (see ``_agreements``)."""
 
     n_samples: int
     exact: bool
@@ -71,6 +72,7 @@ class ErrorStats:
     cosine_low: float | None = None
     top1_low: float | None = None
     confidence: float | None = None
+    near_zero_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()} | {
@@ -109,28 +111,33 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
         n = reference.shape[0] if reference.ndim else 1
         ref, got, nonfinite = _finite_pair(reference, candidate)
-        cosines = _cosines(ref.reshape(n, -1), got.reshape(n, -1))
+        cosines, near_zero = _agreements(ref.reshape(n, -1), got.reshape(n, -1))
         top1 = np.argmax(ref, axis=-1) == np.argmax(got, axis=-1) if classifier else None
-        return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0, confidence)
+        return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0, confidence, near_zero)
     samples = list(zip(_samples(reference), _samples(candidate), strict=True))
     pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
     ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
     got = np.concatenate([g.ravel() for _, g, _ in pairs]) if pairs else np.zeros(0)
-    cosines = np.array([_cosine(r, g) for r, g, _ in pairs])
+    cosines, near_zero = _agreements([r.ravel() for r, _, _ in pairs], [g.ravel() for _, g, _ in pairs])
     top1 = np.array([np.argmax(r) == np.argmax(g) for r, g, _ in pairs]) if classifier else None
     return _stats(len(samples), exact, ref, got, sum(c for _, _, c in pairs), cosines, top1, rtol,
-                  len(samples) - len(pairs), confidence)
+                  len(samples) - len(pairs), confidence, near_zero)
 
 
 def per_sample_cosine(reference: Output, candidate: Output) -> np.ndarray:
-    """The cosine of each sample (axis 0) as ``error_stats`` averages it (non-finite positions count as zero); NaN
-    for a sample whose shapes differ (``error_stats`` leaves it out)."""
+    """The agreement of each sample (axis 0) as ``error_stats`` averages it: its cosine (non-finite positions count
+    as zero), or for a near-zero sample 1/0 by absolute error; NaN for a sample whose shapes differ (``error_stats``
+    leaves it out)."""
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
         n = reference.shape[0] if reference.ndim else 1
         ref, got, _ = _finite_pair(reference, candidate)
-        return _cosines(ref.reshape(n, -1), got.reshape(n, -1))
-    return np.array([_cosine(*_finite_pair(r, g)[:2]) if r.shape == g.shape else math.nan
-                     for r, g in zip(_samples(reference), _samples(candidate), strict=True)])
+        return _agreements(ref.reshape(n, -1), got.reshape(n, -1))[0]
+    pairs = [(r, g) for r, g in zip(_samples(reference), _samples(candidate), strict=True)]
+    same = [i for i, (r, g) in enumerate(pairs) if r.shape == g.shape]
+    finite = [_finite_pair(*pairs[i])[:2] for i in same]
+    values = np.full(len(pairs), math.nan)
+    values[same] = _agreements([r.ravel() for r, _ in finite], [g.ravel() for _, g in finite])[0]
+    return values
 
 
 def per_sample_top1(reference: Output, candidate: Output) -> np.ndarray | None:
@@ -186,7 +193,8 @@ def _finite_pair(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarr
 
 
 def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int, cosines: np.ndarray,
-           top1: np.ndarray | None, rtol: float, shape_mismatched: int, confidence: float | None) -> ErrorStats:
+           top1: np.ndarray | None, rtol: float, shape_mismatched: int, confidence: float | None,
+           near_zero: int) -> ErrorStats:
     """The statistics from finite, float64 ``ref`` and ``got`` (of one shape), the per-sample cosines and top-1
     agreements (``None``: not classifier-like) of the compared samples, and the count of samples left out."""
     def bound(values: np.ndarray | None) -> float | None:
@@ -220,7 +228,37 @@ def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int
         cosine_low=bound(cosines),
         top1_low=bound(top1),
         confidence=None if exact else confidence,
+        near_zero_samples=near_zero,
     )
+
+
+NEAR_ZERO = 1e-3
+"""A sample whose reference peaks below this share of the output's range over all samples has no direction to
+compare (a text detector's probability map on an image without text: ~1e-7 everywhere)."""
+
+NEAR_ZERO_AGREEMENT = 1e-2
+"""Such a sample agrees (scores 1, else 0) when the candidate is within this share of the output's range of it
+everywhere: an empty map stays empty."""
+
+
+def _agreements(ref: np.ndarray | Sequence[np.ndarray], got: np.ndarray | Sequence[np.ndarray]
+                ) -> tuple[np.ndarray, int]:
+    """Per-sample agreement of finite float64 samples (the rows of two [n, k] arrays, or two lists of vectors):
+    their cosine, except for near-zero samples, whose cosine is undefined noise (two maps of 1e-7 that match to
+    1e-6 can be orthogonal), judged by absolute error against the output's range; and how many were near zero."""
+    if isinstance(ref, np.ndarray) and isinstance(got, np.ndarray):
+        cosines = _cosines(ref, got)
+        peaks = np.abs(ref).max(axis=1, initial=0.0)
+        errors = np.abs(got - ref).max(axis=1, initial=0.0)
+    else:
+        cosines = np.array([_cosine(r, g) for r, g in zip(ref, got, strict=True)])
+        peaks = np.array([np.abs(r).max(initial=0.0) for r in ref])
+        errors = np.array([np.abs(g - r).max(initial=0.0) for r, g in zip(ref, got, strict=True)])
+    scale = float(peaks.max(initial=0.0))
+    near = peaks <= NEAR_ZERO * scale
+    if scale == 0.0 or not near.any():  # an all-zero reference has no range to judge against: cosines stand
+        return cosines, 0
+    return np.where(near, (errors <= NEAR_ZERO_AGREEMENT * scale).astype(np.float64), cosines), int(near.sum())
 
 
 def _cosine(ref: np.ndarray, got: np.ndarray) -> float:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from graphopt.runtime import RaggedOutput
+from graphopt.outputs import RaggedOutput
 from graphopt.verify.metrics import (
     comparable,
     error_stats,
@@ -15,6 +15,7 @@ from graphopt.verify.metrics import (
     per_sample_top1,
     shape_mismatches,
 )
+from graphopt.verify.tolerance import Tolerance, judge
 
 
 def test_identical_outputs_are_exact(rng: np.random.Generator) -> None:
@@ -137,3 +138,35 @@ def test_identical_is_bitwise_and_layout_aware() -> None:
     assert not identical(a, np.array([[1.0], [2.0]], np.float32)) and not identical(ragged([1.0]), a)
     x = np.arange(4.0)
     assert identical(x, x.copy()) and not identical(x, x.astype(np.float32)) and not identical(x, x.reshape(2, 2))
+
+
+def _probability_maps(rng: np.random.Generator, n: int = 40, empty: int = 10) -> np.ndarray:
+    """Text-detector-like maps [n, 1, 32, 32]: blobs near 1 on most images, ~1e-7 everywhere on ``empty`` images."""
+    maps = 1e-7 * rng.random((n, 1, 32, 32))
+    for i in range(empty, n):
+        y, x = rng.integers(4, 24, 2)
+        maps[i, 0, y:y + 6, x:x + 8] = 0.9 + 0.1 * rng.random((6, 8))
+    return maps
+
+
+def test_an_empty_map_that_the_candidate_matches_does_not_fail(rng: np.random.Generator) -> None:
+    """On images without text a detector's map is ~1e-7: a candidate matching it to 1e-6 has a per-sample cosine near
+    0 (noise against noise), which used to fail every quantised detector. Judged against the output's range, it agrees."""
+    reference = _probability_maps(rng)
+    candidate = reference + 1e-6 * rng.standard_normal(reference.shape)
+    plain = np.array([np.dot(r.ravel(), c.ravel()) / np.linalg.norm(r) / np.linalg.norm(c)
+                      for r, c in zip(reference[:10], candidate[:10], strict=True)])
+    assert plain.mean() < 0.5  # what the cosine alone says of the empty maps
+    stats = error_stats(reference, candidate, confidence=0.95)
+    assert stats.near_zero_samples == 10 and stats.cosine > 0.999
+    assert judge({"map": stats}, Tolerance.budget()).passed
+    assert np.all(per_sample_cosine(reference, candidate)[:10] == 1.0)
+
+
+def test_a_candidate_that_lights_up_an_empty_map_fails(rng: np.random.Generator) -> None:
+    reference = _probability_maps(rng)
+    candidate = reference.copy()
+    candidate[3, 0, 10:16, 10:18] = 0.6  # text "found" on an image without any
+    stats = error_stats(reference, candidate, confidence=0.95)
+    assert stats.near_zero_samples == 10 and stats.cosine == pytest.approx(39 / 40)
+    assert not judge({"map": stats}, Tolerance.budget()).passed
