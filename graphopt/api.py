@@ -48,6 +48,7 @@ from graphopt.validation.held_out import Metric, check_held_out, load_metric
 from graphopt.validation.model import ValidationReport
 from graphopt.validation.performance import check_performance
 from graphopt.validation.shifts import Shift, check_shifts
+from graphopt.verify.output_kinds import output_kinds
 from graphopt.verify.tolerance import MIN_BOUNDED_SAMPLES, Tolerance, check_number
 from graphopt.verify.verifier import Verifier
 
@@ -180,6 +181,7 @@ def optimize(
         runtime=asdict(runtime),
         tolerance=tolerance.to_dict(),
         lossless_tolerance=lossless_tolerance.to_dict(),
+        outputs={name: kind.to_dict() for name, kind in output_kinds(original).items()},
     )
     result = run_pipeline(original, pipeline, calibration, verification, tolerance=tolerance,
                           lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,

@@ -216,9 +216,10 @@ class PassManager:
             outputs = self.verifier.outputs(result.model, label=f"verify {pass_.name}")
         except GraphoptError as e:
             return _Trial(result, error=str(e))
-        checks = [self.verifier.compare(self.verifier.reference, outputs, self.tolerance, "original")]
+        kinds = self.verifier.kinds
+        checks = [self.verifier.compare(self.verifier.reference, outputs, self.tolerance, "original", kinds)]
         if pass_.lossless and pass_.same_rounding:
-            checks.insert(0, self.verifier.compare(previous, outputs, self.lossless_tolerance, "previous"))
+            checks.insert(0, self.verifier.compare(previous, outputs, self.lossless_tolerance, "previous", kinds))
         for check in checks:
             for instrument in self.instruments:
                 instrument.after_verify(pass_, check)

@@ -46,6 +46,8 @@ class Report:
     runtime: dict[str, Any] = field(default_factory=dict)
     tolerance: dict[str, Any] = field(default_factory=dict)
     lossless_tolerance: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """How each output is judged: ``{name: {class_axis, reason}}`` (``graphopt.verify.output_kinds``)."""
     passes: list[PassRecord] = field(default_factory=list)
 
     def record(self, name: str) -> PassRecord:

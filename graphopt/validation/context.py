@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +12,7 @@ from graphopt.data import Dataset
 from graphopt.outputs import Outputs
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
+from graphopt.verify.output_kinds import OutputKind, output_kinds
 from graphopt.verify.tolerance import Tolerance
 
 __all__ = ["ValidationContext"]
@@ -34,6 +36,10 @@ class ValidationContext:
     seed: int = 0
     progress: Progress = NULL_PROGRESS
     _cache: dict[tuple[int, str], Outputs] = field(default_factory=dict, repr=False)
+    kinds: Mapping[str, OutputKind] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.kinds = output_kinds(self.original)  # how each output is judged, read from the original's graph
 
     def outputs(self, which: str, dataset: Dataset | None = None, runtime: RuntimeConfig | None = None,
                 key: str = "") -> Outputs:

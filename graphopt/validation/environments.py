@@ -95,7 +95,7 @@ def _judged(ctx: ValidationContext, env: str, outputs: Outputs, baseline: Output
             note: str = "") -> Check:
     """The check of one environment: its outputs against the original's (``passed`` overrides the tolerance, and
     ``detail`` the failures; ``note`` goes before the failures)."""
-    verification = Verifier.compare(ctx.reference(), outputs, ctx.tolerance, "original")
+    verification = Verifier.compare(ctx.reference(), outputs, ctx.tolerance, "original", ctx.kinds)
     worst = min(verification.stats.values(), key=lambda s: s.cosine, default=None)
     metrics: dict[str, float | None] = {"cosine": worst.cosine if worst else None, "top1": worst.top1 if worst else None,
                                         **_drift(baseline, outputs)}

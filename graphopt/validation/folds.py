@@ -48,7 +48,8 @@ def check_folds(ctx: ValidationContext, folds: int = 5, refit: Refit | None = No
     reference, candidate = ctx.reference(), ctx.candidate()
     below = 0
     for number, index in enumerate(fold_indices(n, folds, ctx.seed), start=1):
-        verification = Verifier.compare(_take(reference, index), _take(candidate, index), ctx.tolerance, "original")
+        verification = Verifier.compare(_take(reference, index), _take(candidate, index), ctx.tolerance, "original",
+                                       ctx.kinds)
         below += not verification.passed
         detail = f"below the tolerance: {'; '.join(verification.failures)}" if verification.failures else ""
         section.checks.append(Check(f"{_GIVEN}, fold {number}", None, _worst(verification), detail,

@@ -17,7 +17,7 @@ from graphopt.outputs import Output, Outputs, RaggedOutput
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
 from graphopt.verify.intervals import Interval, bootstrap_mean, paired_difference
-from graphopt.verify.metrics import looks_like_classifier, per_sample_cosine, per_sample_top1
+from graphopt.verify.metrics import HEURISTIC, looks_like_classifier, per_sample_cosine, per_sample_top1
 from graphopt.verify.verifier import Verifier
 
 __all__ = ["METRIC_GROUP", "Metric", "check_held_out", "load_metric"]
@@ -46,7 +46,7 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
     for the task: accuracy of an argmax output against the labels, or ``metric``, original vs optimised."""
     section = Section("held_out", "Held-out samples")
     reference, candidate = ctx.reference(), ctx.candidate()
-    verification = Verifier.compare(reference, candidate, ctx.tolerance, "original")
+    verification = Verifier.compare(reference, candidate, ctx.tolerance, "original", ctx.kinds)
     failures = {name: [f for f in verification.failures if f.startswith(f"{name}:")] for name in reference}
     for name, ref in reference.items():
         got = candidate.get(name)
@@ -58,7 +58,7 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
         cosine = None if stats.exact else _interval(per_sample_cosine(ref, got), resamples, ctx.seed)
         if cosine is not None:
             metrics.update(cosine_low=cosine.low, cosine_high=cosine.high)
-        top1 = per_sample_top1(ref, got)
+        top1 = per_sample_top1(ref, got, ctx.kinds[name].class_axis if name in ctx.kinds else HEURISTIC)
         interval = None if top1 is None else _interval(top1, resamples, ctx.seed)
         if interval is not None:
             metrics.update(top1=interval.mean, top1_low=interval.low, top1_high=interval.high)

@@ -259,7 +259,7 @@ def _check(ctx: ValidationContext, shift: Shift) -> Check:
         original, optimized = ctx.outputs("original", shifted), ctx.outputs("optimized", shifted)
     except GraphoptError as e:
         return Check(shift.label, False, {}, first_line(e), shift.kind, shift.level)
-    fidelity = Verifier.compare(original, optimized, ctx.tolerance, f"original under {shift.label}")
+    fidelity = Verifier.compare(original, optimized, ctx.tolerance, f"original under {shift.label}", ctx.kinds)
     worst = min(fidelity.stats.values(), key=lambda s: s.cosine, default=None)
     clean = ctx.reference()
     original_cosine, original_top1 = _worst(clean, original)

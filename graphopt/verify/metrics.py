@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeGuard
+from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from graphopt.outputs import Output, RaggedOutput
 from graphopt.verify.intervals import lower_bound
 
 __all__ = [
+    "HEURISTIC",
+    "ClassAxis",
     "ErrorStats",
     "comparable",
     "error_stats",
@@ -34,6 +36,11 @@ __all__ = [
 ]
 
 _MAX_CLASSES = 256
+
+HEURISTIC: Final = "heuristic"
+ClassAxis: TypeAlias = int | None | Literal["heuristic"]
+"""Where an output's class scores lie: an axis of the output array (top-1 agreement judged at every other position,
+per sample), ``None`` (no top-1), or ``HEURISTIC`` (``looks_like_classifier`` decides from the shape)."""
 
 
 def looks_like_classifier(shape: tuple[int, ...]) -> bool:
@@ -100,26 +107,27 @@ def shape_mismatches(reference: Output, candidate: Output) -> list[int]:
 
 
 def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
-                confidence: float | None = None) -> ErrorStats:
+                confidence: float | None = None, class_axis: ClassAxis = HEURISTIC) -> ErrorStats:
     """Compare ``candidate`` with ``reference``: arrays of one shape (axis 0 = samples), or, when either is a
     ``RaggedOutput``, sample by sample over the samples whose shapes agree (the others are ``shape_mismatches``).
-    With ``confidence``, the per-sample cosines and top-1 agreements also give lower confidence bounds."""
+    With ``confidence``, the per-sample cosines and top-1 agreements also give lower confidence bounds. Top-1 is
+    judged along ``class_axis`` (see ``ClassAxis``): per sample, the share of positions whose argmax agrees."""
     if not comparable(reference, candidate):
         raise ValueError(f"{_layout(candidate)} differs from the reference {_layout(reference)}")
     exact = not np.issubdtype(reference.dtype, np.inexact)
-    classifier = _classifier_like(reference)
+    axis = _class_axis(reference, class_axis)
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
         n = reference.shape[0] if reference.ndim else 1
         ref, got, nonfinite = _finite_pair(reference, candidate)
         cosines, near_zero = _agreements(ref.reshape(n, -1), got.reshape(n, -1))
-        top1 = np.argmax(ref, axis=-1) == np.argmax(got, axis=-1) if classifier else None
+        top1 = _positions_agreeing(ref, got, axis) if axis is not None else None
         return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0, confidence, near_zero)
     samples = list(zip(_samples(reference), _samples(candidate), strict=True))
     pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
     ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
     got = np.concatenate([g.ravel() for _, g, _ in pairs]) if pairs else np.zeros(0)
     cosines, near_zero = _agreements([r.ravel() for r, _, _ in pairs], [g.ravel() for _, g, _ in pairs])
-    top1 = np.array([np.argmax(r) == np.argmax(g) for r, g, _ in pairs]) if classifier else None
+    top1 = np.array([_sample_agreement(r, g, axis) for r, g, _ in pairs]) if axis is not None else None
     return _stats(len(samples), exact, ref, got, sum(c for _, _, c in pairs), cosines, top1, rtol,
                   len(samples) - len(pairs), confidence, near_zero)
 
@@ -140,14 +148,17 @@ def per_sample_cosine(reference: Output, candidate: Output) -> np.ndarray:
     return values
 
 
-def per_sample_top1(reference: Output, candidate: Output) -> np.ndarray | None:
-    """1.0 where the candidate's argmax equals the reference's, per sample, NaN where the sample's shapes differ;
-    ``None`` unless the reference is classifier-like (a ragged reference never is)."""
-    if not _classifier_like(reference):
+def per_sample_top1(reference: Output, candidate: Output, class_axis: ClassAxis = HEURISTIC) -> np.ndarray | None:
+    """Per sample, the share of positions where the candidate's argmax along the class axis equals the
+    reference's (1.0 or 0.0 for a plain classifier), NaN where the sample's shapes differ; ``None`` when the output
+    holds no class scores (a ragged reference never does)."""
+    axis = _class_axis(reference, class_axis)
+    if axis is None:
         return None
+    assert isinstance(reference, np.ndarray)
     if isinstance(candidate, np.ndarray):
-        return (np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)).astype(np.float64)
-    return np.array([float(np.argmax(r) == np.argmax(g)) if r.shape == g.shape else math.nan
+        return _positions_agreeing(reference, candidate, axis)
+    return np.array([_sample_agreement(r, g, axis) if r.shape == g.shape else math.nan
                      for r, g in zip(_samples(reference), candidate.samples, strict=True)])
 
 
@@ -157,6 +168,30 @@ def identical(a: Output, b: Output) -> bool:
         return (isinstance(a, RaggedOutput) and isinstance(b, RaggedOutput) and len(a) == len(b)
                 and all(identical(x, y) for x, y in zip(a.samples, b.samples, strict=True)))
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _class_axis(reference: Output, class_axis: ClassAxis) -> int | None:
+    """The class axis of ``reference`` as a non-negative array axis (≥ 1: axis 0 holds the samples), or ``None``
+    where top-1 is not judged: not class scores, integers, ragged, or a class axis of one class or out of range."""
+    if not isinstance(reference, np.ndarray) or not np.issubdtype(reference.dtype, np.inexact):
+        return None
+    if class_axis == HEURISTIC:
+        return 1 if _classifier_like(reference) else None
+    if class_axis is None or not -reference.ndim < class_axis < reference.ndim:
+        return None
+    axis = class_axis % reference.ndim
+    return axis if axis >= 1 and reference.shape[axis] >= 2 else None
+
+
+def _positions_agreeing(reference: np.ndarray, candidate: np.ndarray, axis: int) -> np.ndarray:
+    """Per sample (axis 0), the share of positions whose argmax along ``axis`` agrees, in float64."""
+    agree = np.argmax(reference, axis=axis) == np.argmax(candidate, axis=axis)
+    return agree.reshape(len(agree), -1).mean(axis=1) if agree.ndim > 1 else agree.astype(np.float64)
+
+
+def _sample_agreement(reference: np.ndarray, candidate: np.ndarray, axis: int) -> float:
+    """One sample's share of positions whose argmax along ``axis`` (an axis of the stacked layout) agrees."""
+    return float(np.mean(np.argmax(reference, axis=axis - 1) == np.argmax(candidate, axis=axis - 1)))
 
 
 def _classifier_like(reference: Output) -> TypeGuard[np.ndarray]:

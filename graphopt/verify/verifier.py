@@ -20,7 +20,8 @@ from graphopt.errors import DataError
 from graphopt.outputs import Output, Outputs, RaggedOutput
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
-from graphopt.verify.metrics import ErrorStats, comparable, error_stats, shape_mismatches
+from graphopt.verify.metrics import HEURISTIC, ErrorStats, comparable, error_stats, shape_mismatches
+from graphopt.verify.output_kinds import OutputKind, output_kinds
 from graphopt.verify.tolerance import Tolerance, judge
 
 __all__ = ["Verification", "Verifier"]
@@ -67,6 +68,7 @@ class Verifier:
         self.reference, self._per_sample = run_dataset(
             session, data, self.runtime, progress=progress, label="reference outputs"
         )
+        self.kinds = output_kinds(original)
 
     def outputs(self, model: onnx.ModelProto, label: str = "verify") -> Outputs:
         """Run ``model`` on the verification samples, laid out like the reference outputs."""
@@ -77,9 +79,11 @@ class Verifier:
         return outputs
 
     @staticmethod
-    def compare(reference: Outputs, candidate: Outputs, tolerance: Tolerance, against: str) -> Verification:
+    def compare(reference: Outputs, candidate: Outputs, tolerance: Tolerance, against: str,
+                kinds: Mapping[str, OutputKind] | None = None) -> Verification:
         """Judge ``candidate`` against ``reference``; missing outputs or changed shapes (of the whole output, or of
-        any sample of a ragged one) fail, whatever the tolerance."""
+        any sample of a ragged one) fail, whatever the tolerance. ``kinds`` (``output_kinds`` of the original
+        model) say along which axis each output's top-1 is judged; without them the shape heuristic decides."""
         stats: dict[str, ErrorStats] = {}
         problems: list[str] = []
         for name, ref in reference.items():
@@ -90,7 +94,8 @@ class Verifier:
                 problems.append(f"{name}: {_layout(got)} differs from {_layout(ref)}")
             else:
                 own = tolerance.for_output(name)
-                stats[name] = error_stats(ref, got, rtol=own.rtol, confidence=own.confidence)
+                axis = kinds[name].class_axis if kinds and name in kinds else HEURISTIC
+                stats[name] = error_stats(ref, got, rtol=own.rtol, confidence=own.confidence, class_axis=axis)
                 if stats[name].shape_mismatches:
                     problems.append(f"{name}: {_shape_failure(ref, got, stats[name])}")
         verdict = judge({n: s for n, s in stats.items() if not s.shape_mismatches}, tolerance)
