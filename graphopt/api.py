@@ -49,6 +49,7 @@ from graphopt.validation.model import ValidationReport
 from graphopt.validation.performance import check_performance
 from graphopt.validation.shifts import Shift, check_shifts
 from graphopt.verify.output_kinds import output_kinds
+from graphopt.verify.task import TaskBudget
 from graphopt.verify.tolerance import MIN_BOUNDED_SAMPLES, Tolerance, check_number
 from graphopt.verify.verifier import Verifier
 
@@ -113,6 +114,9 @@ def optimize(
     progress: Progress = NULL_PROGRESS,
     instruments: Sequence[Instrument] = (),
     html: str | Path | None = None,
+    labels: str | Path | None = None,
+    metric: str | Metric | None = None,
+    max_drop: float = 0.01,
 ) -> OptimizeResult:
     """Optimise ``model`` with ``passes``, verifying each against the original on held-out ``data``.
 
@@ -132,6 +136,10 @@ def optimize(
         progress: receives progress of calibration and verification.
         instruments: extra observers of the pass manager.
         html: where to write the run as a self-contained HTML page.
+        labels: the name of a label array in the data file, or an ``.npy`` file of them (needed by ``metric``).
+        metric: a task metric (``graphopt.metrics`` entry point name, or a callable scoring each sample) that every
+            pass is also held to: it may drop at most ``max_drop`` against the original (its upper confidence
+            bound, at the tolerance's confidence).
 
     The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so
     ``validate`` can tell held-out samples from calibration ones and re-run the pipeline on folds.
@@ -147,7 +155,7 @@ def optimize(
     original, loaded = _read(model)
     input_path = None if loaded is None else loaded.files[0]
     report_target = Path(report) if report is not None else report_path_for(output) if output is not None else None
-    inputs = _named_inputs(loaded, data)
+    inputs = _named_inputs(loaded, data, labels)
     outputs = [(label, Path(p)) for label, p in (("the output model", output), ("the report", report_target),
                                                   ("the HTML page", html)) if p is not None]
     if output is not None:
@@ -158,8 +166,16 @@ def optimize(
     check_providers(runtime)
     tolerance = tolerance or Tolerance.budget()
     lossless_tolerance = lossless_tolerance or Tolerance.lossless()
+    check_number("max_drop", max_drop, low=0.0, optional=False)
+    task = None
+    if metric is not None:
+        name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
+        task = TaskBudget(name, load_metric(metric) if isinstance(metric, str) else metric, max_drop)
     specs = input_specs(original)
-    dataset = data if isinstance(data, Dataset) else load_data(data, specs)
+    dataset = data if isinstance(data, Dataset) else load_data(data, specs, labels)
+    if task is not None and dataset.labels is None:
+        raise UsageError(f"the task metric {task.name} needs labels: give --labels (an array of the data file or an "
+                         ".npy file)")
     calibration, verification = _split(dataset, calibration_fraction)
     if lossy and tolerance.confidence is not None and verification.n_samples < MIN_BOUNDED_SAMPLES:
         needed = math.ceil(MIN_BOUNDED_SAMPLES / (1 - calibration_fraction))
@@ -185,7 +201,7 @@ def optimize(
     )
     result = run_pipeline(original, pipeline, calibration, verification, tolerance=tolerance,
                           lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
-                          progress=progress, instruments=[ReportCollector(record), *instruments])
+                          progress=progress, instruments=[ReportCollector(record), *instruments], task=task)
     final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
     stamp_provenance(final, Provenance(describe_pipeline(pipeline), data_digest(dataset), calibration_fraction))
 
@@ -238,10 +254,11 @@ def run_pipeline(
     normalize: bool = True,
     progress: Progress = NULL_PROGRESS,
     instruments: Sequence[Instrument] = (),
+    task: TaskBudget | None = None,
 ) -> PipelineResult:
     """The manager's run of ``pipeline`` (after normalisation), fitting on ``calibration`` and verifying on
     ``verification`` against ``original``: the one code path of ``optimize`` and of ``validate``'s fold refits."""
-    verifier = Verifier(original, verification, runtime, progress)
+    verifier = Verifier(original, verification, runtime, progress, task)
     context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
     manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments))
     if not normalize:

@@ -88,6 +88,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calibration-fraction", type=float, default=0.5, help="share of samples for fitting")
     run.add_argument("--no-normalize", action="store_true", help="skip the normalisation pass")
     _add_runtime_flags(run)
+    run.add_argument("--labels", default=None, help="label array in the data file, or an .npy file (for --metric)")
+    run.add_argument("--metric", default=None, help="task metric every pass is also held to (graphopt.metrics entry "
+                     "points: accuracy, ctc-greedy, or your own)")
+    run.add_argument("--max-drop", type=float, default=0.01, help="largest drop of --metric that passes")
     run.add_argument("--html", default=None, help="also write the run as a self-contained HTML page")
     run.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
@@ -169,6 +173,9 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
         normalize=not args.no_normalize,
         progress=TerminalProgress(),
         html=args.html,
+        labels=args.labels,
+        metric=args.metric,
+        max_drop=args.max_drop,
     )
     if args.json:
         out.write(to_json(result.report))

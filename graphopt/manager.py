@@ -216,10 +216,10 @@ class PassManager:
             outputs = self.verifier.outputs(result.model, label=f"verify {pass_.name}")
         except GraphoptError as e:
             return _Trial(result, error=str(e))
-        kinds = self.verifier.kinds
-        checks = [self.verifier.compare(self.verifier.reference, outputs, self.tolerance, "original", kinds)]
+        checks = [self.verifier.against_original(outputs, self.tolerance)]
         if pass_.lossless and pass_.same_rounding:
-            checks.insert(0, self.verifier.compare(previous, outputs, self.lossless_tolerance, "previous", kinds))
+            checks.insert(0, self.verifier.compare(previous, outputs, self.lossless_tolerance, "previous",
+                                                   self.verifier.kinds))
         for check in checks:
             for instrument in self.instruments:
                 instrument.after_verify(pass_, check)

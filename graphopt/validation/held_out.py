@@ -7,7 +7,6 @@ samples whose shapes agree, and any sample whose shape differs fails the output'
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
 import numpy as np
@@ -18,15 +17,13 @@ from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
 from graphopt.verify.intervals import Interval, bootstrap_mean, paired_difference
 from graphopt.verify.metrics import HEURISTIC, looks_like_classifier, per_sample_cosine, per_sample_top1
+from graphopt.verify.task import Metric, TaskBudget, judge_task
 from graphopt.verify.verifier import Verifier
 
 __all__ = ["METRIC_GROUP", "Metric", "check_held_out", "load_metric"]
 
 METRIC_GROUP = "graphopt.metrics"
 
-Metric = Callable[[Mapping[str, Output], np.ndarray], float]
-"""A task metric: the model's outputs over the samples and their labels → a score, higher is better. An output whose
-shape varies by sample arrives as a ``graphopt.runtime.RaggedOutput`` (``.samples``: one array per sample)."""
 
 
 def load_metric(name: str) -> Metric:
@@ -68,7 +65,7 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
                          f"{resamples} resamples")
     if ctx.held_out.labels is not None:
         section.checks.append(_task_check(reference, candidate, ctx.held_out.labels, metric, max_accuracy_drop,
-                                          resamples, ctx.seed))
+                                          resamples, ctx.seed, ctx.tolerance.confidence))
     return section
 
 
@@ -80,14 +77,16 @@ def _interval(values: np.ndarray, resamples: int, seed: int) -> Interval | None:
 
 
 def _task_check(reference: Outputs, candidate: Outputs, labels: np.ndarray, metric: Metric | None,
-                max_drop: float | None, resamples: int, seed: int) -> Check:
+                max_drop: float | None, resamples: int, seed: int, confidence: float | None) -> Check:
     """Accuracy (or the user metric) of both models; fails when the optimised one loses more than ``max_drop``."""
     if metric is not None:
-        before, after = float(metric(reference, labels)), float(metric(candidate, labels))
-        drop = before - after
-        passed = None if max_drop is None else drop <= max_drop
-        return Check("metric", passed, {"metric_original": before, "metric_optimized": after},
-                     f"drop {drop:.4f}" + (f" > {max_drop:g}" if passed is False else ""))
+        budget = TaskBudget("metric", metric, math.inf if max_drop is None else max_drop)
+        result = judge_task(budget, metric(reference, labels), metric(candidate, labels), confidence)
+        high = "" if result.drop_high is None else f" (upper confidence bound {result.drop_high:+.4f})"
+        return Check("metric", None if max_drop is None else not result.failures,
+                     {"metric_original": result.original, "metric_optimized": result.candidate,
+                      "metric_drop": result.drop, "metric_drop_high": result.drop_high},
+                     "; ".join(result.failures) or f"drop {result.drop:+.4f}{high}")
     output = next((n for n, a in reference.items()
                    if isinstance(a, np.ndarray) and looks_like_classifier(a.shape) and len(a) == len(labels)), None)
     if output is None:

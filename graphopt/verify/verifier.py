@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -22,6 +22,7 @@ from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
 from graphopt.verify.metrics import HEURISTIC, ErrorStats, comparable, error_stats, shape_mismatches
 from graphopt.verify.output_kinds import OutputKind, output_kinds
+from graphopt.verify.task import TaskBudget, TaskResult, judge_task
 from graphopt.verify.tolerance import Tolerance, judge
 
 __all__ = ["Verification", "Verifier"]
@@ -38,6 +39,7 @@ class Verification:
     tolerance: Tolerance
     stats: Mapping[str, ErrorStats] = field(default_factory=dict)
     failures: tuple[str, ...] = ()
+    task: TaskResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class Verification:
             "tolerance": self.tolerance.to_dict(),
             "failures": list(self.failures),
             "outputs": {name: s.to_dict() for name, s in self.stats.items()},
+            "task": self.task.to_dict() if self.task else None,
         }
 
 
@@ -58,9 +61,12 @@ class Verifier:
         data: Dataset,
         runtime: RuntimeConfig | None = None,
         progress: Progress = NULL_PROGRESS,
+        task: TaskBudget | None = None,
     ) -> None:
         if data.n_samples == 0:  # e.g. a model without inputs fed a Dataset built by hand
             raise DataError("no verification samples: the data holds zero samples")
+        if task is not None and data.labels is None:
+            raise DataError(f"the task metric {task.name} needs labels for the verification samples (--labels)")
         self.data = data
         self.runtime = runtime or RuntimeConfig()
         self.progress = progress
@@ -69,6 +75,19 @@ class Verifier:
             session, data, self.runtime, progress=progress, label="reference outputs"
         )
         self.kinds = output_kinds(original)
+        self.task = task
+        self._task_reference = task.metric(self.reference, data.labels) if task and data.labels is not None else None
+
+    def against_original(self, candidate: Outputs, tolerance: Tolerance) -> Verification:
+        """``candidate`` judged against the original's outputs with ``tolerance``, each output by its kind, and by
+        the task budget when one is set."""
+        verification = self.compare(self.reference, candidate, tolerance, "original", self.kinds)
+        if self.task is None or self._task_reference is None or self.data.labels is None:
+            return verification
+        result = judge_task(self.task, self._task_reference, self.task.metric(candidate, self.data.labels),
+                            tolerance.confidence)
+        failures = verification.failures + result.failures
+        return replace(verification, passed=not failures, failures=failures, task=result)
 
     def outputs(self, model: onnx.ModelProto, label: str = "verify") -> Outputs:
         """Run ``model`` on the verification samples, laid out like the reference outputs."""
