@@ -16,6 +16,21 @@ on. ``pip install -r benchmarks/requirements.txt`` installs them all. Nothing is
 - ``cnn32``: a 32–64-channel CNN trained here on scikit-learn's digits upsampled to 32×32
   (``benchmarks/models/make_cnn32.py``, built on first use into ``~/.cache/graphopt-bench/cnn32``).
 - ``magika``: magika's file-type classifier on features magika's own code extracts from real files on this machine.
+- ``ddddocr``: ddddocr's CTC text recogniser ``common.onnx`` (the ``beta=True`` model, float32: 21 Conv, a
+  bidirectional LSTM of 512, a Gemm to 8,210 classes), on 400 CAPTCHAs drawn by the ``captcha`` package (160×60, 4
+  or 5 lower-case letters and digits, its default style, seeded), preprocessed as ddddocr does ([1, 1, 64, 170]).
+  Output ``387`` [22 positions, 1, 8,210] logits per sample, class 0 the CTC blank: a sequence head, judged per position too.
+- ``ppocr_rec``: PP-OCRv4 rec (``ch_PP-OCRv4_rec_infer.onnx`` from ``rapidocr-onnxruntime``, 6,625 classes: 6,623
+  characters, blank and space) on 300 text crops: 100 word groups cut from the real text lines of
+  ``skimage.data.page()`` (a photographed book page), 200 lines of real English prose rendered with packaged fonts
+  on flat or photo backgrounds; [3, 48, 320] as rapidocr preprocesses. Output [40 positions, 6,625] probabilities.
+- ``ppocr_det``: PP-OCRv4 det (``ch_PP-OCRv4_det_infer.onnx``, a DB text detector) on 300 square images: 50 crops
+  of the page photo, 100 of rendered prose, 150 of real photos without text (scikit-learn's and skimage's), as
+  rapidocr preprocesses them with ``det_limit_type="max"`` (320×320 stays 320×320). Output [1, 320, 320] text
+  probability map, judged at rapidocr's binarisation threshold 0.3; most of the photos give an empty map.
+
+The OCR inputs are made by ``ocr_inputs.py``; ``check_ocr_inputs.py`` checks that their preprocessing is the
+packages' own (same tensors, same decoded text and boxes as ddddocr's ``classification`` and rapidocr's).
 """
 
 from __future__ import annotations
@@ -30,8 +45,8 @@ import subprocess
 import sys
 import sysconfig
 import wave
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +61,8 @@ from graphopt.modelio import load_model
 from graphopt.perf import measure_latency
 
 __all__ = [
-    "CACHE", "LOADERS", "ROOT", "Unavailable", "Workload", "feed", "held_out_indices", "latency_ratios",
-    "load_workloads", "machine",
+    "CACHE", "CTC", "LOADERS", "MAP_THRESHOLD", "PROBABILITY_MAP", "ROOT", "Unavailable", "Workload", "feed",
+    "held_out_indices", "latency_ratios", "load_workloads", "machine",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +70,10 @@ CACHE = Path.home() / ".cache" / "graphopt-bench"
 _MAGIKA_FILES, _MAGIKA_PER_SUFFIX = 1024, 10
 _SILERO_OFFSETS = (0, 128, 256, 384)
 _SILERO_CHUNK, _SILERO_CONTEXT, _SILERO_RATE = 512, 64, 16000
+_DDDDOCR_SAMPLES, _PPOCR_REC_SAMPLES, _PPOCR_DET_SAMPLES = 400, 300, 300
+CTC, PROBABILITY_MAP = "ctc", "probability map"
+MAP_THRESHOLD = 0.3
+"""rapidocr's ``DBPostProcess`` threshold: a pixel is text where the detector's probability exceeds it."""
 
 
 class Unavailable(Exception):
@@ -74,6 +93,8 @@ class Workload:
     data_note: str
     labels: np.ndarray | None = None
     decision_output: str | None = None  # a probability output judged on its ≥ 0.5 decision (silero)
+    head: str = ""  # CTC: main output is [.., positions, (1,) classes], blank 0; PROBABILITY_MAP: per-pixel
+    groups: Mapping[str, np.ndarray] = field(default_factory=dict)  # named boolean masks over the samples
 
 
 def _load_npz_data(model: onnx.ModelProto, arrays: dict[str, np.ndarray], folder: Path, stem: str) -> Dataset:
@@ -222,6 +243,69 @@ def _magika() -> Workload:
                     f"{len(files)} real files of {suffixes} suffixes on this machine, features by magika's own code")
 
 
+def _package_file(module: str, install: str, *parts: str) -> Path:
+    """A file shipped inside an installed package, located without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise Unavailable(f"{install.split('==')[0]} is not installed: pip install {install}")
+    path = Path(spec.origin).parent.joinpath(*parts)
+    if not path.is_file():
+        raise Unavailable(f"{install} does not ship {'/'.join(parts)}")
+    return path
+
+
+def _ocr_inputs() -> Any:
+    """``ocr_inputs`` (beside this file), once the packages that make the OCR inputs are known to be installed."""
+    import ocr_inputs
+
+    reason = ocr_inputs.missing()
+    if reason:
+        raise Unavailable(reason)
+    return ocr_inputs
+
+
+def _ddddocr() -> Workload:
+    path = _package_file("ddddocr", "ddddocr==1.6.1", "common.onnx")
+    inputs = _ocr_inputs()
+    texts, images = inputs.captcha_samples(_DDDDOCR_SAMPLES, seed=0)
+    model = load_model(path)
+    arrays = {"input1": np.stack([inputs.ddddocr_input(image) for image in images])}
+    data = _load_npz_data(model, arrays, CACHE / "ocr", "ddddocr")
+    width = arrays["input1"].shape[-1]
+    note = (f"{len(texts)} CAPTCHAs by the captcha package ({inputs.CAPTCHA_SIZE[0]}×{inputs.CAPTCHA_SIZE[1]}, "
+            f"4–5 lower-case letters and digits, seeded), as ddddocr preprocesses them: [1, 1, 64, {width}]; "
+            "output [positions, 1, 8210] logits, blank 0")
+    return Workload("ddddocr", "ddddocr common.onnx (CTC, 8,210 classes)", path, model, data, "387", note,
+                    head=CTC)
+
+
+def _ppocr_rec() -> Workload:
+    path = _package_file("rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "models", "ch_PP-OCRv4_rec_infer.onnx")
+    inputs = _ocr_inputs()
+    crops, real = inputs.rec_crops(_PPOCR_REC_SAMPLES, seed=0)
+    model = load_model(path)
+    data = _load_npz_data(model, {"x": np.stack([inputs.rec_input(c) for c in crops])}, CACHE / "ocr", "ppocr_rec")
+    note = (f"{len(crops)} text crops: {int(real.sum())} word groups cut from the real lines of skimage's page "
+            f"photo, {int((~real).sum())} lines of real prose (scikit-learn's dataset descriptions) rendered with "
+            "packaged fonts; [3, 48, 320] as rapidocr preprocesses; output [40, 6625] probabilities, blank 0")
+    return Workload("ppocr_rec", "PP-OCRv4 rec (CTC, 6,625 classes)", path, model, data, "softmax_11.tmp_0", note,
+                    head=CTC, groups={"page photo": real, "rendered text": ~real})
+
+
+def _ppocr_det() -> Workload:
+    path = _package_file("rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "models", "ch_PP-OCRv4_det_infer.onnx")
+    inputs = _ocr_inputs()
+    images, groups = inputs.det_images(_PPOCR_DET_SAMPLES, seed=0)
+    model = load_model(path)
+    data = _load_npz_data(model, {"x": np.stack([inputs.det_input(i) for i in images])}, CACHE / "ocr", "ppocr_det")
+    side = inputs.DET_SIDE
+    note = (f"{len(images)} square images: " + ", ".join(f"{int(m.sum())} {k}" for k, m in groups.items())
+            + f", as rapidocr preprocesses them (det_limit_type max): [3, {side}, {side}]; output [1, {side}, {side}] "
+            f"text probability map, text where > {MAP_THRESHOLD}")
+    return Workload("ppocr_det", "PP-OCRv4 det (DB text detector)", path, model, data, "sigmoid_0.tmp_0", note,
+                    head=PROBABILITY_MAP, groups=groups)
+
+
 LOADERS: dict[str, Callable[[], Workload]] = {
     "digits": _digits,
     "minilm": _minilm,
@@ -229,6 +313,9 @@ LOADERS: dict[str, Callable[[], Workload]] = {
     "silero": lambda: _silero("silero_vad.onnx", "silero", "silero-vad (default, If branches)"),
     "silero16k": lambda: _silero("silero_vad_openvino_16k.onnx", "silero16k", "silero-vad 16 kHz (If-free)"),
     "cnn32": _cnn32,
+    "ddddocr": _ddddocr,
+    "ppocr_rec": _ppocr_rec,
+    "ppocr_det": _ppocr_det,
 }
 
 
