@@ -12,15 +12,16 @@ verification, 30% fresh. ``graphopt.optimize`` gets the first 70% and ``calibrat
 part is never shown to it. Every lossy pass (``graphopt.list_passes()``, ``lossless`` false) runs alone with its
 default options under graphopt's default budget. Each result graphopt accepts (status ``applied`` or ``narrowed``)
 is run with onnxruntime beside the original, on the verification part and on the fresh part, and judged here on
-the means, with the same budget (mean per-sample cosine ≥ 0.99 on every float output, top-1 agreement ≥ 0.99 on
-classifier-like outputs [samples, 2…256], integer outputs exact) plus, where the output has a meaning the budget
-does not look at:
+the means, with the same budget (mean per-sample cosine ≥ 0.99 on every float output, top-1 agreement ≥ 0.99 along
+each output's class axis and mask IoU ≥ 0.99 of probability maps, as graphopt reads them from the graph and the
+workload's ``output_kinds``, integer outputs exact) plus, whatever graphopt was told, the head's own figure:
 
 - CTC sequence heads (ddddocr, PP-OCR rec; ``[samples, positions, (1,) classes]``): per-position top-1, the
   agreement of the arg-max over the class axis at every position, ≥ 0.99; shown with the share of samples whose
   CTC-decoded sequence (repeats merged, blank 0 dropped) is unchanged.
-- Probability maps (PP-OCR det): the share of pixels on the same side of rapidocr's threshold 0.3, ≥ 0.99; shown
-  with the mean mask IoU (1 where both masks are empty) and the share of empty reference maps that stay empty.
+- Probability maps (PP-OCR det): the mean mask IoU at rapidocr's threshold 0.3 (1 where both masks are empty),
+  ≥ 0.99; shown with the share of pixels on the same side of the threshold and of empty reference maps that stay
+  empty.
 - Decision outputs (silero): agreement of the ≥ 0.5 decision, ≥ 0.99, as ``harness.py`` judges it.
 
 Writes ``<out>/fresh-<date>.md`` and ``.json`` (default ``benchmarks/results``) with the machine description, after
@@ -51,7 +52,8 @@ from graphopt.api import graphopt_version
 from graphopt.data import Dataset
 from graphopt.outputs import RaggedOutput
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
-from graphopt.verify.metrics import ErrorStats, error_stats
+from graphopt.verify.metrics import HEURISTIC, ErrorStats, error_stats
+from graphopt.verify.output_kinds import OutputKind, output_kinds
 
 __all__ = ["Figures", "PassRow", "fidelity", "main"]
 
@@ -146,8 +148,8 @@ def _head(w: Workload, ref: Mapping[str, Any], got: Mapping[str, Any], mask: np.
         f = _map_figures(pick(np.asarray(ref[w.main_output])), pick(np.asarray(got[w.main_output])))
         empty = f["ref_empty"]
         kept = float(np.mean(f["got_empty"][empty])) if empty.any() else math.nan
-        return float(np.mean(f["agree"])), {"mask_iou": float(np.mean(f["iou"])), "empty_kept_empty": kept,
-                                            "empty_reference_maps": float(empty.sum())}
+        return float(np.mean(f["iou"])), {"pixels_agreeing": float(np.mean(f["agree"])), "empty_kept_empty": kept,
+                                          "empty_reference_maps": float(empty.sum())}
     if w.decision_output is not None:
         r, g = (pick(np.asarray(o[w.decision_output])).reshape(-1) >= 0.5 for o in (ref, got))
         return float(np.mean(r == g)), {}
@@ -168,17 +170,20 @@ def _budget_failures(stats: Mapping[str, ErrorStats]) -> list[str]:
                 failures.append(f"{name}: cosine {s.cosine:.4f} < {COSINE}")
             if s.top1 is not None and s.top1 < TOP1:
                 failures.append(f"{name}: top-1 {s.top1:.4f} < {TOP1}")
+            if s.iou is not None and s.iou < AGREEMENT:
+                failures.append(f"{name}: mask IoU {s.iou:.4f} < {AGREEMENT}")
     return failures
 
 
-_HEAD_NAMES = {CTC: "per-position top-1", PROBABILITY_MAP: f"pixels agreeing at {MAP_THRESHOLD}"}
+_HEAD_NAMES = {CTC: "per-position top-1", PROBABILITY_MAP: f"mask IoU at {MAP_THRESHOLD}"}
 
 
 def fidelity(w: Workload, ref: Mapping[str, Any], got: Mapping[str, Any],
              groups: Mapping[str, np.ndarray]) -> Figures:
     """``got`` against the original's ``ref`` on one split: the budget on every output, the head metric, and the
     main output's cosine and head metric per group of samples (``groups``: masks over this split)."""
-    stats = {name: error_stats(ref[name], got[name]) for name in ref}
+    kinds = output_kinds(w.model, w.output_kinds)
+    stats = {name: _stats(ref[name], got[name], kinds.get(name)) for name in ref}
     main = stats[w.main_output]
     head, extra = _head(w, ref, got)
     failures = _budget_failures(stats)
@@ -193,6 +198,12 @@ def fidelity(w: Workload, ref: Mapping[str, Any], got: Mapping[str, Any],
             by_group[name] = {"samples": float(mask.sum()), "cosine": cosine, "head": group_head, **group_extra}
     return Figures(main.n_samples, main.cosine, main.cosine_min, main.top1, head, extra, not failures, failures,
                    by_group)
+
+
+def _stats(ref: Any, got: Any, kind: OutputKind | None) -> ErrorStats:
+    """The figures of one output as graphopt judges it (class axis and mask from its kind), without bounds."""
+    return error_stats(ref, got, class_axis=kind.class_axis if kind else HEURISTIC,
+                       mask_threshold=kind.mask_threshold if kind else None)
 
 
 # -------------------------------------------------------------------------------------------------------- run
@@ -238,7 +249,8 @@ def run_model(w: Workload, passes: list[str], seed: int) -> ModelRun:
         log.warning("[%s] %s …", w.name, name)
         t0 = time.perf_counter()
         try:
-            result = graphopt.optimize(w.model, seen, passes=name, calibration_fraction=fraction)
+            result = graphopt.optimize(w.model, seen, passes=name, calibration_fraction=fraction,
+                                       output_kinds=w.output_kinds)
         except Exception as e:  # noqa: BLE001 - a crash is a result to report, not a reason to stop
             run.rows.append(PassRow(w.name, name, "error", error=error_text(e),
                                     optimize_seconds=time.perf_counter() - t0))
@@ -299,13 +311,13 @@ def _head_cell(w_head: str, f: Figures | None, decision: bool) -> str:
         return f"{f.head:.4f} ({f.extra['sequences_equal']:.3f})"
     if w_head == PROBABILITY_MAP:
         kept = f.extra["empty_kept_empty"]
-        return f"{f.head:.4f} (IoU {f.extra['mask_iou']:.3f}; {num(kept, 3)})"
+        return f"{f.head:.4f} ({f.extra['pixels_agreeing']:.4f}; {num(kept, 3)})"
     return f"{f.head:.4f}" if decision else "–"
 
 
 _HEAD_HEADERS = {
     CTC: "per-position top-1 (sequences equal)",
-    PROBABILITY_MAP: f"pixels agreeing at {MAP_THRESHOLD} (mask IoU; empty maps kept empty)",
+    PROBABILITY_MAP: f"mask IoU at {MAP_THRESHOLD} (pixels agreeing; empty maps kept empty)",
 }
 
 
@@ -315,14 +327,18 @@ def _bound(record: Mapping[str, Any], key: str, digits: int) -> str:
 
 def _rows(run: ModelRun, decision: bool) -> list[str]:
     head = _HEAD_HEADERS.get(run.head, "decision agreement" if decision else "")
-    header = ["pass", "graphopt status", "graphopt: cosine", "cosine_low", "top-1", "top-1_low",
+    mask = run.head == PROBABILITY_MAP
+    header = ["pass", "graphopt status", "graphopt: cosine", "cosine_low", *(["IoU", "IoU_low"] if mask else
+                                                                            ["top-1", "top-1_low"]),
               "here, verification: cosine / top-1", *([f"verification: {head}"] if head else []), "fresh: cosine (mean / min)",
               "fresh: top-1", *([f"fresh: {head}"] if head else []), "fresh within budget", "seconds (optimize + judge)"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 4) + "---|---:|"]
     for r in run.rows:
         g = r.graphopt
         cells = [r.name, r.status if not r.error or r.status != "error" else f"**error**: {r.error[:100]}",
-                 num(g.get("cosine"), 5), _bound(g, "cosine_low", 5), num(g.get("top1"), 4), _bound(g, "top1_low", 4)]
+                 num(g.get("cosine"), 5), _bound(g, "cosine_low", 5),
+                 *((num(g.get("iou"), 4), _bound(g, "iou_low", 4)) if mask else
+                   (num(g.get("top1"), 4), _bound(g, "top1_low", 4)))]
         v, f = r.verification, r.fresh
         cells.append(f"{num(v.cosine, 5)} / {num(v.top1, 4)}" if v else "–")
         if head:
@@ -345,7 +361,7 @@ def _group_lines(run: ModelRun) -> list[str]:
         for name, g in r.fresh.groups.items():
             text = f"{name} ({int(g['samples'] or 0)}): cos {num(g['cosine'], 4)}, {num(g['head'], 4)}"
             if run.head == PROBABILITY_MAP:
-                text += f", IoU {num(g['mask_iou'], 3)}"
+                text += f", pixels agreeing {num(g['pixels_agreeing'], 4)}"
             elif run.head == CTC:
                 text += f", sequences equal {num(g['sequences_equal'], 3)}"
             parts.append(text)
@@ -360,9 +376,10 @@ METHOD = (
     "verification split (``cosine_low``/``top1_low``: its lower confidence bounds, – where this graphopt has "
     "none). *here, …*: the accepted model against the original, run here with onnxruntime (default graph "
     "optimisations) on the verification and the fresh samples, main output. *within budget*: mean cosine ≥ "
-    "0.99 on every float output, top-1 ≥ 0.99 where classifier-like ([samples, 2…256]), integers exact, and the "
-    "head metric ≥ 0.99 (per-position top-1 for CTC heads, pixel agreement at 0.3 for probability maps, the "
-    "≥ 0.5 decision for silero), judged on the means."
+    "0.99 on every float output, top-1 ≥ 0.99 along each output's class axis and mask IoU ≥ 0.99 of probability "
+    "maps (as graphopt reads them from the graph and the workload's output kinds), integers exact, and the head "
+    "metric ≥ 0.99 (per-position top-1 for CTC heads, mask IoU at 0.3 for probability maps, the ≥ 0.5 decision "
+    "for silero), judged on the means."
 )
 
 

@@ -95,6 +95,7 @@ class Workload:
     decision_output: str | None = None  # a probability output judged on its ≥ 0.5 decision (silero)
     head: str = ""  # CTC: main output is [.., positions, (1,) classes], blank 0; PROBABILITY_MAP: per-pixel
     groups: Mapping[str, np.ndarray] = field(default_factory=dict)  # named boolean masks over the samples
+    output_kinds: Mapping[str, str] = field(default_factory=dict)  # what the graph does not say (--output-kind)
 
 
 def _load_npz_data(model: onnx.ModelProto, arrays: dict[str, np.ndarray], folder: Path, stem: str) -> Dataset:
@@ -276,7 +277,7 @@ def _ddddocr() -> Workload:
             f"4–5 lower-case letters and digits, seeded), as ddddocr preprocesses them: [1, 1, 64, {width}]; "
             "output [positions, 1, 8210] logits, blank 0")
     return Workload("ddddocr", "ddddocr common.onnx (CTC, 8,210 classes)", path, model, data, "387", note,
-                    head=CTC)
+                    head=CTC, output_kinds={"387": "classes:-1"})  # raw logits: no Softmax tells graphopt
 
 
 def _ppocr_rec() -> Workload:
@@ -303,7 +304,8 @@ def _ppocr_det() -> Workload:
             + f", as rapidocr preprocesses them (det_limit_type max): [3, {side}, {side}]; output [1, {side}, {side}] "
             f"text probability map, text where > {MAP_THRESHOLD}")
     return Workload("ppocr_det", "PP-OCRv4 det (DB text detector)", path, model, data, "sigmoid_0.tmp_0", note,
-                    head=PROBABILITY_MAP, groups=groups)
+                    head=PROBABILITY_MAP, groups=groups,
+                    output_kinds={"sigmoid_0.tmp_0": f"mask:{MAP_THRESHOLD}"})  # rapidocr's threshold, not 0.5
 
 
 LOADERS: dict[str, Callable[[], Workload]] = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -48,7 +48,8 @@ from graphopt.validation.held_out import Metric, check_held_out, load_metric
 from graphopt.validation.model import ValidationReport
 from graphopt.validation.performance import check_performance
 from graphopt.validation.shifts import Shift, check_shifts
-from graphopt.verify.output_kinds import output_kinds
+from graphopt.verify.output_kinds import OutputKind
+from graphopt.verify.output_kinds import output_kinds as read_output_kinds
 from graphopt.verify.task import TaskBudget
 from graphopt.verify.tolerance import MIN_BOUNDED_SAMPLES, Tolerance, check_number
 from graphopt.verify.verifier import Verifier
@@ -117,6 +118,7 @@ def optimize(
     labels: str | Path | None = None,
     metric: str | Metric | None = None,
     max_drop: float = 0.01,
+    output_kinds: Mapping[str, OutputKind | str] | None = None,
 ) -> OptimizeResult:
     """Optimise ``model`` with ``passes``, verifying each against the original on held-out ``data``.
 
@@ -140,6 +142,8 @@ def optimize(
         metric: a task metric (``graphopt.metrics`` entry point name, or a callable scoring each sample) that every
             pass is also held to: it may drop at most ``max_drop`` against the original (its upper confidence
             bound, at the tolerance's confidence).
+        output_kinds: how named outputs are judged where the graph does not say (``{"logits": "classes:-1"}``,
+            ``"mask:0.3"``, ``"values"``; see ``graphopt.verify.output_kinds``); the others are read from the graph.
 
     The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so
     ``validate`` can tell held-out samples from calibration ones and re-run the pipeline on folds.
@@ -153,6 +157,7 @@ def optimize(
         raise PipelineError(f"{', '.join(lossy)} {'is' if len(lossy) == 1 else 'are'} lossy and must be verified on "
                             "real samples: give --data FILE.npz (random data verifies lossless passes only)")
     original, loaded = _read(model)
+    kinds = read_output_kinds(original, output_kinds)
     input_path = None if loaded is None else loaded.files[0]
     report_target = Path(report) if report is not None else report_path_for(output) if output is not None else None
     inputs = _named_inputs(loaded, data, labels)
@@ -197,11 +202,12 @@ def optimize(
         runtime=asdict(runtime),
         tolerance=tolerance.to_dict(),
         lossless_tolerance=lossless_tolerance.to_dict(),
-        outputs={name: kind.to_dict() for name, kind in output_kinds(original).items()},
+        outputs={name: kind.to_dict() for name, kind in kinds.items()},
     )
     result = run_pipeline(original, pipeline, calibration, verification, tolerance=tolerance,
                           lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
-                          progress=progress, instruments=[ReportCollector(record), *instruments], task=task)
+                          progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
+                          kinds=kinds)
     final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
     stamp_provenance(final, Provenance(describe_pipeline(pipeline), data_digest(dataset), calibration_fraction))
 
@@ -255,10 +261,12 @@ def run_pipeline(
     progress: Progress = NULL_PROGRESS,
     instruments: Sequence[Instrument] = (),
     task: TaskBudget | None = None,
+    kinds: Mapping[str, OutputKind] | None = None,
 ) -> PipelineResult:
     """The manager's run of ``pipeline`` (after normalisation), fitting on ``calibration`` and verifying on
-    ``verification`` against ``original``: the one code path of ``optimize`` and of ``validate``'s fold refits."""
-    verifier = Verifier(original, verification, runtime, progress, task)
+    ``verification`` against ``original``, each output judged by its kind (default: read from the graph): the one
+    code path of ``optimize`` and of ``validate``'s fold refits."""
+    verifier = Verifier(original, verification, runtime, progress, task, kinds)
     context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
     manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments))
     if not normalize:
@@ -297,6 +305,7 @@ def validate(
     report: str | Path | None = None,
     html: str | Path | None = None,
     progress: Progress = NULL_PROGRESS,
+    output_kinds: Mapping[str, OutputKind | str] | None = None,
 ) -> ValidationResult:
     """Answer "can I ship ``optimized`` in place of ``original``?" with evidence, section by section.
 
@@ -313,6 +322,7 @@ def validate(
         max_accuracy_drop: the largest accuracy (or metric) loss that passes; ``None`` only reports it.
         tolerance: the budget every comparison is held to (default cosine ≥ 0.99, top-1 ≥ 0.99).
         report, html: where to write the JSON report and the HTML page.
+        output_kinds: how named outputs are judged where the graph does not say (as ``optimize`` takes them).
     """
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -338,7 +348,8 @@ def validate(
     held_out, held_note = _held_out(dataset, recorded)
     pipeline = passes if passes is not None else recorded.pipeline if recorded else None
     ctx = ValidationContext(reference, candidate, dataset, held_out, tolerance or Tolerance.budget(),
-                            runtime or RuntimeConfig(), pipeline=pipeline, seed=seed, progress=progress)
+                            runtime or RuntimeConfig(), pipeline=pipeline, seed=seed, progress=progress,
+                            named_kinds=output_kinds or {})
     record = ValidationReport(graphopt_version(),
                               str(loaded_reference.files[0]) if loaded_reference else None,
                               str(loaded_candidate.files[0]) if loaded_candidate else None,
@@ -392,7 +403,8 @@ def _refit(original: onnx.ModelProto, pipeline: str, ctx: ValidationContext) -> 
 
     def refit(calibration: Dataset, verification: Dataset) -> PipelineResult:
         return run_pipeline(original, build_pipeline(pipeline), calibration, verification, tolerance=ctx.tolerance,
-                            lossless_tolerance=Tolerance.lossless(), runtime=ctx.runtime, progress=ctx.progress)
+                            lossless_tolerance=Tolerance.lossless(), runtime=ctx.runtime, progress=ctx.progress,
+                            kinds=ctx.kinds)
     return refit
 
 

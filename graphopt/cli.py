@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TextIO
 
 from graphopt import api
-from graphopt.errors import GraphoptError, UsageError
+from graphopt.errors import GraphoptError, OutputKindError, UsageError
 from graphopt.pipeline import option_fields
 from graphopt.report.render import format_bytes, render_table, render_validation_table, to_json, validation_json
 from graphopt.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeConfig
+from graphopt.verify.output_kinds import OutputKind, parse_output_kind
 from graphopt.verify.tolerance import DEFAULT_CONFIDENCE, Tolerance
 
 __all__ = ["INTERRUPTED", "TERMINATED", "main"]
@@ -78,13 +79,15 @@ def _build_parser() -> argparse.ArgumentParser:
     budget = Tolerance.budget()
     lossless = Tolerance.lossless()
     run.add_argument("--cosine", type=float, default=budget.cosine, help="minimum mean cosine vs the original")
-    run.add_argument("--top1", type=float, default=budget.top1, help="minimum top-1 agreement for classifiers")
+    run.add_argument("--top1", type=float, default=budget.top1, help="minimum top-1 agreement of class scores")
+    run.add_argument("--iou", type=float, default=budget.iou, help="minimum mask IoU of probability maps")
     run.add_argument("--snr-db", type=float, default=None, help="minimum SNR in dB vs the original")
     run.add_argument("--atol", type=float, default=None, help="absolute tolerance vs the original (with --rtol)")
     run.add_argument("--rtol", type=float, default=0.0, help="relative tolerance used with --atol")
     run.add_argument("--lossless-atol", type=float, default=lossless.atol, help="lossless passes: atol")
     run.add_argument("--lossless-rtol", type=float, default=lossless.rtol, help="lossless passes: rtol")
     _add_confidence_flag(run)
+    _add_output_kind_flag(run)
     run.add_argument("--calibration-fraction", type=float, default=0.5, help="share of samples for fitting")
     run.add_argument("--no-normalize", action="store_true", help="skip the normalisation pass")
     _add_runtime_flags(run)
@@ -107,9 +110,11 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--folds", type=int, default=5, help="k of the k-fold section (held-out samples: leave-one-out)")
     check.add_argument("--skip", default="", help=f"sections to skip, comma-separated ({', '.join(api.SECTIONS)})")
     check.add_argument("--cosine", type=float, default=budget.cosine, help="minimum mean cosine vs the original")
-    check.add_argument("--top1", type=float, default=budget.top1, help="minimum top-1 agreement for classifiers")
+    check.add_argument("--top1", type=float, default=budget.top1, help="minimum top-1 agreement of class scores")
+    check.add_argument("--iou", type=float, default=budget.iou, help="minimum mask IoU of probability maps")
     check.add_argument("--snr-db", type=float, default=None, help="minimum SNR in dB vs the original")
     _add_confidence_flag(check)
+    _add_output_kind_flag(check)
     check.add_argument("--seed", type=int, default=0, help="seed of folds, shifts and bootstrap resampling")
     check.add_argument("--report", default=None, help="write the JSON report here")
     check.add_argument("--html", default=None, help="write a self-contained HTML page here")
@@ -129,6 +134,22 @@ def _add_confidence_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
                         help="judge cosine and top-1 by their one-sided lower confidence bound at this level "
                              "(0: by their means on the verification samples)")
+
+
+def _add_output_kind_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-kind", action="append", default=[], metavar="OUTPUT=KIND",
+                        help="how to judge an output the graph does not describe (repeatable): classes[:AXIS] "
+                             "(top-1 per position), mask[:THRESHOLD] (IoU), or values")
+
+
+def _output_kinds(args: argparse.Namespace) -> dict[str, OutputKind]:
+    kinds = {}
+    for item in args.output_kind:
+        name, sep, kind = item.rpartition("=")
+        if not sep or not name:
+            raise OutputKindError(f"--output-kind takes OUTPUT=KIND, got {item!r}")
+        kinds[name] = parse_output_kind(kind)
+    return kinds
 
 
 def _confidence(args: argparse.Namespace) -> float | None:
@@ -159,7 +180,7 @@ def _runtime(args: argparse.Namespace) -> RuntimeConfig:
 
 def _optimize(args: argparse.Namespace, out: TextIO) -> int:
     tolerance = Tolerance(atol=args.atol, rtol=args.rtol, cosine=args.cosine, snr_db=args.snr_db, top1=args.top1,
-                          confidence=_confidence(args))
+                          iou=args.iou, confidence=_confidence(args))
     result = api.optimize(
         args.model,
         args.data,
@@ -176,6 +197,7 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
         labels=args.labels,
         metric=args.metric,
         max_drop=args.max_drop,
+        output_kinds=_output_kinds(args),
     )
     if args.json:
         out.write(to_json(result.report))
@@ -205,7 +227,9 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
         folds=args.folds,
         metric=args.metric,
         max_accuracy_drop=args.max_accuracy_drop,
-        tolerance=Tolerance(cosine=args.cosine, snr_db=args.snr_db, top1=args.top1, confidence=_confidence(args)),
+        tolerance=Tolerance(cosine=args.cosine, snr_db=args.snr_db, top1=args.top1, iou=args.iou,
+                            confidence=_confidence(args)),
+        output_kinds=_output_kinds(args),
         runtime=_runtime(args),
         seed=args.seed,
         report=args.report,

@@ -45,6 +45,10 @@ class ToleranceError(UsageError):
     such a value would silently disable the check it sets."""
 
 
+class OutputKindError(UsageError):
+    """An output kind named by the user (``--output-kind NAME=KIND``) that is malformed or names no output."""
+
+
 class ModelIOError(GraphoptError):
     """The model file cannot be read: missing, truncated, not ONNX, or unsafe external data."""
 

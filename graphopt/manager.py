@@ -111,7 +111,8 @@ class _Trial:
             for s in v.stats.values():
                 if s.nonfinite_mismatch or (s.exact and s.mismatches):
                     return math.inf
-                total = max(total, (1 - s.cosine) + (1 - (s.top1 if s.top1 is not None else 1)) + s.min_atol)
+                total = max(total, (1 - s.cosine) + (1 - (s.top1 if s.top1 is not None else 1))
+                            + (1 - (s.iou if s.iou is not None else 1)) + s.min_atol)
         return total
 
 

@@ -62,4 +62,4 @@ def worst_output(verifications: tuple[Verification, ...]) -> dict[str, Any] | No
     name = min(stats, key=lambda n: (stats[n].cosine, -stats[n].max_abs))
     s = stats[name]
     return {"output": name, "cosine": s.cosine, "cosine_low": s.cosine_low, "top1": s.top1, "top1_low": s.top1_low,
-            "max_abs": s.max_abs, "snr_db": s.to_dict()["snr_db"]}
+            "iou": s.iou, "iou_low": s.iou_low, "max_abs": s.max_abs, "snr_db": s.to_dict()["snr_db"]}

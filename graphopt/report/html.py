@@ -222,6 +222,8 @@ def _worst(worst: dict[str, Any] | None) -> str:
     parts = [f"{worst.get('output', '?')}: cos {_num(worst.get('cosine'))}"]
     if finite(worst.get("top1")) is not None:
         parts.append(f"top-1 {_num(worst.get('top1'))}")
+    if finite(worst.get("iou")) is not None:
+        parts.append(f"mask IoU {_num(worst.get('iou'))}")
     parts.append(f"max|Δ| {_num(worst.get('max_abs'))}")
     return " · ".join(parts)
 
@@ -398,7 +400,7 @@ def _interval_rows(checks: Sequence[Check], key: str) -> list[PointRow]:
 def _held_out_plots(checks: Sequence[Check], tolerance: dict[str, Any]) -> list[str]:
     """Cosine and top-1 per output with their 95% intervals, and accuracy of both models when labels were given."""
     plots = []
-    for key, label in (("cosine", "cosine"), ("top1", "top-1 agreement")):
+    for key, label in (("cosine", "cosine"), ("top1", "top-1 agreement"), ("iou", "mask IoU")):
         rows = _interval_rows([c for c in checks if c.name not in ("accuracy", "metric")], key)
         if rows:
             plots.append(point_plot(rows, title=f"Held-out {label} vs the original (95% interval)",

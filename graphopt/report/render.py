@@ -46,6 +46,8 @@ def _worst(worst: dict[str, Any] | None) -> str:
     text = f"cos {worst['cosine']:.5f}" + _bound(worst.get("cosine_low"), worst["cosine"], 5)
     if worst.get("top1") is not None:
         text += f" top1 {worst['top1']:.3f}" + _bound(worst.get("top1_low"), worst["top1"], 3)
+    if worst.get("iou") is not None:
+        text += f" IoU {worst['iou']:.3f}" + _bound(worst.get("iou_low"), worst["iou"], 3)
     return f"{text} max|Δ| {worst['max_abs']:.2g}"
 
 
@@ -62,7 +64,7 @@ def _columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 _VERDICT = {True: "pass", False: "FAIL", None: "info"}
 _SHOWN = (("cosine", "cos {:.5f}"), ("fidelity_cosine", "cos {:.5f}"), ("top1", "top1 {:.4f}"),
-          ("fidelity_top1", "top1 {:.4f}"), ("original_stability_cosine", "orig-stab {:.4f}"),
+          ("iou", "IoU {:.4f}"), ("fidelity_top1", "top1 {:.4f}"), ("original_stability_cosine", "orig-stab {:.4f}"),
           ("accuracy_original", "acc {:.4f}"), ("accuracy_optimized", "→ {:.4f}"), ("drift_max_abs", "drift {:.2g}"),
           ("units_kept", "units {:.0f}"), ("original", "{:.4g}"), ("optimized", "→ {:.4g}"), ("ratio", "(×{:.3f})"))
 

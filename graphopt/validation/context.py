@@ -36,10 +36,12 @@ class ValidationContext:
     seed: int = 0
     progress: Progress = NULL_PROGRESS
     _cache: dict[tuple[int, str], Outputs] = field(default_factory=dict, repr=False)
+    named_kinds: Mapping[str, OutputKind | str] = field(default_factory=dict)
     kinds: Mapping[str, OutputKind] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.kinds = output_kinds(self.original)  # how each output is judged, read from the original's graph
+        # how each output is judged: read from the original's graph, or as the user named it
+        self.kinds = output_kinds(self.original, self.named_kinds)
 
     def outputs(self, which: str, dataset: Dataset | None = None, runtime: RuntimeConfig | None = None,
                 key: str = "") -> Outputs:

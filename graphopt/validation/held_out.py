@@ -16,7 +16,13 @@ from graphopt.outputs import Output, Outputs, RaggedOutput
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
 from graphopt.verify.intervals import Interval, bootstrap_mean, paired_difference
-from graphopt.verify.metrics import HEURISTIC, looks_like_classifier, per_sample_cosine, per_sample_top1
+from graphopt.verify.metrics import (
+    HEURISTIC,
+    looks_like_classifier,
+    per_sample_cosine,
+    per_sample_iou,
+    per_sample_top1,
+)
 from graphopt.verify.task import Metric, TaskBudget, judge_task
 from graphopt.verify.verifier import Verifier
 
@@ -59,6 +65,10 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
         interval = None if top1 is None else _interval(top1, resamples, ctx.seed)
         if interval is not None:
             metrics.update(top1=interval.mean, top1_low=interval.low, top1_high=interval.high)
+        ious = per_sample_iou(ref, got, ctx.kinds[name].mask_threshold if name in ctx.kinds else None)
+        iou = None if ious is None else _interval(ious, resamples, ctx.seed)
+        if iou is not None:
+            metrics.update(iou=iou.mean, iou_low=iou.low, iou_high=iou.high)
         metrics.update(max_abs=stats.max_abs, snr_db=stats.snr_db if math.isfinite(stats.snr_db) else None)
         section.checks.append(Check(name, not failures[name], metrics, "; ".join(failures[name])))
     section.notes.append(f"{ctx.held_out.n_samples} held-out samples; intervals: 95% bootstrap of the mean, "

@@ -31,6 +31,7 @@ __all__ = [
     "identical",
     "looks_like_classifier",
     "per_sample_cosine",
+    "per_sample_iou",
     "per_sample_top1",
     "shape_mismatches",
 ]
@@ -58,7 +59,9 @@ class ErrorStats:
     ``shape_mismatches`` counts the samples whose shapes differ (ragged outputs); the other figures leave them out.
     ``cosine_low`` and ``top1_low`` are one-sided bootstrap lower bounds of the mean per-sample cosine and top-1
     agreement at ``confidence`` (``None`` when not asked for): what the figures are on fresh samples, at least.
-    ``near_zero_samples`` counts the samples judged by absolute error instead of cosine (see ``_agreements``)."""
+    ``near_zero_samples`` counts the samples judged by absolute error instead of cosine (see ``_agreements``).
+    ``iou`` (and its bound ``iou_low``) is the mean per-sample IoU of the masks where the output exceeds
+    ``mask_threshold``, for probability maps (``None`` otherwise; see ``per_sample_iou``)."""
 
     n_samples: int
     exact: bool
@@ -80,6 +83,9 @@ class ErrorStats:
     top1_low: float | None = None
     confidence: float | None = None
     near_zero_samples: int = 0
+    iou: float | None = None
+    iou_low: float | None = None
+    mask_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()} | {
@@ -107,29 +113,35 @@ def shape_mismatches(reference: Output, candidate: Output) -> list[int]:
 
 
 def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
-                confidence: float | None = None, class_axis: ClassAxis = HEURISTIC) -> ErrorStats:
+                confidence: float | None = None, class_axis: ClassAxis = HEURISTIC,
+                mask_threshold: float | None = None) -> ErrorStats:
     """Compare ``candidate`` with ``reference``: arrays of one shape (axis 0 = samples), or, when either is a
     ``RaggedOutput``, sample by sample over the samples whose shapes agree (the others are ``shape_mismatches``).
-    With ``confidence``, the per-sample cosines and top-1 agreements also give lower confidence bounds. Top-1 is
-    judged along ``class_axis`` (see ``ClassAxis``): per sample, the share of positions whose argmax agrees."""
+    With ``confidence``, the per-sample cosines, top-1 agreements and mask IoUs also give lower confidence bounds.
+    Top-1 is judged along ``class_axis`` (see ``ClassAxis``): per sample, the share of positions whose argmax
+    agrees. With ``mask_threshold`` (a probability map), the masks above it are compared by IoU, per sample."""
     if not comparable(reference, candidate):
         raise ValueError(f"{_layout(candidate)} differs from the reference {_layout(reference)}")
     exact = not np.issubdtype(reference.dtype, np.inexact)
     axis = _class_axis(reference, class_axis)
+    threshold = None if exact else mask_threshold
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
         n = reference.shape[0] if reference.ndim else 1
         ref, got, nonfinite = _finite_pair(reference, candidate)
         cosines, near_zero = _agreements(ref.reshape(n, -1), got.reshape(n, -1))
         top1 = _positions_agreeing(ref, got, axis) if axis is not None else None
-        return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0, confidence, near_zero)
+        ious = _ious(ref.reshape(n, -1), got.reshape(n, -1), threshold) if threshold is not None else None
+        return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0, confidence, near_zero, ious, threshold)
     samples = list(zip(_samples(reference), _samples(candidate), strict=True))
     pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
     ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
     got = np.concatenate([g.ravel() for _, g, _ in pairs]) if pairs else np.zeros(0)
     cosines, near_zero = _agreements([r.ravel() for r, _, _ in pairs], [g.ravel() for _, g, _ in pairs])
     top1 = np.array([_sample_agreement(r, g, axis) for r, g, _ in pairs]) if axis is not None else None
+    ious = (np.array([_ious(r.reshape(1, -1), g.reshape(1, -1), threshold)[0] for r, g, _ in pairs])
+            if threshold is not None else None)  # pairs hold finite arrays already
     return _stats(len(samples), exact, ref, got, sum(c for _, _, c in pairs), cosines, top1, rtol,
-                  len(samples) - len(pairs), confidence, near_zero)
+                  len(samples) - len(pairs), confidence, near_zero, ious, threshold)
 
 
 def per_sample_cosine(reference: Output, candidate: Output) -> np.ndarray:
@@ -160,6 +172,33 @@ def per_sample_top1(reference: Output, candidate: Output, class_axis: ClassAxis 
         return _positions_agreeing(reference, candidate, axis)
     return np.array([_sample_agreement(r, g, axis) if r.shape == g.shape else math.nan
                      for r, g in zip(_samples(reference), candidate.samples, strict=True)])
+
+
+def per_sample_iou(reference: Output, candidate: Output, threshold: float | None) -> np.ndarray | None:
+    """Per sample, the IoU of the masks where reference and candidate exceed ``threshold`` (1 where both masks
+    are empty: an empty map kept empty), NaN where the sample's shapes differ; ``None`` without a threshold or for
+    integer outputs."""
+    if threshold is None or not np.issubdtype(reference.dtype, np.inexact):
+        return None
+    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
+        n = reference.shape[0] if reference.ndim else 1
+        ref, got, _ = _finite_pair(reference, candidate)
+        return _ious(ref.reshape(n, -1), got.reshape(n, -1), threshold)
+    return np.array([_sample_iou(r, g, threshold) if r.shape == g.shape else math.nan
+                     for r, g in zip(_samples(reference), _samples(candidate), strict=True)])
+
+
+def _sample_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> float:
+    ref, got, _ = _finite_pair(reference, candidate)
+    return float(_ious(ref.reshape(1, -1), got.reshape(1, -1), threshold)[0])
+
+
+def _ious(ref: np.ndarray, got: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row of two [n, k] arrays, the IoU of the masks above ``threshold``; 1 where both masks are empty."""
+    a, b = ref > threshold, got > threshold
+    union = np.count_nonzero(a | b, axis=1)
+    inter = np.count_nonzero(a & b, axis=1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float64)
 
 
 def identical(a: Output, b: Output) -> bool:
@@ -229,9 +268,10 @@ def _finite_pair(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarr
 
 def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int, cosines: np.ndarray,
            top1: np.ndarray | None, rtol: float, shape_mismatched: int, confidence: float | None,
-           near_zero: int) -> ErrorStats:
-    """The statistics from finite, float64 ``ref`` and ``got`` (of one shape), the per-sample cosines and top-1
-    agreements (``None``: not classifier-like) of the compared samples, and the count of samples left out."""
+           near_zero: int, ious: np.ndarray | None = None, mask_threshold: float | None = None) -> ErrorStats:
+    """The statistics from finite, float64 ``ref`` and ``got`` (of one shape), the per-sample cosines, top-1
+    agreements (``None``: not class scores) and mask IoUs (``None``: not a probability map) of the compared
+    samples, and the count of samples left out."""
     def bound(values: np.ndarray | None) -> float | None:
         if confidence is None or values is None or exact:
             return None
@@ -264,6 +304,9 @@ def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int
         top1_low=bound(top1),
         confidence=None if exact else confidence,
         near_zero_samples=near_zero,
+        iou=None if ious is None else (float(np.mean(ious)) if ious.size else 1.0),
+        iou_low=bound(ious),
+        mask_threshold=None if ious is None else mask_threshold,
     )
 
 

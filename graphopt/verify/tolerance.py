@@ -31,12 +31,14 @@ resamples too few distinct values to say how the mean varies, and would accept o
 class Tolerance:
     """Acceptance thresholds; ``None`` disables a criterion. ``per_output`` overrides them for named outputs.
 
-    ``cosine`` bounds the mean per-sample cosine similarity, ``top1`` the argmax agreement of classifier-like outputs
-    ([samples, 2..256]), ``snr_db`` the signal-to-noise ratio in dB.
+    ``cosine`` bounds the mean per-sample cosine similarity, ``top1`` the argmax agreement of class scores (along
+    each output's class axis, ``output_kinds``), ``iou`` the mean mask IoU of probability maps, ``snr_db`` the
+    signal-to-noise ratio in dB.
 
-    ``confidence`` (default 0.95; ``None``: judge the means) makes ``cosine`` and ``top1`` bound the one-sided
-    bootstrap lower confidence bounds of the per-sample means (``ErrorStats.cosine_low``/``top1_low``), so that a
-    verdict holds on samples it was not measured on. ``snr_db`` and ``atol`` are judged as measured.
+    ``confidence`` (default 0.95; ``None``: judge the means) makes ``cosine``, ``top1`` and ``iou`` bound the
+    one-sided bootstrap lower confidence bounds of the per-sample means (``ErrorStats.cosine_low``/``top1_low``/
+    ``iou_low``), so that a verdict holds on samples it was not measured on. ``snr_db`` and ``atol`` are judged as
+    measured.
 
     Every threshold is checked when the tolerance is built: NaN compares false with everything, so a NaN (or a
     cosine of -1) would silently accept any model. ``ToleranceError`` names the field and its range.
@@ -49,6 +51,7 @@ class Tolerance:
     top1: float | None = None
     per_output: Mapping[str, Tolerance] = field(default_factory=dict)
     confidence: float | None = DEFAULT_CONFIDENCE
+    iou: float | None = None
 
     def __post_init__(self) -> None:
         check_number("atol", self.atol, low=0.0)
@@ -56,6 +59,7 @@ class Tolerance:
         check_number("cosine", self.cosine, low=0.0, high=1.0)
         check_number("snr_db", self.snr_db)
         check_number("top1", self.top1, low=0.0, high=1.0)
+        check_number("iou", self.iou, low=0.0, high=1.0)
         check_number("confidence", self.confidence, low=0.5, high=0.9999)
         for name, value in self.per_output.items():
             if not isinstance(value, Tolerance):
@@ -69,7 +73,7 @@ class Tolerance:
     @classmethod
     def budget(cls) -> Tolerance:
         """The default accuracy budget for lossy passes, measured against the original model."""
-        return cls(cosine=0.99, top1=0.99)
+        return cls(cosine=0.99, top1=0.99, iou=0.99)
 
     def for_output(self, name: str) -> Tolerance:
         return self.per_output.get(name, self)
@@ -78,7 +82,7 @@ class Tolerance:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        fields = {k: getattr(self, k) for k in ("atol", "rtol", "cosine", "snr_db", "top1", "confidence")}
+        fields = {k: getattr(self, k) for k in ("atol", "rtol", "cosine", "snr_db", "top1", "iou", "confidence")}
         if self.per_output:
             fields["per_output"] = {k: v.to_dict() for k, v in self.per_output.items()}
         return fields
@@ -126,6 +130,9 @@ def _failures(s: ErrorStats, t: Tolerance) -> list[str]:
         out.append(f"SNR {s.snr_db:.1f} dB < {t.snr_db:.10g} dB")
     if t.top1 is not None and s.top1 is not None:
         out.extend(_below("top-1 agreement", s.top1, s.top1_low if t.confidence is not None else None, t.top1, 4))
+    if t.iou is not None and s.iou is not None:
+        out.extend(_below(f"mask IoU (above {s.mask_threshold:g})", s.iou,
+                          s.iou_low if t.confidence is not None else None, t.iou, 4))
     return out
 
 

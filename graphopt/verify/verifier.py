@@ -62,6 +62,7 @@ class Verifier:
         runtime: RuntimeConfig | None = None,
         progress: Progress = NULL_PROGRESS,
         task: TaskBudget | None = None,
+        kinds: Mapping[str, OutputKind] | None = None,
     ) -> None:
         if data.n_samples == 0:  # e.g. a model without inputs fed a Dataset built by hand
             raise DataError("no verification samples: the data holds zero samples")
@@ -74,7 +75,7 @@ class Verifier:
         self.reference, self._per_sample = run_dataset(
             session, data, self.runtime, progress=progress, label="reference outputs"
         )
-        self.kinds = output_kinds(original)
+        self.kinds = dict(kinds) if kinds is not None else output_kinds(original)
         self.task = task
         self._task_reference = task.metric(self.reference, data.labels) if task and data.labels is not None else None
 
@@ -102,7 +103,8 @@ class Verifier:
                 kinds: Mapping[str, OutputKind] | None = None) -> Verification:
         """Judge ``candidate`` against ``reference``; missing outputs or changed shapes (of the whole output, or of
         any sample of a ragged one) fail, whatever the tolerance. ``kinds`` (``output_kinds`` of the original
-        model) say along which axis each output's top-1 is judged; without them the shape heuristic decides."""
+        model) say along which axis each output's top-1 is judged and where its mask is cut; without them the
+        shape heuristic decides top-1 and no mask is judged."""
         stats: dict[str, ErrorStats] = {}
         problems: list[str] = []
         for name, ref in reference.items():
@@ -113,8 +115,10 @@ class Verifier:
                 problems.append(f"{name}: {_layout(got)} differs from {_layout(ref)}")
             else:
                 own = tolerance.for_output(name)
-                axis = kinds[name].class_axis if kinds and name in kinds else HEURISTIC
-                stats[name] = error_stats(ref, got, rtol=own.rtol, confidence=own.confidence, class_axis=axis)
+                kind = kinds.get(name) if kinds else None
+                stats[name] = error_stats(ref, got, rtol=own.rtol, confidence=own.confidence,
+                                          class_axis=kind.class_axis if kind else HEURISTIC,
+                                          mask_threshold=kind.mask_threshold if kind else None)
                 if stats[name].shape_mismatches:
                     problems.append(f"{name}: {_shape_failure(ref, got, stats[name])}")
         verdict = judge({n: s for n, s in stats.items() if not s.shape_mismatches}, tolerance)

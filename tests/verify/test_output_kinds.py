@@ -90,5 +90,6 @@ def test_the_report_says_how_each_output_was_judged(tmp_path: Path) -> None:
                    {"ctc": ["N", 8, 500], "boxes": ["N", 8]})
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((4, 8, 500)).astype(np.float32))
     outputs = graphopt.optimize(model, tmp_path / "d.npz").report.to_dict()["outputs"]
-    assert outputs["ctc"] == {"class_axis": -1, "reason": "made by LogSoftmax over axis 2: class scores"}
+    assert outputs["ctc"] == {"class_axis": -1, "mask_threshold": None,
+                              "reason": "made by LogSoftmax over axis 2: class scores"}
     assert outputs["boxes"]["class_axis"] is None
