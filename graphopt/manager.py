@@ -6,7 +6,9 @@ ORIGINAL model (and, for lossless passes, within the lossless tolerance against 
 that fails and offers units is narrowed to the largest subset of units that passes: units are ranked by sensitivity
 (the pass's estimate, or measured by applying each unit alone; per unit of gain when every unit states one), the
 longest passing prefix is found by bisection, and the remaining units are then tried one at a time. Anything else
-is rolled back. The manager names no pass.
+is rolled back. A narrowed set is chosen among many candidates judged on the same samples, so it must also hold
+at the confidence that covers that search (``selection_confidence``): units are dropped, last kept first, until it
+does. The manager names no pass.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from graphopt.instrument import Instrument
 from graphopt.modelio import check_model
 from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult
-from graphopt.verify.tolerance import Tolerance
+from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
 __all__ = ["PassManager", "PassOutcome", "PipelineResult", "Status", "UnitOutcome"]
@@ -275,6 +277,21 @@ class PassManager:
                 chosen.append(name)
             else:
                 reasons[name] = f"breaks the budget with the kept units: {attempt(frozenset([*chosen, name])).failure}"
+        searched = len(trials)
+        strict = (self.tolerance.at_confidence(selection_confidence(self.tolerance.confidence, searched))
+                  if self.tolerance.confidence is not None and searched > 1 else None)
+        if chosen and strict is not None and not self._holds(attempt(frozenset(chosen)), strict):
+            low, high = 0, len(chosen) - 1  # the longest prefix of the kept units (in the order kept) that holds
+            while low < high:
+                middle = (low + high + 1) // 2
+                if self._holds(attempt(frozenset(chosen[:middle])), strict):
+                    low = middle
+                else:
+                    high = middle - 1
+            for name in chosen[low:]:
+                reasons[name] = (f"left out so that the kept units, chosen among {searched} candidates, hold at "
+                                 f"{strict.confidence:.2%} confidence")
+            chosen = chosen[:low]
         best = attempt(frozenset(chosen)) if chosen else None
         keep = best is not None and best.passed and best.changed
         outcomes = tuple(
@@ -288,6 +305,12 @@ class PassManager:
             for u in units
         )
         return (best if keep else None), outcomes, len(trials)
+
+    def _holds(self, trial: _Trial, tolerance: Tolerance) -> bool:
+        """Whether a passing trial's outputs also hold ``tolerance`` against the original."""
+        if not trial.passed or trial.outputs is None:
+            return False
+        return self.verifier.against_original(trial.outputs, tolerance).passed
 
 
 def _nothing_to_change(result: PassResult | None) -> str:

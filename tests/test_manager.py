@@ -12,9 +12,13 @@ from helpers import mlp
 from onnx import numpy_helper
 
 import graphopt
+from graphopt import manager
+from graphopt.data import input_specs, load_data
 from graphopt.errors import DataError, PipelineError, PreconditionError
 from graphopt.manager import Status
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
+from graphopt.verify.tolerance import selection_confidence
+from graphopt.verify.verifier import Verifier
 
 
 def _scaled(model: onnx.ModelProto, factors: dict[str, float], noise: float = 0.0) -> onnx.ModelProto:
@@ -282,3 +286,49 @@ def test_too_few_verification_samples_for_a_bound_is_a_data_error(tmp_path: Path
     graphopt.optimize(tmp_path / "m.onnx", tmp_path / "d.npz", passes=[Perturb()],  # judged on means: allowed
                       tolerance=graphopt.Tolerance(cosine=0.9, confidence=None))
     graphopt.optimize(tmp_path / "m.onnx", tmp_path / "d.npz")  # lossless passes only: no bound needed
+
+
+class RowNoise(PassBase):
+    """Adds seeded noise to one hidden neuron's input weights per unit: sixteen units of similar harm, so narrowing
+    searches among many sets that sit near the budget."""
+
+    name = "test-row-noise"
+
+    def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
+        return tuple(Unit(f"row{i}") for i in range(16))
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        index = next(k for k, t in enumerate(out.graph.initializer) if t.name == "w1")
+        weight = numpy_helper.to_array(out.graph.initializer[index]).copy()
+        noise = np.random.default_rng(7).standard_normal(weight.shape) * np.abs(weight).mean()
+        rows = [r for r in range(16) if context.selects(f"row{r}")]
+        weight[:, rows] += noise[:, rows]
+        out.graph.initializer[index].CopyFrom(numpy_helper.from_array(weight.astype(np.float32), "w1"))
+        return PassResult(out, bool(rows), {"rows": len(rows)})
+
+
+def test_a_narrowed_set_holds_at_the_confidence_that_covers_its_search(
+    mlp_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set narrowing stops at is the one the verification samples happened to favour among every set it tried;
+    judged at 95% like a single candidate, it is accepted too close to the budget. Held at 1 − 0.05/trials, it
+    keeps fewer units, and those it leaves out say why."""
+    budget = graphopt.Tolerance(cosine=0.99)
+    corrected = run(mlp_files, RowNoise(), tolerance=budget).pipeline.outcomes[0]
+    monkeypatch.setattr(manager, "selection_confidence", lambda confidence, candidates: confidence)
+    plain = run(mlp_files, RowNoise(), tolerance=budget).pipeline.outcomes[0]
+    kept = {u.name for u in corrected.units if u.applied}
+    assert corrected.status is plain.status is Status.NARROWED
+    assert 0 < len(kept) < sum(u.applied for u in plain.units)
+    strict = budget.at_confidence(selection_confidence(0.95, corrected.trials))
+    assert strict.confidence is not None and strict.confidence > 0.99
+    model, data = mlp_files
+    original = onnx.load(model)
+    _, verification = load_data(data, input_specs(original)).split(0.5)  # graphopt's own verification samples
+    verifier = Verifier(original, verification)
+    assert verifier.against_original(verifier.outputs(corrected.model_after), strict).passed
+    assert not verifier.against_original(verifier.outputs(plain.model_after), strict).passed
+    dropped = [u for u in corrected.units if not u.applied and "chosen among" in u.reason]
+    assert dropped and all(f"{strict.confidence:.2%} confidence" in u.reason for u in dropped)

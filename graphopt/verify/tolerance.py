@@ -16,11 +16,15 @@ from typing import Any
 from graphopt.errors import ToleranceError
 from graphopt.verify.metrics import ErrorStats
 
-__all__ = ["DEFAULT_CONFIDENCE", "MIN_BOUNDED_SAMPLES", "Tolerance", "Verdict", "check_number", "judge"]
+__all__ = ["DEFAULT_CONFIDENCE", "MIN_BOUNDED_SAMPLES", "Tolerance", "Verdict", "check_number", "judge",
+           "selection_confidence"]
 
 
 DEFAULT_CONFIDENCE = 0.95
 """The one-sided confidence at which cosine and top-1 are judged by their lower bounds, not their means."""
+
+MAX_CONFIDENCE = 0.9999
+"""The highest confidence a bound is taken at: beyond it 2,000 bootstrap resamples cannot place the percentile."""
 
 MIN_BOUNDED_SAMPLES = 30
 """Fewest verification samples a lossy pass is judged on when judged by confidence bounds: a bootstrap of fewer
@@ -60,7 +64,7 @@ class Tolerance:
         check_number("snr_db", self.snr_db)
         check_number("top1", self.top1, low=0.0, high=1.0)
         check_number("iou", self.iou, low=0.0, high=1.0)
-        check_number("confidence", self.confidence, low=0.5, high=0.9999)
+        check_number("confidence", self.confidence, low=0.5, high=MAX_CONFIDENCE)
         for name, value in self.per_output.items():
             if not isinstance(value, Tolerance):
                 raise ToleranceError(f"per_output['{name}'] must be a Tolerance, not {type(value).__name__}")
@@ -81,11 +85,26 @@ class Tolerance:
     def with_overrides(self, **changes: Any) -> Tolerance:
         return replace(self, **changes)
 
+    def at_confidence(self, confidence: float) -> Tolerance:
+        """The same budget with every bound (its own and each output's) taken at ``confidence``; bounds switched
+        off (``None``) stay off."""
+        def one(t: Tolerance) -> Tolerance:
+            return t if t.confidence is None else replace(t, confidence=confidence)
+        return replace(one(self), per_output={k: one(v) for k, v in self.per_output.items()})
+
     def to_dict(self) -> dict[str, Any]:
         fields = {k: getattr(self, k) for k in ("atol", "rtol", "cosine", "snr_db", "top1", "iou", "confidence")}
         if self.per_output:
             fields["per_output"] = {k: v.to_dict() for k, v in self.per_output.items()}
         return fields
+
+
+def selection_confidence(confidence: float, candidates: int) -> float:
+    """The confidence a candidate chosen among ``candidates`` judged on the same samples is held to: the chance
+    that any of them clears its bound by luck stays at ``1 - confidence`` (Bonferroni), capped at
+    ``MAX_CONFIDENCE``. Narrowing stops at the first set of units that passes, so its winner sits where the
+    verification samples happened to favour it; one bound at 95% does not cover a search among many."""
+    return min(MAX_CONFIDENCE, 1 - (1 - confidence) / max(candidates, 1))
 
 
 def check_number(name: str, value: object, *, low: float | None = None, high: float | None = None,
