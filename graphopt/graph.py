@@ -21,6 +21,7 @@ from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
 from graphopt._proto import fits_protobuf
+from graphopt.errors import PreconditionError
 
 __all__ = [
     "GraphEdit",
@@ -53,8 +54,12 @@ def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
     """Edit ``model`` (left untouched) as a graphsurgeon graph; read the new model from ``edit.model`` afterwards.
 
     Sparse constants are made dense first: graphsurgeon drops ``Constant(sparse_value)`` nodes and ignores
-    ``sparse_initializer``, so a pass after sparse storage would otherwise lose weights.
+    ``sparse_initializer``, so a pass after sparse storage would otherwise lose weights. A graph holding values
+    graphsurgeon cannot export (optional or map types, in any branch or body) raises ``PreconditionError``.
     """
+    unexportable = _unexportable_value(model)
+    if unexportable:
+        raise PreconditionError(f"graph surgery cannot rewrite this model: {unexportable}")
     edit = GraphEdit(import_graph(model))
     yield edit
     edit.graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -67,6 +72,20 @@ def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
     _restore_output_types(model, exported)
     del exported.graph.value_info[:]
     edit.model = infer_shapes(exported)
+
+
+_EXPORTABLE_TYPES = frozenset({"tensor_type", "sequence_type", "sparse_tensor_type"})
+
+
+def _unexportable_value(model: onnx.ModelProto) -> str:
+    """The first graph input, output or typed value (of any nested graph) whose type graphsurgeon cannot export,
+    as ``"value 'v' is of optional_type"``; empty when there is none."""
+    for graph in subgraphs(model.graph):
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            kind = value.type.WhichOneof("value")
+            if kind is not None and kind not in _EXPORTABLE_TYPES:
+                return f"value '{value.name}' is of {kind}"
+    return ""
 
 
 def _restore_initializer_inputs(model: onnx.ModelProto, exported: onnx.ModelProto) -> None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import onnx
 
-from graphopt.errors import first_line
 from graphopt.graph import model_digest
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig
@@ -99,20 +98,13 @@ class PlanCache(Generic[T]):
     def __init__(self) -> None:
         self._entry: tuple[bytes, object, T] | None = None
 
-    def get(self, model: onnx.ModelProto, context: PassContext, make: Callable[[], T],
-            on_error: Callable[[str], T] | None = None) -> T:
-        """The cached plan, or ``make()``; with ``on_error``, a plan that could not be made is ``on_error(reason)``
-        (a pass must never crash the pipeline)."""
+    def get(self, model: onnx.ModelProto, context: PassContext, make: Callable[[], T]) -> T:
+        """The cached plan, or ``make()``. A plan that cannot be made raises: the manager reports the failure (a
+        pass refuses with ``Skip`` or ``PreconditionError``, never by swallowing its own bugs)."""
         key = model_digest(model)
         if key and self._entry is not None and self._entry[0] == key and self._entry[1] is context.calibration:
             return self._entry[2]
-        try:
-            plan = make()
-        except Exception as e:
-            if on_error is None:
-                raise
-            log.info("planning failed: %s", e)
-            plan = on_error(f"unexpected graph: {type(e).__name__}: {first_line(e)}")
+        plan = make()
         self._entry = (key, context.calibration, plan) if key else None
         return plan
 

@@ -260,9 +260,6 @@ def find_channel_groups(graph: gs.Graph, select: Callable[[Producer], bool] | No
             found.append(_trace(producer, scope))
         except _Refuse as e:
             found.append(Skip(label(node), str(e)))
-        except Exception as e:  # noqa: BLE001 - one odd group must not stop the others
-            log.debug("channel analysis of %s failed: %s", label(node), e)
-            found.append(Skip(label(node), f"channel analysis failed: {type(e).__name__}: {e}"))
     return found
 
 

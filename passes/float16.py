@@ -29,7 +29,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import first_line
 from graphopt.graph import copy_model, default_opset, infer_shapes
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.perf import measure_latency
@@ -105,13 +104,8 @@ class Float16Pass(PassBase):
                              "save") for i in sorted(dropped)]
         if not chosen:
             return PassResult(copy_model(model), False, stats, tuple(skipped), plan.notes)
-        try:
-            out, casts = (_convert(model, chosen) if self.options.mode == "compute"
-                          else _store_weights(model, {plan.convertible[i].name for i in chosen}))
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s left the model unchanged: %s", self.name, e)
-            return PassResult(copy_model(model), False, stats,
-                              (*skipped, Skip("graph", f"rewrite failed: {type(e).__name__}: {first_line(e)}")))
+        out, casts = (_convert(model, chosen) if self.options.mode == "compute"
+                      else _store_weights(model, {plan.convertible[i].name for i in chosen}))
         fp16_nodes = len(chosen) if self.options.mode == "compute" else 0
         stats.update(nodes_fp16=fp16_nodes, nodes_fp32=plan.float_nodes - fp16_nodes, casts_inserted=casts,
                      bytes_after=_weight_bytes(out))
@@ -133,7 +127,7 @@ class Float16Pass(PassBase):
                 return _plan_weights(model, self.options)
             return _plan_compute(model, context, self.options)
 
-        return self._plans.get(model, context, make, lambda why: _Plan({}, 0, (Skip("graph", why),)))
+        return self._plans.get(model, context, make)
 
 
 @functools.cache

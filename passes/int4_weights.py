@@ -33,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import PassError, PreconditionError, first_line
+from graphopt.errors import PassError, PreconditionError
 from graphopt.graph import copy_model
 from graphopt.normalize import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
@@ -126,10 +126,8 @@ class Int4WeightsPass(PassBase):
                 stats["bytes_after"] += after
             stats["layers_quantized"] = len(chosen)
             _finish(out, form)
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s left the model unchanged: %s", self.name, e)
-            reason = str(e) if isinstance(e, PassError) else f"rewriting failed: {type(e).__name__}: {first_line(e)}"
-            return PassResult(copy_model(model), False, empty, (*skipped, Skip("graph", reason)))
+        except PassError as e:  # the opset cannot be raised: a refusal with its reason (bugs reach the manager)
+            return PassResult(copy_model(model), False, empty, (*skipped, Skip("graph", str(e))))
         notes = ([note] if note else []) + [f"{_detail(p)} as {form}" for p in chosen]
         log.info("%s: %s", self.name, stats)
         return PassResult(out, True, stats, tuple(skipped), tuple(notes))
@@ -142,8 +140,7 @@ class Int4WeightsPass(PassBase):
 
     def _plan(self, model: onnx.ModelProto, context: PassContext) -> tuple[list[_Plan], list[Skip]]:
         """The quantised layers and refusals, cached by model digest: narrowing calls ``run`` once per trial."""
-        return self._plans.get(model, context, lambda: _make_plan(model, context, self.options),
-                               lambda why: ([], [Skip("graph", why)]))
+        return self._plans.get(model, context, lambda: _make_plan(model, context, self.options))
 
 
 def _make_plan(model: onnx.ModelProto, context: PassContext, options: Int4WeightsPass.Options

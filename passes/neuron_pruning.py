@@ -28,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import PreconditionError, first_line
+from graphopt.errors import PreconditionError
 from graphopt.graph import copy_model, editing, import_graph
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.summary import count_params
@@ -143,16 +143,11 @@ class NeuronPruningPass(PassBase):
                 chosen[layer] = max(selected, key=lambda plan: len(plan.removed))
         if not chosen:
             return PassResult(copy_model(model), False, empty, tuple(measured.skipped))
-        try:
-            with editing(model) as edit:
-                groups = {g.name: g for g in channels.find_channel_groups(edit.graph)
-                          if isinstance(g, channels.ChannelGroup) and g.name in chosen}
-                removals = [(groups[name], dict.fromkeys(plan.removed, 0.0)) for name, plan in chosen.items()]
-                removed = channels.remove_channels(edit.graph, removals, self._refit(groups, measured))
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s left the model unchanged: %s", self.name, e)
-            return PassResult(copy_model(model), False, empty,
-                              (*measured.skipped, Skip("graph", f"rewrite failed: {type(e).__name__}: {first_line(e)}")))
+        with editing(model) as edit:
+            groups = {g.name: g for g in channels.find_channel_groups(edit.graph)
+                      if isinstance(g, channels.ChannelGroup) and g.name in chosen}
+            removals = [(groups[name], dict.fromkeys(plan.removed, 0.0)) for name, plan in chosen.items()]
+            removed = channels.remove_channels(edit.graph, removals, self._refit(groups, measured))
         stats = {"channels_removed": removed, "channels_eligible": eligible,
                  "params_removed": count_params(model) - count_params(edit.model), "layers_pruned": len(chosen)}
         notes = tuple(f"{plan.layer}: {plan.channels} → {plan.channels - len(plan.removed)} channels; next-layer "

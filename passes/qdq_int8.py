@@ -147,12 +147,7 @@ class QdqInt8Pass(PassBase):
         except PassError as e:
             return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
         notes += [upgraded] if upgraded else []
-        try:
-            built = self._static(model, context, notes) if static else self._dynamic(model, context)
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s left the model unchanged: %s", self.name, e)
-            return PassResult(copy_model(model), False, empty,
-                              (Skip("graph", f"rewrite failed: {type(e).__name__}: {first_line(e)}"),))
+        built = self._static(model, context, notes) if static else self._dynamic(model, context)
         if isinstance(built, str):
             return PassResult(copy_model(model), False, empty, (Skip("graph", built),))
         if not built.chosen:
@@ -357,6 +352,6 @@ def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, context: Pas
     else:
         try:
             float_, int8 = ov.measure_latency([before, after], feed, runs=500, warmup=20, budget_s=2.0)
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises many unrelated types; the model is still verified
+        except (RuntimeError, ImportError) as e:  # OpenVINO's errors arrive as RuntimeError; the model is verified
             return f"OpenVINO could not time the models: {ov.openvino_reason(e)}"
     return round(int8.median_ms / float_.median_ms, 3)

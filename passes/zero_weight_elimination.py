@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.errors import first_line
 from graphopt.graph import constant_array, copy_model, default_opset, editing, import_graph, infer_shapes
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.summary import count_params
@@ -72,20 +71,12 @@ class ZeroWeightEliminationPass(PassBase):
         """One unit per changed producer (``"3 of 32 channels"``) or simplified node, found by a full dry run."""
         if _refusal(model):
             return ()
-        try:
-            outcome = _rewrite(model, lambda unit: True, self.options.align)
-        except Exception as e:  # noqa: BLE001 - narrowing is best effort
-            log.debug("units of %s failed: %s", self.name, e)
-            return ()
+        outcome = _rewrite(model, lambda unit: True, self.options.align)
         return tuple(Unit(name, detail="; ".join(details)) for name, details in outcome.details.items())
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         refusal = _refusal(model)
-        try:
-            outcome = _Outcome(model, skipped=[Skip("graph", refusal)]) if refusal else _rewrite(model, context.selects, self.options.align)
-        except Exception as e:  # noqa: BLE001 - a pass must never crash the pipeline
-            log.info("%s left the model unchanged: %s", self.name, e)
-            outcome = _Outcome(model, skipped=[Skip("graph", f"unexpected graph: {type(e).__name__}: {first_line(e)}")])
+        outcome = _Outcome(model, skipped=[Skip("graph", refusal)]) if refusal else _rewrite(model, context.selects, self.options.align)
         if not outcome.details:
             zero = dict.fromkeys(("channels_removed", "nodes_removed", "params_removed", "units_applied"), 0)
             return PassResult(copy_model(model), False, zero, tuple(outcome.skipped))
@@ -115,18 +106,13 @@ def _rewrite(model: onnx.ModelProto, selects: Callable[[str], bool], align: int)
         progressed, skipped = False, []
         channel_changes = functools.partial(_channel_changes, align=align)
         for find, apply in ((channel_changes, _apply_channels), (_identity_changes, _apply_identities)):
-            try:
-                changes, skips = find(import_graph(outcome.model), opset)
-                skipped += skips
-                if not any(selects(c.unit) for c in changes):
-                    continue
-                with editing(outcome.model) as edit:
-                    chosen = [c for c in find(edit.graph, opset)[0] if selects(c.unit)]
-                    apply(edit.graph, chosen)
-            except Exception as e:  # noqa: BLE001 - keep the earlier rounds' work
-                log.debug("%s stopped: %s", apply.__name__, e)
-                outcome.skipped.append(Skip("graph", f"stopped early on an unexpected graph: {first_line(e)}"))
-                return outcome
+            changes, skips = find(import_graph(outcome.model), opset)
+            skipped += skips
+            if not any(selects(c.unit) for c in changes):
+                continue
+            with editing(outcome.model) as edit:
+                chosen = [c for c in find(edit.graph, opset)[0] if selects(c.unit)]
+                apply(edit.graph, chosen)
             for change in chosen:
                 outcome.details.setdefault(change.unit, []).append(change.detail)
                 outcome.channels += change.channels

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import pytest
 from helpers import run_ort, text_model
 from onnx import helper, numpy_helper, parser
 
+from graphopt.errors import PreconditionError
 from graphopt.graph import densified, editing, initializer_arrays
 from graphopt.summary import count_params
 
@@ -67,3 +69,15 @@ def test_editing_keeps_initializer_inputs_and_ir3_validity(rng: np.random.Genera
         onnx.checker.check_model(out, full_check=True)
         assert [v.name for v in out.graph.input] == (["x", "w", "b"] if ir_version < 4 else ["x", "w"])
         np.testing.assert_allclose(run_ort(out, {"x": x})[0], x @ w + 1, rtol=1e-5, atol=1e-5)
+
+
+def test_editing_refuses_values_graphsurgeon_cannot_export() -> None:
+    """graphsurgeon exports an optional-typed value as an unbound variable (UnboundLocalError): surgery refuses such
+    a model up front, with the value named, so a pass skips it instead of raising."""
+    optional = helper.make_value_info("maybe", helper.make_optional_type_proto(
+        helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [2])))
+    graph = helper.make_graph([helper.make_node("Optional", ["x"], ["maybe"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])], [optional])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(PreconditionError, match="value 'maybe' is of optional_type"), editing(model):
+        pass
