@@ -52,7 +52,7 @@ from graphopt.api import graphopt_version
 from graphopt.data import Dataset
 from graphopt.outputs import RaggedOutput
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
-from graphopt.verify.metrics import HEURISTIC, ErrorStats, error_stats
+from graphopt.verify.metrics import HEURISTIC, ErrorStats, error_stats, per_sample_iou
 from graphopt.verify.output_kinds import OutputKind, output_kinds
 
 __all__ = ["Figures", "PassRow", "fidelity", "main"]
@@ -132,8 +132,7 @@ def _map_figures(ref: np.ndarray, got: np.ndarray) -> dict[str, np.ndarray]:
     whether the reference mask is empty."""
     a = ref.reshape(len(ref), -1) > MAP_THRESHOLD
     b = got.reshape(len(got), -1) > MAP_THRESHOLD
-    union = (a | b).sum(axis=1)
-    iou = np.where(union > 0, (a & b).sum(axis=1) / np.maximum(union, 1), 1.0)
+    iou = per_sample_iou(ref, got, MAP_THRESHOLD)
     return {"agree": (a == b).mean(axis=1), "iou": iou, "ref_empty": ~a.any(axis=1), "got_empty": ~b.any(axis=1)}
 
 
