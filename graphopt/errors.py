@@ -13,13 +13,11 @@ __all__ = [
     "OutputPathError",
     "PassError",
     "PipelineError",
-    "PostconditionError",
     "PreconditionError",
     "ToleranceError",
     "UnsupportedModelError",
     "UsageError",
     "ValidationSetupError",
-    "VerificationError",
     "first_line",
 ]
 
@@ -72,27 +70,17 @@ class DataError(GraphoptError):
     exit_code = 5
 
 
-class VerificationError(GraphoptError):
-    """A model that must be kept equivalent (the normalised input) fails verification."""
-
-    exit_code = 6
-
-
 class ValidationSetupError(UsageError):
     """``graphopt validate`` was asked for something it cannot do: an unknown metric or shift hook, a fold count
     the data cannot fill, models whose inputs or outputs differ."""
 
 
 class PassError(GraphoptError):
-    """A pass could not run; the manager records it and rolls the pass back."""
+    """A pass could not run; the manager reports it as failed and keeps the model before the pass."""
 
 
 class PreconditionError(PassError):
     """The model does not meet what a pass requires; recorded as a skip, not a failure."""
-
-
-class PostconditionError(PassError):
-    """A pass broke a promise it makes about its output: a pass bug, rolled back."""
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

@@ -27,6 +27,7 @@ import onnx
 
 from graphopt._proto import weight_bytes
 from graphopt.errors import GraphoptError, PreconditionError, first_line
+from graphopt.gates import TIMERS, Timer, judge_speed, resolve
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.modelio import check_model
@@ -41,10 +42,16 @@ log = logging.getLogger(__name__)
 
 
 class Status(enum.Enum):
+    """How a pass ended: applied in full, narrowed to some units, rolled back (verification failed), declined
+    (verified but not worth it on the target: not faster), skipped (nothing to do, with the reason) or failed (the
+    pass raised: a bug, or a model it could not handle; the reason carries the exception)."""
+
     APPLIED = "applied"
     NARROWED = "narrowed"
     ROLLED_BACK = "rolled back"
+    DECLINED = "declined"
     SKIPPED = "skipped"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -88,10 +95,13 @@ class _Trial:
     verifications: tuple[Verification, ...] = ()
     outputs: Outputs | None = None
     error: str = ""
+    raised: bool = False
 
     @property
     def passed(self) -> bool:
-        return self.result is not None and not self.error and all(v.passed for v in self.verifications)
+        """Changed the model, which loads and holds the budget. A trial that changed nothing passes nothing: in
+        narrowing, a unit the pass declined is not a harmless one."""
+        return self.changed and not self.error and all(v.passed for v in self.verifications)
 
     @property
     def changed(self) -> bool:
@@ -101,6 +111,8 @@ class _Trial:
     def failure(self) -> str:
         if self.error:
             return self.error
+        if not self.changed:
+            return "changes nothing"
         return next((f"{v.failures[0]} (vs {v.against})" for v in self.verifications if not v.passed), "")
 
     @property
@@ -128,6 +140,7 @@ class PassManager:
     lossless_tolerance: Tolerance = field(default_factory=Tolerance.lossless)
     instruments: Sequence[Instrument] = ()
     max_trials: int = 64
+    timers: Mapping[str, tuple[str, Timer]] = field(default_factory=lambda: dict(TIMERS))
 
     def run(self, model: onnx.ModelProto, passes: Sequence[PassBase]) -> PipelineResult:
         for instrument in self.instruments:
@@ -180,23 +193,49 @@ class PassManager:
             trial = self._attempt(pass_, model, previous, self.context)
         except PreconditionError as e:
             return settle(Status.SKIPPED, str(e)), None
+        if trial.raised:
+            return settle(Status.FAILED, trial.error, trial), None
         if not trial.changed and not trial.error:
             return settle(Status.SKIPPED, _nothing_to_change(trial.result), trial), None
+        units: tuple[UnitOutcome, ...] = ()
+        trials = 0
         if trial.passed:
-            return settle(Status.APPLIED, "", trial), trial.outputs
-        narrowed, units, trials = self._narrow(pass_, model, previous, trial)
-        if narrowed is not None:
+            status, reason, kept = Status.APPLIED, "", trial
+        else:
+            narrowed, units, trials = self._narrow(pass_, model, previous, trial)
+            if narrowed is None:
+                return settle(Status.ROLLED_BACK, trial.failure, trial, units=units, trials=trials), None
             left_out = sum(not u.applied for u in units)
-            reason = f"{left_out} of {len(units)} units left out: {trial.failure}"
-            return settle(Status.NARROWED, reason, narrowed, units=units, trials=trials), narrowed.outputs
-        return settle(Status.ROLLED_BACK, trial.failure, trial, units=units, trials=trials), None
+            status, reason, kept = Status.NARROWED, f"{left_out} of {len(units)} units left out: {trial.failure}", narrowed
+        kept, declined = self._speed_gate(pass_, model, kept)
+        if declined:
+            return settle(Status.DECLINED, declined, kept, units=units, trials=trials), None
+        return settle(status, reason, kept, units=units, trials=trials), kept.outputs
+
+    def _speed_gate(self, pass_: PassBase, model: onnx.ModelProto, trial: _Trial) -> tuple[_Trial, str]:
+        """Time the pass's final candidate once against ``model`` when the pass serves latency: the trial with the
+        measured ratio and the gate's notes added to its result, and why it is declined ("" to keep it)."""
+        assert trial.result is not None
+        check = resolve(pass_.speed_check()) if "latency" in pass_.serves() else None
+        if check is None:
+            return trial, ""
+        stats, notes = dict(trial.result.stats), list(trial.result.notes) + list(check.notes)
+        declined = ""
+        if check.mode != "off":
+            data = self.context.calibration
+            data = data if data is not None and not data.synthetic and data.n_samples else self.verifier.data
+            feed = next(data.batches(1, per_sample=True))[0]
+            verdict = judge_speed(check, model, trial.result.model, feed, self.timers)
+            if verdict.ratio is not None:
+                stats["latency_ratio"] = verdict.ratio
+            notes.append(verdict.note)
+            declined = verdict.declined
+        return replace(trial, result=replace(trial.result, stats=stats, notes=tuple(notes))), declined
 
     def _refusal(self, pass_: PassBase) -> str:
-        calibration = self.context.calibration
+        """Why the manager cannot verify ``pass_`` here (the pass's own preconditions are ``PassBase.__call__``'s)."""
         if not pass_.lossless and self.verifier.data.synthetic:
             return "lossy passes need real validation data (--data random only verifies lossless passes)"
-        if pass_.needs_data and (calibration is None or calibration.synthetic or calibration.n_samples == 0):
-            return "needs real calibration samples (give --data with at least 2 samples)"
         return ""
 
     def _attempt(
@@ -209,9 +248,9 @@ class PassManager:
             result = pass_(work, context)
         except PreconditionError:
             raise
-        except Exception as e:  # a failing pass is rolled back, whatever it raised
-            log.debug("pass %s raised", pass_.name, exc_info=True)
-            return _Trial(None, error=f"pass raised {type(e).__name__}: {first_line(e)}")
+        except Exception as e:  # a failing pass is reported as failed, whatever it raised; -v shows the traceback
+            log.info("pass %s raised", pass_.name, exc_info=True)
+            return _Trial(None, error=f"pass raised {type(e).__name__}: {first_line(e)}", raised=True)
         if not result.modified:
             return _Trial(result)
         try:

@@ -13,10 +13,12 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import onnx
 
+from graphopt.errors import PreconditionError
+from graphopt.gates import SpeedCheck
 from graphopt.graph import model_digest
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig
@@ -24,9 +26,11 @@ from graphopt.runtime import RuntimeConfig
 if TYPE_CHECKING:
     from graphopt.data import Dataset
 
-__all__ = ["PassBase", "PassContext", "PassResult", "PlanCache", "Skip", "Unit"]
+__all__ = ["Goal", "PassBase", "PassContext", "PassResult", "PlanCache", "Skip", "SpeedCheck", "Unit"]
 
 T = TypeVar("T")
+
+Goal = Literal["latency", "size"]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +121,11 @@ class PassBase(abc.ABC):
     the tight lossless tolerance unless ``same_rounding`` is False: then onnxruntime may pick other kernels for the
     rewritten graph, whose rounding can differ by more, and the budget against the original judges it) and
     ``needs_data`` (needs real calibration samples), define a nested frozen dataclass ``Options`` and implement
-    ``run``. The first line of the class docstring is the pass's one-line help.
+    ``run``. A pass that refuses says so once: ``requires`` raises ``PreconditionError`` for a model it cannot
+    apply to at all, and ``run`` returns ``modified=False`` with a ``Skip`` per thing it left alone. Anything else it
+    raises is a failure the manager reports (type, message, traceback with ``-v``); a pass never catches its own
+    bugs. A pass that serves latency (``serves``) states how to time it (``speed_check``); the manager times the
+    final candidate once and declines it when it is not faster. The first line of the class docstring is the pass's one-line help.
     """
 
     name: ClassVar[str]
@@ -150,10 +158,17 @@ class PassBase(abc.ABC):
         return f"{self.name}{{{inner}}}" if inner else self.name
 
     def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
-        """Raise ``PreconditionError`` when the pass cannot apply to ``model`` at all."""
+        """Raise ``PreconditionError`` when the pass cannot apply to ``model`` at all (``needs_data`` is checked
+        before this)."""
 
-    def ensures(self, result: PassResult, context: PassContext) -> None:
-        """Raise ``PostconditionError`` when the pass's output breaks a promise the pass makes."""
+    def serves(self) -> frozenset[Goal]:
+        """What the pass's result is for: ``latency`` (the manager's speed gate times it, see ``speed_check``),
+        ``size``, both, or neither (a clean-up)."""
+        return frozenset()
+
+    def speed_check(self) -> SpeedCheck:
+        """How the manager times this pass's final candidate when it serves latency; off unless overridden."""
+        return SpeedCheck()
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """The independent units this pass can apply selectively; empty when it cannot be narrowed."""
@@ -164,7 +179,11 @@ class PassBase(abc.ABC):
         """Rewrite a copy of ``model``; never mutate the argument."""
 
     def __call__(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        """``run`` after the preconditions: real calibration samples when ``needs_data``, then ``requires``; each
+        raises ``PreconditionError``, which the manager reports as a skip."""
+        calibration = context.calibration
+        if self.needs_data and (calibration is None or calibration.synthetic or calibration.n_samples == 0):
+            raise PreconditionError(f"{self.name} needs real calibration samples (give --data with at least 2 "
+                                    "samples)")
         self.requires(model, context)
-        result = self.run(model, context)
-        self.ensures(result, context)
-        return result
+        return self.run(model, context)

@@ -83,11 +83,6 @@ class Placement:
     layers: list[Layer] = field(default_factory=list)
     tensors: dict[str, TensorQuant] = field(default_factory=dict)
 
-    @property
-    def sources(self) -> list[str]:
-        """The tensors whose ranges calibration must measure."""
-        return sorted({t.source for t in self.tensors.values()})
-
 
 def find_layers(graph: gs.Graph, scope: Scope, *, min_dim: int) -> tuple[list[Layer], list[Skip]]:
     """Every node that could run in int8, and a reason for each MatMul/Gemm/Conv that cannot."""

@@ -19,7 +19,6 @@ import numpy as np
 import onnx
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import PreconditionError
 from graphopt.graph import copy_model, editing, import_graph
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.summary import count_params
@@ -71,10 +70,6 @@ class DeadNeuronRemovalPass(PassBase):
     def __init__(self, options: DeadNeuronRemovalPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[dict[str, dict[int, float]], list[Skip]]] = PlanCache()
-
-    def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
-        if context.calibration is None or context.calibration.n_samples == 0:
-            raise PreconditionError("dead-neuron-removal finds dead channels on calibration samples, and none were given")
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer with dead channels."""

@@ -30,8 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, default_opset, infer_shapes
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
-from graphopt.perf import measure_latency
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, SpeedCheck, Unit
 from graphopt_passes._math import fp16
 
 __all__ = ["BLOCK_LIST", "Float16Pass"]
@@ -92,6 +91,13 @@ class Float16Pass(PassBase):
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         return tuple(self._plan(model, context).convertible.values())
 
+    def serves(self) -> frozenset[Goal]:
+        return frozenset({"latency"} if self.options.mode == "compute" else {"size"})
+
+    def speed_check(self) -> SpeedCheck:
+        return SpeedCheck(self.options.speed_check if self.options.mode == "compute" else "off",
+                          candidate="fp16", baseline="the fp32")
+
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         plan = self._plan(model, context)
         chosen = {i for i, unit in plan.convertible.items() if context.selects(unit.name)}
@@ -109,14 +115,6 @@ class Float16Pass(PassBase):
         fp16_nodes = len(chosen) if self.options.mode == "compute" else 0
         stats.update(nodes_fp16=fp16_nodes, nodes_fp32=plan.float_nodes - fp16_nodes, casts_inserted=casts,
                      bytes_after=_weight_bytes(out))
-        if self.options.mode == "compute" and self.options.speed_check != "off" and context.calibration is not None:
-            feed = next(context.calibration.batches(1, per_sample=True))[0]
-            before, after = measure_latency([model, out], feed, runs=500, warmup=20, budget_s=2.0)
-            stats["latency_ratio"] = ratio = round(after.median_ms / before.median_ms, 3)
-            if ratio >= 1.0 and self.options.speed_check == "decline":
-                why = f"fp16 is not faster here: {ratio:.3f}× the fp32 latency; speed_check=note keeps it anyway"
-                return PassResult(copy_model(model), False, {**stats, "nodes_fp16": 0, "casts_inserted": 0},
-                                  (*skipped, Skip("graph", why)), plan.notes)
         log.info("%s: %s", self.name, stats)
         return PassResult(out, True, stats, tuple(skipped), plan.notes)
 

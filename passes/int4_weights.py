@@ -33,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import PassError, PreconditionError
+from graphopt.errors import PassError
 from graphopt.graph import copy_model
 from graphopt.normalize import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
@@ -98,10 +98,6 @@ class Int4WeightsPass(PassBase):
     def __init__(self, options: Int4WeightsPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[list[_Plan], list[Skip]]] = PlanCache()
-
-    def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
-        if self.options.search == "data" and (context.calibration is None or context.calibration.n_samples == 0):
-            raise PreconditionError("int4-weights searches its scales on calibration samples, and none were given")
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer; its sensitivity is the relative layer-output error of its int4 weight."""

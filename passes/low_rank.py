@@ -22,7 +22,6 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import PreconditionError
 from graphopt.graph import constant_array, copy_model, editing, import_graph
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._channels import Scope, label
@@ -109,10 +108,6 @@ class LowRankPass(PassBase):
     def __init__(self, options: LowRankPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[list[_Split], list[Skip]]] = PlanCache()
-
-    def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
-        if context.calibration is None or context.calibration.n_samples == 0:
-            raise PreconditionError("low-rank fits its factors to calibration samples, and none were given")
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer to split (per layer and level with ``levels``); its sensitivity is its relative

@@ -28,7 +28,6 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import PreconditionError
 from graphopt.graph import copy_model, editing, import_graph
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.summary import count_params
@@ -120,10 +119,6 @@ class NeuronPruningPass(PassBase):
     def __init__(self, options: NeuronPruningPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[_Measured] = PlanCache()
-
-    def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
-        if context.calibration is None or context.calibration.n_samples == 0:
-            raise PreconditionError("neuron-pruning scores and refits layers on calibration samples, and none were given")
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer and ratio; its sensitivity is the readers' relative output error after the refit."""

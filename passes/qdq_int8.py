@@ -1,6 +1,6 @@
 """QDQ int8: insert QuantizeLinear/DequantizeLinear pairs so the runtime runs Conv, Gemm and MatMul layers in int8.
 
-The pass runs smooth → calibrate → place → correct → rewrite → time, each step in its own module:
+The pass runs smooth → calibrate → place → correct → rewrite, each step in its own module:
 
 - ``_qdq_smooth``: SmoothQuant where a LayerNorm feeds only quantizable matrix products (α, or none, chosen on
   calibration data by ``_math.smooth``); exact in float.
@@ -14,9 +14,10 @@ The pass runs smooth → calibrate → place → correct → rewrite → time, e
   (``_math.bias_correction``) when that brings the outputs closer on the calibration samples.
 
 Every layer is a unit: when the quantized model breaks the budget, the manager measures each layer's damage alone
-and keeps as many layers in int8 as the budget allows. A result that is not faster than float in its target's runtime
-is declined: ``ort-cpu`` is timed in onnxruntime, ``openvino`` in OpenVINO's CPU plugin when the package is
-installed (``graphopt.openvino``); otherwise, and for ``tensorrt``, the speed is not checked by default.
+and keeps as many layers in int8 as the budget allows. The pass serves latency: the manager's speed gate
+(``graphopt.gates``) times the final int8 model once against float in its target's runtime and declines it when it
+is not faster: ``ort-cpu`` in onnxruntime, ``openvino`` in OpenVINO's CPU plugin when the package is installed;
+otherwise, and for ``tensorrt``, the speed is not checked by default (``speed_check``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,12 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from graphopt import openvino as ov
-from graphopt.errors import PassError, PreconditionError, first_line
+from graphopt.errors import PassError, first_line
 from graphopt.graph import copy_model, editing, import_graph, model_digest
 from graphopt.machine import has_vnni
 from graphopt.normalize import ensure_opset
 from graphopt.outputs import Outputs
-from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
-from graphopt.perf import measure_latency
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, Skip, SpeedCheck, Unit
 from graphopt.runtime import create_session, run_dataset
 from graphopt.verify.metrics import comparable, error_stats
 from graphopt_passes import _qdq_calibration as calibration
@@ -45,12 +44,11 @@ from graphopt_passes import _qdq_rewrite as qdq_rewrite
 from graphopt_passes import _qdq_smooth as smoothing
 from graphopt_passes._channels import Scope
 from graphopt_passes._math import quant, smooth
-from graphopt_passes._qdq_targets import Runtime, TargetRules, rules_for
+from graphopt_passes._qdq_targets import TargetRules, rules_for
 
 __all__ = ["QdqInt8Pass"]
 
 _ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-_RUNTIME_NAMES = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO"}
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +120,6 @@ class QdqInt8Pass(PassBase):
     def rules(self) -> TargetRules:
         return rules_for(self.options.target)
 
-    def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
-        if context.calibration is None or context.calibration.n_samples == 0:
-            raise PreconditionError("qdq-int8 calibrates activation ranges on samples, and none were given")
-
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer that can run in int8; the manager measures each one's damage."""
         graph = import_graph(model)
@@ -157,42 +151,23 @@ class QdqInt8Pass(PassBase):
                                              if bits == 7 and self.options.weight_bits == "auto" else ""))
         stats: dict[str, int | float] = {"layers_quantized": len(built.chosen), "tensors_quantized": built.tensors,
                                          "weight_bits": bits, **built.counts}
-        speed_check, runtime = self._speed_check(notes)
-        ratio = _latency_ratio(model, built.model, context, runtime) if speed_check != "off" else None
-        if isinstance(ratio, str):
-            if speed_check == "decline":  # the target runtime cannot run what we would hand over
-                return PassResult(copy_model(model), False, empty,
-                                  (*built.skipped, Skip("graph", f"{ratio}; speed_check=note keeps it anyway")),
-                                  tuple(notes))
-            notes.append(f"speed not checked: {ratio}")
-        elif ratio is not None:
-            stats["latency_ratio"] = ratio
-            name = _RUNTIME_NAMES[runtime]
-            notes.append(f"int8 timed in {name}: {ratio:.3f}× the float latency (single thread, batch 1)")
-            if ratio >= 1.0 and speed_check == "decline":
-                why = (f"int8 is not faster in {name} here: {ratio:.3f}× the float latency (single thread, batch 1); "
-                       "speed_check=note keeps it anyway")
-                return PassResult(copy_model(model), False, {**empty, "latency_ratio": ratio},
-                                  (*built.skipped, Skip("graph", why)), tuple(notes))
         log.info("%s: %s", self.name, stats)
         return PassResult(built.model, True, stats, tuple(built.skipped), tuple(notes))
 
-    def _speed_check(self, notes: list[str]) -> tuple[str, Runtime]:
-        """The speed check to apply (``auto`` resolved) and the runtime to time in; a note when it is not the
-        target's own runtime or none is timed."""
+    def serves(self) -> frozenset[Goal]:
+        return frozenset({"latency", "size"})
+
+    def speed_check(self) -> SpeedCheck:
+        """int8 against float in the target's runtime (``rules.timed_in``); a target not timed here is timed in
+        onnxruntime when the user asks for a check, and not at all under ``auto``."""
         check, runtime = self.options.speed_check, self.rules.timed_in
-        if runtime == "openvino" and ov.unavailable() is not None:
-            runtime = None
+        if runtime is None:
             if check == "auto":
-                notes.append("speed not checked: OpenVINO is not installed here, so int8 was not timed in it "
-                             "(pip install openvino)")
-            else:
-                notes.append("OpenVINO is not installed here: int8 timed in onnxruntime instead")
-        elif runtime is None and check == "auto":
-            notes.append(f"speed not checked: {self.options.target} is not a runtime timed here (onnxruntime, or "
-                         "OpenVINO when installed, on this CPU)")
-        resolved = ("decline" if runtime else "off") if check == "auto" else check
-        return resolved, runtime or "onnxruntime"
+                why = (f"speed not checked: {self.options.target} is not a runtime timed here (onnxruntime, or "
+                       "OpenVINO when installed, on this CPU)")
+                return SpeedCheck("off", candidate="int8", baseline="the float", notes=(why,))
+            runtime = "onnxruntime"
+        return SpeedCheck(check, runtime, candidate="int8", baseline="the float")
 
     def _static(self, model: onnx.ModelProto, context: PassContext, notes: list[str]) -> _Built | str:
         """smooth → calibrate → place → correct → rewrite; the reason instead when calibration fails."""
@@ -339,19 +314,3 @@ def _closer(reference: onnx.ModelProto, first: onnx.ModelProto, second: onnx.Mod
                                                      if v.dtype.kind == "f" and comparable(v, got[k])))
 
     return error(outputs[1]) < error(outputs[2])
-
-
-def _latency_ratio(before: onnx.ModelProto, after: onnx.ModelProto, context: PassContext,
-                   runtime: Runtime) -> float | str:
-    """int8 over float median latency on one calibration sample in ``runtime``, measured interleaved in about two
-    seconds; why not when OpenVINO cannot run the models."""
-    assert context.calibration is not None
-    feed = next(context.calibration.batches(1, per_sample=True))[0]
-    if runtime == "onnxruntime":
-        float_, int8 = measure_latency([before, after], feed, runs=500, warmup=20, budget_s=2.0)
-    else:
-        try:
-            float_, int8 = ov.measure_latency([before, after], feed, runs=500, warmup=20, budget_s=2.0)
-        except (RuntimeError, ImportError) as e:  # OpenVINO's errors arrive as RuntimeError; the model is verified
-            return f"OpenVINO could not time the models: {ov.openvino_reason(e)}"
-    return round(int8.median_ms / float_.median_ms, 3)

@@ -31,7 +31,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import PreconditionError
 from graphopt.graph import copy_model
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math import pruning as pr
@@ -138,10 +137,6 @@ class WeightPruningPass(PassBase):
     def __init__(self, options: WeightPruningPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[list[_Pruned], list[Skip]]] = PlanCache()
-
-    def requires(self, model: onnx.ModelProto, context: PassContext) -> None:
-        if context.calibration is None or context.calibration.n_samples == 0:
-            raise PreconditionError("weight-pruning scores and refits weights on calibration samples, none were given")
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer (per layer and level with ``levels``); its sensitivity is the relative layer-output

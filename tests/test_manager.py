@@ -184,7 +184,7 @@ def test_narrowing_excludes_the_bad_unit_and_keeps_the_rest(mlp_files: tuple[Pat
 def test_failures_are_rolled_back_or_skipped_with_reasons(mlp_files: tuple[Path, Path]) -> None:
     result = run(mlp_files, Raises(), Invalid(), Refuses(), Nothing(), Perturb(), NothingWithReasons())
     statuses = [(o.pass_name, o.status, o.reason) for o in result.pipeline.outcomes]
-    assert statuses[0][1] is Status.ROLLED_BACK and "ZeroDivisionError: boom" in statuses[0][2]
+    assert statuses[0][1] is Status.FAILED and "ZeroDivisionError: boom" in statuses[0][2]
     assert statuses[1][1] is Status.ROLLED_BACK and "onnx.checker" in statuses[1][2]
     assert statuses[2][1:] == (Status.SKIPPED, "needs a Conv")
     assert statuses[3][1:] == (Status.SKIPPED, "nothing to change")
@@ -264,8 +264,8 @@ def test_plan_cache_plans_once_per_model_and_calibration(mlp_model: onnx.ModelPr
 
 @pytest.mark.parametrize("where", ["planning", "rewriting"])
 def test_a_bug_inside_a_built_in_pass_is_reported_not_skipped(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A built-in pass no longer catches its own errors: a bug shows as "rolled back: pass raised …", never as
-    "skipped: nothing to change"."""
+    """A built-in pass no longer catches its own errors: a bug shows as "failed: pass raised …", never as
+    "skipped: nothing to change", and the run keeps the last verified model."""
     import graphopt_passes.weight_clustering as clustering
 
     def bug(*args: object, **kwargs: object) -> None:
@@ -275,7 +275,8 @@ def test_a_bug_inside_a_built_in_pass_is_reported_not_skipped(where: str, monkey
     model, data = digits(120)
     result = graphopt.optimize(model, data, passes="weight-clustering", normalize=False)
     (outcome,) = result.pipeline.outcomes
-    assert outcome.status is Status.ROLLED_BACK and "pass raised KeyError" in outcome.reason
+    assert outcome.status is Status.FAILED and "pass raised KeyError" in outcome.reason
+    assert result.model.graph.SerializeToString() == outcome.model_before.graph.SerializeToString()
 
 
 def test_a_pass_at_the_edge_of_the_budget_is_rolled_back_on_its_confidence_bound(

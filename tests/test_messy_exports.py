@@ -30,7 +30,7 @@ from graphopt import _proto
 from graphopt.api import OptimizeResult, default_pipeline
 
 LOSSLESS = default_pipeline()
-STATUSES = {"applied", "narrowed", "rolled back", "skipped"}
+STATUSES = {"applied", "narrowed", "rolled back", "declined", "skipped"}
 CLUSTERING = "weight-clustering{min_size=64,clusters=64}"
 
 

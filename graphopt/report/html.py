@@ -32,7 +32,8 @@ from graphopt.validation.model import Check, Section, ValidationReport
 __all__ = ["optimize_page", "validation_page"]
 
 GREEN, AMBER, RED, GREY, BLUE, LIGHT = "#15803d", "#d97706", "#b91c1c", "#6b7280", "#2563eb", "#9ca3af"
-STATUS_COLOURS = {"applied": GREEN, "narrowed": AMBER, "rolled back": RED, "skipped": GREY}
+STATUS_COLOURS = {"applied": GREEN, "narrowed": AMBER, "rolled back": RED, "declined": GREY, "skipped": GREY,
+                  "failed": RED}
 VERDICT_COLOURS = {True: GREEN, False: RED, None: GREY}
 MAX_UNITS = 80
 
@@ -58,7 +59,7 @@ tbody tr:nth-child(even) { background: var(--zebra); }
   color: #fff; background: var(--info); white-space: nowrap; vertical-align: middle; }
 .badge.pass, .badge.applied { background: var(--ok); }
 .badge.narrowed { background: var(--warn); }
-.badge.fail, .badge.rolled-back { background: var(--bad); }
+.badge.fail, .badge.rolled-back, .badge.failed { background: var(--bad); }
 .banner { padding: .8rem 1rem; border-radius: .4rem; font-size: 1.25rem; font-weight: 700; color: #fff; }
 .banner.pass { background: var(--ok); }
 .banner.fail { background: var(--bad); }

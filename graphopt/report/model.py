@@ -67,5 +67,6 @@ class Report:
             "size_after": self.output_summary.get("size_bytes"),
             "passes_applied": [p.name for p in applied],
             "passes_rolled_back": [p.name for p in self.passes if p.status == "rolled back"],
+            "passes_failed": [p.name for p in self.passes if p.status == "failed"],
         }
         return {"schema": SCHEMA, **body}

@@ -82,9 +82,6 @@ class Tolerance:
     def for_output(self, name: str) -> Tolerance:
         return self.per_output.get(name, self)
 
-    def with_overrides(self, **changes: Any) -> Tolerance:
-        return replace(self, **changes)
-
     def at_confidence(self, confidence: float) -> Tolerance:
         """The same budget with every bound (its own and each output's) taken at ``confidence``; bounds switched
         off (``None``) stay off."""
