@@ -19,7 +19,7 @@ from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
 from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
-from graphopt.manager import PassManager, PipelineResult
+from graphopt.manager import PassManager
 from graphopt.modelio import (
     LoadedModel,
     NamedPath,
@@ -30,6 +30,7 @@ from graphopt.modelio import (
     save_model,
 )
 from graphopt.normalize import DropInferredShapesPass, NormalizePass
+from graphopt.outcome import PipelineResult
 from graphopt.pass_base import PassBase, PassContext
 from graphopt.pipeline import build_pipeline, describe_pipeline
 from graphopt.progress import NULL_PROGRESS, Progress

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 if TYPE_CHECKING:
-    from graphopt.manager import PassOutcome, PipelineResult
+    from graphopt.outcome import PassOutcome, PipelineResult
     from graphopt.pass_base import PassBase
     from graphopt.verify.verifier import Verification
 
@@ -31,7 +31,7 @@ class Instrument:
         """Called after each verification of a candidate produced by ``pass_``."""
 
     def after_pass(self, outcome: PassOutcome) -> None:
-        """Called when a pass is settled: applied, narrowed, rolled back or skipped."""
+        """Called when a pass is settled: applied, narrowed, rolled back, declined, skipped or failed."""
 
     def after_pipeline(self, result: PipelineResult) -> None:
         """Called once with the final model and every outcome."""

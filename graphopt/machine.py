@@ -6,7 +6,8 @@ int8 kernels depend on them: without VNNI, onnxruntime's AVX2 u8·s8 kernels add
 also depends on the CPU (bf16 or f16 by default where the CPU has them, f32 elsewhere), but OpenVINO decides it:
 graphopt reads it back from the compiled model (``graphopt.openvino.inference_precision``), never predicts it.
 
-Every feature question reads ``cpu_flags()`` through this module at call time, so a test forces a kind of CPU by
+Every feature question reads ``cpu_flags()`` through this module at call time (passes read them from
+``PassContext.cpu_flags``, filled from ``cpu_flags()`` when the context is made), so a test forces a kind of CPU by
 replacing that one function (``monkeypatch.setattr(graphopt.machine, "cpu_flags", lambda: frozenset({...}))``);
 ``parse_cpu_flags`` is the parser, pure, for tests on ``/proc/cpuinfo`` text.
 """

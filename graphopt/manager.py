@@ -13,7 +13,6 @@ does. The manager names no pass.
 
 from __future__ import annotations
 
-import enum
 import gc
 import logging
 import math
@@ -31,62 +30,16 @@ from graphopt.gates import TIMERS, Timer, judge_speed, resolve
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.modelio import check_model
+from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
 from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult
+from graphopt.verify.ranking import badness
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
-__all__ = ["PassManager", "PassOutcome", "PipelineResult", "Status", "UnitOutcome"]
+__all__ = ["PassManager"]
 
 log = logging.getLogger(__name__)
-
-
-class Status(enum.Enum):
-    """How a pass ended: applied in full, narrowed to some units, rolled back (verification failed), declined
-    (verified but not worth it on the target: not faster), skipped (nothing to do, with the reason) or failed (the
-    pass raised: a bug, or a model it could not handle; the reason carries the exception)."""
-
-    APPLIED = "applied"
-    NARROWED = "narrowed"
-    ROLLED_BACK = "rolled back"
-    DECLINED = "declined"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class UnitOutcome:
-    """One unit of a narrowed pass: whether it was kept, its sensitivity, and why it was left out."""
-
-    name: str
-    applied: bool
-    sensitivity: float | None
-    detail: str = ""
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class PassOutcome:
-    """How one pass ended. ``model_after`` is the accepted model (``model_before`` unless applied or narrowed)."""
-
-    pass_name: str
-    options: Mapping[str, Any]
-    lossless: bool
-    status: Status
-    reason: str
-    model_before: onnx.ModelProto
-    model_after: onnx.ModelProto
-    result: PassResult | None = None
-    verifications: tuple[Verification, ...] = ()
-    units: tuple[UnitOutcome, ...] = ()
-    trials: int = 0
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class PipelineResult:
-    model: onnx.ModelProto
-    outcomes: tuple[PassOutcome, ...]
 
 
 @dataclass
@@ -117,17 +70,10 @@ class _Trial:
 
     @property
     def badness(self) -> float:
-        """A scalar for ranking units: larger means further from the reference."""
+        """A scalar for ranking units (``verify.ranking.badness``): larger means further from the reference."""
         if not self.passed and (self.error or not self.verifications):
             return math.inf
-        total = 0.0
-        for v in self.verifications:
-            for s in v.stats.values():
-                if s.nonfinite_mismatch or (s.exact and s.mismatches):
-                    return math.inf
-                total = max(total, (1 - s.cosine) + (1 - (s.top1 if s.top1 is not None else 1))
-                            + (1 - (s.iou if s.iou is not None else 1)) + s.min_atol)
-        return total
+        return badness(self.verifications)
 
 
 @dataclass

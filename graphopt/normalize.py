@@ -4,8 +4,7 @@
 topologically and runs shape inference; it leaves opsets, subgraphs and custom domains as they are. The shapes are
 for the passes: ``DropInferredShapesPass`` ends a pipeline by removing the ones the input model did not carry, since
 onnxruntime fuses differently with them (all-MiniLM-L6-v2 with inferred shapes gets ``SkipLayerNormalization``
-fused and runs 6–7% slower on AVX2 CPUs). ``ensure_opset`` is for passes that need a newer opset: it upgrades only
-when asked and says so.
+fused and runs 6–7% slower on AVX2 CPUs).
 """
 
 from __future__ import annotations
@@ -13,13 +12,13 @@ from __future__ import annotations
 import logging
 
 import onnx
-from onnx import helper, version_converter
+from onnx import helper
 
-from graphopt.errors import PassError, first_line
-from graphopt.graph import copy_model, default_opset, editing, subgraphs
+from graphopt.errors import first_line
+from graphopt.graph import copy_model, editing, subgraphs
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip
 
-__all__ = ["DropInferredShapesPass", "NormalizePass", "ensure_opset"]
+__all__ = ["DropInferredShapesPass", "NormalizePass"]
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +131,3 @@ def _constant_tensor(attribute: onnx.AttributeProto, name: str) -> onnx.TensorPr
     dtype = onnx.TensorProto.FLOAT if attribute.name.startswith("value_float") else onnx.TensorProto.INT64
     dims = [len(value)] if isinstance(value, list) else []
     return helper.make_tensor(name, dtype, dims, value if isinstance(value, list) else [value])
-
-
-def ensure_opset(model: onnx.ModelProto, minimum: int) -> tuple[onnx.ModelProto, str]:
-    """``model`` at default-domain opset ``minimum`` or newer, and a note saying whether it was upgraded.
-
-    Raises ``PassError`` when onnx's version converter cannot upgrade the model.
-    """
-    current = default_opset(model)
-    if current >= minimum:
-        return model, ""
-    try:
-        upgraded = version_converter.convert_version(model, minimum)
-    except Exception as e:  # the converter raises bare RuntimeErrors and more for unsupported adapters
-        raise PassError(f"cannot upgrade opset {current} to {minimum}: {first_line(e)}") from e
-    log.info("upgraded opset %d to %d", current, minimum)
-    return upgraded, f"opset upgraded from {current} to {minimum}"
-
-

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import onnx
 
+from graphopt import machine
 from graphopt.errors import PreconditionError
 from graphopt.gates import SpeedCheck
 from graphopt.graph import model_digest
@@ -76,12 +77,21 @@ class PassContext:
 
     ``calibration`` holds the samples a lossy pass may fit on; the manager never judges a pass on them.
     ``only_units``, when set, restricts the pass to those units (narrowing); ``None`` means all units.
+    ``cpu_flags`` describe the CPU the result is for.
     """
 
     calibration: Dataset | None = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     only_units: frozenset[str] | None = None
     progress: Progress = NULL_PROGRESS
+    cpu_flags: frozenset[str] = field(default_factory=lambda: machine.cpu_flags())
+    """The target CPU's feature flags as Linux names them (this machine's by default, read when the context is
+    made): a pass decides on CPU features through these, never by reading the machine itself."""
+
+    @property
+    def has_vnni(self) -> bool:
+        """Whether int8 dot products accumulate in int32 on the target CPU (``machine.VNNI_FLAGS``)."""
+        return bool(self.cpu_flags & machine.VNNI_FLAGS)
 
     def with_units(self, units: frozenset[str] | None) -> PassContext:
         return dataclasses.replace(self, only_units=units)

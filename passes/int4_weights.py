@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 from graphopt.activations import reduce_activations
 from graphopt.errors import PassError
 from graphopt.graph import copy_model
-from graphopt.normalize import ensure_opset
+from graphopt.opset import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math import block_quant as bq
 from graphopt_passes._math.low_rank import Gram, accumulate_gram

@@ -23,6 +23,7 @@ otherwise, and for ``tensorrt``, the speed is not checked by default (``speed_ch
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,8 +32,7 @@ import onnx
 
 from graphopt.errors import PassError, first_line
 from graphopt.graph import copy_model, editing, import_graph, model_digest
-from graphopt.machine import has_vnni
-from graphopt.normalize import ensure_opset
+from graphopt.opset import ensure_opset
 from graphopt.outputs import Outputs
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, Skip, SpeedCheck, Unit
 from graphopt.runtime import create_session, run_dataset
@@ -110,11 +110,11 @@ class QdqInt8Pass(PassBase):
         self._state: _Calibration | None = None
         self._smooth: tuple[bytes, object, onnx.ModelProto, list[str], list[Skip]] | None = None
 
-    @property
-    def weight_bits(self) -> int:
+    def weight_bits(self, context: PassContext) -> int:
+        """The weight width: 7-bit for onnxruntime on a CPU without VNNI (``context.has_vnni``) under ``auto``."""
         if self.options.weight_bits != "auto":
             return int(self.options.weight_bits)
-        return 7 if self.options.target == "ort-cpu" and not has_vnni() else 8
+        return 7 if self.options.target == "ort-cpu" and not context.has_vnni else 8
 
     @property
     def rules(self) -> TargetRules:
@@ -129,7 +129,7 @@ class QdqInt8Pass(PassBase):
         return tuple(Unit(layer.name, None, f"{layer.op} {'×'.join(map(str, layer.shape))}") for layer in layers)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
-        empty = {"layers_quantized": 0, "tensors_quantized": 0, "weight_bits": self.weight_bits}
+        empty = {"layers_quantized": 0, "tensors_quantized": 0, "weight_bits": self.weight_bits(context)}
         notes: list[str] = []
         static = self.options.mode == "static"
         minimum = 11 if not static else 13 if self.options.per_channel else 10  # DynamicQuantizeLinear; DQ axis
@@ -146,7 +146,7 @@ class QdqInt8Pass(PassBase):
             return PassResult(copy_model(model), False, empty, (Skip("graph", built),))
         if not built.chosen:
             return PassResult(copy_model(model), False, empty, tuple(built.skipped))
-        bits = self.weight_bits
+        bits = self.weight_bits(context)
         notes.append(f"weights {bits}-bit" + (" (no VNNI on this CPU: full-range int8 saturates in AVX2 kernels)"
                                              if bits == 7 and self.options.weight_bits == "auto" else ""))
         stats: dict[str, int | float] = {"layers_quantized": len(built.chosen), "tensors_quantized": built.tensors,
@@ -200,7 +200,7 @@ class QdqInt8Pass(PassBase):
             skipped += [Skip(layer.name, f"dynamic mode quantizes weight MatMuls only ({layer.op} stays float)")
                         for layer in layers if layer.op != "MatMul"]
             chosen = [layer for layer in layers if layer.op == "MatMul" and context.selects(layer.name)]
-            dynamic.rewrite_dynamic(edit.graph, scope, chosen, self._weight_params)
+            dynamic.rewrite_dynamic(edit.graph, scope, chosen, self._weight_params(context))
         return _Built(edit.model, chosen, len({layer.activation for layer in chosen}), skipped, {})
 
     def _build(self, model: onnx.ModelProto, context: PassContext, state: _Calibration, *, correct: bool) -> _Built:
@@ -213,12 +213,14 @@ class QdqInt8Pass(PassBase):
             placement = plan.place(edit.graph, scope, chosen, self.rules)
             grids = qdq_rewrite.Grids(state.ranges, signed=self.rules.signed_activations)
             shifts = self._shifts(model, placement, grids, state, context) if correct else {}
-            counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params)
+            counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params(context))
         return _Built(edit.model, chosen, len(placement.tensors), skipped, counts)
 
-    def _weight_params(self, layer: plan.Layer) -> quant.QuantParams:
-        return quant.weight_params(layer.weight, layer.axis if self.options.per_channel else None,
-                                   bits=self.weight_bits)
+    def _weight_params(self, context: PassContext) -> Callable[[plan.Layer], quant.QuantParams]:
+        """Each layer's weight grid at this context's weight width."""
+        bits = self.weight_bits(context)
+        return lambda layer: quant.weight_params(layer.weight, layer.axis if self.options.per_channel else None,
+                                                 bits=bits)
 
     def _smoothed(self, model: onnx.ModelProto, context: PassContext) -> tuple[onnx.ModelProto, list[str], list[Skip]]:
         """``model`` with SmoothQuant folded where a LayerNorm feeds only quantizable matrix products and some α
@@ -236,7 +238,7 @@ class QdqInt8Pass(PassBase):
             notes.append(ranges)
         elif groups:
             searches = {g.tensor: smooth.SmoothingSearch(g.weights, *ranges[g.tensor], _ALPHAS,
-                                                        weight_bits=self.weight_bits) for g in groups}
+                                                        weight_bits=self.weight_bits(context)) for g in groups}
             failed = calibration.search_smoothing(model, searches, context)
             chosen = {}
             for group in [] if failed else groups:
@@ -280,7 +282,7 @@ class QdqInt8Pass(PassBase):
                 log.info("%s: %s", self.name, found)
                 return {}
             state.means.update(found)
-        return calibration.bias_shifts(placement.layers, sources, self._weight_params, state.means)
+        return calibration.bias_shifts(placement.layers, sources, self._weight_params(context), state.means)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 from graphopt.activations import reduce_activations
 from graphopt.errors import PassError, first_line
 from graphopt.graph import copy_model, default_opset
-from graphopt.normalize import ensure_opset
+from graphopt.opset import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math.clustering import Clustering, cluster, compensated
 from graphopt_passes._math.pruning import AugmentedGram, accumulate

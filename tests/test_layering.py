@@ -47,3 +47,50 @@ def test_validation_sections_know_nothing_of_the_cli_api_or_renderings() -> None
     forbidden = ("graphopt.cli", "graphopt.api", "graphopt.report", "graphopt_passes")
     for path in (ROOT / "graphopt" / "validation").rglob("*.py"):
         assert not any(n.startswith(forbidden) for n in imports(path)), path
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graphopt_imports(path: Path, modules: set[str]) -> set[str]:
+    """The graphopt modules ``path`` imports (``from graphopt import perf`` names the module ``graphopt.perf``),
+    ``TYPE_CHECKING`` imports included: a cycle of types is still a cycle to read."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module in modules:
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & modules
+            found.update(submodules or {node.module})
+            if len(submodules) < len(node.names):
+                found.add(node.module)
+    return found - {_module_name(path)}
+
+
+def test_the_framework_has_no_import_cycle() -> None:
+    paths = {_module_name(p): p for p in (ROOT / "graphopt").rglob("*.py")}
+    edges = {name: _graphopt_imports(path, set(paths)) for name, path in paths.items()}
+    edges = {name: {t for t in targets if not name.startswith(t + ".")} for name, targets in edges.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(edges[name]):
+            assert state.get(target) != 1, " → ".join([*path[path.index(target):], target]) if target in path else target
+            if target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_passes_leave_timing_and_the_machine_to_the_framework() -> None:
+    """Speed is the manager's gate (``graphopt.gates``) and CPU features reach a pass through its context."""
+    forbidden = ("graphopt.perf", "graphopt.openvino", "graphopt.machine", "graphopt.gates")
+    for path in (ROOT / "passes").rglob("*.py"):
+        used = {n for n in imports(path) if n.startswith(forbidden)}
+        assert not used, (path, used)

@@ -15,7 +15,7 @@ import graphopt
 from graphopt import manager
 from graphopt.data import input_specs, load_data
 from graphopt.errors import DataError, PipelineError, PreconditionError
-from graphopt.manager import Status
+from graphopt.outcome import Status
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.verify.tolerance import selection_confidence
 from graphopt.verify.verifier import Verifier

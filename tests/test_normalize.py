@@ -5,7 +5,8 @@ import onnx
 from helpers import run_ort
 from onnx import parser
 
-from graphopt.normalize import DropInferredShapesPass, NormalizePass, ensure_opset
+from graphopt.normalize import DropInferredShapesPass, NormalizePass
+from graphopt.opset import ensure_opset
 from graphopt.pass_base import PassContext
 
 MESSY = parser.parse_model(

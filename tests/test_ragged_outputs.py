@@ -13,7 +13,7 @@ from onnx import helper, parser
 
 import graphopt
 from graphopt.data import Dataset, input_specs, load_data
-from graphopt.manager import Status
+from graphopt.outcome import Status
 from graphopt.pass_base import PassBase, PassContext, PassResult
 from graphopt.runtime import RaggedOutput
 from graphopt.validation.context import ValidationContext

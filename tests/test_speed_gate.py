@@ -14,7 +14,7 @@ from test_manager import RowNoise, run
 import graphopt
 from graphopt import perf
 from graphopt.gates import SpeedCheck, judge_speed, resolve
-from graphopt.manager import Status
+from graphopt.outcome import Status
 from graphopt.pass_base import Goal
 from graphopt.perf import Latency
 

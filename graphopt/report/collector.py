@@ -7,7 +7,7 @@ from typing import Any
 
 from graphopt._proto import model_size
 from graphopt.instrument import Instrument
-from graphopt.manager import PassOutcome, PipelineResult
+from graphopt.outcome import PassOutcome, PipelineResult
 from graphopt.report.model import PassRecord, Report
 from graphopt.summary import count_params, summarize
 from graphopt.verify.verifier import Verification

@@ -17,7 +17,7 @@ import numpy as np
 
 from graphopt.data import Dataset
 from graphopt.errors import ValidationSetupError
-from graphopt.manager import PipelineResult
+from graphopt.outcome import PipelineResult
 from graphopt.outputs import Outputs, RaggedOutput
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section

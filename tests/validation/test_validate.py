@@ -17,7 +17,7 @@ import graphopt_zoo as zoo
 from graphopt.cli import main
 from graphopt.data import Dataset, input_specs, load_data
 from graphopt.errors import DataError, ValidationSetupError
-from graphopt.manager import PassOutcome, PipelineResult, Status, UnitOutcome
+from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
 from graphopt.pipeline import build_pipeline, describe_pipeline
 from graphopt.provenance import data_digest, read_provenance
 from graphopt.validation.context import ValidationContext
