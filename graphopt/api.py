@@ -263,13 +263,14 @@ def run_pipeline(
     instruments: Sequence[Instrument] = (),
     task: TaskBudget | None = None,
     kinds: Mapping[str, OutputKind] | None = None,
+    speed_gate: bool = True,
 ) -> PipelineResult:
     """The manager's run of ``pipeline`` (after normalisation), fitting on ``calibration`` and verifying on
     ``verification`` against ``original``, each output judged by its kind (default: read from the graph): the one
-    code path of ``optimize`` and of ``validate``'s fold refits."""
+    code path of ``optimize`` and of ``validate``'s fold refits (which judge accuracy only: ``speed_gate`` off)."""
     verifier = Verifier(original, verification, runtime, progress, task, kinds)
     context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
-    manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments))
+    manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments), speed_gate=speed_gate)
     if not normalize:
         return manager.run(original, list(pipeline))
     inferred = DropInferredShapesPass(frozenset(v.name for v in original.graph.value_info))
@@ -405,7 +406,7 @@ def _refit(original: onnx.ModelProto, pipeline: str, ctx: ValidationContext) -> 
     def refit(calibration: Dataset, verification: Dataset) -> PipelineResult:
         return run_pipeline(original, build_pipeline(pipeline), calibration, verification, tolerance=ctx.tolerance,
                             lossless_tolerance=Tolerance.lossless(), runtime=ctx.runtime, progress=ctx.progress,
-                            kinds=ctx.kinds)
+                            kinds=ctx.kinds, speed_gate=False)  # a verdict across folds is accuracy's, not timing's
     return refit
 
 
