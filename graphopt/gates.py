@@ -42,8 +42,9 @@ class SpeedCheck:
     """How a pass's final candidate is to be timed.
 
     ``mode``: ``decline`` a candidate that is not faster, only ``note`` the ratio, ``off``, or ``auto``: decline
-    when ``runtime`` can time it here, else off. ``runtime`` is a key of ``TIMERS``. ``candidate``/``baseline`` name the two sides in the verdict ("int8 … the float latency").
-    ``notes`` say why the check is not what the user may expect (not timed in the target's own runtime).
+    when ``runtime`` can time it here, else off. ``runtime`` is a key of ``TIMERS``. ``candidate``/``baseline``
+    name the two sides in the verdict ("int8 … the float latency"). ``notes`` say why the check is not what the
+    user may expect (not timed in the target's own runtime).
     """
 
     mode: Literal["auto", "decline", "note", "off"] = "off"
@@ -91,7 +92,7 @@ def judge_speed(check: SpeedCheck, before: onnx.ModelProto, after: onnx.ModelPro
     name, timer = timers[check.runtime]
     keeps_anyway = "speed_check=note keeps it anyway"
     try:
-        first, second = _timed(timer, [before, after], feed)
+        first, second = timer([before, after], feed, runs=RUNS, warmup=WARMUP, budget_s=BUDGET_S)
     except (RuntimeError, ImportError) as e:  # OpenVINO's failures arrive as RuntimeError; onnxruntime's too
         why = f"{name} could not time the models: {openvino.openvino_reason(e)}"
         return SpeedVerdict(None, f"speed not checked: {why}", f"{why}; {keeps_anyway}" if check.mode == "decline"
@@ -103,6 +104,3 @@ def judge_speed(check: SpeedCheck, before: onnx.ModelProto, after: onnx.ModelPro
         return SpeedVerdict(ratio, note, f"{check.candidate} is not faster in {name} here: {measured}; {keeps_anyway}")
     return SpeedVerdict(ratio, note)
 
-
-def _timed(timer: Timer, models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray]) -> list[perf.Latency]:
-    return timer(models, feed, runs=RUNS, warmup=WARMUP, budget_s=BUDGET_S)

@@ -32,5 +32,3 @@ def ensure_opset(model: onnx.ModelProto, minimum: int) -> tuple[onnx.ModelProto,
         raise PassError(f"cannot upgrade opset {current} to {minimum}: {first_line(e)}") from e
     log.info("upgraded opset %d to %d", current, minimum)
     return upgraded, f"opset upgraded from {current} to {minimum}"
-
-

@@ -135,7 +135,8 @@ class PassBase(abc.ABC):
     apply to at all, and ``run`` returns ``modified=False`` with a ``Skip`` per thing it left alone. Anything else it
     raises is a failure the manager reports (type, message, traceback with ``-v``); a pass never catches its own
     bugs. A pass that serves latency (``serves``) states how to time it (``speed_check``); the manager times the
-    final candidate once and declines it when it is not faster. The first line of the class docstring is the pass's one-line help.
+    final candidate once and declines it when it is not faster. The first line of the class docstring is the
+    pass's one-line help.
     """
 
     name: ClassVar[str]
