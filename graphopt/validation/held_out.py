@@ -58,14 +58,15 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
             section.checks.append(Check(name, False, {}, "; ".join(failures[name]) or "output missing"))
             continue
         metrics: dict[str, float | None] = {"cosine": stats.cosine, "cosine_min": stats.cosine_min}
-        cosine = None if stats.exact else _interval(per_sample_cosine(ref, got), resamples, ctx.seed)
+        threshold = ctx.kinds[name].mask_threshold if name in ctx.kinds else None
+        cosine = None if stats.exact else _interval(per_sample_cosine(ref, got, threshold), resamples, ctx.seed)
         if cosine is not None:
             metrics.update(cosine_low=cosine.low, cosine_high=cosine.high)
         top1 = per_sample_top1(ref, got, ctx.kinds[name].class_axis if name in ctx.kinds else HEURISTIC)
         interval = None if top1 is None else _interval(top1, resamples, ctx.seed)
         if interval is not None:
             metrics.update(top1=interval.mean, top1_low=interval.low, top1_high=interval.high)
-        ious = per_sample_iou(ref, got, ctx.kinds[name].mask_threshold if name in ctx.kinds else None)
+        ious = per_sample_iou(ref, got, threshold)
         iou = None if ious is None else _interval(ious, resamples, ctx.seed)
         if iou is not None:
             metrics.update(iou=iou.mean, iou_low=iou.low, iou_high=iou.high)

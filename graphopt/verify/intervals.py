@@ -6,6 +6,7 @@ is seeded, so a report is reproducible.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,21 +37,32 @@ def bootstrap_mean(values: np.ndarray, *, confidence: float = 0.95, resamples: i
     return Interval(float(values.mean()), float(low), float(high), confidence)
 
 
-def lower_bound(values: np.ndarray, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> float:
-    """One-sided percentile-bootstrap lower bound of the mean of ``values`` (one per sample): the mean over fresh
-    samples of the same kind is at least this with probability about ``confidence``. NaN for no values.
+def lower_bound(values: np.ndarray, *, confidence: float = 0.95, fresh: float | None = None, resamples: int = 2000,
+                seed: int = 0) -> float:
+    """One-sided lower bound of the mean over ``fresh`` new samples of the kind of ``values`` (one per sample;
+    ``None``: as many as ``values``, ``math.inf``: the population mean): that mean is at least this with
+    probability about ``confidence``. NaN for no values.
 
     This is what a verdict must clear to hold on data it was not measured on: a candidate whose mean cosine sits
-    exactly at the budget on its verification samples falls below it on fresh samples about half the time.
+    exactly at the budget on its verification samples falls below it on fresh samples about half the time. The
+    percentile bootstrap bounds the population mean; a fresh set's own mean scatters about it as much again (for
+    as many samples), so the bootstrap's distance below the mean is widened by sqrt(1 + n / fresh), the spread of
+    the difference of two independent means. Bounding the population mean alone leaves a fresh set of equal size
+    below the bound about 12% of the time at 95%.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), not {confidence}")
+    if fresh is not None and not fresh > 0:
+        raise ValueError(f"fresh must be a positive count of samples, not {fresh}")
     if values.size == 0:
         return float("nan")
+    mean = float(values.mean())
     if np.all(values == values[0]):  # every resample has this mean: no spread to bound
         return float(values[0])
-    return float(np.percentile(_resampled_means(values, resamples, seed), (1 - confidence) * 100))
+    population = min(mean, float(np.percentile(_resampled_means(values, resamples, seed), (1 - confidence) * 100)))
+    widening = math.sqrt(1 + values.size / (values.size if fresh is None else fresh))
+    return mean - (mean - population) * widening
 
 
 def _resampled_means(values: np.ndarray, resamples: int, seed: int, chunk_elements: int = 2**22) -> np.ndarray:

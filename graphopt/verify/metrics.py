@@ -59,7 +59,8 @@ class ErrorStats:
     ``shape_mismatches`` counts the samples whose shapes differ (ragged outputs); the other figures leave them out.
     ``cosine_low`` and ``top1_low`` are one-sided bootstrap lower bounds of the mean per-sample cosine and top-1
     agreement at ``confidence`` (``None`` when not asked for): what the figures are on fresh samples, at least.
-    ``near_zero_samples`` counts the samples judged by absolute error instead of cosine (see ``_agreements``).
+    ``near_zero_samples`` counts the empty samples, judged by absolute error or by their mask instead of cosine
+    (see ``_agreements``).
     ``iou`` (and its bound ``iou_low``) is the mean per-sample IoU of the masks where the output exceeds
     ``mask_threshold``, for probability maps (``None`` otherwise; see ``per_sample_iou``)."""
 
@@ -128,7 +129,7 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
         n = reference.shape[0] if reference.ndim else 1
         ref, got, nonfinite = _finite_pair(reference, candidate)
-        cosines, near_zero = _agreements(ref.reshape(n, -1), got.reshape(n, -1))
+        cosines, near_zero = _agreements(ref.reshape(n, -1), got.reshape(n, -1), threshold)
         top1 = _positions_agreeing(ref, got, axis) if axis is not None else None
         ious = _ious(ref.reshape(n, -1), got.reshape(n, -1), threshold) if threshold is not None else None
         return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0, confidence, near_zero, ious, threshold)
@@ -136,7 +137,7 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
     pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
     ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
     got = np.concatenate([g.ravel() for _, g, _ in pairs]) if pairs else np.zeros(0)
-    cosines, near_zero = _agreements([r.ravel() for r, _, _ in pairs], [g.ravel() for _, g, _ in pairs])
+    cosines, near_zero = _agreements([r.ravel() for r, _, _ in pairs], [g.ravel() for _, g, _ in pairs], threshold)
     top1 = np.array([_sample_agreement(r, g, axis) for r, g, _ in pairs]) if axis is not None else None
     ious = (np.array([_ious(r.reshape(1, -1), g.reshape(1, -1), threshold)[0] for r, g, _ in pairs])
             if threshold is not None else None)  # pairs hold finite arrays already
@@ -144,19 +145,21 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
                   len(samples) - len(pairs), confidence, near_zero, ious, threshold)
 
 
-def per_sample_cosine(reference: Output, candidate: Output) -> np.ndarray:
+def per_sample_cosine(reference: Output, candidate: Output, mask_threshold: float | None = None) -> np.ndarray:
     """The agreement of each sample (axis 0) as ``error_stats`` averages it: its cosine (non-finite positions count
-    as zero), or for a near-zero sample 1/0 by absolute error; NaN for a sample whose shapes differ (``error_stats``
-    leaves it out)."""
+    as zero), or for an empty sample 1/0 (see ``_agreements``); NaN for a sample whose shapes differ
+    (``error_stats`` leaves it out)."""
+    if not np.issubdtype(reference.dtype, np.inexact):
+        mask_threshold = None
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
         n = reference.shape[0] if reference.ndim else 1
         ref, got, _ = _finite_pair(reference, candidate)
-        return _agreements(ref.reshape(n, -1), got.reshape(n, -1))[0]
+        return _agreements(ref.reshape(n, -1), got.reshape(n, -1), mask_threshold)[0]
     pairs = [(r, g) for r, g in zip(_samples(reference), _samples(candidate), strict=True)]
     same = [i for i, (r, g) in enumerate(pairs) if r.shape == g.shape]
     finite = [_finite_pair(*pairs[i])[:2] for i in same]
     values = np.full(len(pairs), math.nan)
-    values[same] = _agreements([r.ravel() for r, _ in finite], [g.ravel() for _, g in finite])[0]
+    values[same] = _agreements([r.ravel() for r, _ in finite], [g.ravel() for _, g in finite], mask_threshold)[0]
     return values
 
 
@@ -319,11 +322,17 @@ NEAR_ZERO_AGREEMENT = 1e-2
 everywhere: an empty map stays empty."""
 
 
-def _agreements(ref: np.ndarray | Sequence[np.ndarray], got: np.ndarray | Sequence[np.ndarray]
-                ) -> tuple[np.ndarray, int]:
+def _agreements(ref: np.ndarray | Sequence[np.ndarray], got: np.ndarray | Sequence[np.ndarray],
+                mask_threshold: float | None = None) -> tuple[np.ndarray, int]:
     """Per-sample agreement of finite float64 samples (the rows of two [n, k] arrays, or two lists of vectors):
-    their cosine, except for near-zero samples, whose cosine is undefined noise (two maps of 1e-7 that match to
-    1e-6 can be orthogonal), judged by absolute error against the output's range; and how many were near zero."""
+    their cosine, except where the reference is empty, and how many were.
+
+    An empty sample has no direction to compare: two maps of 1e-7 that match to 1e-6 can be orthogonal, and so can
+    two faint maps that both stay far below a detector's threshold. Of a probability map (``mask_threshold``), a
+    sample whose reference mask is empty agrees (1, else 0) when the candidate's mask stays empty too: no position
+    crosses the threshold, so the detector finds nothing on either side. Of any other output, a sample whose
+    reference peaks below ``NEAR_ZERO`` of the output's range agrees when the candidate stays within
+    ``NEAR_ZERO_AGREEMENT`` of the range of it everywhere."""
     if isinstance(ref, np.ndarray) and isinstance(got, np.ndarray):
         cosines = _cosines(ref, got)
         peaks = np.abs(ref).max(axis=1, initial=0.0)
@@ -332,6 +341,10 @@ def _agreements(ref: np.ndarray | Sequence[np.ndarray], got: np.ndarray | Sequen
         cosines = np.array([_cosine(r, g) for r, g in zip(ref, got, strict=True)])
         peaks = np.array([np.abs(r).max(initial=0.0) for r in ref])
         errors = np.array([np.abs(g - r).max(initial=0.0) for r, g in zip(ref, got, strict=True)])
+    if mask_threshold is not None:
+        empty, stays_empty = (np.array([not np.any(sample > mask_threshold) for sample in side], dtype=bool)
+                              for side in (ref, got))
+        return np.where(empty, stays_empty.astype(np.float64), cosines), int(empty.sum())
     scale = float(peaks.max(initial=0.0))
     near = peaks <= NEAR_ZERO * scale
     if scale == 0.0 or not near.any():  # an all-zero reference has no range to judge against: cosines stand

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -40,11 +42,29 @@ def test_empty_and_bad_confidence() -> None:
 
 def test_lower_bound_is_one_sided_deterministic_and_chunked(rng: np.random.Generator) -> None:
     values = rng.normal(0.99, 0.01, 200)
-    low = lower_bound(values, confidence=0.95)
+    low = lower_bound(values, confidence=0.95, fresh=math.inf)
     two_sided = bootstrap_mean(values, confidence=0.90)  # a one-sided 95% bound is the low end of a 90% interval
     assert low == pytest.approx(two_sided.low, abs=1e-12) and low < values.mean()
-    assert lower_bound(values, confidence=0.95) == low
-    assert lower_bound(values, confidence=0.99) < low
+    assert lower_bound(values, confidence=0.95, fresh=math.inf) == low
+    assert lower_bound(values, confidence=0.99, fresh=math.inf) < low
     assert lower_bound(np.full(50, 0.995)) == 0.995  # no spread: the bound is the value
     big = rng.normal(0.99, 0.01, 20_000)  # 2000 resamples of 20k values are drawn in ten chunks
-    assert abs(lower_bound(big) - (big.mean() - 1.645 * big.std() / np.sqrt(big.size))) < 2.5e-5  # a third of the standard error
+    assert abs(lower_bound(big, fresh=math.inf) - (big.mean() - 1.645 * big.std() / np.sqrt(big.size))) < 2.5e-5  # a third of the standard error
+
+
+def test_the_default_bound_holds_for_a_fresh_set_of_equal_size() -> None:
+    """The mean of as many fresh samples falls below the bound about 1 - confidence of the time; the bound of the
+    population mean alone lets it fall below about twice as often (skewed cosines, as near 1 they are)."""
+    rng = np.random.default_rng(0)
+    below = {"fresh set": 0, "population": 0}
+    for _ in range(300):
+        measured, fresh = (1 - rng.gamma(0.7, 0.01, 80) for _ in range(2))
+        below["fresh set"] += fresh.mean() < lower_bound(measured, resamples=1000)
+        below["population"] += fresh.mean() < lower_bound(measured, fresh=math.inf, resamples=1000)
+    assert below["fresh set"] / 300 < 0.1 < below["population"] / 300
+    values = rng.normal(0.99, 0.01, 100)
+    population = lower_bound(values, fresh=math.inf)
+    assert values.mean() - lower_bound(values) == pytest.approx((values.mean() - population) * math.sqrt(2))
+    assert lower_bound(values, fresh=400) == pytest.approx(values.mean() - (values.mean() - population) * 1.25 ** 0.5)
+    with pytest.raises(ValueError, match="fresh"):
+        lower_bound(values, fresh=0)

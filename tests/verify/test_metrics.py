@@ -170,3 +170,23 @@ def test_a_candidate_that_lights_up_an_empty_map_fails(rng: np.random.Generator)
     stats = error_stats(reference, candidate, confidence=0.95)
     assert stats.near_zero_samples == 10 and stats.cosine == pytest.approx(39 / 40)
     assert not judge({"map": stats}, Tolerance.budget()).passed
+
+
+def test_a_faint_map_that_stays_below_the_threshold_agrees_and_one_that_crosses_it_does_not(
+        rng: np.random.Generator) -> None:
+    """An image without text can give a faint map (peaks of 0.1, far above 1e-7 yet far below a detector's 0.3):
+    a candidate whose faint response moves elsewhere has a cosine near 0 there, though the detector finds nothing
+    on either side. Of a probability map such a sample is judged by its mask; of any other output, by cosine."""
+    reference = _probability_maps(rng)
+    reference[:10] += 0.1 * (rng.random((10, 1, 32, 32)) > 0.99)  # faint specks on the images without text
+    candidate = reference.copy()
+    candidate[:10] = 0.1 * (rng.random((10, 1, 32, 32)) > 0.99)  # other specks, as faint
+    as_map = error_stats(reference, candidate, confidence=0.95, mask_threshold=0.3)
+    assert as_map.near_zero_samples == 10 and as_map.cosine == 1.0 and as_map.iou == 1.0
+    assert judge({"map": as_map}, Tolerance.budget()).passed
+    assert np.all(per_sample_cosine(reference, candidate, mask_threshold=0.3)[:10] == 1.0)
+    as_values = error_stats(reference, candidate, confidence=0.95)
+    assert as_values.near_zero_samples == 0 and as_values.cosine < 0.8
+    candidate[4, 0, 5, 5] = 0.31  # one pixel of "text" found on an image without any
+    crossed = error_stats(reference, candidate, confidence=0.95, mask_threshold=0.3)
+    assert crossed.cosine == pytest.approx(39 / 40) and not judge({"map": crossed}, Tolerance.budget()).passed
