@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from graphopt.data import Dataset
-from graphopt.errors import first_line
+from graphopt.errors import CalibrationError, first_line
 from graphopt.graph import copy_model
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session
@@ -67,18 +67,22 @@ def reduce_activations(
     *,
     progress: Progress = NULL_PROGRESS,
     label: str = "calibration",
-) -> str:
+) -> None:
     """Stream ``data`` and hand each batch of tensor ``name`` to ``reducers[name]`` at once (running statistics).
 
-    Returns ``""``, or the one-line reason the run failed: onnxruntime raises many exception types, and a pass that
-    cannot calibrate skips with that reason rather than crash. Nothing to reduce runs nothing.
+    ``CalibrationError`` (one line: ``label``, the error's type and message) when onnxruntime cannot build or run
+    the tapped model, so that the manager reports the pass as skipped with it; what a reducer raises is the pass's
+    own error and propagates. Nothing to reduce runs nothing.
     """
     if not reducers:
-        return ""
-    try:
-        for batch in stream_activations(model, sorted(reducers), data, runtime, progress=progress, label=label):
-            for name, reduce in reducers.items():
-                reduce(batch[name])
-    except Exception as e:  # noqa: BLE001 - see the docstring
-        return f"{label} failed: {type(e).__name__}: {first_line(e)}"
-    return ""
+        return
+    batches = stream_activations(model, sorted(reducers), data, runtime, progress=progress, label=label)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:  # onnxruntime's errors (Fail, InvalidArgument, …) share no base but Exception
+            raise CalibrationError(f"{label} failed: {type(e).__name__}: {first_line(e)}") from e
+        if batch is None:
+            return
+        for name, reduce in reducers.items():
+            reduce(batch[name])

@@ -83,6 +83,11 @@ class PreconditionError(PassError):
     """The model does not meet what a pass requires; recorded as a skip, not a failure."""
 
 
+class CalibrationError(PreconditionError):
+    """onnxruntime could not run the model to collect a pass's calibration activations: the pass is skipped with
+    the reason, or goes on without what it wanted to measure where it can."""
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, for one-line error reports about third-party failures."""
     text = str(error).strip() or type(error).__name__

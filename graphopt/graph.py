@@ -1,4 +1,7 @@
-"""The bridge to onnx-graphsurgeon for passes that rewire graphs, plus small read-only graph helpers.
+"""The graph toolkit every pass uses: the bridge to onnx-graphsurgeon for passes that rewire graphs, and the helpers
+both substrates (graphsurgeon graphs and raw ``onnx`` protos) share: node labels (``label``), fresh names
+(``Names``), walks into ``If``/``Loop``/``Scan`` bodies (``nested_graphs``, ``subgraph_reads``), initializers that
+are also graph inputs (``overridable_initializers``), and what a rewrite may touch (``Scope``).
 
 ``editing(model)`` hands a pass a mutable ``gs.Graph`` and, on exit, cleans it up, sorts it, exports it and restores
 what graphsurgeon does not carry (model metadata, doc strings). Stale intermediate shapes are dropped and inferred
@@ -11,8 +14,9 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeAlias, overload
 
 import numpy as np
 import onnx
@@ -24,7 +28,11 @@ from graphopt._proto import fits_protobuf
 from graphopt.errors import PreconditionError
 
 __all__ = [
+    "AnyGraph",
+    "AnyNode",
     "GraphEdit",
+    "Names",
+    "Scope",
     "constant_array",
     "copy_model",
     "default_opset",
@@ -33,12 +41,19 @@ __all__ = [
     "import_graph",
     "infer_shapes",
     "initializer_arrays",
+    "label",
     "model_digest",
+    "nested_graphs",
+    "overridable_initializers",
     "sparse_to_dense",
+    "subgraph_reads",
     "subgraphs",
 ]
 
 log = logging.getLogger(__name__)
+
+AnyGraph: TypeAlias = "onnx.GraphProto | gs.Graph"
+AnyNode: TypeAlias = "onnx.NodeProto | gs.Node"
 
 
 @dataclass
@@ -116,16 +131,9 @@ def _restore_output_types(model: onnx.ModelProto, exported: onnx.ModelProto) -> 
 
 def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and every graph nested in its nodes' attributes (``If`` branches, ``Loop``/``Scan`` bodies),
-    depth first."""
-    pending = [graph]
-    while pending:
-        current = pending.pop()
-        yield current
-        for node in current.node:
-            for attribute in node.attribute:
-                if attribute.HasField("g"):
-                    pending.append(attribute.g)
-                pending.extend(attribute.graphs)
+    depth first (``nested_graphs`` without the owners)."""
+    yield graph
+    yield from (sub for _, sub in nested_graphs(graph))
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -227,3 +235,110 @@ def initializer_arrays(model: onnx.ModelProto) -> Iterator[np.ndarray]:
                     yield numpy_helper.to_array(attribute.t)
                 elif attribute.name == "sparse_value":
                     yield numpy_helper.to_array(sparse_to_dense(attribute.sparse_tensor))
+
+
+def label(node: AnyNode) -> str:
+    """A node's name for skips, units and notes: its name, else its first output's name, else its op type."""
+    if isinstance(node, gs.Node):
+        return node.name or (node.outputs[0].name if node.outputs else node.op)
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
+@overload
+def nested_graphs(graph: onnx.GraphProto) -> Iterator[tuple[onnx.NodeProto, onnx.GraphProto]]: ...
+@overload
+def nested_graphs(graph: gs.Graph) -> Iterator[tuple[gs.Node, gs.Graph]]: ...
+def nested_graphs(graph: AnyGraph) -> Iterator[tuple[AnyNode, AnyGraph]]:
+    """Every graph nested in ``graph``'s node attributes (``If`` branches, ``Loop``/``Scan`` bodies), at any depth,
+    with the node that owns it, depth first; of a proto the protos, of a graphsurgeon graph its graphs."""
+    if isinstance(graph, gs.Graph):
+        for node in graph.nodes:
+            for value in node.attrs.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(sub, gs.Graph):
+                        yield node, sub
+                        yield from nested_graphs(sub)
+        return
+    for proto in graph.node:
+        for attribute in proto.attribute:
+            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                yield proto, body
+                yield from nested_graphs(body)
+
+
+def subgraph_reads(graph: AnyGraph) -> set[str]:
+    """The names nested graphs read (their nodes' inputs and their outputs), among them the outer-scope tensors
+    of ``graph`` that a rewrite must neither rename nor remove."""
+    reads: set[str] = set()
+    for _, sub in nested_graphs(graph):
+        if isinstance(sub, gs.Graph):
+            reads.update(t.name for n in sub.nodes for t in n.inputs)
+            reads.update(t.name for t in sub.outputs)
+        else:
+            reads.update(name for n in sub.node for name in n.input)
+            reads.update(o.name for o in sub.output)
+    reads.discard("")
+    return reads
+
+
+def overridable_initializers(graph: onnx.GraphProto) -> list[str]:
+    """The initializers that are also graph inputs, sorted: defaults a caller may override at run time, so their
+    values are not the model's to rewrite."""
+    return sorted({i.name for i in graph.input} & {t.name for t in graph.initializer})
+
+
+@dataclass
+class Names:
+    """Every tensor and node name of a graph and its nested graphs, handing out names not yet taken."""
+
+    taken: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, graph: AnyGraph) -> Names:
+        return cls(set(_names(graph)).union(*(_names(sub) for _, sub in nested_graphs(graph))))
+
+    def fresh(self, base: str) -> str:
+        """``base`` if no tensor or node has it yet, else ``base_1``, ``base_2``, …; taken from then on."""
+        name, n = base, 0
+        while name in self.taken:
+            n += 1
+            name = f"{base}_{n}"
+        self.taken.add(name)
+        return name
+
+
+def _names(graph: AnyGraph) -> Iterable[str]:
+    if isinstance(graph, gs.Graph):
+        yield from graph.tensors()
+        yield from (n.name for n in graph.nodes if n.name)
+        return
+    yield from (t.name for t in graph.initializer)
+    yield from (s.values.name for s in graph.sparse_initializer)
+    yield from (v.name for v in (*graph.input, *graph.output, *graph.value_info))
+    for node in graph.node:
+        yield from (name for name in (*node.input, *node.output, node.name) if name)
+
+
+@dataclass
+class Scope:
+    """What a rewrite of a graphsurgeon graph must know about the whole graph: its main nodes and outputs, the
+    names nested graphs read (``subgraph_reads``), and every name taken (``Names``)."""
+
+    graph: gs.Graph
+    nodes: set[int] = field(default_factory=set)
+    outputs: set[int] = field(default_factory=set)
+    outer: set[str] = field(default_factory=set)
+    names: Names = field(default_factory=Names)
+
+    @classmethod
+    def of(cls, graph: gs.Graph) -> Scope:
+        return cls(graph, {id(n) for n in graph.nodes}, {id(t) for t in graph.outputs}, subgraph_reads(graph),
+                   Names.of(graph))
+
+    def fresh(self, base: str) -> str:
+        """A tensor or node name not yet used anywhere in the graph or its nested graphs."""
+        return self.names.fresh(base)
+
+    def readers_ok(self, tensor: gs.Tensor) -> bool:
+        """Whether every reader of ``tensor`` is a visible main-graph node (not a graph output nor a subgraph)."""
+        return id(tensor) not in self.outputs and tensor.name not in self.outer

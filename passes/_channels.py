@@ -18,28 +18,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeGuard
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.graph import constant_array
+from graphopt.graph import Scope, constant_array, label
 from graphopt.pass_base import Skip
 
 __all__ = [
     "ChannelGroup",
     "Layout",
     "Link",
+    "Lost",
     "Producer",
     "Refit",
-    "Scope",
     "Values",
     "constant_channels",
     "constant_input",
     "consumer_values",
     "find_channel_groups",
-    "label",
     "match_producer",
     "removable_channels",
     "remove_channels",
@@ -47,7 +46,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Values = dict[int, "np.ndarray | str"]  # channel -> per-row values (float64), or why its value is unknown here
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A constant channel's value lost on its way to a consumer (an op that mixes it with padding), and why."""
+
+    reason: str
+
+
+Values = dict[int, "np.ndarray | Lost"]  # channel -> per-row values (float64), or why its value is unknown here
 Refit = Callable[["Link", np.ndarray, list[int]], tuple[np.ndarray, np.ndarray]]
 """(consumer, its weight as the float64 K×N matrix of ``x·W`` — a Conv kernel flattened to (C·k₁·…)×N, channel-major
 rows —, the kept channels) → (the kept rows, refitted, and the change of the consumer's bias)."""
@@ -132,50 +140,6 @@ class ChannelGroup:
     @property
     def name(self) -> str:
         return label(self.producer.node)
-
-
-@dataclass
-class Scope:
-    """What the analysis must know about the whole graph: main nodes, graph outputs, names read by subgraphs."""
-
-    graph: gs.Graph
-    nodes: set[int] = field(default_factory=set)
-    outputs: set[int] = field(default_factory=set)
-    outer: set[str] = field(default_factory=set)
-    names: set[str] = field(default_factory=set)
-
-    @classmethod
-    def of(cls, graph: gs.Graph) -> Scope:
-        scope = cls(graph, {id(n) for n in graph.nodes}, {id(t) for t in graph.outputs}, set(), set(graph.tensors()))
-        scope._walk(graph)
-        return scope
-
-    def _walk(self, graph: gs.Graph) -> None:
-        for node in graph.nodes:
-            for value in node.attrs.values():
-                for sub in value if isinstance(value, (list, tuple)) else [value]:
-                    if isinstance(sub, gs.Graph):
-                        self.outer.update(t.name for n in sub.nodes for t in n.inputs)
-                        self.outer.update(t.name for t in sub.outputs)
-                        self.names.update(sub.tensors())
-                        self._walk(sub)
-
-    def fresh(self, base: str) -> str:
-        """A tensor or node name not yet used anywhere in the graph or its subgraphs."""
-        n = 0
-        while f"{base}_{n}" in self.names:
-            n += 1
-        self.names.add(f"{base}_{n}")
-        return f"{base}_{n}"
-
-    def readers_ok(self, tensor: gs.Tensor) -> bool:
-        """Whether every reader of ``tensor`` is a visible main-graph node (not a graph output nor a subgraph)."""
-        return id(tensor) not in self.outputs and tensor.name not in self.outer
-
-
-def label(node: gs.Node) -> str:
-    """A node's name for skips and units: its name, or its first output's name when it has none."""
-    return node.name or (node.outputs[0].name if node.outputs else node.op)
 
 
 def _standard(node: gs.Node) -> bool:
@@ -414,7 +378,7 @@ def _pads(node: gs.Node) -> bool:
     return auto not in ("NOTSET", "VALID") or any(node.attrs.get("pads", [])) or bool(node.attrs.get("ceil_mode", 0))
 
 
-def _step(link: Link, channels: int, channel: int, value: np.ndarray) -> np.ndarray | str:
+def _step(link: Link, channels: int, channel: int, value: np.ndarray) -> np.ndarray | Lost:
     """The value a constant channel has after one chain op."""
     node, op, layout = link.node, link.node.op, link.layout
     rows = layout.rows([channel])
@@ -434,16 +398,23 @@ def _step(link: Link, channels: int, channel: int, value: np.ndarray) -> np.ndar
         scale, bias, mean, var = (_array(node, i).astype(np.float64)[rows] for i in range(1, 5))
         return scale * (value - mean) / np.sqrt(var + node.attrs.get("epsilon", 1e-5)) + bias
     if op == "AveragePool" and node.attrs.get("count_include_pad", 0) and _pads(node) and np.any(value != 0):
-        return f"AveragePool '{label(node)}' averages it with padding"
+        return Lost(f"AveragePool '{label(node)}' averages it with padding")
     if op in ("Flatten", "Reshape"):
         return np.repeat(value, _out_block(link) // layout.block)
     if op == "Conv":  # depthwise
         kernel, bias = _array(node, 1)[channel].astype(np.float64), _const(node, 2)
         shift = 0.0 if bias is None else float(bias[channel])
         if np.any(value != 0) and _pads(node):
-            return f"depthwise Conv '{label(node)}' pads the constant with zeros"
+            return Lost(f"depthwise Conv '{label(node)}' pads the constant with zeros")
         return value * kernel.sum() + shift
     return value
+
+
+def _combine(op: str, a: np.ndarray | Lost, b: np.ndarray | Lost) -> np.ndarray | Lost:
+    """A binary chain op on two values of one channel (a residual Add of two branches); lost if either is."""
+    if isinstance(a, Lost):
+        return a
+    return b if isinstance(b, Lost) else _BINARY[op](a, b)
 
 
 def _out_block(link: Link) -> int:
@@ -458,13 +429,11 @@ def consumer_values(group: ChannelGroup, values: Mapping[int, float]) -> list[Va
         for link in group.ops:
             if link.index == BOTH:
                 first, second = (at[id(t)] for t in link.node.inputs)
-                at[id(link.node.outputs[0])] = {
-                    k: v if isinstance(v, str) else second[k] if isinstance(second[k], str)
-                    else _BINARY[link.node.op](v, second[k]) for k, v in first.items()}
+                at[id(link.node.outputs[0])] = {k: _combine(link.node.op, v, second[k]) for k, v in first.items()}
                 continue
             before = at[id(link.node.inputs[link.index])]
             at[id(link.node.outputs[0])] = {
-                k: v if isinstance(v, str) else _step(link, group.producer.channels, k, v) for k, v in before.items()
+                k: v if isinstance(v, Lost) else _step(link, group.producer.channels, k, v) for k, v in before.items()
             }
     return [at[id(link.node.inputs[0])] for link in group.consumers]
 
@@ -485,11 +454,11 @@ def removable_channels(group: ChannelGroup, values: Mapping[int, float]) -> tupl
     return out, [Skip(group.name, f"channel(s) {sorted(set(ks))} kept: {why}") for why, ks in kept.items()]
 
 
-def _why_kept(link: Link, value: np.ndarray | str) -> str:
+def _why_kept(link: Link, value: np.ndarray | Lost) -> str:
     """Why a consumer cannot lose a channel of this value exactly, or ``""``."""
     where = f"{link.node.op} '{label(link.node)}'"
-    if isinstance(value, str):
-        return value
+    if isinstance(value, Lost):
+        return value.reason
     if not np.all(np.isfinite(value)):
         return "its value is not finite"
     if np.any(value != 0) and link.node.op == "ConvTranspose":
@@ -512,9 +481,9 @@ def remove_channels(
     """
     scope = Scope.of(graph)
     seen = [consumer_values(group, values) for group, values in removals]
-    lost = [v for at in seen for vals in at for v in vals.values() if isinstance(v, str)]
+    lost = [v for at in seen for vals in at for v in vals.values() if isinstance(v, Lost)]
     if lost and refit is None:
-        raise ValueError(f"a removed channel has no constant value at a consumer: {lost[0]}")
+        raise ValueError(f"a removed channel has no constant value at a consumer: {lost[0].reason}")
     for group, values in removals:
         keep = [k for k in range(group.producer.channels) if k not in values]
         _slice_producer(group.producer, keep, scope)

@@ -35,15 +35,16 @@ MeansKey = tuple[str, str, int]
 
 
 def _reduce(model: onnx.ModelProto, reducers: Mapping[str, Callable[[np.ndarray], None]], context: PassContext,
-            label: str) -> str:
+            label: str) -> None:
+    """Stream the calibration samples into ``reducers``; ``CalibrationError`` when onnxruntime cannot run them."""
     assert context.calibration is not None
-    return reduce_activations(model, reducers, context.calibration, context.runtime, progress=context.progress,
+    reduce_activations(model, reducers, context.calibration, context.runtime, progress=context.progress,
                               label=label)
 
 
 def activation_ranges(model: onnx.ModelProto, names: Sequence[str], context: PassContext, method: str, *,
-                      percentile: float, signed: bool) -> Ranges | str:
-    """The calibrated range of each tensor in ``names``, or why calibration failed."""
+                      percentile: float, signed: bool) -> Ranges:
+    """The calibrated range of each tensor in ``names``."""
     minmax = {name: quant.MinMaxObserver() for name in names}
     histograms = {name: quant.HistogramObserver() for name in names} if method in ("percentile", "mse") else {}
 
@@ -54,13 +55,13 @@ def activation_ranges(model: onnx.ModelProto, names: Sequence[str], context: Pas
                 histograms[name].update(x)
         return update
 
-    failed = _reduce(model, {name: observe(name) for name in names}, context, "int8 calibration")
-    return failed or {name: quant.estimate_range(minmax[name], histograms.get(name), method, percentile=percentile,
+    _reduce(model, {name: observe(name) for name in names}, context, "int8 calibration")
+    return {name: quant.estimate_range(minmax[name], histograms.get(name), method, percentile=percentile,
                                                  signed=signed) for name in names}
 
 
 def channel_means(model: onnx.ModelProto, keys: Sequence[MeansKey], grid: Callable[[str], quant.QuantParams],
-                  context: PassContext) -> dict[MeansKey, tuple[np.ndarray, np.ndarray]] | str:
+                  context: PassContext) -> dict[MeansKey, tuple[np.ndarray, np.ndarray]]:
     """Per-channel means of each tensor and of its fake-quantized copy on ``grid(source)``."""
     plain = {key: bc.ChannelMeans(key[2]) for key in keys}
     rounded = {key: bc.ChannelMeans(key[2]) for key in keys}
@@ -72,8 +73,8 @@ def channel_means(model: onnx.ModelProto, keys: Sequence[MeansKey], grid: Callab
                 rounded[key].update(quant.fake_quantize(x, grid(key[1])))
         return update
 
-    failed = _reduce(model, {name: observe(name) for name in {key[0] for key in keys}}, context, "bias correction")
-    return failed or {key: (plain[key].mean, rounded[key].mean) for key in keys}
+    _reduce(model, {name: observe(name) for name in {key[0] for key in keys}}, context, "bias correction")
+    return {key: (plain[key].mean, rounded[key].mean) for key in keys}
 
 
 def means_key(layer: Layer, source: str) -> MeansKey:
@@ -100,7 +101,7 @@ def bias_shifts(layers: Sequence[Layer], sources: Mapping[str, str], weights: Ca
 
 
 def channel_ranges(model: onnx.ModelProto, names: Sequence[str], context: PassContext
-                   ) -> dict[str, tuple[np.ndarray, np.ndarray]] | str:
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel (last axis) min and max of each tensor on the calibration samples."""
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -113,11 +114,11 @@ def channel_ranges(model: onnx.ModelProto, names: Sequence[str], context: PassCo
             ranges[name] = (low, high)
         return update
 
-    failed = _reduce(model, {name: observe(name) for name in names}, context, "smoothing ranges")
-    return failed or ranges
+    _reduce(model, {name: observe(name) for name in names}, context, "smoothing ranges")
+    return ranges
 
 
 def search_smoothing(model: onnx.ModelProto, searches: Mapping[str, smooth.SmoothingSearch],
-                     context: PassContext) -> str:
-    """Feed every search its activation's batches; returns why it failed, or ``""``."""
-    return _reduce(model, {name: search.update for name, search in searches.items()}, context, "smoothing search")
+                     context: PassContext) -> None:
+    """Feed every search its activation's batches."""
+    _reduce(model, {name: search.update for name, search in searches.items()}, context, "smoothing search")

@@ -31,9 +31,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.graph import constant_array
+from graphopt.graph import Scope, constant_array, label, nested_graphs
 from graphopt.pass_base import Skip
-from graphopt_passes._channels import Scope, label
 from graphopt_passes._qdq_targets import ORT_CPU, TargetRules
 
 __all__ = ["PASS_THROUGH", "Layer", "Placement", "TensorQuant", "find_layers", "place", "range_names",
@@ -96,21 +95,9 @@ def find_layers(graph: gs.Graph, scope: Scope, *, min_dim: int) -> tuple[list[La
             layers.append(found)
         else:
             skipped.append(found)
-    skipped += [Skip(label(node), f"inside a subgraph of {owner}: only main-graph layers are quantized")
-                for owner, node in _subgraph_layers(graph)]
+    skipped += [Skip(label(node), f"inside a subgraph of {owner.op}: only main-graph layers are quantized")
+                for owner, sub in nested_graphs(graph) for node in sub.nodes if node.op in ("MatMul", "Gemm", "Conv")]
     return layers, skipped
-
-
-def _subgraph_layers(graph: gs.Graph, owner: str = "") -> list[tuple[str, gs.Node]]:
-    found = []
-    for node in graph.nodes:
-        if owner and node.op in ("MatMul", "Gemm", "Conv"):
-            found.append((owner, node))
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(sub, gs.Graph):
-                    found += _subgraph_layers(sub, owner or node.op)
-    return found
 
 
 def _layer(node: gs.Node, scope: Scope, min_dim: int) -> Layer | Skip:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphopt.graph import Scope
 from graphopt_passes import _qdq_plan as plan
-from graphopt_passes._channels import Scope
 from graphopt_passes._math import quant
 
 __all__ = ["Grids", "rewrite"]

@@ -15,9 +15,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.graph import constant_array, editing
+from graphopt.graph import Scope, constant_array, editing, label
 from graphopt.pass_base import Skip
-from graphopt_passes._channels import Scope, label
 from graphopt_passes._qdq_plan import Layer
 
 __all__ = ["SmoothGroup", "apply_smoothing", "find_groups"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +28,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.activations import reduce_activations
-from graphopt.graph import copy_model, default_opset, infer_shapes
+from graphopt.errors import CalibrationError
+from graphopt.graph import (
+    Names,
+    copy_model,
+    default_opset,
+    infer_shapes,
+    label,
+    overridable_initializers,
+    subgraph_reads,
+)
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, SpeedCheck, Unit
 from graphopt_passes._math import fp16
 
@@ -106,7 +114,7 @@ class Float16Pass(PassBase):
         skipped = list(plan.skipped)
         if self.options.mode == "compute":
             chosen, dropped = _worth_it(model, chosen, self.options.min_size)
-            skipped += [Skip(_label(model.graph.node[i]), "data movement only: its Casts would cost more than they "
+            skipped += [Skip(label(model.graph.node[i]), "data movement only: its Casts would cost more than they "
                              "save") for i in sorted(dropped)]
         if not chosen:
             return PassResult(copy_model(model), False, stats, tuple(skipped), plan.notes)
@@ -154,7 +162,7 @@ def _kernel_refusal(node: onnx.NodeProto) -> str:
 
 
 def _plan_weights(model: onnx.ModelProto, options: Float16Pass.Options) -> _Plan:
-    overridable = {i.name for i in model.graph.input}
+    overridable = set(overridable_initializers(model.graph))
     units, skipped, small = {}, [], 0
     for i, tensor in enumerate(model.graph.initializer):
         if tensor.data_type != FLOAT:
@@ -175,7 +183,8 @@ def _plan_weights(model: onnx.ModelProto, options: Float16Pass.Options) -> _Plan
 def _plan_compute(model: onnx.ModelProto, context: PassContext, options: Float16Pass.Options) -> _Plan:
     graph, opset = model.graph, default_opset(model)
     types = _types(model)
-    constants = {t.name: t for t in graph.initializer if t.name not in {i.name for i in graph.input}}
+    overridable = set(overridable_initializers(graph))
+    constants = {t.name: t for t in graph.initializer if t.name not in overridable}
     candidates, skipped, float_nodes = {}, [], 0
     for i, node in enumerate(graph.node):
         names = [n for n in [*node.input, *node.output] if n]
@@ -201,7 +210,7 @@ def _plan_compute(model: onnx.ModelProto, context: PassContext, options: Float16
                or next((f"{n}: {types[n]} is neither float32 nor integer" for n in names
                         if types[n] in (TensorProto.DOUBLE, TensorProto.BFLOAT16, HALF)), ""))
         if why:
-            skipped.append(Skip(_label(node), why))
+            skipped.append(Skip(label(node), why))
         else:
             candidates[i] = node
     notes: list[str] = []
@@ -212,10 +221,11 @@ def _plan_compute(model: onnx.ModelProto, context: PassContext, options: Float16
         data = context.calibration
         if 0 < options.samples < data.n_samples:
             data = data.subset(np.arange(options.samples))
-        failed = reduce_activations(model, {n: ranges[n].update for n in outputs}, data,
-                                    context.runtime, progress=context.progress, label="float16 ranges")
-        if failed:
-            notes.append(f"calibration failed, activation ranges unchecked: {failed}")
+        try:
+            reduce_activations(model, {n: ranges[n].update for n in outputs}, data, context.runtime,
+                               progress=context.progress, label="float16 ranges")
+        except CalibrationError as e:  # the ranges refine the plan; without them the budget still judges it
+            notes.append(f"calibration failed, activation ranges unchecked: {e}")
             ranges = {}
     elif candidates:
         notes.append("no calibration samples: activation ranges unchecked")
@@ -224,11 +234,11 @@ def _plan_compute(model: onnx.ModelProto, context: PassContext, options: Float16
         seen = [ranges[o] for o in node.output if o in ranges]
         why = next((r for r in (fp16.range_reason(s, options.margin, options.max_loss) for s in seen) if r), "")
         if why:
-            skipped.append(Skip(_label(node), why))
+            skipped.append(Skip(label(node), why))
             continue
         loss = max([0.0] + [s.loss for s in seen] + [fp16.relative_loss(numpy_helper.to_array(constants[n]))
                                            for n in node.input if n in constants and constants[n].data_type == FLOAT])
-        units[i] = Unit(f"{_label(node)}#{i}", loss, f"{node.op_type}, fp16 rounding loss {loss:.1e}")
+        units[i] = Unit(f"{label(node)}#{i}", loss, f"{node.op_type}, fp16 rounding loss {loss:.1e}")
     return _Plan(units, float_nodes, tuple(skipped), tuple(notes))
 
 
@@ -276,20 +286,12 @@ def _convert(model: onnx.ModelProto, chosen: set[int]) -> tuple[onnx.ModelProto,
     out = copy_model(model)
     graph = out.graph
     types = _types(model)
-    taken = {n for node in graph.node for n in [*node.input, *node.output, node.name]} | {
-        t.name for t in graph.initializer} | {v.name for v in graph.input}
-
-    def fresh(base: str) -> str:
-        name = next(f"{base}{k or ''}" for k in range(len(taken) + 1) if f"{base}{k or ''}" not in taken)
-        taken.add(name)
-        return name
-
+    fresh = Names.of(graph).fresh
     readers: dict[str, set[int]] = defaultdict(set)
     for i, node in enumerate(graph.node):
         for name in node.input:
             readers[name].add(i)
-    outer = {n for node in graph.node for a in node.attribute for sub in [a.g, *a.graphs] for n in _reads(sub)}
-    pinned = {o.name for o in graph.output} | outer  # must stay float32 under their own name
+    pinned = {o.name for o in graph.output} | subgraph_reads(graph)  # must stay float32 under their own name
     initializers = {t.name: k for k, t in enumerate(graph.initializer)}
     inputs = {v.name for v in graph.input}
     producer = {o: i for i, node in enumerate(graph.node) for o in node.output if o}
@@ -390,22 +392,7 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _reads(graph: onnx.GraphProto) -> Iterator[str]:
-    """Every name a subgraph reads, including its nested subgraphs (outer-scope reads among them)."""
-    for node in graph.node:
-        yield from node.input
-        for attribute in node.attribute:
-            for sub in [attribute.g, *attribute.graphs]:
-                yield from _reads(sub)
-    yield from (o.name for o in graph.output)
-
-
 def _weight_bytes(model: onnx.ModelProto) -> int:
     total = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
     return total + sum(numpy_helper.to_array(a.t).nbytes for n in model.graph.node if n.op_type == "Constant"
                        for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)
-
-
-def _label(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else node.op_type)
-

@@ -34,7 +34,7 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PassError
-from graphopt.graph import copy_model
+from graphopt.graph import Names, copy_model, label, overridable_initializers, subgraph_reads
 from graphopt.opset import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math import block_quant as bq
@@ -142,17 +142,17 @@ class Int4WeightsPass(PassBase):
 def _make_plan(model: onnx.ModelProto, context: PassContext, options: Int4WeightsPass.Options
                ) -> tuple[list[_Plan], list[Skip]]:
     layers, skipped = _find(model, options)
-    grams: dict[str, Gram] | str = {}
+    grams: dict[str, Gram] = {}
     counts: dict[str, np.ndarray] = {}
     if layers and context.calibration is not None and context.calibration.n_samples:
         grams = _calibrate(model, layers, context, counts)
     plans = []
     for layer in layers:
-        gram = grams.get(layer.source) if isinstance(grams, dict) else None
+        gram = grams.get(layer.source)
         k = layer.matrix.shape[0]
         usable = gram is not None and layer.op != "Gather" and gram.matrix.shape[0] == k
         if layer.op != "Gather" and options.search == "data" and not usable:
-            skipped.append(Skip(layer.node, grams if isinstance(grams, str) else f"no activations of '{layer.source}'"))
+            skipped.append(Skip(layer.node, f"no activations of '{layer.source}'"))
             continue
         g = gram.matrix / max(gram.count, 1) if usable and gram is not None else None
         rtn = bq.quantize(layer.matrix, options.block, options.symmetric)
@@ -187,21 +187,21 @@ def _find(model: onnx.ModelProto, options: Int4WeightsPass.Options) -> tuple[lis
     for node in graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-    inner = _subgraph_reads(graph)
-    inputs = {i.name for i in graph.input}
+    inner = subgraph_reads(graph)
+    overridable = set(overridable_initializers(graph))
     layers, skipped = [], []
     for node in graph.node:
         if node.op_type not in ("MatMul", "Gemm", "Gather") or node.domain not in ("", "ai.onnx"):
             continue
         if node.op_type == "Gather" and not options.embeddings:
             continue
-        label = node.name or node.output[0]
+        unit = label(node)
         at = 0 if node.op_type == "Gather" else 1
         if len(node.input) < 2 or node.input[at] not in arrays:
             if node.op_type != "Gather" and node.input[0] in arrays:
-                skipped.append(Skip(label, "the weight is the first input (W·X): only X·W has a blocked int4 form"))
+                skipped.append(Skip(unit, "the weight is the first input (W·X): only X·W has a blocked int4 form"))
             elif node.op_type != "Gather":
-                skipped.append(Skip(label, "no constant weight initializer"))
+                skipped.append(Skip(unit, "no constant weight initializer"))
             continue
         name, attrs = node.input[at], {a.name: helper.get_attribute_value(a) for a in node.attribute}
         weight = numpy_helper.to_array(arrays[name])
@@ -213,34 +213,24 @@ def _find(model: onnx.ModelProto, options: Int4WeightsPass.Options) -> tuple[lis
                else f"Gather on axis {attrs['axis']}, not the table's rows" if attrs.get("axis", 0) not in (0, -2)
                else f"weight '{name}' shared by {readers[name]} nodes" if readers[name] > 1
                else f"weight '{name}' is read inside a subgraph" if name in inner
-               else f"weight '{name}' is also a graph input (overridable)" if name in inputs
+               else f"weight '{name}' is also a graph input (overridable)" if name in overridable
                else f"{weight.shape[0]}×{weight.shape[1]} = {weight.size} weights < min_size {options.min_size}"
                if weight.size < options.min_size
                else f"K={k} is not a multiple of block {options.block}" if k % options.block else "")
         if why:
-            skipped.append(Skip(label, why))
+            skipped.append(Skip(unit, why))
             continue
         kn = node.op_type == "MatMul" or (node.op_type == "Gemm" and not attrs.get("transB", 0))
         matrix = (weight if kn else weight.T).astype(np.float64)
-        layers.append(_Layer(label, node.op_type, name, node.input[1 - at], matrix, kn,
+        layers.append(_Layer(unit, node.op_type, name, node.input[1 - at], matrix, kn,
                              node.op_type != "Gemm" or _nbits_gemm(graph, node)))
     return layers, skipped
 
 
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                names.update(i for n in sub.node for i in n.input)
-                names |= _subgraph_reads(sub)
-    return names
-
-
 def _calibrate(model: onnx.ModelProto, layers: list[_Layer], context: PassContext, counts: dict[str, np.ndarray]
-               ) -> dict[str, Gram] | str:
+               ) -> dict[str, Gram]:
     """The Gram matrix XᵀX of each MatMul/Gemm input over its last axis, and how often each embedding row was
-    gathered (into ``counts``), streamed; the reason instead of a crash."""
+    gathered (into ``counts``), streamed (``CalibrationError`` when onnxruntime cannot run the model)."""
     assert context.calibration is not None
     grams: dict[str, Gram] = {}
     rows = {layer.source: layer.matrix.shape[1] for layer in layers if layer.op == "Gather"}
@@ -255,9 +245,9 @@ def _calibrate(model: onnx.ModelProto, layers: list[_Layer], context: PassContex
         return update
 
     sources = {layer.source for layer in layers}
-    failed = reduce_activations(model, {s: observe(s) for s in sorted(sources)}, context.calibration,
-                                context.runtime, progress=context.progress, label="int4-weights calibration")
-    return failed or grams
+    reduce_activations(model, {s: observe(s) for s in sorted(sources)}, context.calibration, context.runtime,
+                       progress=context.progress, label="int4-weights calibration")
+    return grams
 
 
 def _int4(name: str, values: np.ndarray, signed: bool) -> onnx.TensorProto:
@@ -268,12 +258,9 @@ def _int4(name: str, values: np.ndarray, signed: bool) -> onnx.TensorProto:
 def _rewrite(model: onnx.ModelProto, plan: _Plan, form: str, accuracy_level: int) -> tuple[int, int]:
     """Replace the layer's float weight in ``model`` (edited in place) by its int4 form; bytes before and after."""
     graph, layer, q = model.graph, plan.layer, plan.quant
-    index = next(i for i, n in enumerate(graph.node) if (n.name or n.output[0]) == layer.node)
+    index = next(i for i, n in enumerate(graph.node) if label(n) == layer.node)
     node = graph.node[index]
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
-
-    def fresh(stem: str) -> str:
-        return next(f"{stem}{i or ''}" for i in range(len(taken) + 1) if f"{stem}{i or ''}" not in taken)
+    fresh = Names.of(graph).fresh
 
     weight = next(t for t in graph.initializer if t.name == layer.weight)
     before = 4 * int(np.prod(weight.dims))

@@ -22,9 +22,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
-from graphopt.graph import constant_array, copy_model, editing, import_graph
+from graphopt.graph import Scope, constant_array, copy_model, editing, import_graph, label, overridable_initializers
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
-from graphopt_passes._channels import Scope, label
 from graphopt_passes._math import low_rank as lr
 
 __all__ = ["LowRankPass"]
@@ -125,7 +124,6 @@ class LowRankPass(PassBase):
         if chosen:
             with editing(model) as edit:
                 scope = Scope.of(edit.graph)
-                scope.names.update(node.name for node in edit.graph.nodes)
                 nodes = list(edit.graph.nodes)
                 for split in chosen:
                     _rewire(edit.graph, nodes[split.layer.index], split, scope)
@@ -143,9 +141,9 @@ class LowRankPass(PassBase):
 def _make_plan(
     model: onnx.ModelProto, context: PassContext, options: LowRankPass.Options
 ) -> tuple[list[_Split], list[Skip]]:
-    overridable = {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}
+    overridable = overridable_initializers(model.graph)
     if overridable:
-        return [], [Skip("graph", f"initializers are also graph inputs (overridable): {sorted(overridable)[:3]}")]
+        return [], [Skip("graph", f"initializers are also graph inputs (overridable at run time): {overridable[:3]}")]
     graph = import_graph(model)
     scope = Scope.of(graph)
     found = [_match(i, node, scope) for i, node in enumerate(graph.nodes)]
@@ -167,19 +165,20 @@ def _make_plan(
     grams = _calibrate(model, eligible, context)
     splits = []
     for layer in eligible:
-        gram = grams.get((layer.source, layer.side)) if isinstance(grams, dict) else None
+        gram = grams.get((layer.source, layer.side))
         if gram is None or gram.matrix.shape[0] != layer.weight.shape[0]:
-            skipped.append(Skip(layer.name, grams if isinstance(grams, str) else f"no activations of '{layer.source}'"))
+            skipped.append(Skip(layer.name, f"no activations of '{layer.source}'"))
             continue
         fit = lr.fit_layer(layer.weight, gram.matrix, _RIDGE)
         k, n = layer.weight.shape
         positions = round(gram.count / max(context.calibration.n_samples, 1))  # rows of X per sample
         levels: list[float | None] = [*sorted(options.levels, reverse=True)] or [options.ratio]
         for level in levels:
-            choice = lr.choose(fit, method=options.method, energy=options.energy, ratio=level,
-                               max_error=options.max_error, refit_svd=options.refit, min_saving=options.min_saving)
-            if isinstance(choice, str):
-                skipped.append(Skip(layer.name if level is None else f"{layer.name}@{level:g}", choice))
+            try:
+                choice = lr.choose(fit, method=options.method, energy=options.energy, ratio=level,
+                                   max_error=options.max_error, refit_svd=options.refit, min_saving=options.min_saving)
+            except lr.NoRank as e:
+                skipped.append(Skip(layer.name if level is None else f"{layer.name}@{level:g}", str(e)))
                 continue
             unit = layer.name if not options.levels else f"{layer.name}@{level:g}"
             splits.append(_Split(layer, choice, int(positions * (k * n - choice.rank * (k + n))), unit))
@@ -245,8 +244,9 @@ def _factored(layers: Sequence[_Layer]) -> dict[int, str]:
 
 def _calibrate(
     model: onnx.ModelProto, layers: Sequence[_Layer], context: PassContext
-) -> dict[tuple[str, str], lr.Gram] | str:
-    """One Gram matrix per (activation, side), reduced batch by batch; the reason instead of a crash."""
+) -> dict[tuple[str, str], lr.Gram]:
+    """One Gram matrix per (activation, side), reduced batch by batch (``CalibrationError`` when onnxruntime
+    cannot run the model)."""
     assert context.calibration is not None
     keys = sorted({(layer.source, layer.side) for layer in layers})
     grams: dict[tuple[str, str], lr.Gram] = {}
@@ -258,10 +258,8 @@ def _calibrate(
                 grams[(source, side)] = lr.accumulate_gram(grams.get((source, side)), x, axis)
         return update
 
-    failed = reduce_activations(model, {source: observe(source) for source, _ in keys}, context.calibration,
-                                context.runtime, progress=context.progress, label="low-rank calibration")
-    if failed:
-        return failed
+    reduce_activations(model, {source: observe(source) for source, _ in keys}, context.calibration, context.runtime,
+                       progress=context.progress, label="low-rank calibration")
     return grams
 
 

@@ -28,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
-from graphopt.graph import copy_model, editing, import_graph
+from graphopt.graph import copy_model, editing, import_graph, label
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
@@ -196,13 +196,8 @@ class NeuronPruningPass(PassBase):
                 reducers.setdefault(link.node.inputs[0].name, []).append(reader.update)
         if not reducers:
             return measured
-        failed = reduce_activations(model, {name: _fan_out(fns) for name, fns in reducers.items()},
-                                    context.calibration, context.runtime, progress=context.progress,
-                                    label="neuron-pruning calibration")
-        if failed:
-            measured.readers.clear()
-            measured.skipped.append(Skip("graph", failed))
-            return measured
+        reduce_activations(model, {name: _fan_out(fns) for name, fns in reducers.items()}, context.calibration,
+                           context.runtime, progress=context.progress, label="neuron-pruning calibration")
         for group in groups:
             measured.plans[group.name] = self._plan(group, measured.readers[group.name], measured.skipped)
         return measured
@@ -245,7 +240,7 @@ class NeuronPruningPass(PassBase):
 
 def _refusal(group: channels.ChannelGroup, max_features: int) -> str:
     for link in group.consumers:
-        where = f"{link.node.op} '{channels.label(link.node)}'"
+        where = f"{link.node.op} '{label(link.node)}'"
         if link.node.op == "ConvTranspose":
             return f"{where} reads it, and a ConvTranspose cannot be refitted"
         features = _matrix(link.node).shape[0]

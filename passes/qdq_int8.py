@@ -30,8 +30,8 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from graphopt.errors import PassError, first_line
-from graphopt.graph import copy_model, editing, import_graph, model_digest
+from graphopt.errors import CalibrationError, PassError, first_line
+from graphopt.graph import Scope, copy_model, editing, import_graph, model_digest
 from graphopt.opset import ensure_opset
 from graphopt.outputs import Outputs
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, Skip, SpeedCheck, Unit
@@ -42,7 +42,6 @@ from graphopt_passes import _qdq_dynamic as dynamic
 from graphopt_passes import _qdq_plan as plan
 from graphopt_passes import _qdq_rewrite as qdq_rewrite
 from graphopt_passes import _qdq_smooth as smoothing
-from graphopt_passes._channels import Scope
 from graphopt_passes._math import quant, smooth
 from graphopt_passes._qdq_targets import TargetRules, rules_for
 
@@ -142,8 +141,6 @@ class QdqInt8Pass(PassBase):
             return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
         notes += [upgraded] if upgraded else []
         built = self._static(model, context, notes) if static else self._dynamic(model, context)
-        if isinstance(built, str):
-            return PassResult(copy_model(model), False, empty, (Skip("graph", built),))
         if not built.chosen:
             return PassResult(copy_model(model), False, empty, tuple(built.skipped))
         bits = self.weight_bits(context)
@@ -169,15 +166,14 @@ class QdqInt8Pass(PassBase):
             runtime = "onnxruntime"
         return SpeedCheck(check, runtime, candidate="int8", baseline="the float")
 
-    def _static(self, model: onnx.ModelProto, context: PassContext, notes: list[str]) -> _Built | str:
-        """smooth → calibrate → place → correct → rewrite; the reason instead when calibration fails."""
+    def _static(self, model: onnx.ModelProto, context: PassContext, notes: list[str]) -> _Built:
+        """smooth → calibrate → place → correct → rewrite (``CalibrationError`` when the ranges cannot be
+        measured: the manager reports the pass as skipped with it)."""
         smoothing_skips: list[Skip] = []
         if self.options.smooth == "auto":
             model, smoothing_notes, smoothing_skips = self._smoothed(model, context)
             notes += smoothing_notes
         state = self._calibration(model, context)
-        if isinstance(state.ranges, str):
-            return state.ranges
         built = self._build(model, context, state, correct=self.options.bias_correction != "off")
         if self.options.bias_correction == "auto" and built.counts["biases_corrected"]:
             if state.correction_helps is None:
@@ -195,7 +191,6 @@ class QdqInt8Pass(PassBase):
     def _dynamic(self, model: onnx.ModelProto, context: PassContext) -> _Built:
         with editing(model) as edit:
             scope = Scope.of(edit.graph)
-            scope.names.update(node.name for node in edit.graph.nodes)
             layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
             skipped += [Skip(layer.name, f"dynamic mode quantizes weight MatMuls only ({layer.op} stays float)")
                         for layer in layers if layer.op != "MatMul"]
@@ -204,10 +199,8 @@ class QdqInt8Pass(PassBase):
         return _Built(edit.model, chosen, len({layer.activation for layer in chosen}), skipped, {})
 
     def _build(self, model: onnx.ModelProto, context: PassContext, state: _Calibration, *, correct: bool) -> _Built:
-        assert not isinstance(state.ranges, str)
         with editing(model) as edit:
             scope = Scope.of(edit.graph)
-            scope.names.update(node.name for node in edit.graph.nodes)
             layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
             chosen = [layer for layer in layers if context.selects(layer.name)]
             placement = plan.place(edit.graph, scope, chosen, self.rules)
@@ -232,23 +225,25 @@ class QdqInt8Pass(PassBase):
         scope = Scope.of(graph)
         layers, _ = plan.find_layers(graph, scope, min_dim=self.options.min_dim)
         groups, skipped = smoothing.find_groups(graph, scope, layers)
-        result, notes = model, []
-        ranges = calibration.channel_ranges(model, [g.tensor for g in groups], context) if groups else {}
-        if isinstance(ranges, str):
-            notes.append(ranges)
-        elif groups:
-            searches = {g.tensor: smooth.SmoothingSearch(g.weights, *ranges[g.tensor], _ALPHAS,
-                                                        weight_bits=self.weight_bits(context)) for g in groups}
-            failed = calibration.search_smoothing(model, searches, context)
-            chosen = {}
-            for group in [] if failed else groups:
-                alpha, scales, error = searches[group.tensor].best()
-                if scales is not None:
-                    chosen[group.tensor] = scales
-                    notes.append(f"{group.norm}: smoothed with alpha {alpha:g} (layer error {error:.2e}) for "
-                                 f"{len(group.readers)} layer(s)")
-            notes += [failed] if failed else []
-            result = smoothing.apply_smoothing(model, chosen) if chosen else model
+        notes: list[str] = []
+        searches: dict[str, smooth.SmoothingSearch] = {}
+        if groups:
+            try:  # smoothing is an improvement: without its measurements the pass quantizes the unsmoothed model
+                ranges = calibration.channel_ranges(model, [g.tensor for g in groups], context)
+                searches = {g.tensor: smooth.SmoothingSearch(g.weights, *ranges[g.tensor], _ALPHAS,
+                                                            weight_bits=self.weight_bits(context)) for g in groups}
+                calibration.search_smoothing(model, searches, context)
+            except CalibrationError as e:
+                notes.append(str(e))
+                searches = {}
+        chosen = {}
+        for group in groups if searches else []:
+            alpha, scales, error = searches[group.tensor].best()
+            if scales is not None:
+                chosen[group.tensor] = scales
+                notes.append(f"{group.norm}: smoothed with alpha {alpha:g} (layer error {error:.2e}) for "
+                             f"{len(group.readers)} layer(s)")
+        result = smoothing.apply_smoothing(model, chosen) if chosen else model
         self._smooth = (key, context.calibration, result, notes, skipped) if key else None
         return result, notes, skipped
 
@@ -277,11 +272,11 @@ class QdqInt8Pass(PassBase):
                 if layer.bias is not None}
         missing = sorted(keys - state.means.keys())
         if missing:
-            found = calibration.channel_means(model, missing, grids.params, context)
-            if isinstance(found, str):
-                log.info("%s: %s", self.name, found)
+            try:
+                state.means.update(calibration.channel_means(model, missing, grids.params, context))
+            except CalibrationError as e:  # bias correction is an improvement: without the means there is none
+                log.info("%s: %s", self.name, e)
                 return {}
-            state.means.update(found)
         return calibration.bias_shifts(placement.layers, sources, self._weight_params(context), state.means)
 
 
@@ -289,7 +284,7 @@ class QdqInt8Pass(PassBase):
 class _Calibration:
     key: bytes
     data: object
-    ranges: calibration.Ranges | str
+    ranges: calibration.Ranges
     means: dict[calibration.MeansKey, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     correction_helps: bool | None = None
 

@@ -27,8 +27,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
-from graphopt.errors import PassError, first_line
-from graphopt.graph import copy_model, default_opset
+from graphopt.errors import CalibrationError, PassError, first_line
+from graphopt.graph import Names, copy_model, default_opset, overridable_initializers
 from graphopt.opset import ensure_opset
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math.clustering import Clustering, cluster, compensated
@@ -170,7 +170,7 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: WeightClus
                ) -> tuple[list[_Clustered], list[Skip]]:
     graph = model.graph
     arrays = {t.name: t for t in graph.initializer}
-    overridable = {i.name for i in graph.input}
+    overridable = set(overridable_initializers(graph))
     constants = _constant_values(graph, arrays.keys() - overridable)
     readers: dict[str, list[_Reader | None]] = {}
     skipped = []
@@ -192,9 +192,11 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: WeightClus
         found = [r for name in chosen for r in readers[name] if r is not None]
         wanted = {(r.source, r.axis) for r in found} if options.data_aware else set()
         gram_keys = {(r.source, r.axis) for r in found if r.matmul} if options.compensate else set()
-        importance, grams, failed = _statistics(model, wanted | gram_keys, gram_keys, context)
+        try:
+            importance, grams = _statistics(model, wanted | gram_keys, gram_keys, context)
+        except CalibrationError as e:  # clustering needs no data: it goes on without the weighting
+            skipped.append(Skip("calibration", f"{e}; clustered without calibration data"))
         importance = importance if options.data_aware else {}
-        skipped += [Skip("calibration", f"{failed}; clustered without calibration data")] if failed else []
     planned = []
     for name in chosen:
         values = numpy_helper.to_array(arrays[name])
@@ -228,9 +230,9 @@ def _reader(node: onnx.NodeProto, slot: int, rank: int) -> _Reader | None:
 
 
 def _statistics(model: onnx.ModelProto, wanted: set[tuple[str, int]], gram_keys: set[tuple[str, int]],
-                context: PassContext) -> tuple[dict[tuple[str, int], np.ndarray], dict[tuple[str, int], np.ndarray], str]:
+                context: PassContext) -> tuple[dict[tuple[str, int], np.ndarray], dict[tuple[str, int], np.ndarray]]:
     """Mean square per channel of each wanted (activation, axis), and the Gram ``XᵀX/n`` of those in ``gram_keys``,
-    streamed over the calibration samples; the reason instead when the activations cannot be read."""
+    streamed over the calibration samples (``CalibrationError`` when onnxruntime cannot run the model)."""
     assert context.calibration is not None
     sums: dict[tuple[str, int], list[np.ndarray | int]] = {}
     gram_sums: dict[tuple[str, int], AugmentedGram] = {}
@@ -247,14 +249,12 @@ def _statistics(model: onnx.ModelProto, wanted: set[tuple[str, int]], gram_keys:
         return update
 
     sources = {source for source, _ in wanted}
-    failed = reduce_activations(model, {s: observe(s) for s in sources}, context.calibration, context.runtime,
-                                progress=context.progress, label="weight-clustering calibration")
-    if failed:
-        return {}, {}, failed
+    reduce_activations(model, {s: observe(s) for s in sources}, context.calibration, context.runtime,
+                       progress=context.progress, label="weight-clustering calibration")
     importance = {key: np.asarray(total) / max(int(count), 1) for key, (total, count) in sums.items()}
     grams = {key: g.plain / max(g.count, 1) for key, g in gram_sums.items()}
     importance.update({key: np.diag(g).copy() for key, g in grams.items()})
-    return importance, grams, ""
+    return importance, grams
 
 
 def _weights(shape: tuple[int, ...], readers: list[_Reader | None], importance: dict[tuple[str, int], np.ndarray]
@@ -303,14 +303,8 @@ def _rewrite(model: onnx.ModelProto, chosen: list[_Clustered], packed: bool, uin
     """Replace each chosen initializer by codebook + indices initializers and constant nodes that rebuild it under
     its own name: ``Gather(codebook, Cast(indices))``, packed nibbles unpacked in between unless stored as UINT4."""
     graph = model.graph
-    taken = ({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-             | {i.name for i in graph.input} | {n.name for n in graph.node})
+    fresh = Names.of(graph).fresh
     names = {c.name for c in chosen}
-
-    def fresh(base: str) -> str:
-        name = next(f"{base}_{i}" if i else base for i in range(len(taken) + 1) if (f"{base}_{i}" if i else base) not in taken)
-        taken.add(name)
-        return name
 
     def constant(base: str, value: np.ndarray) -> str:
         name = fresh(base)

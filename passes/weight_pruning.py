@@ -22,7 +22,7 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,7 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
-from graphopt.graph import copy_model
+from graphopt.graph import copy_model, label, nested_graphs, overridable_initializers, subgraph_reads
 from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math import pruning as pr
 from graphopt_passes._math.patches import ConvGeometry, patches
@@ -186,14 +186,14 @@ def _make_plan(
             todo += [] if short else [(unit, level)]
         skipped += [Skip(layer.name, why)] if why else []
         eligible += [(layer, todo)] if todo else []
-    grams: dict[_GramKey, pr.AugmentedGram] | str = {}
+    grams: dict[_GramKey, pr.AugmentedGram] = {}
     if eligible and context.calibration is not None:
         grams = _calibrate(model, [layer for layer, _ in eligible], context)
     plan = []
     for layer, todo in eligible:
-        gram = grams.get(_key(layer)) if isinstance(grams, dict) else None
+        gram = grams.get(_key(layer))
         if gram is None or gram.features != layer.matrix.shape[0] * layer.group:
-            skipped.append(Skip(layer.name, grams if isinstance(grams, str) else f"no activations of '{layer.source}'"))
+            skipped.append(Skip(layer.name, f"no activations of '{layer.source}'"))
             continue
         plan += [_prune(unit, layer, gram, level, options) for unit, level in todo]
     return plan, skipped
@@ -249,15 +249,11 @@ def _find(model: onnx.ModelProto) -> tuple[list[_Layer], list[Skip]]:
     graph = model.graph
     arrays = {t.name: t for t in graph.initializer}
     constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
-    overridable = {i.name for i in graph.input}
+    overridable = set(overridable_initializers(graph))
     readers = Counter(name for node in graph.node for name in node.input if name)
-    inner: set[str] = set()
-    skipped = []
-    for owner, sub in _subgraphs(graph):
-        inner.update(name for node in _walk(sub) for name in node.input)
-        inner.update(o.name for o in sub.output)
-        skipped += [Skip(_label(node), f"inside a subgraph of {owner.op_type} '{_label(owner)}': its inputs are "
-                         "not observed") for node in _walk(sub) if node.op_type in _LAYERS]
+    inner = subgraph_reads(graph)
+    skipped = [Skip(label(node), f"inside a subgraph of {owner.op_type} '{label(owner)}': its inputs are not observed")
+               for owner, sub in nested_graphs(graph) for node in sub.node if node.op_type in _LAYERS]
 
     def value(name: str) -> np.ndarray | None:
         if name in arrays:
@@ -283,7 +279,7 @@ def _find(model: onnx.ModelProto) -> tuple[list[_Layer], list[Skip]]:
 
 
 def _match(node: onnx.NodeProto, first: np.ndarray | None, second: np.ndarray | None) -> _Layer | Skip | None:
-    name, attrs = _label(node), {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    name, attrs = label(node), {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if first is not None and (second is not None or node.op_type != "MatMul"):
         return None if second is not None else Skip(name, f"{node.op_type} whose constant is its first input")
     if second is None and first is None:
@@ -314,9 +310,9 @@ def _match(node: onnx.NodeProto, first: np.ndarray | None, second: np.ndarray | 
 
 def _calibrate(
     model: onnx.ModelProto, layers: list[_Layer], context: PassContext
-) -> dict[_GramKey, pr.AugmentedGram] | str:
-    """One Gram matrix per (activation, channel axis or Conv geometry), reduced batch by batch; the reason instead
-    of a crash."""
+) -> dict[_GramKey, pr.AugmentedGram]:
+    """One Gram matrix per (activation, channel axis or Conv geometry), reduced batch by batch (``CalibrationError``
+    when onnxruntime cannot run the model)."""
     assert context.calibration is not None
     keys = sorted({_key(layer) for layer in layers}, key=repr)
     grams: dict[_GramKey, pr.AugmentedGram] = {}
@@ -329,9 +325,9 @@ def _calibrate(
                 grams[key] = pr.accumulate(grams.get(key), rows, axis if rows.ndim > 1 and geometry is None else -1)
         return update
 
-    failed = reduce_activations(model, {key[0]: observe(key[0]) for key in keys}, context.calibration,
-                                context.runtime, progress=context.progress, label="weight-pruning calibration")
-    return failed or grams
+    reduce_activations(model, {key[0]: observe(key[0]) for key in keys}, context.calibration, context.runtime,
+                       progress=context.progress, label="weight-pruning calibration")
+    return grams
 
 
 
@@ -382,24 +378,6 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
             return coo_decode(numpy_helper.to_array(sparse.values), numpy_helper.to_array(sparse.indices),
                               tuple(sparse.dims))
     return None
-
-
-def _subgraphs(graph: onnx.GraphProto) -> Iterator[tuple[onnx.NodeProto, onnx.GraphProto]]:
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                yield node, sub
-
-
-def _walk(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of ``graph`` and of its nested subgraphs."""
-    yield from graph.node
-    for _, sub in _subgraphs(graph):
-        yield from _walk(sub)
-
-
-def _label(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else node.op_type)
 
 
 def _detail(p: _Pruned) -> str:

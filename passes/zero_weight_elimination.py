@@ -20,7 +20,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphopt.graph import constant_array, copy_model, default_opset, editing, import_graph, infer_shapes
+from graphopt.graph import (
+    Scope,
+    constant_array,
+    copy_model,
+    default_opset,
+    editing,
+    import_graph,
+    infer_shapes,
+    label,
+    overridable_initializers,
+)
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
@@ -92,9 +102,9 @@ class ZeroWeightEliminationPass(PassBase):
 
 def _refusal(model: onnx.ModelProto) -> str:
     """Why the pass cannot touch the model at all, or ``""``."""
-    overridable = {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}
+    overridable = overridable_initializers(model.graph)
     if overridable:
-        return f"initializers are also graph inputs (overridable at run time): {sorted(overridable)[:3]}"
+        return f"initializers are also graph inputs (overridable at run time): {overridable[:3]}"
     return ""
 
 
@@ -158,7 +168,7 @@ def _apply_channels(graph: gs.Graph, chosen: list[_Change]) -> None:
 
 def _identity_changes(graph: gs.Graph, opset: int) -> tuple[list[_Change], list[Skip]]:
     """Zero biases, and Add/Sub/Mul/Div whose constant is neutral (bypassed) or Mul by zeros (a constant)."""
-    scope, changes, skipped = channels.Scope.of(graph), [], []
+    scope, changes, skipped = Scope.of(graph), [], []
     for node in graph.nodes:
         found = _identity(node, scope, opset) if node.domain in (None, "", "ai.onnx") else None
         if isinstance(found, Skip):
@@ -168,8 +178,8 @@ def _identity_changes(graph: gs.Graph, opset: int) -> tuple[list[_Change], list[
     return changes, skipped
 
 
-def _identity(node: gs.Node, scope: channels.Scope, opset: int) -> _Change | Skip | None:
-    name = channels.label(node)
+def _identity(node: gs.Node, scope: Scope, opset: int) -> _Change | Skip | None:
+    name = label(node)
     if node.op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) == 3 and node.inputs[2].name:
         bias = constant_array(node.inputs[2])
         if bias is not None and bias.size and not np.any(bias) and (node.op != "Gemm" or opset >= 11):
@@ -195,7 +205,7 @@ def _identity(node: gs.Node, scope: channels.Scope, opset: int) -> _Change | Ski
     return _Change(name, f"{node.op} of a neutral constant bypassed", lambda: _bypass(node, 1 - index))
 
 
-def _why_not(data: gs.Tensor, out: gs.Tensor, constant: np.ndarray, scope: channels.Scope, static: bool) -> str:
+def _why_not(data: gs.Tensor, out: gs.Tensor, constant: np.ndarray, scope: Scope, static: bool) -> str:
     """Why a no-op node cannot go: its output is visible outside, or the constant changes shape or dtype."""
     if not scope.readers_ok(out):
         return "its output is a graph output or read inside a subgraph"

@@ -74,11 +74,15 @@ def text_model(text: str, **arrays: np.ndarray) -> onnx.ModelProto:
 
 
 def random_feeds(model: onnx.ModelProto, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Standard-normal float inputs with every symbolic axis set to ``count``."""
+    """Standard-normal float inputs (integer inputs: ids in [0, 8), valid for any table of 8 rows or more) with every
+    symbolic axis set to ``count``."""
     out = {}
     for value in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else count for d in value.type.tensor_type.shape.dim]
-        out[value.name] = rng.standard_normal(dims).astype(np.float32)
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else count for d in tensor.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        out[value.name] = (rng.integers(0, 8, dims).astype(dtype) if np.issubdtype(dtype, np.integer)
+                           else rng.standard_normal(dims).astype(np.float32))
     return out
 
 

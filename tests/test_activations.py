@@ -4,10 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
+from helpers import digits
 from onnx import numpy_helper
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
+import graphopt
+from graphopt import activations
 from graphopt.activations import reduce_activations, stream_activations
 from graphopt.data import input_specs, load_data
+from graphopt.errors import CalibrationError, PreconditionError
+from graphopt.outcome import Status
 
 
 def test_streams_intermediate_tensors_per_batch(mlp_files: tuple[Path, Path]) -> None:
@@ -27,4 +34,44 @@ def test_reducing_nothing_runs_nothing(mlp_files: tuple[Path, Path]) -> None:
     a run that requests no output, which weight-clustering reported as "calibration failed" on every such model."""
     model = onnx.load(mlp_files[0])
     data = load_data(mlp_files[1], input_specs(model))
-    assert reduce_activations(model, {}, data) == ""
+    reduce_activations(model, {}, data)  # would raise: a run of no outputs is an onnxruntime error
+
+
+def _onnxruntime_refuses(model: object, config: object) -> None:
+    raise Fail("[ONNXRuntimeError] : 1 : FAIL : no kernel for this tapped tensor")
+
+
+def test_a_run_onnxruntime_refuses_is_a_calibration_error_and_a_reducer_bug_is_not(
+        mlp_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's errors share no base class but ``Exception``: they become one typed ``CalibrationError`` (a
+    precondition, so the pass is skipped with its one line); what a reducer raises is the pass's own bug and stays
+    what it is, so that the manager reports the pass as failed."""
+    model = onnx.load(mlp_files[0])
+    data = load_data(mlp_files[1], input_specs(model))
+
+    def bug(x: np.ndarray) -> None:
+        raise ZeroDivisionError("reducer bug")
+
+    with pytest.raises(ZeroDivisionError, match="reducer bug"):
+        reduce_activations(model, {"h": bug}, data)
+    monkeypatch.setattr(activations, "create_session", _onnxruntime_refuses)
+    with pytest.raises(CalibrationError, match=r"^low-rank calibration failed: Fail: \[ONNXRuntimeError\]") as caught:
+        reduce_activations(model, {"h": lambda x: None}, data, label="low-rank calibration")
+    assert isinstance(caught.value, PreconditionError)
+
+
+@pytest.mark.parametrize("name", ["low-rank", "weight-pruning", "int4-weights", "neuron-pruning"])
+def test_a_pass_whose_calibration_onnxruntime_refuses_is_skipped_with_the_reason(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(activations, "create_session", _onnxruntime_refuses)
+    model, data = digits(120)
+    (outcome,) = graphopt.optimize(model, data, passes=name, normalize=False).pipeline.outcomes
+    assert outcome.status is Status.SKIPPED and "calibration failed: Fail: [ONNXRuntimeError]" in outcome.reason
+
+
+def test_weight_clustering_goes_on_without_the_data_it_could_not_measure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(activations, "create_session", _onnxruntime_refuses)
+    model, data = digits(120)
+    (outcome,) = graphopt.optimize(model, data, passes="weight-clustering", normalize=False).pipeline.outcomes
+    assert outcome.status in (Status.APPLIED, Status.NARROWED)
+    assert any("clustered without calibration data" in s.reason for s in outcome.result.skipped)

@@ -10,7 +10,17 @@ from helpers import run_ort, text_model
 from onnx import helper, numpy_helper, parser
 
 from graphopt.errors import PreconditionError
-from graphopt.graph import densified, editing, initializer_arrays
+from graphopt.graph import (
+    Names,
+    densified,
+    editing,
+    initializer_arrays,
+    label,
+    nested_graphs,
+    overridable_initializers,
+    subgraph_reads,
+    subgraphs,
+)
 from graphopt.summary import count_params
 
 MODEL = """<ir_version: 8, opset_import: ["" : 17]>
@@ -81,3 +91,43 @@ def test_editing_refuses_values_graphsurgeon_cannot_export() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(PreconditionError, match="value 'maybe' is of optional_type"), editing(model):
         pass
+
+
+def _nested() -> onnx.ModelProto:
+    """An If whose then-branch holds a Loop: a name used only two levels down, and a node named like a tensor."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v", "outer"], ["deep_sum"], name="deep_add")], "body",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("i", "cond_in", "v")],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("cond_out", "deep_sum")])
+    then = helper.make_graph(
+        [helper.make_node("Loop", ["", "", "x"], ["looped"], name="loop", body=body)], "then", [],
+        [helper.make_tensor_value_info("looped", onnx.TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["same"])], "else", [],
+                              [helper.make_tensor_value_info("same", onnx.TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["outer"], name="relu"),
+         helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then, else_branch=other),
+         helper.make_node("Neg", ["y"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones(2, np.float32), "w"), numpy_helper.from_array(np.ones(2, np.float32), "k")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_toolkit_sees_into_nested_graphs_on_both_substrates() -> None:
+    model = _nested()
+    for graph in (model.graph, gs.import_onnx(model)):
+        owners = [(label(owner), sub.name) for owner, sub in nested_graphs(graph)]
+        assert sorted(owners) == [("branch", "else"), ("branch", "then"), ("loop", "body")]
+        assert {"outer", "v", "x", "deep_sum", "looped", "same"} <= subgraph_reads(graph)
+        names = Names.of(graph)
+        assert names.fresh("deep_sum") == "deep_sum_1" and names.fresh("deep_sum") == "deep_sum_2"
+        assert names.fresh("deep_add") == "deep_add_1", "node names are taken too, in nested graphs as well"
+        assert names.fresh("new") == "new"
+    assert [sub.name for sub in subgraphs(model.graph)] == ["g", "else", "then", "body"], "depth first"
+    assert overridable_initializers(model.graph) == ["w"]
+    neg = model.graph.node[2]
+    assert label(neg) == "z" and label(gs.import_onnx(model).nodes[2]) == "z", "unnamed: its first output"
+    assert label(helper.make_node("Identity", [], [])) == "Identity"

@@ -23,6 +23,7 @@ __all__ = [
     "Factors",
     "Gram",
     "LayerFit",
+    "NoRank",
     "accumulate_gram",
     "choose",
     "factorize",
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 Array = NDArray[np.float64]
+
+
+class NoRank(ValueError):
+    """No rank of the layer meets the options (``choose``); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -223,9 +228,9 @@ def choose(
     refit_svd: bool = True,
     min_saving: float = 0.1,
     ridge: float = 1e-4,
-) -> Choice | str:
-    """Pick the rank (``ratio`` if set, else the smallest meeting ``max_error``, else ``energy``) and the factors,
-    or say why no rank that removes ``min_saving`` of the weights will do. ``refit_svd`` refits B of plain SVD.
+) -> Choice:
+    """Pick the rank (``ratio`` if set, else the smallest meeting ``max_error``, else ``energy``) and the factors;
+    ``NoRank`` says why no rank that removes ``min_saving`` of the weights will do. ``refit_svd`` refits B of plain SVD.
     ``weight`` may be a ``LayerFit`` (then ``gram`` and ``ridge`` come from it) to choose several ranks cheaply."""
     layer = weight if isinstance(weight, LayerFit) else fit_layer(weight, np.asarray(gram), ridge)
     w, g, ridge = layer.weight, layer.gram, layer.ridge
@@ -247,13 +252,13 @@ def choose(
     elif max_error is not None:
         found, how = smallest_rank(error_at, 1, budget, max_error), f"max_error {max_error:g}"
         if found is None:
-            return (f"even rank {budget}, the largest that saves {min_saving:.0%} of the params, has output error "
+            raise NoRank(f"even rank {budget}, the largest that saves {min_saving:.0%} of the params, has output error "
                     f"{error_at(budget):.3g} > max_error {max_error:g}")
         rank = found
     else:
         rank, how = rank_for_energy(factors.spectrum, energy), f"energy {energy:g}"
     if rank > budget:
-        return (f"rank {rank} of {min(k, n)} ({how}) would not save params: at most rank {budget} removes "
+        raise NoRank(f"rank {rank} of {min(k, n)} ({how}) would not save params: at most rank {budget} removes "
                 f"{min_saving:.0%} of {k}×{n}")
     a, b = fitted(rank)
     return Choice(rank, a, b, relative_error(w, a, b, g), float(errors["svd"][rank]),
