@@ -94,3 +94,13 @@ def test_passes_leave_timing_and_the_machine_to_the_framework() -> None:
     for path in (ROOT / "passes").rglob("*.py"):
         used = {n for n in imports(path) if n.startswith(forbidden)}
         assert not used, (path, used)
+
+
+def test_passes_use_the_graph_toolkit_instead_of_their_own_helpers() -> None:
+    """Names, labels, walks into nested graphs and the initializer-input check live once, in ``graphopt.graph``;
+    a pass that defines its own (the copies issue 18 removed) would drift from them again."""
+    toolkit = {"label", "_label", "fresh", "_fresh", "_subgraphs", "_subgraph_reads", "_reads", "_walk",
+               "_subgraph_layers", "_overridable"}
+    for path in (ROOT / "passes").rglob("*.py"):
+        defined = {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+        assert not defined & toolkit, (path, sorted(defined & toolkit))
