@@ -18,7 +18,11 @@ from graphopt.graph import copy_model
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session
 
-__all__ = ["reduce_activations", "stream_activations", "tap"]
+__all__ = ["MAX_BATCH_BYTES", "reduce_activations", "stream_activations", "tap"]
+
+MAX_BATCH_BYTES = 64 << 20
+"""The most the tapped tensors of one calibration batch may take: a transformer's or a byte model's activations can
+take megabytes per sample, and 64 samples of them hundreds of MB that onnxruntime's arena then keeps."""
 
 
 def tap(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -44,18 +48,29 @@ def stream_activations(
     *,
     progress: Progress = NULL_PROGRESS,
     label: str = "calibration",
+    max_batch_bytes: int = MAX_BATCH_BYTES,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield ``{name: activation}`` per batch of ``data`` (axis 0 = the batch's samples where batchable).
 
-    Graph optimisations are limited to ``basic`` so that tapped tensors keep their float meaning.
+    Graph optimisations are limited to ``basic`` so that tapped tensors keep their float meaning. Memory does not
+    grow with the samples: the first sample runs alone and measures what the tapped tensors of one sample take,
+    and the rest run in batches of at most ``max_batch_bytes`` of them (and at most ``runtime.batch_size``
+    samples); a batch is dropped before the next one runs, so a reducer must keep what it needs (running sums).
     """
     runtime = runtime or RuntimeConfig()
     config = RuntimeConfig(runtime.providers, runtime.intra_op_threads, "basic", runtime.batch_size)
     session = create_session(tap(model, names), config)
     with progress.task(label, data.n_samples) as advance:
-        for feed, count in data.batches(config.batch_size):
-            values = session.run(list(names), feed)
-            yield dict(zip(names, values, strict=True))
+        batch_size, start = 1, 0
+        while start < data.n_samples:
+            feed, count = next(data.batches(batch_size, start=start))
+            values = dict(zip(names, session.run(list(names), feed), strict=True))
+            if start == 0:
+                per_sample = sum(v.nbytes for v in values.values())
+                batch_size = max(1, min(config.batch_size, max_batch_bytes // max(per_sample, 1)))
+            yield values
+            del values  # before the next run: two batches alive would double the peak
+            start += count
             advance(count)
 
 
@@ -86,3 +101,4 @@ def reduce_activations(
             return
         for name, reduce in reducers.items():
             reduce(batch[name])
+        del batch  # the stream drops its batch before the next run; so does this loop

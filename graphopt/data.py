@@ -111,16 +111,18 @@ class Dataset:
     def n_samples(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
 
-    def batches(self, batch_size: int, *, per_sample: bool = False) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-        """Feeds of up to ``batch_size`` samples (one per feed when ``per_sample`` or not ``batchable``)."""
+    def batches(self, batch_size: int, *, per_sample: bool = False, start: int = 0
+                ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """Feeds of up to ``batch_size`` samples from sample ``start`` on (one per feed when ``per_sample`` or not
+        ``batchable``)."""
         step = 1 if per_sample or not self.batchable else batch_size
-        for start in range(0, self.n_samples, step):
-            stop = min(start + step, self.n_samples)
+        for first in range(start, self.n_samples, step):
+            stop = min(first + step, self.n_samples)
             feed = {
-                name: (np.asarray(array[start]) if name in self.stacked else array[start:stop])
+                name: (np.asarray(array[first]) if name in self.stacked else array[first:stop])
                 for name, array in self.arrays.items()
             }
-            yield feed, stop - start
+            yield feed, stop - first
 
     def subset(self, indices: np.ndarray) -> Dataset:
         arrays = {name: array[indices] for name, array in self.arrays.items()}
