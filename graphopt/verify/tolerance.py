@@ -40,8 +40,9 @@ class Tolerance:
     signal-to-noise ratio in dB.
 
     ``confidence`` (default 0.95; ``None``: judge the means) makes ``cosine``, ``top1`` and ``iou`` bound the
-    one-sided bootstrap lower confidence bounds of the per-sample means (``ErrorStats.cosine_low``/``top1_low``/
-    ``iou_low``), so that a verdict holds on samples it was not measured on. ``snr_db`` and ``atol`` are judged as
+    one-sided lower bounds of the per-sample means over a fresh set as large as the verification set
+    (``ErrorStats.cosine_low``/``top1_low``/``iou_low``, ``intervals.lower_bound``), so that a verdict holds on
+    samples it was not measured on. ``snr_db`` and ``atol`` are judged as
     measured.
 
     Every threshold is checked when the tolerance is built: NaN compares false with everything, so a NaN (or a
