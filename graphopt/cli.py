@@ -2,9 +2,9 @@
 
 Exit codes: 0 success; 1 internal error (a bug: traceback shown); 2 usage or pipeline error, or a tolerance that is
 not a number in its range; 3 unreadable or unsupported model; 4 output path refused (it would overwrite an input or
-another output); 5 data does not fit the model; 6 verification of a must-be-equal model failed; 7 ``validate``
-found the optimised model not shippable; 130 interrupted (SIGINT); 143 terminated (SIGTERM). Every user mistake
-prints one line on stderr and writes nothing; an interrupted run removes what it was staging.
+another output); 5 data does not fit the model; 7 ``validate`` found the optimised model not shippable; 130
+interrupted (SIGINT); 143 terminated (SIGTERM). Every user mistake prints one line on stderr and writes nothing; an
+interrupted run removes what it was staging.
 """
 
 from __future__ import annotations
@@ -15,10 +15,19 @@ import json
 import logging
 import signal
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from graphopt import api
 from graphopt.errors import GraphoptError, OutputKindError, UsageError
@@ -40,29 +49,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 class TerminalProgress:
-    """A one-line progress bar on a terminal; silent when the stream is not a terminal."""
+    """Progress bars (rich) on a terminal: each open task shows k of n, the time spent and the time left; a task
+    is removed when it ends, so the screen shows the work in hand. Silent when the stream is not a terminal."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
+    def __init__(self, stream: TextIO = sys.stderr, *, force_terminal: bool | None = None) -> None:
+        console = Console(file=stream, force_terminal=force_terminal)
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("left"), TimeRemainingColumn(), console=console, transient=True,
+                             disable=not console.is_terminal)
 
     @contextlib.contextmanager
     def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-        done = 0
-        started = time.perf_counter()
-
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            if self.enabled:
-                width = 24
-                filled = int(width * done / max(total, 1))
-                self.stream.write(f"\r{label[:32]:<32} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-                self.stream.flush()
-
-        yield advance
-        if self.enabled:
-            self.stream.write(f"\r{label[:32]:<32} done in {time.perf_counter() - started:.1f}s{' ' * 24}\n")
+        with self.bars:  # nested tasks share the live display; the outermost one starts and stops it
+            task = self.bars.add_task(label, total=total)
+            try:
+                yield lambda n: self.bars.advance(task, n)
+            finally:
+                self.bars.remove_task(task)
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -32,7 +32,7 @@ from graphopt.instrument import Instrument
 from graphopt.modelio import check_model
 from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
 from graphopt.outputs import Outputs
-from graphopt.pass_base import PassBase, PassContext, PassResult
+from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
 from graphopt.verify.ranking import badness
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
@@ -226,6 +226,20 @@ class PassManager:
             units = ()
         if not units:
             return None, (), 0
+        with self.verifier.progress.task(f"narrow {pass_.name}: trials (at most)", self._most_trials(units)) as done:
+            return self._search(pass_, model, previous, units, done)
+
+    def _most_trials(self, units: Sequence[Unit]) -> int:
+        """How many trials a search among ``units`` can take at most: each unresolved unit alone, the capped
+        bisection and one-by-one retries, and the bisection that holds the kept set at the selection confidence."""
+        alone = sum(u.sensitivity is None for u in units)
+        steps = math.ceil(math.log2(len(units) + 1))
+        return max(alone, min(self.max_trials, alone + steps + len(units))) + steps + 1
+
+    def _search(self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, units: Sequence[Unit],
+                done: Callable[[int], None]) -> tuple[_Trial | None, tuple[UnitOutcome, ...], int]:
+        """Rank ``units``, bisect and retry them, then hold the kept set at the selection confidence; ``done(1)``
+        after every new trial."""
         trials: dict[frozenset[str], _Trial] = {}
 
         def attempt(names: frozenset[str]) -> _Trial:
@@ -234,6 +248,7 @@ class PassManager:
                     trials[names] = self._attempt(pass_, model, previous, self.context.with_units(names))
                 except PreconditionError as e:
                     trials[names] = _Trial(None, error=str(e))
+                done(1)
             return trials[names]
 
         scores: dict[str, float] = {}

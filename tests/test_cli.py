@@ -143,3 +143,21 @@ def test_bad_paths_and_pipelines(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     code, _, err = call(capsys, "optimize", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx"))
     assert code == 3 and "model not found" in err
+
+
+def test_terminal_progress_shows_k_of_n_and_the_time_left_and_nothing_off_a_terminal() -> None:
+    import io
+
+    from graphopt.cli import TerminalProgress
+
+    screen = io.StringIO()
+    progress = TerminalProgress(screen, force_terminal=True)
+    with progress.task("narrow qdq-int8: trials (at most)", 10) as advance:
+        advance(3)
+        progress.bars.refresh()
+    shown = screen.getvalue()
+    assert "narrow qdq-int8: trials (at most)" in shown and "3/10" in shown and "left" in shown
+    piped = io.StringIO()
+    with TerminalProgress(piped).task("calibration", 5) as advance:
+        advance(5)
+    assert piped.getvalue() == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -348,3 +350,31 @@ def test_a_narrowed_set_holds_at_the_confidence_that_covers_its_search(
     assert not verifier.against_original(verifier.outputs(plain.model_after), strict).passed
     dropped = [u for u in corrected.units if not u.applied and "chosen among" in u.reason]
     assert dropped and all(f"{strict.confidence:.2%} confidence" in u.reason for u in dropped)
+
+
+class RecordedProgress:
+    """Every task opened, with its total and how far it was advanced."""
+
+    def __init__(self) -> None:
+        self.tasks: list[list] = []
+
+    @contextlib.contextmanager
+    def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        record = [label, total, 0]
+        self.tasks.append(record)
+
+        def advance(n: int) -> None:
+            record[2] += n
+
+        yield advance
+
+
+def test_narrowing_reports_trial_k_of_at_most_n(mlp_files: tuple[Path, Path]) -> None:
+    """The user sees the search advance one trial at a time against the most it can take (so a time left)."""
+    progress = RecordedProgress()
+    (outcome,) = run(mlp_files, RowNoise(), tolerance=graphopt.Tolerance(cosine=0.98), progress=progress
+                     ).pipeline.outcomes
+    (search,) = [t for t in progress.tasks if t[0].startswith("narrow test-row-noise")]
+    assert outcome.status is Status.NARROWED and search[2] == outcome.trials and 16 < outcome.trials <= search[1]
+    verifications = [t for t in progress.tasks if t[0] == "verify test-row-noise"]
+    assert len(verifications) == outcome.trials + 1, "the first full trial, then one verification per search trial"
