@@ -57,15 +57,21 @@ class TerminalProgress:
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                              TextColumn("left"), TimeRemainingColumn(), console=console, transient=True,
                              disable=not console.is_terminal)
+        self._open = 0
 
     @contextlib.contextmanager
     def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-        with self.bars:  # nested tasks share the live display; the outermost one starts and stops it
-            task = self.bars.add_task(label, total=total)
-            try:
-                yield lambda n: self.bars.advance(task, n)
-            finally:
-                self.bars.remove_task(task)
+        if not self._open:  # nested tasks (a trial's verification inside a search) share one live display
+            self.bars.start()
+        self._open += 1
+        task = self.bars.add_task(label, total=total)
+        try:
+            yield lambda n: self.bars.advance(task, n)
+        finally:
+            self.bars.remove_task(task)
+            self._open -= 1
+            if not self._open:
+                self.bars.stop()
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -154,7 +154,11 @@ def test_terminal_progress_shows_k_of_n_and_the_time_left_and_nothing_off_a_term
     progress = TerminalProgress(screen, force_terminal=True)
     with progress.task("narrow qdq-int8: trials (at most)", 10) as advance:
         advance(3)
+        with progress.task("verify qdq-int8", 90) as verify:
+            verify(90)
+        assert progress.bars.live.is_started, "the outer task keeps the display when an inner one ends"
         progress.bars.refresh()
+    assert not progress.bars.live.is_started
     shown = screen.getvalue()
     assert "narrow qdq-int8: trials (at most)" in shown and "3/10" in shown and "left" in shown
     piped = io.StringIO()
