@@ -23,7 +23,7 @@ otherwise, and for ``tensorrt``, the speed is not checked by default (``speed_ch
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -205,7 +205,7 @@ class QdqInt8Pass(PassBase):
             chosen = [layer for layer in layers if context.selects(layer.name)]
             placement = plan.place(edit.graph, scope, chosen, self.rules)
             grids = qdq_rewrite.Grids(state.ranges, signed=self.rules.signed_activations)
-            shifts = self._shifts(model, placement, grids, state, context) if correct else {}
+            shifts = self._shifts(model, placement, layers, grids, state, context) if correct else {}
             counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params(context))
         return _Built(edit.model, chosen, len(placement.tensors), skipped, counts)
 
@@ -264,16 +264,20 @@ class QdqInt8Pass(PassBase):
         self._state = state if key else None
         return state
 
-    def _shifts(self, model: onnx.ModelProto, placement: plan.Placement, grids: qdq_rewrite.Grids, state: _Calibration,
-                context: PassContext) -> dict[str, np.ndarray]:
-        """Bias corrections of the placed layers; channel means are streamed once per (tensor, grid) and kept."""
+    def _shifts(self, model: onnx.ModelProto, placement: plan.Placement, layers: Sequence[plan.Layer],
+                grids: qdq_rewrite.Grids, state: _Calibration, context: PassContext) -> dict[str, np.ndarray]:
+        """Bias corrections of the placed layers. Channel means are streamed once per (tensor, grid) and kept; the
+        first stream also measures every layer of ``layers`` on its own input's grid, where narrowing places each
+        unit alone next (one stream instead of one per unit)."""
         sources = {name: tq.source for name, tq in placement.tensors.items()}
         keys = {calibration.means_key(layer, sources[layer.activation]) for layer in placement.layers
                 if layer.bias is not None}
-        missing = sorted(keys - state.means.keys())
+        missing = keys - state.means.keys()
+        if missing and not state.means:
+            missing |= {calibration.means_key(layer, layer.activation) for layer in layers if layer.bias is not None}
         if missing:
             try:
-                state.means.update(calibration.channel_means(model, missing, grids.params, context))
+                state.means.update(calibration.channel_means(model, sorted(missing), grids.params, context))
             except CalibrationError as e:  # bias correction is an improvement: without the means there is none
                 log.info("%s: %s", self.name, e)
                 return {}

@@ -369,3 +369,26 @@ def test_bias_correction_removes_the_mean_shift_of_coarse_weights(rng: np.random
     assert shift[True] < 0.5 * shift[False], shift
     auto = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", per_channel=False, min_dim=1, speed_check="off"))(model, ctx)
     assert auto.stats["biases_corrected"] == 1 and any("bias correction kept" in n for n in auto.notes), auto.notes
+
+
+def test_narrowing_streams_bias_correction_means_once_not_once_per_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Narrowing places each unit alone next: the first stream measures every layer on its own input's grid too,
+    so the search runs one calibration stream for bias correction where it ran one per unit."""
+    from helpers import digits
+
+    import graphopt_passes._qdq_calibration as calibration
+
+    streams: list[int] = []
+    real = calibration.channel_means
+
+    def counted(model: onnx.ModelProto, keys: list, *args: object) -> dict:
+        streams.append(len(keys))
+        return real(model, keys, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(calibration, "channel_means", counted)
+    model, data = digits(400)
+    result = graphopt.optimize(model, data, passes="qdq-int8{speed_check=off}", normalize=False,
+                               tolerance=graphopt.Tolerance(cosine=0.99999, top1=0.99))
+    (outcome,) = result.pipeline.outcomes
+    assert outcome.trials >= len(outcome.units) >= 2, "every unit measured alone"
+    assert len(streams) == 1, streams
