@@ -371,7 +371,9 @@ def test_bias_correction_removes_the_mean_shift_of_coarse_weights(rng: np.random
     assert auto.stats["biases_corrected"] == 1 and any("bias correction kept" in n for n in auto.notes), auto.notes
 
 
-def test_narrowing_streams_bias_correction_means_once_not_once_per_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("bits", ["7", "8"])  # what weight_bits=auto picks without and with VNNI: both CPU kinds
+def test_narrowing_streams_bias_correction_means_once_not_once_per_unit(bits: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Narrowing places each unit alone next: the first stream measures every layer on its own input's grid too,
     so the search runs one calibration stream for bias correction where it ran one per unit."""
     from helpers import digits
@@ -387,7 +389,7 @@ def test_narrowing_streams_bias_correction_means_once_not_once_per_unit(monkeypa
 
     monkeypatch.setattr(calibration, "channel_means", counted)
     model, data = digits(400)
-    result = graphopt.optimize(model, data, passes="qdq-int8{speed_check=off}", normalize=False,
+    result = graphopt.optimize(model, data, passes=f"qdq-int8{{speed_check=off,weight_bits={bits}}}", normalize=False,
                                tolerance=graphopt.Tolerance(cosine=0.99999, top1=0.99))
     (outcome,) = result.pipeline.outcomes
     assert outcome.trials >= len(outcome.units) >= 2, "every unit measured alone"
