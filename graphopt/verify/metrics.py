@@ -343,21 +343,29 @@ def _agreements(ref: np.ndarray | Sequence[np.ndarray], got: np.ndarray | Sequen
     ``NEAR_ZERO_AGREEMENT`` of the range of it everywhere."""
     if isinstance(ref, np.ndarray) and isinstance(got, np.ndarray):
         cosines = _cosines(ref, got)
+    else:
+        cosines = np.array([_cosine(r, g) for r, g in zip(ref, got, strict=True)])
+    if mask_threshold is not None:  # the masks decide: no peaks or errors to measure
+        empty, stays_empty = (_mask_empty(side, mask_threshold) for side in (ref, got))
+        return np.where(empty, stays_empty.astype(np.float64), cosines), int(empty.sum())
+    if isinstance(ref, np.ndarray) and isinstance(got, np.ndarray):
         peaks = np.abs(ref).max(axis=1, initial=0.0)
         errors = np.abs(got - ref).max(axis=1, initial=0.0)
     else:
-        cosines = np.array([_cosine(r, g) for r, g in zip(ref, got, strict=True)])
         peaks = np.array([np.abs(r).max(initial=0.0) for r in ref])
         errors = np.array([np.abs(g - r).max(initial=0.0) for r, g in zip(ref, got, strict=True)])
-    if mask_threshold is not None:
-        empty, stays_empty = (np.array([not np.any(sample > mask_threshold) for sample in side], dtype=bool)
-                              for side in (ref, got))
-        return np.where(empty, stays_empty.astype(np.float64), cosines), int(empty.sum())
     scale = float(peaks.max(initial=0.0))
     near = peaks <= NEAR_ZERO * scale
     if scale == 0.0 or not near.any():  # an all-zero reference has no range to judge against: cosines stand
         return cosines, 0
     return np.where(near, (errors <= NEAR_ZERO_AGREEMENT * scale).astype(np.float64), cosines), int(near.sum())
+
+
+def _mask_empty(side: np.ndarray | Sequence[np.ndarray], threshold: float) -> np.ndarray:
+    """Per sample (the rows of an [n, k] array, or a list of vectors), whether nothing exceeds ``threshold``."""
+    if isinstance(side, np.ndarray):
+        return np.asarray(~(side > threshold).any(axis=1), dtype=bool)
+    return np.array([not np.any(sample > threshold) for sample in side], dtype=bool)
 
 
 def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
