@@ -124,6 +124,12 @@ class Dataset:
             }
             yield feed, stop - first
 
+    def window(self, start: int, stop: int | None = None) -> Dataset:
+        """Samples ``start`` to ``stop`` (exclusive; ``None``: to the end) as views of these arrays: no copy."""
+        arrays = {name: array[start:stop] for name, array in self.arrays.items()}
+        labels = self.labels[start:stop] if self.labels is not None else None
+        return Dataset(arrays, self.stacked, self.batchable, self.synthetic, self.source, labels)
+
     def subset(self, indices: np.ndarray) -> Dataset:
         arrays = {name: array[indices] for name, array in self.arrays.items()}
         labels = self.labels[indices] if self.labels is not None else None

@@ -6,13 +6,16 @@ ORIGINAL model (and, for lossless passes, within the lossless tolerance against 
 that fails and offers units is narrowed to the largest subset of units that passes: units are ranked by sensitivity
 (the pass's estimate, or measured by applying each unit alone; per unit of gain when every unit states one), the
 longest passing prefix is found by bisection, and the remaining units are then tried one at a time. Anything else
-is rolled back. A narrowed set is chosen among many candidates judged on the same samples, so it must also hold
+is rolled back. A search's trials are screened on the first verification samples (``verify.screening``): a unit
+alone is ranked there only, and a candidate that clearly fails there goes no further; only a verification on every
+sample accepts. A narrowed set is chosen among many candidates judged on the same samples, so it must also hold
 at the confidence that covers that search (``selection_confidence``): units are dropped, last kept first, until it
 does. The manager names no pass.
 """
 
 from __future__ import annotations
 
+import enum
 import gc
 import logging
 import math
@@ -34,12 +37,27 @@ from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
 from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
 from graphopt.verify.ranking import badness
+from graphopt.verify.screening import RANK_SAMPLES, SCREEN_SAMPLES, Screen, screen, screen_stages
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
 __all__ = ["PassManager"]
 
 log = logging.getLogger(__name__)
+
+
+class Screening(enum.Enum):
+    """How far a trial is verified: every sample (``OFF``); the first samples, and the rest unless it clearly fails
+    there (``REJECT``: a search's trials); or the first samples only, to rank it (``RANK``: a unit alone)."""
+
+    OFF = "off"
+    REJECT = "reject"
+    RANK = "rank"
+
+
+def _screen(head: Outputs, verifier: Verifier, tolerance: Tolerance) -> Screen:
+    """The candidate's outputs on the first verification samples judged against the original's."""
+    return screen(verifier.head(len(next(iter(head.values()))) if head else 0), head, tolerance, verifier.kinds)
 
 
 @dataclass
@@ -49,12 +67,20 @@ class _Trial:
     outputs: Outputs | None = None
     error: str = ""
     raised: bool = False
+    screen: Screen | None = None
+    """The candidate on the first verification samples, when a search screened it (``verify.screening``)."""
 
     @property
     def passed(self) -> bool:
-        """Changed the model, which loads and holds the budget. A trial that changed nothing passes nothing: in
-        narrowing, a unit the pass declined is not a harmless one."""
-        return self.changed and not self.error and all(v.passed for v in self.verifications)
+        """Changed the model, which loads and holds the budget on every verification sample. A trial that changed
+        nothing passes nothing: in narrowing, a unit the pass declined is not a harmless one. A screened trial that
+        went no further passes nothing either: only a full verification accepts."""
+        return (self.changed and not self.error and bool(self.verifications)
+                and all(v.passed for v in self.verifications))
+
+    @property
+    def rejected_early(self) -> bool:
+        return self.screen is not None and bool(self.screen.failure)
 
     @property
     def changed(self) -> bool:
@@ -66,6 +92,8 @@ class _Trial:
             return self.error
         if not self.changed:
             return "changes nothing"
+        if self.screen is not None and self.screen.failure:
+            return f"{self.screen.failure} (vs original)"
         return next((f"{v.failures[0]} (vs {v.against})" for v in self.verifications if not v.passed), "")
 
     @property
@@ -187,9 +215,12 @@ class PassManager:
         return ""
 
     def _attempt(
-        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, context: PassContext
+        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, context: PassContext,
+        screening: Screening = Screening.OFF,
     ) -> _Trial:
-        """Run the pass on a copy of ``model``, check and verify it. ``PreconditionError`` propagates."""
+        """Run the pass on a copy of ``model``, check and verify it. ``PreconditionError`` propagates. A search's
+        trial is first screened on the first verification samples (``screening``): it stops there when it clearly
+        fails, or when it is only ranked (``Screening.RANK``)."""
         _free_earlier_copies(model)
         work = copy_model(model)
         try:
@@ -201,9 +232,18 @@ class PassManager:
             return _Trial(None, error=f"pass raised {type(e).__name__}: {first_line(e)}", raised=True)
         if not result.modified:
             return _Trial(result)
+        screen = None
         try:
-            check_model(result.model, self.verifier.runtime)
-            outputs = self.verifier.outputs(result.model, label=f"verify {pass_.name}")
+            session = check_model(result.model, self.verifier.runtime)
+            run = self.verifier.candidate(result.model, f"verify {pass_.name}", session)
+            n = self.verifier.data.n_samples
+            stages = (() if screening is Screening.OFF else screen_stages(n, RANK_SAMPLES)[:1]
+                      if screening is Screening.RANK else screen_stages(n, SCREEN_SAMPLES))
+            for stage in stages:
+                screen = _screen(run.first(stage), self.verifier, self.tolerance)
+                if screen.failure or screening is Screening.RANK:
+                    return _Trial(result, screen=screen)
+            outputs = run.outputs()
         except GraphoptError as e:
             return _Trial(result, error=str(e))
         checks = [self.verifier.against_original(outputs, self.tolerance)]
@@ -213,7 +253,7 @@ class PassManager:
         for check in checks:
             for instrument in self.instruments:
                 instrument.after_verify(pass_, check)
-        return _Trial(result, tuple(checks), outputs)
+        return _Trial(result, tuple(checks), outputs, screen=screen)
 
     def _narrow(
         self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, failed: _Trial
@@ -241,15 +281,18 @@ class PassManager:
         """Rank ``units``, bisect and retry them, then hold the kept set at the selection confidence; ``done(1)``
         after every new trial."""
         trials: dict[frozenset[str], _Trial] = {}
+        screens: dict[frozenset[str], _Trial] = {}
 
-        def attempt(names: frozenset[str]) -> _Trial:
-            if names not in trials:
+        def attempt(names: frozenset[str], screening: Screening = Screening.REJECT) -> _Trial:
+            tried = trials if screening is not Screening.RANK else screens
+            if names not in trials and names not in tried:
                 try:
-                    trials[names] = self._attempt(pass_, model, previous, self.context.with_units(names))
+                    trial = self._attempt(pass_, model, previous, self.context.with_units(names), screening)
                 except PreconditionError as e:
-                    trials[names] = _Trial(None, error=str(e))
+                    trial = _Trial(None, error=str(e))
+                (trials if trial.verifications or screening is not Screening.RANK else screens)[names] = trial
                 done(1)
-            return trials[names]
+            return trials[names] if names in trials else screens[names]
 
         scores: dict[str, float] = {}
         reasons: dict[str, str] = {}
@@ -257,15 +300,18 @@ class PassManager:
             if unit.sensitivity is not None:
                 scores[unit.name] = unit.sensitivity
                 continue
-            alone = attempt(frozenset([unit.name]))
-            scores[unit.name] = alone.badness if alone.passed else math.inf
-            if not alone.passed:
+            alone = attempt(frozenset([unit.name]), Screening.RANK)
+            ranked_on_screen = alone.changed and not alone.error and not alone.verifications and not alone.rejected_early
+            if ranked_on_screen or alone.passed:
+                scores[unit.name] = alone.screen.badness if ranked_on_screen else alone.badness  # type: ignore[union-attr]
+            else:
+                scores[unit.name] = math.inf
                 reasons[unit.name] = f"fails alone: {alone.failure}"
         gains = {u.name: u.gain for u in units if u.gain is not None and u.gain > 0}
         ranked = {n: s / gains[n] if n in gains and len(gains) == len(units) else s for n, s in scores.items()}
         order = sorted((u.name for u in units if u.name not in reasons), key=lambda n: ranked[n])
         low, high = 0, len(order)
-        while low < high and len(trials) < self.max_trials:
+        while low < high and len(trials) + len(screens) < self.max_trials:
             middle = (low + high + 1) // 2
             if attempt(frozenset(order[:middle])).passed:
                 low = middle
@@ -273,13 +319,13 @@ class PassManager:
                 high = middle - 1
         chosen = order[:low]
         for name in order[low:]:
-            if len(trials) >= self.max_trials:
+            if len(trials) + len(screens) >= self.max_trials:
                 reasons[name] = "not tried: narrowing trial limit reached"
             elif attempt(frozenset([*chosen, name])).passed:
                 chosen.append(name)
             else:
                 reasons[name] = f"breaks the budget with the kept units: {attempt(frozenset([*chosen, name])).failure}"
-        searched = len(trials)
+        searched = len(trials) + len(screens)
         strict = (self.tolerance.at_confidence(selection_confidence(self.tolerance.confidence, searched))
                   if self.tolerance.confidence is not None and searched > 1 else None)
         if chosen and strict is not None and not self._holds(attempt(frozenset(chosen)), strict):
@@ -306,7 +352,7 @@ class PassManager:
             )
             for u in units
         )
-        return (best if keep else None), outcomes, len(trials)
+        return (best if keep else None), outcomes, len(trials) + len(screens)
 
     def _holds(self, trial: _Trial, tolerance: Tolerance) -> bool:
         """Whether a passing trial's outputs also hold ``tolerance`` against the original."""

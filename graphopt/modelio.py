@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx import helper
 
@@ -205,27 +206,27 @@ def max_supported_opset() -> int:
     return MIN_OPSET
 
 
-def check_model(model: onnx.ModelProto, runtime: RuntimeConfig | None = None) -> None:
-    """Raise ``ModelIOError`` unless ``model`` passes the full ONNX check and loads in onnxruntime."""
+def check_model(model: onnx.ModelProto, runtime: RuntimeConfig | None = None) -> ort.InferenceSession:
+    """Raise ``ModelIOError`` unless ``model`` passes the full ONNX check and loads in onnxruntime; the session it
+    loaded in, to run the model without loading it again."""
     if model_size(model) < EXTERNAL_DATA_THRESHOLD:
         try:
             onnx.checker.check_model(model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise ModelIOError(f"the model fails onnx.checker: {first_line(e)}") from e
-        create_session(model, runtime)
-        return
+        return create_session(model, runtime)
     with tempfile.TemporaryDirectory(prefix="graphopt-check-") as folder:
         path = Path(folder) / "model.onnx"
         _write(model, path)
-        _check_file(path, runtime)
+        return _check_file(path, runtime)
 
 
-def _check_file(path: Path, runtime: RuntimeConfig | None) -> None:
+def _check_file(path: Path, runtime: RuntimeConfig | None) -> ort.InferenceSession:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ModelIOError(f"the model fails onnx.checker: {first_line(e)}") from e
-    create_session(path, runtime)
+    return create_session(path, runtime)
 
 
 def save_model(

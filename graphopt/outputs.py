@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-__all__ = ["Output", "Outputs", "RaggedOutput", "stack_samples"]
+__all__ = ["Output", "Outputs", "RaggedOutput", "join_samples", "stack_samples", "take_samples"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,3 +61,19 @@ def stack_samples(parts: Sequence[np.ndarray]) -> Output:
     if len({a.shape for a in parts}) > 1:
         return RaggedOutput(tuple(parts))
     return np.stack(parts)
+
+
+def take_samples(output: Output, window: slice) -> Output:
+    """The samples of ``output`` in ``window`` (a view of an array's rows)."""
+    if isinstance(output, RaggedOutput):
+        return RaggedOutput(output.samples[window])
+    return output[window]
+
+
+def join_samples(parts: Sequence[Output]) -> Output:
+    """Outputs of consecutive sample ranges as one output: arrays concatenated on axis 0 when their samples share a
+    shape, else a ``RaggedOutput`` of every sample."""
+    arrays = [p for p in parts if isinstance(p, np.ndarray)]
+    if len(arrays) == len(parts) and len({a.shape[1:] for a in arrays}) == 1:
+        return np.concatenate(arrays, axis=0)
+    return RaggedOutput(tuple(s for p in parts for s in (p.samples if isinstance(p, RaggedOutput) else list(p))))

@@ -17,10 +17,11 @@ import graphopt
 from graphopt import manager
 from graphopt.data import input_specs, load_data
 from graphopt.errors import DataError, PipelineError, PreconditionError
+from graphopt.instrument import Instrument
 from graphopt.outcome import Status
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
 from graphopt.verify.tolerance import selection_confidence
-from graphopt.verify.verifier import Verifier
+from graphopt.verify.verifier import Verification, Verifier
 
 
 def _scaled(model: onnx.ModelProto, factors: dict[str, float], noise: float = 0.0) -> onnx.ModelProto:
@@ -378,3 +379,62 @@ def test_narrowing_reports_trial_k_of_at_most_n(mlp_files: tuple[Path, Path]) ->
     assert outcome.status is Status.NARROWED and search[2] == outcome.trials and 16 < outcome.trials <= search[1]
     verifications = [t for t in progress.tasks if t[0] == "verify test-row-noise"]
     assert len(verifications) == outcome.trials + 1, "the first full trial, then one verification per search trial"
+
+
+@pytest.fixture
+def mlp_many(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
+    """The MLP and 256 samples: 128 verify, more than a search screens on."""
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "mlp.npz", x=rng.standard_normal((256, 8)).astype(np.float32))
+    return tmp_path / "mlp.onnx", tmp_path / "mlp.npz"
+
+
+class FullVerifications(Instrument):
+    """Counts the verifications against the original, and the samples each covered."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+
+    def after_verify(self, pass_: PassBase, verification: Verification) -> None:
+        if verification.against == "original":
+            self.samples.append(max(s.n_samples for s in verification.stats.values()))
+
+
+def test_units_alone_are_ranked_on_the_first_samples_and_only_a_search_verifies_in_full(
+        mlp_many: tuple[Path, Path]) -> None:
+    """Sixteen units, each run alone on the first 64 of 128 verification samples to rank it; the bisection's
+    candidates are screened on the first 32, and they and the kept set are verified on all 128."""
+    progress, full = RecordedProgress(), FullVerifications()
+    (outcome,) = run(mlp_many, RowNoise(), tolerance=graphopt.Tolerance(cosine=0.98), progress=progress,
+                     instruments=[full]).pipeline.outcomes
+    assert outcome.status is Status.NARROWED
+    ranks = [t for t in progress.tasks if t[0] == f"verify test-row-noise (first {manager.RANK_SAMPLES})"]
+    screens = [t for t in progress.tasks if t[0] == f"verify test-row-noise (first {manager.SCREEN_SAMPLES})"]
+    assert len(ranks) == 16 and all(t[2] == manager.RANK_SAMPLES == 64 for t in ranks)
+    assert len(screens) == outcome.trials - 16 and all(t[2] == manager.SCREEN_SAMPLES == 32 for t in screens)
+    assert set(full.samples) == {128}
+    assert len(full.samples) <= 1 + outcome.trials - 16  # the first try, and search trials but the 16 units alone
+    assert all(v.stats["logits"].n_samples == 128 for v in outcome.verifications)
+
+
+def test_screened_ranking_keeps_what_ranking_on_every_sample_keeps(
+        mlp_many: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = graphopt.Tolerance(cosine=0.98)
+    screened = run(mlp_many, RowNoise(), tolerance=budget).pipeline.outcomes[0]
+    monkeypatch.setattr(manager, "SCREEN_SAMPLES", 10**6)  # every trial on every sample, as before screening
+    monkeypatch.setattr(manager, "RANK_SAMPLES", 10**6)
+    full = run(mlp_many, RowNoise(), tolerance=budget).pipeline.outcomes[0]
+    kept = [{u.name for u in o.units if u.applied} for o in (screened, full)]
+    assert kept[0] and abs(len(kept[0]) - len(kept[1])) <= 1
+
+
+def test_a_clearly_failing_trial_stops_after_the_first_samples(mlp_many: tuple[Path, Path]) -> None:
+    """The unit that flips a weight's sign fails alone on the samples it is ranked on: it is left out, and no
+    sample beyond them is run for it."""
+    full = FullVerifications()
+    (outcome,) = run(mlp_many, PerWeight(), instruments=[full]).pipeline.outcomes
+    assert outcome.status is Status.NARROWED
+    bad = next(u for u in outcome.units if u.name == "w2")
+    assert not bad.applied and bad.reason.startswith("fails alone: logits: cosine ")
+    assert f"on the first {manager.RANK_SAMPLES} samples" in bad.reason
+    assert {u.name for u in outcome.units if u.applied} == {"w1", "b1", "b2"}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Interval", "bootstrap_mean", "lower_bound", "paired_difference"]
+__all__ = ["Interval", "bootstrap_mean", "lower_bound", "paired_difference", "upper_bound"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,23 @@ def lower_bound(values: np.ndarray, *, confidence: float = 0.95, fresh: float | 
     population = min(mean, float(np.percentile(_resampled_means(values, resamples, seed), (1 - confidence) * 100)))
     widening = math.sqrt(1 + values.size / (values.size if fresh is None else fresh))
     return mean - (mean - population) * widening
+
+
+def upper_bound(values: np.ndarray, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> float:
+    """One-sided upper bound of the population mean of ``values`` (one per sample): the mean is at most this with
+    probability about ``confidence`` (percentile bootstrap). NaN for no values.
+
+    What a search needs to reject a candidate early: when even this bound on its first samples is below the budget,
+    the mean over every verification sample, and so its lower bound, is below it too (but for a chance of about
+    ``1 - confidence``)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), not {confidence}")
+    if values.size == 0:
+        return float("nan")
+    if np.all(values == values[0]):
+        return float(values[0])
+    return max(float(values.mean()), float(np.percentile(_resampled_means(values, resamples, seed), confidence * 100)))
 
 
 def _resampled_means(values: np.ndarray, resamples: int, seed: int, chunk_elements: int = 2**22) -> np.ndarray:

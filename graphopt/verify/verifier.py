@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
+import onnxruntime as ort
 
 from graphopt.data import Dataset
 from graphopt.errors import DataError
-from graphopt.outputs import Output, Outputs, RaggedOutput
+from graphopt.outputs import Output, Outputs, RaggedOutput, join_samples, take_samples
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
 from graphopt.verify.metrics import HEURISTIC, ErrorStats, comparable, error_stats, shape_mismatches
@@ -25,7 +26,7 @@ from graphopt.verify.output_kinds import OutputKind, output_kinds
 from graphopt.verify.task import TaskBudget, TaskResult, judge_task
 from graphopt.verify.tolerance import Tolerance, judge
 
-__all__ = ["Verification", "Verifier"]
+__all__ = ["CandidateRun", "Verification", "Verifier"]
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,23 @@ class Verifier:
 
     def outputs(self, model: onnx.ModelProto, label: str = "verify") -> Outputs:
         """Run ``model`` on the verification samples, laid out like the reference outputs."""
-        session = create_session(model, self.runtime)
-        outputs, _ = run_dataset(
-            session, self.data, self.runtime, per_sample=self._per_sample, progress=self.progress, label=label
-        )
+        return self.candidate(model, label).outputs()
+
+    def candidate(self, model: onnx.ModelProto, label: str = "verify",
+                  session: ort.InferenceSession | None = None) -> CandidateRun:
+        """``model`` loaded once (or in ``session``, made with this verifier's runtime settings), to run on the
+        first verification samples and then, if asked, the rest."""
+        return CandidateRun(self, session or create_session(model, self.runtime), label)
+
+    def head(self, samples: int) -> Outputs:
+        """The reference outputs on the first ``samples`` verification samples."""
+        return {name: take_samples(output, slice(0, samples)) for name, output in self.reference.items()}
+
+    def _run(self, session: ort.InferenceSession, window: slice, label: str) -> Outputs:
+        whole = window.start == 0 and window.stop in (None, self.data.n_samples)
+        data = self.data if whole else self.data.window(window.start, window.stop)
+        outputs, _ = run_dataset(session, data, self.runtime, per_sample=self._per_sample, progress=self.progress,
+                                 label=label)
         return outputs
 
     @staticmethod
@@ -124,6 +138,31 @@ class Verifier:
         verdict = judge({n: s for n, s in stats.items() if not s.shape_mismatches}, tolerance)
         failures = tuple(problems) + verdict.failures
         return Verification(not failures, against, tolerance, stats, failures)
+
+
+class CandidateRun:
+    """One candidate's outputs on the verification samples, run as far as asked: ``first(k)`` runs up to the first
+    ``k`` samples (a search screens on them, in growing stages), ``outputs()`` the rest, each sample once; one
+    session serves every stage."""
+
+    def __init__(self, verifier: Verifier, session: ort.InferenceSession, label: str) -> None:
+        self._verifier, self._session, self._label = verifier, session, label
+        self._done: Outputs = {}
+        self._count = 0
+
+    def first(self, samples: int) -> Outputs:
+        """The outputs on the first ``samples`` verification samples (all of them, at most)."""
+        samples = min(samples, self._verifier.data.n_samples)
+        if samples > self._count:
+            label = self._label if samples == self._verifier.data.n_samples else f"{self._label} (first {samples})"
+            more = self._verifier._run(self._session, slice(self._count, samples), label)
+            self._done = more if not self._done else {n: join_samples([self._done[n], more[n]]) for n in more}
+            self._count = samples
+        return self._done
+
+    def outputs(self) -> Outputs:
+        """Every verification sample's outputs, laid out like the reference's."""
+        return self.first(self._verifier.data.n_samples)
 
 
 def _layout(output: Output) -> str:
