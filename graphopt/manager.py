@@ -37,7 +37,8 @@ from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
 from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
 from graphopt.verify.ranking import badness
-from graphopt.verify.screening import RANK_SAMPLES, SCREEN_SAMPLES, Screen, screen, screen_stages
+from graphopt.verify.screening import RANK_SAMPLES, SCREEN_SAMPLES, Screen, screen_stages
+from graphopt.verify.screening import screen as screened
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
@@ -53,11 +54,6 @@ class Screening(enum.Enum):
     OFF = "off"
     REJECT = "reject"
     RANK = "rank"
-
-
-def _screen(head: Outputs, verifier: Verifier, tolerance: Tolerance) -> Screen:
-    """The candidate's outputs on the first verification samples judged against the original's."""
-    return screen(verifier.head(len(next(iter(head.values()))) if head else 0), head, tolerance, verifier.kinds)
 
 
 @dataclass
@@ -77,10 +73,6 @@ class _Trial:
         went no further passes nothing either: only a full verification accepts."""
         return (self.changed and not self.error and bool(self.verifications)
                 and all(v.passed for v in self.verifications))
-
-    @property
-    def rejected_early(self) -> bool:
-        return self.screen is not None and bool(self.screen.failure)
 
     @property
     def changed(self) -> bool:
@@ -240,7 +232,7 @@ class PassManager:
             stages = (() if screening is Screening.OFF else screen_stages(n, RANK_SAMPLES)[:1]
                       if screening is Screening.RANK else screen_stages(n, SCREEN_SAMPLES))
             for stage in stages:
-                screen = _screen(run.first(stage), self.verifier, self.tolerance)
+                screen = screened(self.verifier.head(stage), run.first(stage), self.tolerance, self.verifier.kinds)
                 if screen.failure or screening is Screening.RANK:
                     return _Trial(result, screen=screen)
             outputs = run.outputs()
@@ -284,15 +276,17 @@ class PassManager:
         screens: dict[frozenset[str], _Trial] = {}
 
         def attempt(names: frozenset[str], screening: Screening = Screening.REJECT) -> _Trial:
-            tried = trials if screening is not Screening.RANK else screens
-            if names not in trials and names not in tried:
+            """The trial of ``names``, run once: a ranking's screen serves later rankings only."""
+            known = trials.get(names) or (screens.get(names) if screening is Screening.RANK else None)
+            if known is None:
                 try:
-                    trial = self._attempt(pass_, model, previous, self.context.with_units(names), screening)
+                    known = self._attempt(pass_, model, previous, self.context.with_units(names), screening)
                 except PreconditionError as e:
-                    trial = _Trial(None, error=str(e))
-                (trials if trial.verifications or screening is not Screening.RANK else screens)[names] = trial
+                    known = _Trial(None, error=str(e))
+                ranked_only = screening is Screening.RANK and not known.verifications
+                (screens if ranked_only else trials)[names] = known
                 done(1)
-            return trials[names] if names in trials else screens[names]
+            return known
 
         scores: dict[str, float] = {}
         reasons: dict[str, str] = {}
@@ -301,9 +295,11 @@ class PassManager:
                 scores[unit.name] = unit.sensitivity
                 continue
             alone = attempt(frozenset([unit.name]), Screening.RANK)
-            ranked_on_screen = alone.changed and not alone.error and not alone.verifications and not alone.rejected_early
-            if ranked_on_screen or alone.passed:
-                scores[unit.name] = alone.screen.badness if ranked_on_screen else alone.badness  # type: ignore[union-attr]
+            first = alone.screen if alone.screen and not alone.screen.failure and not alone.verifications else None
+            if first is not None:  # ranked on the first samples only
+                scores[unit.name] = first.badness
+            elif alone.passed:
+                scores[unit.name] = alone.badness
             else:
                 scores[unit.name] = math.inf
                 reasons[unit.name] = f"fails alone: {alone.failure}"
