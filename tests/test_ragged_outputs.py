@@ -14,12 +14,14 @@ from onnx import helper, parser
 import graphopt
 from graphopt.data import Dataset, input_specs, load_data
 from graphopt.outcome import Status
+from graphopt.outputs import join_samples, take_samples
 from graphopt.pass_base import PassBase, PassContext, PassResult
 from graphopt.runtime import RaggedOutput
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.folds import check_folds
 from graphopt.validation.held_out import check_held_out
 from graphopt.validation.shifts import check_shifts
+from graphopt.verify.metrics import identical
 from graphopt.verify.tolerance import Tolerance
 from graphopt.verify.verifier import Verifier
 
@@ -142,3 +144,33 @@ def test_validation_sections_judge_ragged_outputs_per_sample(rng: np.random.Gene
     assert held_out.passed is False and "1 of 20 samples differ in shape (sample 3:" in held_out.detail
     folds = check_folds(changed, folds=4)
     assert sum("differ in shape" in c.detail for c in folds.checks) == 1
+
+
+def test_outputs_of_consecutive_sample_ranges_join_in_order() -> None:
+    """What a staged verification joins: arrays stay one array, shapes that differ between ranges turn ragged."""
+    a, b = np.arange(6.0).reshape(3, 2), np.arange(4.0).reshape(2, 2) + 10
+    assert np.array_equal(join_samples([a, b]), np.concatenate([a, b]))
+    wider = np.zeros((1, 3))
+    joined = join_samples([a, wider])
+    assert isinstance(joined, RaggedOutput) and joined.shapes == ((2,), (2,), (2,), (3,))
+    ragged = RaggedOutput((np.ones(1), np.ones(2)))
+    both = join_samples([ragged, a])
+    assert isinstance(both, RaggedOutput) and both.shapes == ((1,), (2,), (2,), (2,), (2,))
+    assert np.array_equal(both.samples[2], a[0])
+    assert take_samples(ragged, slice(1, 2)).shapes == ((2,),) and take_samples(a, slice(0, 2)).base is not None
+
+
+def test_a_staged_run_gives_every_sample_once_as_one_run_would(rng: np.random.Generator) -> None:
+    """A candidate run on the first 3 samples, then the first 5, then all, equals one run on all: ragged outputs
+    (NonZero per sample) and stacked ones (TopK with a fixed k) alike."""
+    topk = {"x": rng.standard_normal((9, 8)).astype(np.float32), "k": np.full((9, 1), 3)}
+    cases = {"NonZero": (parser.parse_model(NONZERO), Dataset(nonzero_data(rng, 9), frozenset(), batchable=True)),
+             "TopK": (parser.parse_model(TOPK), Dataset(topk, frozenset({"k"}), batchable=False))}
+    for model, data in cases.values():
+        verifier = Verifier(model, data)
+        run = verifier.candidate(model)
+        assert all(len(o) == 3 if isinstance(o, RaggedOutput) else o.shape[0] == 3 for o in run.first(3).values())
+        run.first(5)
+        for name, output in run.outputs().items():
+            assert identical(output, verifier.reference[name])
+            assert identical(verifier.head(5)[name], take_samples(output, slice(0, 5)))
