@@ -13,8 +13,8 @@ accepts anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -67,9 +67,7 @@ def screen_stages(samples: int, first: int = SCREEN_SAMPLES) -> tuple[int, ...]:
 def screen(reference: Outputs, candidate: Outputs, tolerance: Tolerance, kinds: Mapping[str, OutputKind],
            confidence: float = SCREEN_CONFIDENCE) -> Screen:
     """``candidate`` against ``reference``, both over the same first samples of the verification set."""
-    unbounded = replace(tolerance, confidence=None,
-                        per_output={k: replace(v, confidence=None) for k, v in tolerance.per_output.items()})
-    verification = Verifier.compare(reference, candidate, unbounded, "original", kinds)
+    verification = Verifier.compare(reference, candidate, tolerance.at_confidence(None), "original", kinds)
     samples = len(next(iter(reference.values()))) if reference else 0
     return Screen(samples, badness([verification]),
                   _clear_failure(verification, reference, candidate, tolerance, kinds, samples, confidence))
@@ -96,14 +94,15 @@ def _bound_failure(name: str, reference: Output, candidate: Output, tolerance: T
                    samples: int, confidence: float) -> str:
     """Why a mean the budget bounds (cosine, top-1, mask IoU) is clearly below it on these samples ("" if none)."""
     mask = kind.mask_threshold if kind else None
-    for label, threshold in (("cosine", tolerance.cosine), ("top-1 agreement", tolerance.top1),
-                             ("mask IoU", tolerance.iou)):
-        if threshold is None:
-            continue
-        values = (per_sample_cosine(reference, candidate, mask) if label == "cosine"
-                  else per_sample_top1(reference, candidate, kind.class_axis if kind else HEURISTIC)
-                  if label == "top-1 agreement" else per_sample_iou(reference, candidate, mask))
-        if values is None:
+    measures: tuple[tuple[str, float | None, Callable[[], np.ndarray | None]], ...] = (
+        ("cosine", tolerance.cosine, lambda: per_sample_cosine(reference, candidate, mask)),
+        ("top-1 agreement", tolerance.top1,
+         lambda: per_sample_top1(reference, candidate, kind.class_axis if kind else HEURISTIC)),
+        ("mask IoU", tolerance.iou, lambda: per_sample_iou(reference, candidate, mask)),
+    )
+    for label, threshold, per_sample in measures:
+        values = per_sample() if threshold is not None else None
+        if values is None or threshold is None:
             continue
         values = values[~np.isnan(values)]
         high = upper_bound(values, confidence=confidence) if values.size else math.nan

@@ -83,9 +83,9 @@ class Tolerance:
     def for_output(self, name: str) -> Tolerance:
         return self.per_output.get(name, self)
 
-    def at_confidence(self, confidence: float) -> Tolerance:
-        """The same budget with every bound (its own and each output's) taken at ``confidence``; bounds switched
-        off (``None``) stay off."""
+    def at_confidence(self, confidence: float | None) -> Tolerance:
+        """The same budget with every bound (its own and each output's) taken at ``confidence``, or switched off
+        (``None``: the means are judged); bounds switched off stay off."""
         def one(t: Tolerance) -> Tolerance:
             return t if t.confidence is None else replace(t, confidence=confidence)
         return replace(one(self), per_output={k: one(v) for k, v in self.per_output.items()})
