@@ -75,7 +75,7 @@ def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
     unexportable = _unexportable_value(model)
     if unexportable:
         raise PreconditionError(f"graph surgery cannot rewrite this model: {unexportable}")
-    edit = GraphEdit(import_graph(model))
+    edit = GraphEdit(import_graph(copy_model(model)))  # graphsurgeon's export writes into the protos it imported
     yield edit
     edit.graph.cleanup(remove_unused_graph_inputs=False).toposort()
     exported = gs.export_onnx(edit.graph, do_type_check=False)

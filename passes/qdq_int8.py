@@ -174,17 +174,16 @@ class QdqInt8Pass(PassBase):
             model, smoothing_notes, smoothing_skips = self._smoothed(model, context)
             notes += smoothing_notes
         state = self._calibration(model, context)
-        built = self._build(model, context, state, correct=self.options.bias_correction != "off")
-        if self.options.bias_correction == "auto" and built.counts["biases_corrected"]:
-            if state.correction_helps is None:
-                plain = self._build(model, context, state, correct=False)
-                state.correction_helps = _closer(model, built.model, plain.model, context)
-                notes.append(f"bias correction {'kept' if state.correction_helps else 'dropped'}: it brought the "
-                             f"outputs {'closer to' if state.correction_helps else 'further from'} the float "
-                             "model's on the calibration samples")
-                built = built if state.correction_helps else plain
-            elif not state.correction_helps:
-                built = self._build(model, context, state, correct=False)
+        auto = self.options.bias_correction == "auto"
+        correct = self.options.bias_correction == "on" or (auto and state.correction_helps is not False)
+        built = self._build(model, context, state, correct=correct)
+        if auto and state.correction_helps is None and built.counts["biases_corrected"]:
+            plain = self._build(model, context, state, correct=False)
+            state.correction_helps = _closer(model, built.model, plain.model, context)
+            notes.append(f"bias correction {'kept' if state.correction_helps else 'dropped'}: it brought the "
+                         f"outputs {'closer to' if state.correction_helps else 'further from'} the float "
+                         "model's on the calibration samples")
+            built = built if state.correction_helps else plain
         built.skipped += smoothing_skips
         return built
 

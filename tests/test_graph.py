@@ -131,3 +131,18 @@ def test_the_toolkit_sees_into_nested_graphs_on_both_substrates() -> None:
     neg = model.graph.node[2]
     assert label(neg) == "z" and label(gs.import_onnx(model).nodes[2]) == "z", "unnamed: its first output"
     assert label(helper.make_node("Identity", [], [])) == "Identity"
+
+
+def test_editing_leaves_the_model_it_was_given_byte_for_byte() -> None:
+    """graphsurgeon's export writes into the protos it imported (a Constant's unnamed tensor gains an empty name):
+    a pass's cache keyed by the model's digest would then miss on the next trial's identical model."""
+    shape = helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([0, -1], np.int64)))
+    reshape = helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")
+    graph = helper.make_graph([shape, reshape], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    with editing(model) as edit:
+        edit.graph.nodes[-1].name = "renamed"
+    assert model.SerializeToString() == before
+    assert [n.name for n in edit.model.graph.node if n.op_type == "Reshape"] == ["renamed"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 import numpy as np
@@ -23,9 +23,11 @@ from graphopt.outputs import Output, RaggedOutput
 from graphopt.verify.intervals import lower_bound
 
 __all__ = [
+    "BLOCK_ELEMENTS",
     "HEURISTIC",
     "ClassAxis",
     "ErrorStats",
+    "PerSample",
     "comparable",
     "error_stats",
     "identical",
@@ -87,11 +89,24 @@ class ErrorStats:
     iou: float | None = None
     iou_low: float | None = None
     mask_threshold: float | None = None
+    per_sample: PerSample | None = field(default=None, repr=False, compare=False)
+    """The judged agreements of each compared sample, for sequential screening; not part of the report."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()} | {
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_sample"}
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()} | {
             "snr_db": _finite_or_label(self.snr_db)
         }
+
+
+@dataclass(frozen=True)
+class PerSample:
+    """Per compared sample, what ``ErrorStats`` averages: the agreement (cosine, or the empty-sample rule), the
+    share of positions whose top-1 agrees (``None``: not class scores) and the mask IoU (``None``: not a map)."""
+
+    cosine: np.ndarray
+    top1: np.ndarray | None = None
+    iou: np.ndarray | None = None
 
 
 def _finite_or_label(value: float) -> float | str:
@@ -127,12 +142,7 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
     axis = _class_axis(reference, class_axis)
     threshold = None if exact else mask_threshold
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
-        n = reference.shape[0] if reference.ndim else 1
-        ref, got, nonfinite = _finite_pair(reference, candidate)
-        cosines, near_zero = _agreements(ref.reshape(n, -1), got.reshape(n, -1), threshold)
-        top1 = _positions_agreeing(ref, got, axis) if axis is not None else None
-        ious = _ious(ref.reshape(n, -1), got.reshape(n, -1), threshold) if threshold is not None else None
-        return _stats(n, exact, ref, got, nonfinite, cosines, top1, rtol, 0, confidence, near_zero, ious, threshold)
+        return _array_stats(reference, candidate, rtol, confidence, axis, threshold, exact)
     samples = list(zip(_samples(reference), _samples(candidate), strict=True))
     pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
     ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
@@ -141,8 +151,8 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
     top1 = np.array([_sample_agreement(r, g, axis) for r, g, _ in pairs]) if axis is not None else None
     ious = (np.array([_ious(r.reshape(1, -1), g.reshape(1, -1), threshold)[0] for r, g, _ in pairs])
             if threshold is not None else None)  # pairs hold finite arrays already
-    return _stats(len(samples), exact, ref, got, sum(c for _, _, c in pairs), cosines, top1, rtol,
-                  len(samples) - len(pairs), confidence, near_zero, ious, threshold)
+    return _summary(len(samples), exact, _flat_totals(ref, got, rtol), cosines, near_zero, top1, ious,
+                    sum(c for _, _, c in pairs), len(samples) - len(pairs), confidence, threshold)
 
 
 def per_sample_cosine(reference: Output, candidate: Output, mask_threshold: float | None = None) -> np.ndarray:
@@ -198,10 +208,7 @@ def _sample_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) 
 
 def _ious(ref: np.ndarray, got: np.ndarray, threshold: float) -> np.ndarray:
     """Per row of two [n, k] arrays, the IoU of the masks above ``threshold``; 1 where both masks are empty."""
-    a, b = ref > threshold, got > threshold
-    union = np.count_nonzero(a | b, axis=1)
-    inter = np.count_nonzero(a & b, axis=1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float64)
+    return _mask_rows(ref, got, threshold)[2]
 
 
 def identical(a: Output, b: Output) -> bool:
@@ -271,41 +278,130 @@ def _finite_pair(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarr
     return np.where(finite, ref, 0.0), np.where(finite, got, 0.0), nonfinite
 
 
-def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int, cosines: np.ndarray,
-           top1: np.ndarray | None, rtol: float, shape_mismatched: int, confidence: float | None,
-           near_zero: int, ious: np.ndarray | None = None, mask_threshold: float | None = None) -> ErrorStats:
-    """The statistics from finite, float64 ``ref`` and ``got`` (of one shape), the per-sample cosines, top-1
-    agreements (``None``: not class scores) and mask IoUs (``None``: not a probability map) of the compared
-    samples, and the count of samples left out."""
+BLOCK_ELEMENTS = 1 << 20
+"""Values compared at a time: float64 copies and scratch of this many values stay small and warm, where whole-output
+temporaries (tens of millions of values, several of them) cost more in page faults than in arithmetic."""
+
+
+@dataclass
+class _Totals:
+    """Sums and extremes over every compared position, gathered block by block from finite float64 values; the
+    absolute errors are kept (float64) for their exact median and 99th percentile."""
+
+    rtol: float
+    abs_errors: np.ndarray
+    filled: int = 0
+    signal: float = 0.0
+    noise: float = 0.0
+    abs_sum: float = 0.0
+    mismatches: int = 0
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    min_atol: float = 0.0
+
+    @classmethod
+    def of_size(cls, size: int, rtol: float) -> _Totals:
+        return cls(rtol, np.empty(size, dtype=np.float64))
+
+    def add(self, ref: np.ndarray, diff: np.ndarray, work: np.ndarray) -> None:
+        """One block: the reference and ``|candidate − reference|`` (one shape); ``work`` is scratch of that size."""
+        self.abs_errors[self.filled:self.filled + diff.size] = diff.ravel()
+        self.filled += diff.size
+        self.abs_sum += float(diff.sum())
+        self.mismatches += int(np.count_nonzero(diff))
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.signal += float(np.multiply(ref, ref, out=work).sum())
+        self.noise += float(np.multiply(diff, diff, out=work).sum())
+        scale = np.abs(ref, out=work)
+        if self.rtol:
+            slack = np.subtract(diff, scale * self.rtol)
+            self.min_atol = max(self.min_atol, float(slack.max(initial=0.0)))
+        np.maximum(scale, np.finfo(np.float32).tiny, out=scale)
+        self.max_rel = max(self.max_rel, float(np.divide(diff, scale, out=work).max(initial=0.0)))
+
+    def percentiles(self) -> tuple[float, float]:
+        """The median and 99th percentile of the absolute errors (linear interpolation, as ``np.percentile``)."""
+        values = self.abs_errors[:self.filled]
+        if not values.size:
+            return 0.0, 0.0
+        positions = [q * (values.size - 1) for q in (0.5, 0.99)]
+        neighbours = [(math.floor(p), min(math.floor(p) + 1, values.size - 1)) for p in positions]
+        values.partition(sorted({i for pair in neighbours for i in pair}))  # in place: the copy is this object's own
+        median, p99 = (values[low] + (p - low) * (values[high] - values[low])
+                       for p, (low, high) in zip(positions, neighbours, strict=True))
+        return float(median), float(p99)
+
+
+def _array_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float, confidence: float | None,
+                 axis: int | None, threshold: float | None, exact: bool) -> ErrorStats:
+    """``error_stats`` of two arrays of one shape, computed over blocks of whole samples (``BLOCK_ELEMENTS``)."""
+    if reference.ndim == 0:
+        reference, candidate = reference.reshape(1), candidate.reshape(1)
+    n = reference.shape[0]
+    step = max(1, BLOCK_ELEMENTS // max(reference.size // n if n else 0, 1))
+    totals = _Totals.of_size(reference.size, rtol)
+    dot, ref_squares, got_squares, peaks, errors = (np.zeros(n) for _ in range(5))
+    top1 = np.zeros(n) if axis is not None else None
+    masks = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)) if threshold is not None else None
+    nonfinite = 0
+    for start in range(0, n, step):
+        rows = slice(start, start + step)
+        ref, got, bad = _finite_pair(reference[rows], candidate[rows])
+        nonfinite += bad
+        if top1 is not None and axis is not None:
+            top1[rows] = _positions_agreeing(ref, got, axis)
+        ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+        diff, work = np.abs(got - ref), np.empty_like(ref)
+        dot[rows] = np.multiply(ref, got, out=work).sum(axis=1)
+        ref_squares[rows] = np.multiply(ref, ref, out=work).sum(axis=1)
+        got_squares[rows] = np.multiply(got, got, out=work).sum(axis=1)
+        peaks[rows] = np.abs(ref, out=work).max(axis=1, initial=0.0)
+        errors[rows] = diff.max(axis=1, initial=0.0)
+        totals.add(ref, diff, work)
+        if masks is not None and threshold is not None:
+            for whole, part in zip(masks, _mask_rows(ref, got, threshold), strict=True):
+                whole[rows] = part
+    empties = (masks[0], masks[1]) if masks is not None else None
+    cosines, near_zero = _empty_rule(_cosines_from(dot, ref_squares, got_squares), peaks, errors, empties)
+    return _summary(n, exact, totals, cosines, near_zero, top1, masks[2] if masks is not None else None, nonfinite,
+                    0, confidence, threshold)
+
+
+def _mask_rows(ref: np.ndarray, got: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of two [n, k] arrays: whether the reference's mask above ``threshold`` is empty, whether the
+    candidate's is, and their IoU (1 where both are empty)."""
+    a, b = ref > threshold, got > threshold
+    union = np.count_nonzero(a | b, axis=1)
+    inter = np.count_nonzero(a & b, axis=1)
+    ious = np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float64)
+    return np.asarray(~a.any(axis=1)), np.asarray(~b.any(axis=1)), ious
+
+
+def _summary(n: int, exact: bool, totals: _Totals, cosines: np.ndarray, near_zero: int, top1: np.ndarray | None,
+             ious: np.ndarray | None, nonfinite: int, shape_mismatched: int, confidence: float | None,
+             mask_threshold: float | None) -> ErrorStats:
+    """The statistics from the totals over every compared position and the per-sample agreements, top-1
+    agreements (``None``: not class scores) and mask IoUs (``None``: not a probability map)."""
     def bound(values: np.ndarray | None) -> float | None:
         if confidence is None or values is None or exact:
             return None
         return lower_bound(values.astype(np.float64), confidence=confidence) if values.size else 1.0
 
-    diff = np.abs(got - ref)
-    scale = np.abs(ref)
-    flat = diff.ravel()
-    work = np.empty_like(diff)  # one scratch array for the element-wise steps: outputs are tens of millions of values
-    signal = float(np.multiply(ref, ref, out=work).sum())
-    noise = float(np.multiply(diff, diff, out=work).sum())
+    signal, noise = totals.signal, totals.noise
     snr = math.inf if noise == 0 else (-math.inf if signal == 0 else 10 * math.log10(signal / noise))
-    max_rel = float(np.divide(diff, np.maximum(scale, np.finfo(np.float32).tiny, out=work), out=work).max(initial=0.0))
-    max_abs = float(flat.max(initial=0.0))
-    min_atol = max_abs if rtol == 0 else float(np.max(np.subtract(diff, np.multiply(scale, rtol, out=work), out=work),
-                                                      initial=0.0).clip(min=0.0))
-    median, p99 = (float(v) for v in np.percentile(flat, [50, 99])) if flat.size else (0.0, 0.0)
+    median, p99 = totals.percentiles()
     return ErrorStats(
         n_samples=n,
         exact=exact,
-        mismatches=int(np.count_nonzero(diff)),
+        mismatches=totals.mismatches,
         nonfinite_mismatch=nonfinite,
-        max_abs=max_abs,
-        mean_abs=float(flat.mean()) if flat.size else 0.0,
+        max_abs=totals.max_abs,
+        mean_abs=totals.abs_sum / totals.filled if totals.filled else 0.0,
         median_abs=median,
         p99_abs=p99,
-        max_rel=max_rel,
-        min_atol=min_atol,
-        rtol=rtol,
+        max_rel=totals.max_rel,
+        min_atol=totals.max_abs if totals.rtol == 0 else totals.min_atol,
+        rtol=totals.rtol,
         cosine=float(cosines.mean()) if cosines.size else 1.0,
         cosine_min=float(cosines.min()) if cosines.size else 1.0,
         snr_db=snr,
@@ -318,7 +414,18 @@ def _stats(n: int, exact: bool, ref: np.ndarray, got: np.ndarray, nonfinite: int
         iou=None if ious is None else (float(np.mean(ious)) if ious.size else 1.0),
         iou_low=bound(ious),
         mask_threshold=None if ious is None else mask_threshold,
+        per_sample=PerSample(cosines, top1, ious),
     )
+
+
+def _flat_totals(ref: np.ndarray, got: np.ndarray, rtol: float) -> _Totals:
+    """``_Totals`` of two finite float64 vectors, a block at a time."""
+    totals = _Totals.of_size(ref.size, rtol)
+    for start in range(0, ref.size, BLOCK_ELEMENTS):
+        block = slice(start, start + BLOCK_ELEMENTS)
+        diff = np.abs(got[block] - ref[block])
+        totals.add(ref[block], diff, np.empty_like(diff))
+    return totals
 
 
 NEAR_ZERO = 1e-3
@@ -333,27 +440,37 @@ everywhere: an empty map stays empty."""
 def _agreements(ref: np.ndarray | Sequence[np.ndarray], got: np.ndarray | Sequence[np.ndarray],
                 mask_threshold: float | None = None) -> tuple[np.ndarray, int]:
     """Per-sample agreement of finite float64 samples (the rows of two [n, k] arrays, or two lists of vectors):
-    their cosine, except where the reference is empty, and how many were.
-
-    An empty sample has no direction to compare: two maps of 1e-7 that match to 1e-6 can be orthogonal, and so can
-    two faint maps that both stay far below a detector's threshold. Of a probability map (``mask_threshold``), a
-    sample whose reference mask is empty agrees (1, else 0) when the candidate's mask stays empty too: no position
-    crosses the threshold, so the detector finds nothing on either side. Of any other output, a sample whose
-    reference peaks below ``NEAR_ZERO`` of the output's range agrees when the candidate stays within
-    ``NEAR_ZERO_AGREEMENT`` of the range of it everywhere."""
+    their cosine, except where the reference is empty (``_empty_rule``), and how many were."""
     if isinstance(ref, np.ndarray) and isinstance(got, np.ndarray):
         cosines = _cosines(ref, got)
     else:
         cosines = np.array([_cosine(r, g) for r, g in zip(ref, got, strict=True)])
     if mask_threshold is not None:  # the masks decide: no peaks or errors to measure
-        empty, stays_empty = (_mask_empty(side, mask_threshold) for side in (ref, got))
-        return np.where(empty, stays_empty.astype(np.float64), cosines), int(empty.sum())
+        empties = (_mask_empty(ref, mask_threshold), _mask_empty(got, mask_threshold))
+        return _empty_rule(cosines, np.zeros(0), np.zeros(0), empties)
     if isinstance(ref, np.ndarray) and isinstance(got, np.ndarray):
         peaks = np.abs(ref).max(axis=1, initial=0.0)
         errors = np.abs(got - ref).max(axis=1, initial=0.0)
     else:
         peaks = np.array([np.abs(r).max(initial=0.0) for r in ref])
         errors = np.array([np.abs(g - r).max(initial=0.0) for r, g in zip(ref, got, strict=True)])
+    return _empty_rule(cosines, peaks, errors, None)
+
+
+def _empty_rule(cosines: np.ndarray, peaks: np.ndarray, errors: np.ndarray,
+                empties: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, int]:
+    """The per-sample agreements from the cosines, and how many samples were empty.
+
+    An empty sample has no direction to compare: two maps of 1e-7 that match to 1e-6 can be orthogonal, and so can
+    two faint maps that both stay far below a detector's threshold. Of a probability map (``empties``: per sample,
+    whether the reference's mask is empty and whether the candidate's is), a sample whose reference mask is empty
+    agrees (1, else 0) when the candidate's mask stays empty too: the detector finds nothing on either side. Of any
+    other output, a sample whose reference peaks below ``NEAR_ZERO`` of the output's range agrees when the
+    candidate stays within ``NEAR_ZERO_AGREEMENT`` of the range of it everywhere (``errors``: per-sample max
+    absolute error)."""
+    if empties is not None:
+        empty, stays_empty = empties
+        return np.where(empty, stays_empty.astype(np.float64), cosines), int(empty.sum())
     scale = float(peaks.max(initial=0.0))
     near = peaks <= NEAR_ZERO * scale
     if scale == 0.0 or not near.any():  # an all-zero reference has no range to judge against: cosines stand
@@ -375,8 +492,12 @@ def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
 
 def _cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     """Per-sample cosine similarity; two zero vectors are identical (1), one zero vector is orthogonal (0)."""
-    dot = np.sum(ref * got, axis=1)
-    ref_norms, got_norms = np.linalg.norm(ref, axis=1), np.linalg.norm(got, axis=1)
+    return _cosines_from(np.sum(ref * got, axis=1), np.sum(ref * ref, axis=1), np.sum(got * got, axis=1))
+
+
+def _cosines_from(dot: np.ndarray, ref_squares: np.ndarray, got_squares: np.ndarray) -> np.ndarray:
+    """``_cosines`` from each sample's dot product and squared norms."""
+    ref_norms, got_norms = np.sqrt(ref_squares), np.sqrt(got_squares)
     norms = ref_norms * got_norms
     both_zero = (ref_norms == 0) & (got_norms == 0)
     cosine = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)

@@ -12,16 +12,15 @@ accepts anything.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 
-from graphopt.outputs import Output, Outputs
+from graphopt.outputs import Outputs
 from graphopt.verify.intervals import upper_bound
-from graphopt.verify.metrics import HEURISTIC, ErrorStats, per_sample_cosine, per_sample_iou, per_sample_top1
+from graphopt.verify.metrics import ErrorStats
 from graphopt.verify.output_kinds import OutputKind
 from graphopt.verify.ranking import badness
 from graphopt.verify.tolerance import Tolerance
@@ -70,11 +69,11 @@ def screen(reference: Outputs, candidate: Outputs, tolerance: Tolerance, kinds: 
     verification = Verifier.compare(reference, candidate, tolerance.at_confidence(None), "original", kinds)
     samples = len(next(iter(reference.values()))) if reference else 0
     return Screen(samples, badness([verification]),
-                  _clear_failure(verification, reference, candidate, tolerance, kinds, samples, confidence))
+                  _clear_failure(verification, reference, tolerance, samples, confidence))
 
 
-def _clear_failure(verification: Verification, reference: Outputs, candidate: Outputs, tolerance: Tolerance,
-                   kinds: Mapping[str, OutputKind], samples: int, confidence: float) -> str:
+def _clear_failure(verification: Verification, reference: Outputs, tolerance: Tolerance, samples: int,
+                   confidence: float) -> str:
     """Why the candidate cannot pass on every verification sample, seen on these; "" when it still may."""
     for name in reference:  # a missing output, a changed shape, a NaN, an integer mismatch
         stats = verification.stats.get(name)
@@ -84,28 +83,24 @@ def _clear_failure(verification: Verification, reference: Outputs, candidate: Ou
         own = tolerance.for_output(name)
         if own.atol is not None and stats.min_atol > own.atol:  # the largest error only grows with more samples
             return f"{name}: max |error| {stats.max_abs:.3g} exceeds atol {own.atol:g} + rtol {own.rtol:g}·|ref|"
-        bound = _bound_failure(name, reference[name], candidate[name], own, kinds.get(name), samples, confidence)
+        bound = _bound_failure(name, stats, own, samples, confidence)
         if bound:
             return bound
     return ""
 
 
-def _bound_failure(name: str, reference: Output, candidate: Output, tolerance: Tolerance, kind: OutputKind | None,
-                   samples: int, confidence: float) -> str:
-    """Why a mean the budget bounds (cosine, top-1, mask IoU) is clearly below it on these samples ("" if none)."""
-    mask = kind.mask_threshold if kind else None
-    measures: tuple[tuple[str, float | None, Callable[[], np.ndarray | None]], ...] = (
-        ("cosine", tolerance.cosine, lambda: per_sample_cosine(reference, candidate, mask)),
-        ("top-1 agreement", tolerance.top1,
-         lambda: per_sample_top1(reference, candidate, kind.class_axis if kind else HEURISTIC)),
-        ("mask IoU", tolerance.iou, lambda: per_sample_iou(reference, candidate, mask)),
-    )
-    for label, threshold, per_sample in measures:
-        values = per_sample() if threshold is not None else None
-        if values is None or threshold is None:
+def _bound_failure(name: str, stats: ErrorStats, tolerance: Tolerance, samples: int, confidence: float) -> str:
+    """Why a mean the budget bounds (cosine, top-1, mask IoU) is clearly below it on these samples ("" if none),
+    from the per-sample values ``stats`` averaged."""
+    per_sample = stats.per_sample
+    if per_sample is None:
+        return ""
+    measures = (("cosine", tolerance.cosine, per_sample.cosine), ("top-1 agreement", tolerance.top1, per_sample.top1),
+                ("mask IoU", tolerance.iou, per_sample.iou))
+    for label, threshold, values in measures:
+        if values is None or threshold is None or not values.size:
             continue
-        values = values[~np.isnan(values)]
-        high = upper_bound(values, confidence=confidence) if values.size else math.nan
+        high = upper_bound(values.astype(np.float64), confidence=confidence)
         if high < threshold:
             return (f"{name}: {label} {values.mean():.5f} on the first {samples} samples, at most {high:.5f} at "
                     f"{confidence:.1%} confidence < {threshold:.10g}")

@@ -371,6 +371,35 @@ def test_bias_correction_removes_the_mean_shift_of_coarse_weights(rng: np.random
     assert auto.stats["biases_corrected"] == 1 and any("bias correction kept" in n for n in auto.notes), auto.notes
 
 
+def test_bias_correction_found_to_hurt_is_left_out_of_later_runs_without_building_twice(
+        rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bias_correction=auto`` decides once, on calibration samples; a narrowing search then runs the pass once per
+    trial, and each of those builds the model it keeps, only: corrected when correction helped, plain when not."""
+    import graphopt_passes.qdq_int8 as qdq
+
+    kernel = (rng.standard_normal((32, 1, 3, 3)) * np.geomspace(1.0, 0.01, 32)[:, None, None, None]).astype(np.float32)
+    model = build("g (float[N,32,8,8] x) => (float[N,32,6,6] y) { r = Relu(x)\n y = Conv <group = 32> (r, k, b) }",
+                  k=kernel, b=np.zeros(32, np.float32))
+    ctx = context(model, rng, count=64)
+    monkeypatch.setattr(qdq, "_closer", lambda *args: False)  # as if correction brought the outputs further away
+    builds: list[bool] = []
+    real = QdqInt8Pass._build
+
+    def counted(self: QdqInt8Pass, *args: object, correct: bool) -> object:
+        builds.append(correct)
+        return real(self, *args, correct=correct)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(QdqInt8Pass, "_build", counted)
+    pass_ = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", per_channel=False, min_dim=1, speed_check="off"))
+    first = pass_(model, ctx)
+    assert builds == [True, False] and first.stats["biases_corrected"] == 0
+    assert any("bias correction dropped" in n for n in first.notes), first.notes
+    builds.clear()
+    again = pass_(model, ctx)
+    assert builds == [False] and again.stats["biases_corrected"] == 0
+    assert again.model.SerializeToString() == first.model.SerializeToString()
+
+
 @pytest.mark.parametrize("bits", ["7", "8"])  # what weight_bits=auto picks without and with VNNI: both CPU kinds
 def test_narrowing_streams_bias_correction_means_once_not_once_per_unit(bits: str,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -190,3 +190,41 @@ def test_a_faint_map_that_stays_below_the_threshold_agrees_and_one_that_crosses_
     candidate[4, 0, 5, 5] = 0.31  # one pixel of "text" found on an image without any
     crossed = error_stats(reference, candidate, confidence=0.95, mask_threshold=0.3)
     assert crossed.cosine == pytest.approx(39 / 40) and not judge({"map": crossed}, Tolerance.budget()).passed
+
+
+@pytest.mark.parametrize("options", [{}, {"rtol": 1e-2, "confidence": 0.95}, {"class_axis": -1},
+                                     {"mask_threshold": 0.3, "confidence": 0.9}])
+def test_block_by_block_equals_one_block(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+                                         options: dict) -> None:
+    """Outputs are compared a few samples at a time (``BLOCK_ELEMENTS``); the figures are those of one pass over the
+    whole output, non-finite values, near-zero samples and masks included."""
+    from graphopt.verify import metrics
+
+    ref = rng.random((9, 4, 5)).astype(np.float32)
+    ref[2] *= 1e-6  # a near-zero sample: judged by absolute error, not by cosine
+    got = (ref + 0.05 * rng.standard_normal(ref.shape)).astype(np.float32)
+    ref[4, 1, 1], got[4, 1, 1] = np.inf, np.inf  # matched: an exact match
+    got[6, 0, 3] = np.nan  # unmatched: a non-finite mismatch
+    whole = error_stats(ref, got, **options)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 7)  # fewer than one sample: one sample a block
+    blocks = error_stats(ref, got, **options)
+    for name, value in whole.to_dict().items():
+        assert blocks.to_dict()[name] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), name
+    assert whole.nonfinite_mismatch == 1 and whole.n_samples == 9
+
+
+def test_per_sample_values_are_what_the_stats_average(rng: np.random.Generator) -> None:
+    """A search screens on ``ErrorStats.per_sample``: each sample's cosine, top-1 share and mask IoU, whose means
+    are the reported figures and which equal the per-sample functions'."""
+    from graphopt.verify.metrics import per_sample_iou
+
+    ref = rng.random((12, 3, 6)).astype(np.float32)
+    got = (ref + 0.2 * rng.standard_normal(ref.shape)).astype(np.float32)
+    s = error_stats(ref, got, class_axis=1, mask_threshold=0.5)
+    assert s.per_sample is not None and s.per_sample.top1 is not None and s.per_sample.iou is not None
+    np.testing.assert_allclose(s.per_sample.cosine, per_sample_cosine(ref, got, 0.5))
+    np.testing.assert_allclose(s.per_sample.top1, per_sample_top1(ref, got, 1))
+    np.testing.assert_allclose(s.per_sample.iou, per_sample_iou(ref, got, 0.5))
+    assert (s.cosine, s.top1, s.iou) == pytest.approx(
+        (s.per_sample.cosine.mean(), s.per_sample.top1.mean(), s.per_sample.iou.mean()))
+    assert "per_sample" not in s.to_dict()
