@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from graphopt.errors import CalibrationError, PassError, first_line
-from graphopt.graph import Scope, copy_model, editing, import_graph, model_digest
+from graphopt.graph import Scope, copy_model, default_opset, editing, import_graph, model_digest
 from graphopt.opset import ensure_opset
 from graphopt.outputs import Outputs
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, Skip, SpeedCheck, Unit
@@ -108,6 +108,7 @@ class QdqInt8Pass(PassBase):
         super().__init__(options)
         self._state: _Calibration | None = None
         self._smooth: tuple[bytes, object, onnx.ModelProto, list[str], list[Skip]] | None = None
+        self._upgrade: tuple[bytes, onnx.ModelProto, str] | None = None
 
     def weight_bits(self, context: PassContext) -> int:
         """The weight width: 7-bit for onnxruntime on a CPU without VNNI (``context.has_vnni``) under ``auto``."""
@@ -136,7 +137,7 @@ class QdqInt8Pass(PassBase):
             why = f"mode=dynamic writes DynamicQuantizeLinear + MatMulInteger, which {self.options.target} does not run"
             return PassResult(copy_model(model), False, empty, (Skip("graph", why),))
         try:
-            model, upgraded = ensure_opset(model, minimum)
+            model, upgraded = self._at_opset(model, minimum)
         except PassError as e:
             return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
         notes += [upgraded] if upgraded else []
@@ -213,6 +214,18 @@ class QdqInt8Pass(PassBase):
         bits = self.weight_bits(context)
         return lambda layer: quant.weight_params(layer.weight, layer.axis if self.options.per_channel else None,
                                                  bits=bits)
+
+    def _at_opset(self, model: onnx.ModelProto, minimum: int) -> tuple[onnx.ModelProto, str]:
+        """``ensure_opset``, with the last upgrade cached by model digest: narrowing runs the pass once per trial on
+        the same model, and onnx's version converter takes longer than the rest of a trial's rewrite."""
+        if default_opset(model) >= minimum:
+            return model, ""
+        key = model_digest(model)
+        if not (key and self._upgrade and self._upgrade[0] == key):
+            upgraded, note = ensure_opset(model, minimum)
+            self._upgrade = (key, upgraded, note) if key else None
+            return copy_model(upgraded), note
+        return copy_model(self._upgrade[1]), self._upgrade[2]
 
     def _smoothed(self, model: onnx.ModelProto, context: PassContext) -> tuple[onnx.ModelProto, list[str], list[Skip]]:
         """``model`` with SmoothQuant folded where a LayerNorm feeds only quantizable matrix products and some α

@@ -151,7 +151,8 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
     top1 = np.array([_sample_agreement(r, g, axis) for r, g, _ in pairs]) if axis is not None else None
     ious = (np.array([_ious(r.reshape(1, -1), g.reshape(1, -1), threshold)[0] for r, g, _ in pairs])
             if threshold is not None else None)  # pairs hold finite arrays already
-    return _summary(len(samples), exact, _flat_totals(ref, got, rtol), cosines, near_zero, top1, ious,
+    dtype = np.result_type(reference.dtype, candidate.dtype)
+    return _summary(len(samples), exact, _flat_totals(ref, got, rtol, dtype), cosines, near_zero, top1, ious,
                     sum(c for _, _, c in pairs), len(samples) - len(pairs), confidence, threshold)
 
 
@@ -286,7 +287,7 @@ temporaries (tens of millions of values, several of them) cost more in page faul
 @dataclass
 class _Totals:
     """Sums and extremes over every compared position, gathered block by block from finite float64 values; the
-    absolute errors are kept (float64) for their exact median and 99th percentile."""
+    absolute errors are kept for their median and 99th percentile."""
 
     rtol: float
     abs_errors: np.ndarray
@@ -300,8 +301,11 @@ class _Totals:
     min_atol: float = 0.0
 
     @classmethod
-    def of_size(cls, size: int, rtol: float) -> _Totals:
-        return cls(rtol, np.empty(size, dtype=np.float64))
+    def of_size(cls, size: int, rtol: float, dtype: np.dtype) -> _Totals:
+        """Totals of ``size`` values of ``dtype``, whose absolute errors are kept at its precision: float32 for float32
+        outputs and narrower (half the memory and time of float64, percentiles within float32 rounding)."""
+        kept = np.float32 if np.issubdtype(dtype, np.inexact) and dtype.itemsize <= 4 else np.float64
+        return cls(rtol, np.empty(size, dtype=kept))
 
     def add(self, ref: np.ndarray, diff: np.ndarray, work: np.ndarray) -> None:
         """One block: the reference and ``|candidate − reference|`` (one shape); ``work`` is scratch of that size."""
@@ -339,7 +343,7 @@ def _array_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float, conf
         reference, candidate = reference.reshape(1), candidate.reshape(1)
     n = reference.shape[0]
     step = max(1, BLOCK_ELEMENTS // max(reference.size // n if n else 0, 1))
-    totals = _Totals.of_size(reference.size, rtol)
+    totals = _Totals.of_size(reference.size, rtol, np.result_type(reference.dtype, candidate.dtype))
     dot, ref_squares, got_squares, peaks, errors = (np.zeros(n) for _ in range(5))
     top1 = np.zeros(n) if axis is not None else None
     masks = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)) if threshold is not None else None
@@ -418,9 +422,9 @@ def _summary(n: int, exact: bool, totals: _Totals, cosines: np.ndarray, near_zer
     )
 
 
-def _flat_totals(ref: np.ndarray, got: np.ndarray, rtol: float) -> _Totals:
-    """``_Totals`` of two finite float64 vectors, a block at a time."""
-    totals = _Totals.of_size(ref.size, rtol)
+def _flat_totals(ref: np.ndarray, got: np.ndarray, rtol: float, dtype: np.dtype) -> _Totals:
+    """``_Totals`` of two finite float64 vectors (of outputs of ``dtype``), a block at a time."""
+    totals = _Totals.of_size(ref.size, rtol, dtype)
     for start in range(0, ref.size, BLOCK_ELEMENTS):
         block = slice(start, start + BLOCK_ELEMENTS)
         diff = np.abs(got[block] - ref[block])
