@@ -16,13 +16,7 @@ from graphopt.outputs import Output, Outputs, RaggedOutput
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
 from graphopt.verify.intervals import Interval, bootstrap_mean, paired_difference
-from graphopt.verify.metrics import (
-    HEURISTIC,
-    looks_like_classifier,
-    per_sample_cosine,
-    per_sample_iou,
-    per_sample_top1,
-)
+from graphopt.verify.metrics import looks_like_classifier
 from graphopt.verify.task import Metric, TaskBudget, judge_task
 from graphopt.verify.verifier import Verifier
 
@@ -51,23 +45,21 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
     reference, candidate = ctx.reference(), ctx.candidate()
     verification = Verifier.compare(reference, candidate, ctx.tolerance, "original", ctx.kinds)
     failures = {name: [f for f in verification.failures if f.startswith(f"{name}:")] for name in reference}
-    for name, ref in reference.items():
-        got = candidate.get(name)
-        stats = verification.stats.get(name)
-        if got is None or stats is None:
+    for name in reference:
+        stats = verification.stats.get(name)  # none for an output missing or shaped otherwise
+        if stats is None:
             section.checks.append(Check(name, False, {}, "; ".join(failures[name]) or "output missing"))
             continue
         metrics: dict[str, float | None] = {"cosine": stats.cosine, "cosine_min": stats.cosine_min}
-        threshold = ctx.kinds[name].mask_threshold if name in ctx.kinds else None
-        cosine = None if stats.exact else _interval(per_sample_cosine(ref, got, threshold), resamples, ctx.seed)
+        per_sample = stats.per_sample  # what the verdict averaged, over the samples whose shapes agree
+        assert per_sample is not None
+        cosine = None if stats.exact else _interval(per_sample.cosine, resamples, ctx.seed)
         if cosine is not None:
             metrics.update(cosine_low=cosine.low, cosine_high=cosine.high)
-        top1 = per_sample_top1(ref, got, ctx.kinds[name].class_axis if name in ctx.kinds else HEURISTIC)
-        interval = None if top1 is None else _interval(top1, resamples, ctx.seed)
+        interval = None if per_sample.top1 is None else _interval(per_sample.top1, resamples, ctx.seed)
         if interval is not None:
             metrics.update(top1=interval.mean, top1_low=interval.low, top1_high=interval.high)
-        ious = per_sample_iou(ref, got, threshold)
-        iou = None if ious is None else _interval(ious, resamples, ctx.seed)
+        iou = None if per_sample.iou is None else _interval(per_sample.iou, resamples, ctx.seed)
         if iou is not None:
             metrics.update(iou=iou.mean, iou_low=iou.low, iou_high=iou.high)
         metrics.update(max_abs=stats.max_abs, snr_db=stats.snr_db if math.isfinite(stats.snr_db) else None)
@@ -81,10 +73,9 @@ def check_held_out(ctx: ValidationContext, *, metric: Metric | None = None, max_
 
 
 def _interval(values: np.ndarray, resamples: int, seed: int) -> Interval | None:
-    """The bootstrap interval of per-sample ``values`` over the samples they measure (NaN: shapes differ, a failure
-    the check already states); ``None`` when no sample is left."""
-    measured = values[~np.isnan(values)]
-    return bootstrap_mean(measured, resamples=resamples, seed=seed) if measured.size else None
+    """The bootstrap interval of per-sample ``values`` (of the samples whose shapes agree: a sample whose shape
+    differs is a failure the check already states); ``None`` when no sample is left."""
+    return bootstrap_mean(values, resamples=resamples, seed=seed) if values.size else None
 
 
 def _task_check(reference: Outputs, candidate: Outputs, labels: np.ndarray, metric: Metric | None,
