@@ -163,9 +163,9 @@ def per_sample_cosine(reference: Output, candidate: Output, mask_threshold: floa
     if not np.issubdtype(reference.dtype, np.inexact):
         mask_threshold = None
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
-        n = reference.shape[0] if reference.ndim else 1
-        ref, got, _ = _finite_pair(reference, candidate)
-        return _agreements(ref.reshape(n, -1), got.reshape(n, -1), mask_threshold)[0]
+        per_sample = error_stats(reference, candidate, mask_threshold=mask_threshold, class_axis=None).per_sample
+        assert per_sample is not None
+        return per_sample.cosine
     pairs = [(r, g) for r, g in zip(_samples(reference), _samples(candidate), strict=True)]
     same = [i for i, (r, g) in enumerate(pairs) if r.shape == g.shape]
     finite = [_finite_pair(*pairs[i])[:2] for i in same]
@@ -441,23 +441,16 @@ NEAR_ZERO_AGREEMENT = 1e-2
 everywhere: an empty map stays empty."""
 
 
-def _agreements(ref: np.ndarray | Sequence[np.ndarray], got: np.ndarray | Sequence[np.ndarray],
+def _agreements(ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
                 mask_threshold: float | None = None) -> tuple[np.ndarray, int]:
-    """Per-sample agreement of finite float64 samples (the rows of two [n, k] arrays, or two lists of vectors):
-    their cosine, except where the reference is empty (``_empty_rule``), and how many were."""
-    if isinstance(ref, np.ndarray) and isinstance(got, np.ndarray):
-        cosines = _cosines(ref, got)
-    else:
-        cosines = np.array([_cosine(r, g) for r, g in zip(ref, got, strict=True)])
+    """Per-sample agreement of finite float64 samples (two lists of vectors, a ragged output's; arrays go through
+    ``_array_stats``): their cosine, except where the reference is empty (``_empty_rule``), and how many were."""
+    cosines = np.array([_cosine(r, g) for r, g in zip(ref, got, strict=True)])
     if mask_threshold is not None:  # the masks decide: no peaks or errors to measure
         empties = (_mask_empty(ref, mask_threshold), _mask_empty(got, mask_threshold))
         return _empty_rule(cosines, np.zeros(0), np.zeros(0), empties)
-    if isinstance(ref, np.ndarray) and isinstance(got, np.ndarray):
-        peaks = np.abs(ref).max(axis=1, initial=0.0)
-        errors = np.abs(got - ref).max(axis=1, initial=0.0)
-    else:
-        peaks = np.array([np.abs(r).max(initial=0.0) for r in ref])
-        errors = np.array([np.abs(g - r).max(initial=0.0) for r, g in zip(ref, got, strict=True)])
+    peaks = np.array([np.abs(r).max(initial=0.0) for r in ref])
+    errors = np.array([np.abs(g - r).max(initial=0.0) for r, g in zip(ref, got, strict=True)])
     return _empty_rule(cosines, peaks, errors, None)
 
 
@@ -482,10 +475,8 @@ def _empty_rule(cosines: np.ndarray, peaks: np.ndarray, errors: np.ndarray,
     return np.where(near, (errors <= NEAR_ZERO_AGREEMENT * scale).astype(np.float64), cosines), int(near.sum())
 
 
-def _mask_empty(side: np.ndarray | Sequence[np.ndarray], threshold: float) -> np.ndarray:
-    """Per sample (the rows of an [n, k] array, or a list of vectors), whether nothing exceeds ``threshold``."""
-    if isinstance(side, np.ndarray):
-        return np.asarray(~(side > threshold).any(axis=1), dtype=bool)
+def _mask_empty(side: Sequence[np.ndarray], threshold: float) -> np.ndarray:
+    """Per sample (a list of vectors), whether nothing exceeds ``threshold``."""
     return np.array([not np.any(sample > threshold) for sample in side], dtype=bool)
 
 
