@@ -3,19 +3,20 @@
 Every pass gets a copy of the last accepted model. A modified result must pass ``onnx.checker`` and load in
 onnxruntime, and its outputs on the verification samples must stay within the budget tolerance against the
 ORIGINAL model (and, for lossless passes, within the lossless tolerance against the model before the pass). A pass
-that fails and offers units is narrowed to the largest subset of units that passes: units are ranked by sensitivity
-(the pass's estimate, or measured by applying each unit alone; per unit of gain when every unit states one), the
-longest passing prefix is found by bisection, and the remaining units are then tried one at a time. Anything else
-is rolled back. A search's trials are screened on the first verification samples (``verify.screening``): a unit
-alone is ranked there only, and a candidate that clearly fails there goes no further; only a verification on every
-sample accepts. A narrowed set is chosen among many candidates judged on the same samples, so it must also hold
-at the confidence that covers that search (``selection_confidence``): units are dropped, last kept first, until it
-does. The manager names no pass.
+that fails and offers units is narrowed to the largest subset of units that passes. Units are ranked by their damage
+applied alone, measured on calibration samples with every unit's candidate in one model (``graphopt.sensitivity``;
+a pass's own estimate stands in beyond ``MEASURED_UNITS``), per unit of gain when every unit states one. The longest
+passing prefix is found by bisection, and the remaining units are then tried one at a time, except those that harm
+the outputs alone at least as much as one that already broke the budget with fewer units kept. Anything else is
+rolled back. A search's trials are screened on the first verification samples (``verify.screening``): a candidate
+that clearly fails there goes no further; only a verification on every sample accepts. A narrowed set is chosen
+among the candidates judged on the same verification samples, so it must also hold at the confidence that covers
+that search (``selection_confidence``): units are dropped, last kept first, until it does. The manager names no
+pass.
 """
 
 from __future__ import annotations
 
-import enum
 import gc
 import logging
 import math
@@ -36,24 +37,19 @@ from graphopt.modelio import check_model
 from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
 from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
-from graphopt.verify.ranking import badness
+from graphopt.sensitivity import measure_alone
 from graphopt.verify.screening import RANK_SAMPLES, SCREEN_SAMPLES, Screen, screen_stages
 from graphopt.verify.screening import screen as screened
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
-__all__ = ["PassManager"]
+__all__ = ["MEASURED_UNITS", "PassManager"]
 
 log = logging.getLogger(__name__)
 
-
-class Screening(enum.Enum):
-    """How far a trial is verified: every sample (``OFF``); the first samples, and the rest unless it clearly fails
-    there (``REJECT``: a search's trials); or the first samples only, to rank it (``RANK``: a unit alone)."""
-
-    OFF = "off"
-    REJECT = "reject"
-    RANK = "rank"
+MEASURED_UNITS = 96
+"""Up to this many units, a search measures every unit's damage alone (``graphopt.sensitivity``), which ranks units
+better than a pass's own estimate; beyond it, only the units without an estimate are measured."""
 
 
 @dataclass
@@ -64,7 +60,7 @@ class _Trial:
     error: str = ""
     raised: bool = False
     screen: Screen | None = None
-    """The candidate on the first verification samples, when a search screened it (``verify.screening``)."""
+    """Why the candidate clearly fails on the first verification samples, where a search's screen stopped it."""
 
     @property
     def passed(self) -> bool:
@@ -87,13 +83,6 @@ class _Trial:
         if self.screen is not None and self.screen.failure:
             return f"{self.screen.failure} (vs original)"
         return next((f"{v.failures[0]} (vs {v.against})" for v in self.verifications if not v.passed), "")
-
-    @property
-    def badness(self) -> float:
-        """A scalar for ranking units (``verify.ranking.badness``): larger means further from the reference."""
-        if not self.passed and (self.error or not self.verifications):
-            return math.inf
-        return badness(self.verifications)
 
 
 @dataclass
@@ -207,12 +196,10 @@ class PassManager:
         return ""
 
     def _attempt(
-        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, context: PassContext,
-        screening: Screening = Screening.OFF,
+        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, context: PassContext, *, screen: bool = False,
     ) -> _Trial:
         """Run the pass on a copy of ``model``, check and verify it. ``PreconditionError`` propagates. A search's
-        trial is first screened on the first verification samples (``screening``): it stops there when it clearly
-        fails, or when it is only ranked (``Screening.RANK``)."""
+        trial is first ``screen``ed on the first verification samples, and stops there when it clearly fails."""
         _free_earlier_copies(model)
         work = copy_model(model)
         try:
@@ -224,17 +211,14 @@ class PassManager:
             return _Trial(None, error=f"pass raised {type(e).__name__}: {first_line(e)}", raised=True)
         if not result.modified:
             return _Trial(result)
-        screen = None
         try:
             session = check_model(result.model, self.verifier.runtime)
             run = self.verifier.candidate(result.model, f"verify {pass_.name}", session)
             n = self.verifier.data.n_samples
-            stages = (() if screening is Screening.OFF else screen_stages(n, RANK_SAMPLES)[:1]
-                      if screening is Screening.RANK else screen_stages(n, SCREEN_SAMPLES))
-            for stage in stages:
-                screen = screened(self.verifier.head(stage), run.first(stage), self.tolerance, self.verifier.kinds)
-                if screen.failure or screening is Screening.RANK:
-                    return _Trial(result, screen=screen)
+            for stage in screen_stages(n, SCREEN_SAMPLES) if screen else ():
+                first = screened(self.verifier.head(stage), run.first(stage), self.tolerance, self.verifier.kinds)
+                if first.failure:
+                    return _Trial(result, screen=first)
             outputs = run.outputs()
         except GraphoptError as e:
             return _Trial(result, error=str(e))
@@ -245,7 +229,7 @@ class PassManager:
         for check in checks:
             for instrument in self.instruments:
                 instrument.after_verify(pass_, check)
-        return _Trial(result, tuple(checks), outputs, screen=screen)
+        return _Trial(result, tuple(checks), outputs)
 
     def _narrow(
         self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, failed: _Trial
@@ -262,70 +246,68 @@ class PassManager:
             return self._search(pass_, model, previous, units, done)
 
     def _most_trials(self, units: Sequence[Unit]) -> int:
-        """How many trials a search among ``units`` can take at most: each unresolved unit alone, the capped
+        """How many candidates a search among ``units`` can try at most: each measured unit alone, the capped
         bisection and one-by-one retries, and the bisection that holds the kept set at the selection confidence."""
-        alone = sum(u.sensitivity is None for u in units)
+        alone = sum(u.sensitivity is None or len(units) <= MEASURED_UNITS for u in units)
         steps = math.ceil(math.log2(len(units) + 1))
-        return max(alone, min(self.max_trials, alone + steps + len(units))) + steps + 1
+        return alone + min(self.max_trials, steps + len(units)) + steps + 1
 
     def _search(self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, units: Sequence[Unit],
                 done: Callable[[int], None]) -> tuple[_Trial | None, tuple[UnitOutcome, ...], int]:
         """Rank ``units``, bisect and retry them, then hold the kept set at the selection confidence; ``done(1)``
-        after every new trial."""
+        after every unit ranked and every trial. Returns the kept trial, the units' outcomes and the candidates
+        tried."""
         trials: dict[frozenset[str], _Trial] = {}
-        screens: dict[frozenset[str], _Trial] = {}
 
-        def attempt(names: frozenset[str], screening: Screening = Screening.REJECT) -> _Trial:
-            """The trial of ``names``, run once: a ranking's screen serves later rankings only."""
-            known = trials.get(names) or (screens.get(names) if screening is Screening.RANK else None)
-            if known is None:
+        def attempt(names: frozenset[str]) -> _Trial:
+            """The trial of ``names``, run once."""
+            if names not in trials:
                 try:
-                    known = self._attempt(pass_, model, previous, self.context.with_units(names), screening)
+                    trials[names] = self._attempt(pass_, model, previous, self.context.with_units(names),
+                                                   screen=True)
                 except PreconditionError as e:
-                    known = _Trial(None, error=str(e))
-                ranked_only = screening is Screening.RANK and not known.verifications
-                (screens if ranked_only else trials)[names] = known
+                    trials[names] = _Trial(None, error=str(e))
                 done(1)
-            return known
+            return trials[names]
 
-        scores: dict[str, float] = {}
-        reasons: dict[str, str] = {}
-        for unit in units:
-            if unit.sensitivity is not None:
-                scores[unit.name] = unit.sensitivity
-                continue
-            alone = attempt(frozenset([unit.name]), Screening.RANK)
-            first = alone.screen if alone.screen and not alone.screen.failure and not alone.verifications else None
-            if first is not None:  # ranked on the first samples only
-                scores[unit.name] = first.badness
-            elif alone.passed:
-                scores[unit.name] = alone.badness
-            else:
-                scores[unit.name] = math.inf
-                reasons[unit.name] = f"fails alone: {alone.failure}"
+        measured = {u.name for u in units if u.sensitivity is None or len(units) <= MEASURED_UNITS}
+        scores, reasons, ranked = self._rank(pass_, model, [u for u in units if u.name in measured], done)
+        scores |= {u.name: u.sensitivity for u in units if u.name not in scores and u.sensitivity is not None}
         gains = {u.name: u.gain for u in units if u.gain is not None and u.gain > 0}
-        ranked = {n: s / gains[n] if n in gains and len(gains) == len(units) else s for n, s in scores.items()}
-        order = sorted((u.name for u in units if u.name not in reasons), key=lambda n: ranked[n])
+        ranked_by = {n: s / gains[n] if n in gains and len(gains) == len(units) else s for n, s in scores.items()}
+        order = sorted((u.name for u in units if u.name not in reasons), key=lambda n: ranked_by[n])
         low, high = 0, len(order)
-        while low < high and len(trials) + len(screens) < self.max_trials:
+        while low < high and len(trials) < self.max_trials:
             middle = (low + high + 1) // 2
             if attempt(frozenset(order[:middle])).passed:
                 low = middle
             else:
                 high = middle - 1
         chosen = order[:low]
+        least = ""  # of the measured units that broke the budget with the kept units, the one least harmful alone
         for name in order[low:]:
-            if len(trials) + len(screens) >= self.max_trials:
+            if least and name in measured and scores[name] >= scores[least]:
+                reasons[name] = (f"not tried: it harms the outputs at least as much alone as {least}, which broke "
+                                 "the budget with fewer units kept")
+            elif len(trials) >= self.max_trials:
                 reasons[name] = "not tried: narrowing trial limit reached"
             elif attempt(frozenset([*chosen, name])).passed:
                 chosen.append(name)
             else:
                 reasons[name] = f"breaks the budget with the kept units: {attempt(frozenset([*chosen, name])).failure}"
-        searched = len(trials) + len(screens)
+                if name in measured and (not least or scores[name] < scores[least]):
+                    least = name
+        searched = len(trials) + ranked
         strict = (self.tolerance.at_confidence(selection_confidence(self.tolerance.confidence, searched))
                   if self.tolerance.confidence is not None and searched > 1 else None)
         if chosen and strict is not None and not self._holds(attempt(frozenset(chosen)), strict):
             low, high = 0, len(chosen) - 1  # the longest prefix of the kept units (in the order kept) that holds
+            for length in range(high, 0, -1):  # the search tried the longest ones already: start there
+                if frozenset(chosen[:length]) in trials:
+                    if self._holds(trials[frozenset(chosen[:length])], strict):
+                        low = length
+                        break
+                    high = length - 1
             while low < high:
                 middle = (low + high + 1) // 2
                 if self._holds(attempt(frozenset(chosen[:middle])), strict):
@@ -348,7 +330,26 @@ class PassManager:
             )
             for u in units
         )
-        return (best if keep else None), outcomes, len(trials) + len(screens)
+        return (best if keep else None), outcomes, len(trials) + len(measured)
+
+    def _rank(self, pass_: PassBase, model: onnx.ModelProto, units: Sequence[Unit],
+              done: Callable[[int], None]) -> tuple[dict[str, float], dict[str, str], int]:
+        """Each unit's damage applied alone (``graphopt.sensitivity``), why a unit that clearly fails alone is left
+        out, and how many candidates the ranking judged on verification samples (the selection confidence covers
+        them). Units are ranked on the calibration samples when there are real ones, so that the verification
+        samples judge only the search's trials; otherwise on the first verification samples."""
+        if not units:
+            return {}, {}, 0
+        calibration = self.context.calibration
+        on_calibration = calibration is not None and not calibration.synthetic and calibration.n_samples > 1
+        data = calibration if calibration is not None and on_calibration else self.verifier.data
+        data = data.window(0, min(RANK_SAMPLES, data.n_samples))
+        screens = measure_alone(pass_, model, [u.name for u in units], self.context, data, self.tolerance,
+                                self.verifier.kinds, done)
+        scores = {name: math.inf if s.failure else s.badness for name, s in screens.items()}
+        reasons = {name: f"fails alone{' on the calibration samples' if on_calibration and s.samples else ''}: "
+                         f"{s.failure}" for name, s in screens.items() if s.failure}
+        return scores, reasons, 0 if on_calibration else len(units)
 
     def _holds(self, trial: _Trial, tolerance: Tolerance) -> bool:
         """Whether a passing trial's outputs also hold ``tolerance`` against the original."""

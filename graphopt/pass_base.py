@@ -49,7 +49,9 @@ class Unit:
     """An independent part of a pass's rewrite that the manager may leave out when narrowing.
 
     ``sensitivity`` is the pass's own estimate of how much applying this unit alone hurts accuracy (higher is
-    worse); ``None`` lets the manager measure it. ``gain`` is what applying it saves (bytes, params: one measure
+    worse). The manager measures every unit alone end to end when a pass has few enough units to make that cheap
+    (``manager.MEASURED_UNITS``), and uses the estimate beyond that; ``None`` means measure it whatever the count.
+    ``gain`` is what applying it saves (bytes, params: one measure
     across a pass's units); with gains the manager ranks units by damage per gain, so a large saving that does
     little damage (an embedding table) is not crowded out by many small ones.
     """
