@@ -85,3 +85,23 @@ def test_screening_stages_grow_fourfold_and_stop_short_of_the_whole_set() -> Non
     assert screen_stages(1000) == (32, 128, 512)
     assert screen_stages(128) == (32,) and screen_stages(33) == (32,)
     assert screen_stages(32) == () and screen_stages(5) == ()
+
+
+def test_units_are_ranked_by_how_far_their_scores_move_not_by_a_few_flips() -> None:
+    """Two candidates of class scores: one moves every score a little and flips no top-1, the other moves them
+    less but flips one position whose top two scores were nearly tied. A ranking on flips would put the first
+    ahead; by cosine, the second does less damage, and so it ranks."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((32, 22, 40)).astype(np.float32)
+    logits[0, 0, :2] = [5.0, 5.0001]  # a near tie at one position
+    order = np.argsort(logits, axis=-1)
+    spread = logits + 0.05 * np.sign(logits - logits.mean(axis=-1, keepdims=True))
+    spread = np.where(np.arange(40) == order[..., -1:], logits + 0.05, spread).astype(np.float32)  # no flip
+    flipped = logits.copy()
+    flipped[0, 0, 0] += 0.001  # the near tie flips
+    kinds = {"logits": OutputKind(-1, "named")}
+    moved, flip = (screen({"logits": logits}, {"logits": c}, BUDGET, kinds) for c in (spread, flipped))
+    stats = [Verifier.compare({"logits": logits}, {"logits": c}, BUDGET, "original", kinds).stats["logits"]
+             for c in (spread, flipped)]
+    assert stats[0].top1 == 1.0 and stats[1].top1 < 1.0 and stats[1].cosine > stats[0].cosine
+    assert flip.badness < moved.badness
