@@ -49,6 +49,11 @@ __all__ = ["QdqInt8Pass"]
 
 _ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
+CLOSER_SAMPLES = 64
+"""Calibration samples on which bias correction is kept or dropped: a paired comparison of two summed errors over
+every output value, which 64 samples settle (three runs of the whole calibration set took 9 s of a text
+detector's 30 s first trial)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -107,8 +112,8 @@ class QdqInt8Pass(PassBase):
     def __init__(self, options: QdqInt8Pass.Options | None = None) -> None:
         super().__init__(options)
         self._state: _Calibration | None = None
-        self._smooth: tuple[bytes, object, onnx.ModelProto, list[str], list[Skip]] | None = None
-        self._upgrade: tuple[bytes, onnx.ModelProto, str] | None = None
+        self._smooth: tuple[bytes, object, onnx.ModelProto, list[str], list[Skip], bytes] | None = None
+        self._upgrade: tuple[bytes, onnx.ModelProto, str, bytes] | None = None
 
     def weight_bits(self, context: PassContext) -> int:
         """The weight width: 7-bit for onnxruntime on a CPU without VNNI (``context.has_vnni``) under ``auto``."""
@@ -137,11 +142,11 @@ class QdqInt8Pass(PassBase):
             why = f"mode=dynamic writes DynamicQuantizeLinear + MatMulInteger, which {self.options.target} does not run"
             return PassResult(copy_model(model), False, empty, (Skip("graph", why),))
         try:
-            model, upgraded = self._at_opset(model, minimum)
+            model, upgraded, key = self._at_opset(model, minimum)
         except PassError as e:
             return PassResult(copy_model(model), False, empty, (Skip("graph", first_line(e)),))
         notes += [upgraded] if upgraded else []
-        built = self._static(model, context, notes) if static else self._dynamic(model, context)
+        built = self._static(model, context, notes, key) if static else self._dynamic(model, context)
         if not built.chosen:
             return PassResult(copy_model(model), False, empty, tuple(built.skipped))
         bits = self.weight_bits(context)
@@ -167,14 +172,14 @@ class QdqInt8Pass(PassBase):
             runtime = "onnxruntime"
         return SpeedCheck(check, runtime, candidate="int8", baseline="the float")
 
-    def _static(self, model: onnx.ModelProto, context: PassContext, notes: list[str]) -> _Built:
-        """smooth → calibrate → place → correct → rewrite (``CalibrationError`` when the ranges cannot be
-        measured: the manager reports the pass as skipped with it)."""
+    def _static(self, model: onnx.ModelProto, context: PassContext, notes: list[str], key: bytes) -> _Built:
+        """smooth → calibrate → place → correct → rewrite of ``model`` (whose digest is ``key``); a
+        ``CalibrationError`` when the ranges cannot be measured (the manager reports the pass as skipped with it)."""
         smoothing_skips: list[Skip] = []
         if self.options.smooth == "auto":
-            model, smoothing_notes, smoothing_skips = self._smoothed(model, context)
+            model, smoothing_notes, smoothing_skips, key = self._smoothed(model, context, key)
             notes += smoothing_notes
-        state = self._calibration(model, context)
+        state = self._calibration(model, context, key)
         auto = self.options.bias_correction == "auto"
         correct = self.options.bias_correction == "on" or (auto and state.correction_helps is not False)
         built = self._build(model, context, state, correct=correct)
@@ -215,24 +220,27 @@ class QdqInt8Pass(PassBase):
         return lambda layer: quant.weight_params(layer.weight, layer.axis if self.options.per_channel else None,
                                                  bits=bits)
 
-    def _at_opset(self, model: onnx.ModelProto, minimum: int) -> tuple[onnx.ModelProto, str]:
+    def _at_opset(self, model: onnx.ModelProto, minimum: int) -> tuple[onnx.ModelProto, str, bytes]:
         """``ensure_opset``, with the last upgrade cached by model digest: narrowing runs the pass once per trial on
-        the same model, and onnx's version converter takes longer than the rest of a trial's rewrite."""
-        if default_opset(model) >= minimum:
-            return model, ""
+        the same model, and onnx's version converter takes longer than the rest of a trial's rewrite. Also returns
+        the digest of the model returned, which keys the caches after it (one digest per run: each is a serialisation
+        of the whole model)."""
         key = model_digest(model)
+        if default_opset(model) >= minimum:
+            return model, "", key
         if not (key and self._upgrade and self._upgrade[0] == key):
             upgraded, note = ensure_opset(model, minimum)
-            self._upgrade = (key, upgraded, note) if key else None
-            return copy_model(upgraded), note
-        return copy_model(self._upgrade[1]), self._upgrade[2]
+            self._upgrade = (key, upgraded, note, model_digest(upgraded)) if key else None
+            return copy_model(upgraded), note, self._upgrade[3] if self._upgrade else b""
+        return copy_model(self._upgrade[1]), self._upgrade[2], self._upgrade[3]
 
-    def _smoothed(self, model: onnx.ModelProto, context: PassContext) -> tuple[onnx.ModelProto, list[str], list[Skip]]:
-        """``model`` with SmoothQuant folded where a LayerNorm feeds only quantizable matrix products and some α
-        beats no smoothing on calibration data; cached by model digest like the calibration."""
-        key = model_digest(model)
+    def _smoothed(self, model: onnx.ModelProto, context: PassContext,
+                  key: bytes) -> tuple[onnx.ModelProto, list[str], list[Skip], bytes]:
+        """``model`` (whose digest is ``key``) with SmoothQuant folded where a LayerNorm feeds only quantizable
+        matrix products and some α beats no smoothing on calibration data, and the digest of the result; cached by
+        model digest like the calibration."""
         if key and self._smooth and self._smooth[0] == key and self._smooth[1] is context.calibration:
-            return self._smooth[2], self._smooth[3], self._smooth[4]
+            return self._smooth[2], self._smooth[3], self._smooth[4], self._smooth[5]
         graph = import_graph(model)
         scope = Scope.of(graph)
         layers, _ = plan.find_layers(graph, scope, min_dim=self.options.min_dim)
@@ -256,13 +264,13 @@ class QdqInt8Pass(PassBase):
                 notes.append(f"{group.norm}: smoothed with alpha {alpha:g} (layer error {error:.2e}) for "
                              f"{len(group.readers)} layer(s)")
         result = smoothing.apply_smoothing(model, chosen) if chosen else model
-        self._smooth = (key, context.calibration, result, notes, skipped) if key else None
-        return result, notes, skipped
+        result_key = model_digest(result) if chosen else key
+        self._smooth = (key, context.calibration, result, notes, skipped, result_key) if key else None
+        return result, notes, skipped, result_key
 
-    def _calibration(self, model: onnx.ModelProto, context: PassContext) -> _Calibration:
-        """Ranges of every tensor any selection could quantize, cached by model digest: narrowing runs the pass
-        once per trial subset on the same model."""
-        key = model_digest(model)
+    def _calibration(self, model: onnx.ModelProto, context: PassContext, key: bytes) -> _Calibration:
+        """Ranges of every tensor any selection could quantize, cached by ``key`` (the model's digest): narrowing
+        runs the pass once per trial subset on the same model."""
         if key and self._state and self._state.key == key and self._state.data is context.calibration:
             return self._state
         graph = import_graph(model)
@@ -316,10 +324,11 @@ class _Built:
 
 def _closer(reference: onnx.ModelProto, first: onnx.ModelProto, second: onnx.ModelProto,
             context: PassContext) -> bool:
-    """Whether ``first``'s outputs are closer than ``second``'s to ``reference``'s on the calibration samples
-    (summed relative squared error over the float outputs)."""
+    """Whether ``first``'s outputs are closer than ``second``'s to ``reference``'s on the first ``CLOSER_SAMPLES``
+    calibration samples (summed relative squared error over the float outputs)."""
     assert context.calibration is not None
-    outputs = [run_dataset(create_session(m, context.runtime), context.calibration, context.runtime)[0]
+    samples = context.calibration.window(0, min(CLOSER_SAMPLES, context.calibration.n_samples))
+    outputs = [run_dataset(create_session(m, context.runtime), samples, context.runtime)[0]
                for m in (reference, first, second)]
 
     def error(got: Outputs) -> float:  # per sample, so outputs whose shape varies by sample compare too
