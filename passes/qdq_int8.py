@@ -49,11 +49,6 @@ __all__ = ["QdqInt8Pass"]
 
 _ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
-CLOSER_SAMPLES = 64
-"""Calibration samples on which bias correction is kept or dropped: a paired comparison of two summed errors over
-every output value, which 64 samples settle (three runs of the whole calibration set took 9 s of a text
-detector's 30 s first trial)."""
-
 log = logging.getLogger(__name__)
 
 
@@ -324,11 +319,10 @@ class _Built:
 
 def _closer(reference: onnx.ModelProto, first: onnx.ModelProto, second: onnx.ModelProto,
             context: PassContext) -> bool:
-    """Whether ``first``'s outputs are closer than ``second``'s to ``reference``'s on the first ``CLOSER_SAMPLES``
-    calibration samples (summed relative squared error over the float outputs)."""
+    """Whether ``first``'s outputs are closer than ``second``'s to ``reference``'s on the calibration samples
+    (summed relative squared error over the float outputs)."""
     assert context.calibration is not None
-    samples = context.calibration.window(0, min(CLOSER_SAMPLES, context.calibration.n_samples))
-    outputs = [run_dataset(create_session(m, context.runtime), samples, context.runtime)[0]
+    outputs = [run_dataset(create_session(m, context.runtime), context.calibration, context.runtime)[0]
                for m in (reference, first, second)]
 
     def error(got: Outputs) -> float:  # per sample, so outputs whose shape varies by sample compare too
