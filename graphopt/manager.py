@@ -159,7 +159,8 @@ class PassManager:
         if trial.passed:
             status, reason, kept = Status.APPLIED, "", trial
         else:
-            narrowed, units, trials = self._narrow(pass_, model, previous, trial)
+            trial = replace(trial, outputs=None)  # a failed candidate's outputs serve nothing: free them now
+            narrowed, units, trials = self._narrow(pass_, model, previous)
             if narrowed is None:
                 return settle(Status.ROLLED_BACK, trial.failure, trial, units=units, trials=trials), None
             left_out = sum(not u.applied for u in units)
@@ -232,7 +233,7 @@ class PassManager:
         return _Trial(result, tuple(checks), outputs)
 
     def _narrow(
-        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, failed: _Trial
+        self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs
     ) -> tuple[_Trial | None, tuple[UnitOutcome, ...], int]:
         """Keep the largest subset of the pass's units that passes; ``(None, ...)`` if no unit does."""
         try:
@@ -260,13 +261,14 @@ class PassManager:
         trials: dict[frozenset[str], _Trial] = {}
 
         def attempt(names: frozenset[str]) -> _Trial:
-            """The trial of ``names``, run once."""
+            """The trial of ``names``, run once; only a passing trial keeps its outputs (to be judged again at the
+            selection confidence), so that a search's memory does not grow with its failed trials."""
             if names not in trials:
                 try:
-                    trials[names] = self._attempt(pass_, model, previous, self.context.with_units(names),
-                                                   screen=True)
+                    trial = self._attempt(pass_, model, previous, self.context.with_units(names), screen=True)
                 except PreconditionError as e:
-                    trials[names] = _Trial(None, error=str(e))
+                    trial = _Trial(None, error=str(e))
+                trials[names] = trial if trial.passed else replace(trial, outputs=None)
                 done(1)
             return trials[names]
 

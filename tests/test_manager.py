@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import re
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,3 +455,23 @@ def test_a_clearly_failing_trial_stops_after_the_first_samples(mlp_many: tuple[P
     assert not bad.applied and bad.reason.startswith("fails alone on the calibration samples: logits: cosine ")
     assert f"on the first {manager.RANK_SAMPLES} samples" in bad.reason
     assert {u.name for u in outcome.units if u.applied} == {"w1", "b1", "b2"}
+
+
+def test_a_search_frees_the_outputs_of_the_candidates_that_failed(
+        mlp_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed candidate's outputs are never read again, so a search with thousands of samples must not keep them
+    alive until it ends: once a trial has failed, its outputs are gone (while the search is still running)."""
+    failed: list[weakref.ref[np.ndarray]] = []
+    attempt = manager.PassManager._attempt
+
+    def recorded(self: manager.PassManager, *args: object, **kwargs: object) -> object:
+        gc.collect()
+        assert all(ref() is None for ref in failed), "a failed trial's outputs outlived it"
+        trial = attempt(self, *args, **kwargs)  # type: ignore[arg-type]
+        if not trial.passed and trial.outputs is not None:
+            failed.extend(weakref.ref(a) for a in trial.outputs.values() if isinstance(a, np.ndarray))
+        return trial
+
+    monkeypatch.setattr(manager.PassManager, "_attempt", recorded)
+    (outcome,) = run(mlp_files, RowNoise(), tolerance=graphopt.Tolerance(cosine=0.98)).pipeline.outcomes
+    assert outcome.status is Status.NARROWED and failed
