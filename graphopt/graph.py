@@ -176,15 +176,31 @@ def densified(model: onnx.ModelProto) -> onnx.ModelProto:
     return dense
 
 
+_SHAPE_ONLY = 2**16
+"""Bytes of raw data above which an initializer goes to shape inference without its values (its type and dims are
+all inference reads of a weight; shape tensors and scales are far smaller): onnx infers on a serialised copy of the
+model, and on a 54 MB recogniser inference took 0.52 s with the weights, 0.11 s without them."""
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference where it can run; the model unchanged where it cannot (too large, unknown ops)."""
     if not fits_protobuf(model):
         return model
+    light = copy_model(model)
+    weights = {}
+    for tensor in light.graph.initializer:
+        if len(tensor.raw_data) > _SHAPE_ONLY:
+            weights[tensor.name] = tensor.raw_data
+            tensor.ClearField("raw_data")
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as e:
         log.info("shape inference failed, shapes left as they were: %s", e)
         return model
+    for tensor in inferred.graph.initializer:
+        if tensor.name in weights:
+            tensor.raw_data = weights[tensor.name]
+    return inferred
 
 
 def model_digest(model: onnx.ModelProto) -> bytes:

@@ -9,6 +9,7 @@ import pytest
 from helpers import run_ort, text_model
 from onnx import helper, numpy_helper, parser
 
+from graphopt import graph
 from graphopt.errors import PreconditionError
 from graphopt.graph import (
     Names,
@@ -146,3 +147,24 @@ def test_editing_leaves_the_model_it_was_given_byte_for_byte() -> None:
         edit.graph.nodes[-1].name = "renamed"
     assert model.SerializeToString() == before
     assert [n.name for n in edit.model.graph.node if n.op_type == "Reshape"] == ["renamed"]
+
+
+def test_shapes_are_inferred_as_onnx_infers_them_with_the_weights_left_out_and_put_back(
+        rng: np.random.Generator) -> None:
+    """Inference reads a weight's dims, not its values: with the large weights left out it infers the same shapes
+    (through a Reshape whose target and a Resize whose scales are constants), and the result keeps every weight."""
+    weight = rng.standard_normal((64, 3, 16, 16)).astype(np.float32)  # 192 KB: above the size left out
+    model = text_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 3, 16, 16] x) => (float[1, 64, 1024] y) {
+            c = Conv <pads = [8, 8, 7, 7]> (x, w)
+            r = Resize <mode = "nearest"> (c, roi, scales)
+            y = Reshape (r, shape)
+        }""", w=weight, roi=np.zeros(0, np.float32), scales=np.array([1, 1, 2, 2], np.float32),
+                       shape=np.array([1, 64, -1], np.int64))
+    assert weight.nbytes > graph._SHAPE_ONLY
+    expected = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    got = graph.infer_shapes(model)
+    assert got.SerializeToString() == expected.SerializeToString()
+    assert {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in got.graph.value_info} == {
+        "c": [1, 64, 16, 16], "r": [1, 64, 32, 32]}
