@@ -11,6 +11,7 @@ again, because a pass that changes channel counts would otherwise leave wrong ``
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import math
@@ -24,7 +25,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
-from graphopt._proto import fits_protobuf
+from graphopt._proto import fits_protobuf, weight_bytes
 from graphopt.errors import PreconditionError
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "default_opset",
     "densified",
     "editing",
+    "free_copies",
     "import_graph",
     "infer_shapes",
     "initializer_arrays",
@@ -217,6 +219,19 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy
+
+
+_BIG_MODEL = 2**28
+"""Weights from which a model's copies are worth a full garbage collection to free (256 MiB)."""
+
+
+def free_copies(model: onnx.ModelProto) -> None:
+    """Collect the copies of ``model`` that earlier rewrites left behind, when it is big. Graphsurgeon graphs are
+    reference cycles whose constants hold on to a whole copied model (protobuf keeps the parent of a sub-message
+    alive), so only a full collection frees them; for a model of gigabytes, copies pile up faster than Python
+    collects them on its own."""
+    if weight_bytes(model) >= _BIG_MODEL:
+        gc.collect()
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -17,7 +17,6 @@ pass.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import time
@@ -28,10 +27,9 @@ from typing import Any
 
 import onnx
 
-from graphopt._proto import weight_bytes
 from graphopt.errors import GraphoptError, PreconditionError, first_line
 from graphopt.gates import TIMERS, Timer, judge_speed, resolve
-from graphopt.graph import copy_model
+from graphopt.graph import copy_model, free_copies
 from graphopt.instrument import Instrument
 from graphopt.modelio import check_model
 from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
@@ -116,7 +114,7 @@ class PassManager:
             outcomes.append(outcome)
             model = outcome.model_after
             previous = outputs if outputs is not None else previous
-        _free_earlier_copies(model)
+        free_copies(model)
         result = PipelineResult(model, tuple(outcomes))
         for instrument in self.instruments:
             instrument.after_pipeline(result)
@@ -201,7 +199,7 @@ class PassManager:
     ) -> _Trial:
         """Run the pass on a copy of ``model``, check and verify it. ``PreconditionError`` propagates. A search's
         trial is first ``screen``ed on the first verification samples, and stops there when it clearly fails."""
-        _free_earlier_copies(model)
+        free_copies(model)
         work = copy_model(model)
         try:
             result = pass_(work, context)
@@ -367,15 +365,3 @@ def _nothing_to_change(result: PassResult | None) -> str:
         return "nothing to change"
     (reason, count), total = reasons.most_common(1)[0], sum(reasons.values())
     return f"nothing to change ({count} of {total} skipped: {reason})"
-
-
-_BIG_MODEL = 2**28
-"""Weights from which a model's copies are worth a full garbage collection to free (256 MiB)."""
-
-
-def _free_earlier_copies(model: onnx.ModelProto) -> None:
-    """Collect the copies earlier attempts left behind. Graphsurgeon graphs are reference cycles whose constants
-    hold on to a whole copied model (protobuf keeps the parent of a sub-message alive), so only a full collection
-    frees them; for a model of gigabytes, copies pile up faster than Python collects them on its own."""
-    if weight_bytes(model) >= _BIG_MODEL:
-        gc.collect()

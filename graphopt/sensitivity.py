@@ -17,7 +17,7 @@ import onnx
 
 from graphopt.data import Dataset
 from graphopt.errors import GraphoptError, PreconditionError, first_line
-from graphopt.graph import copy_model
+from graphopt.graph import copy_model, free_copies
 from graphopt.modelio import check_model
 from graphopt.outputs import Output, Outputs, RaggedOutput
 from graphopt.pass_base import PassBase, PassContext
@@ -85,6 +85,7 @@ def measure_alone(pass_: PassBase, model: onnx.ModelProto, units: Sequence[str],
 
 def _candidate(pass_: PassBase, model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto | str:
     """The pass's result with one unit, or why there is none."""
+    free_copies(model)
     try:
         result = pass_(copy_model(model), context)
     except PreconditionError as e:
