@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from graphopt._proto import PROTOBUF_LIMIT, raw_bytes
+from graphopt._proto import PROTOBUF_LIMIT, raw_bytes, weight_bytes
 
 __all__ = ["ModelUnion", "UnionBuilder", "UnionError"]
 
@@ -65,6 +65,8 @@ class UnionBuilder:
         """Add ``model`` as the variant ``name`` (``UnionError`` when it cannot share the union's graph)."""
         if name in self._outputs:
             raise ValueError(f"variant {name!r} added twice")
+        if not self._outputs and weight_bytes(model) > self._limit:  # before hashing gigabytes for nothing
+            raise UnionError(f"the union's weights would exceed {self._limit} bytes")
         self._check_header(model)
         graph = model.graph
         if graph.sparse_initializer:

@@ -106,3 +106,5 @@ def test_the_union_stops_at_its_weight_limit() -> None:
     builder.add("same", model)  # shares every initializer: nothing added
     with pytest.raises(UnionError, match="exceed"):
         builder.add("w1", _variant(model, "w1", 0.5))
+    with pytest.raises(UnionError, match="exceed"):  # a first variant above the limit: refused before hashing
+        UnionBuilder(limit=weights - 1).add("model", model)
