@@ -109,7 +109,8 @@ def _together(union: ModelUnion, data: Dataset, per_sample: bool, context: PassC
               judged: Callable[[Outputs], Screen]) -> dict[str, Screen]:
     """Screen every variant of ``union`` from one run of it."""
     outputs, _ = run_dataset(create_session(union.model, context.runtime), data, context.runtime,
-                             per_sample=per_sample)
+                             per_sample=per_sample, progress=context.progress,
+                             label=f"rank {len(union.outputs)} units together")
     return {variant: judged({own: outputs[name] for own, name in names.items()})
             for variant, names in union.outputs.items()}
 
