@@ -48,6 +48,16 @@ def measure_alone(pass_: PassBase, model: onnx.ModelProto, units: Sequence[str],
     def judged(outputs: Outputs) -> Screen:
         return screen(reference, outputs, tolerance, kinds)
 
+    def alone(candidate: onnx.ModelProto | str) -> Screen:
+        """A candidate run in a session of its own (or why it has none)."""
+        if isinstance(candidate, str):
+            return Screen(0, math.inf, candidate)
+        try:
+            outputs, _ = run_dataset(check_model(candidate, runtime), data, runtime, per_sample=per_sample)
+        except GraphoptError as e:
+            return Screen(0, math.inf, str(e))
+        return judged(outputs)
+
     screens: dict[str, Screen] = {}
     per_group = max(1, OUTPUT_BYTES // max(1, _bytes(reference)))
     builder = UnionBuilder()
@@ -59,21 +69,19 @@ def measure_alone(pass_: PassBase, model: onnx.ModelProto, units: Sequence[str],
         except GraphoptError as e:  # onnxruntime refused the union: build and run its candidates one by one
             log.info("ranking candidates one by one: %s", e)
             for unit in union.outputs:
-                candidate = _candidate(pass_, model, context.with_units(frozenset([unit])))
-                screens[unit] = (Screen(0, math.inf, candidate) if isinstance(candidate, str)
-                                 else _alone(candidate, data, per_sample, context, judged))
+                screens[unit] = alone(_candidate(pass_, model, context.with_units(frozenset([unit]))))
 
     for unit in units:
         candidate = _candidate(pass_, model, context.with_units(frozenset([unit])))
         done(1)
         if isinstance(candidate, str):
-            screens[unit] = Screen(0, math.inf, candidate)
+            screens[unit] = alone(candidate)
             continue
         try:
             builder.add(unit, candidate)
         except UnionError as e:
             log.debug("%s runs on its own: %s", unit, e)
-            screens[unit] = _alone(candidate, data, per_sample, context, judged)
+            screens[unit] = alone(candidate)
             continue
         if builder.variants == per_group:
             run_union()
@@ -94,15 +102,6 @@ def _candidate(pass_: PassBase, model: onnx.ModelProto, context: PassContext) ->
         log.info("pass %s raised on one unit", pass_.name, exc_info=True)
         return f"pass raised {type(e).__name__}: {first_line(e)}"
     return result.model if result.modified else "changes nothing"
-
-
-def _alone(candidate: onnx.ModelProto, data: Dataset, per_sample: bool, context: PassContext,
-           judged: Callable[[Outputs], Screen]) -> Screen:
-    try:
-        outputs, _ = run_dataset(check_model(candidate, context.runtime), data, context.runtime, per_sample=per_sample)
-    except GraphoptError as e:
-        return Screen(0, float("inf"), str(e))
-    return judged(outputs)
 
 
 def _together(union: ModelUnion, data: Dataset, per_sample: bool, context: PassContext,

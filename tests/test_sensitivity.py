@@ -66,9 +66,9 @@ def test_the_union_screens_each_unit_as_its_own_session_would(
     unit's badness is the one its candidate run alone gets; a unit whose pass raises or changes nothing cannot be
     ranked and says why; a candidate the union refuses runs on its own."""
     monkeypatch.setattr(sensitivity, "OUTPUT_BYTES", output_bytes)
-    alone: list[onnx.ModelProto] = []
-    run_alone = sensitivity._alone
-    monkeypatch.setattr(sensitivity, "_alone", lambda candidate, *rest: alone.append(candidate) or run_alone(
+    alone: list[onnx.ModelProto] = []  # the candidates run in a session of their own (checked first)
+    check = sensitivity.check_model
+    monkeypatch.setattr(sensitivity, "check_model", lambda candidate, *rest: alone.append(candidate) or check(
         candidate, *rest))
     model = mlp()
     units = [u.name for u in Scales().units(model, PassContext())]
