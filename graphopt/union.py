@@ -62,11 +62,29 @@ class UnionBuilder:
         return len(self._outputs)
 
     def add(self, name: str, model: onnx.ModelProto) -> None:
-        """Add ``model`` as the variant ``name`` (``UnionError`` when it cannot share the union's graph)."""
+        """Add ``model`` as the variant ``name``; ``UnionError`` when it cannot share the union's graph, and then
+        the union is as it was before."""
         if name in self._outputs:
             raise ValueError(f"variant {name!r} added twice")
         if not self._outputs and weight_bytes(model) > self._limit:  # before hashing gigabytes for nothing
             raise UnionError(f"the union's weights would exceed {self._limit} bytes")
+        values, nodes, initializers, size = len(self._ids), len(self._graph.node), len(self._graph.initializer), self._bytes
+        try:
+            self._add(name, model)
+        except UnionError:
+            for key in list(self._ids)[values:]:
+                del self._ids[key]
+            self._produced = {i for i in self._produced if i < values}
+            self._types = {i: v for i, v in self._types.items() if i < values}
+            del self._graph.node[nodes:]
+            del self._graph.initializer[initializers:]
+            self._bytes = size
+            if not self._outputs:
+                self._header, self._signature, self._input_names = None, b"", {}
+                del self._graph.input[:]
+            raise
+
+    def _add(self, name: str, model: onnx.ModelProto) -> None:
         self._check_header(model)
         graph = model.graph
         if graph.sparse_initializer:

@@ -108,3 +108,27 @@ def test_the_union_stops_at_its_weight_limit() -> None:
         builder.add("w1", _variant(model, "w1", 0.5))
     with pytest.raises(UnionError, match="exceed"):  # a first variant above the limit: refused before hashing
         UnionBuilder(limit=weights - 1).add("model", model)
+
+
+def test_a_refused_variant_leaves_the_union_as_it_was() -> None:
+    """A variant refused half-way (its new weight and nodes added, then a node reading a value nothing computes)
+    takes all of them back out: the union is the one built without it, and later variants still join."""
+    model = mlp()
+    broken = _variant(model, "w1", 0.5)
+    broken.graph.node.append(onnx.helper.make_node("Identity", ["nowhere"], ["dangling"]))
+    builder, plain = UnionBuilder(), UnionBuilder()
+    builder.add("model", model)
+    plain.add("model", model)
+    with pytest.raises(UnionError, match="before it is computed"):
+        builder.add("broken", broken)
+    assert builder.build().model.SerializeToString() == plain.build().model.SerializeToString()
+    builder.add("w2", _variant(model, "w2", -1.0))
+    plain.add("w2", _variant(model, "w2", -1.0))
+    assert builder.build().model.SerializeToString() == plain.build().model.SerializeToString()
+    first = UnionBuilder()
+    with pytest.raises(UnionError):
+        first.add("broken", broken)
+    first.add("model", model)  # the refused first variant left no header or value behind either
+    alone = UnionBuilder()
+    alone.add("model", model)
+    assert first.build().model.SerializeToString() == alone.build().model.SerializeToString()
