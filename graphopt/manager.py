@@ -247,7 +247,7 @@ class PassManager:
     def _most_trials(self, units: Sequence[Unit]) -> int:
         """How many candidates a search among ``units`` can try at most: each measured unit alone, the capped
         bisection and one-by-one retries, and the bisection that holds the kept set at the selection confidence."""
-        alone = sum(u.sensitivity is None or len(units) <= MEASURED_UNITS for u in units)
+        alone = len(_measured(units))
         steps = math.ceil(math.log2(len(units) + 1))
         return alone + min(self.max_trials, steps + len(units)) + steps + 1
 
@@ -270,8 +270,9 @@ class PassManager:
                 done(1)
             return trials[names]
 
-        measured = {u.name for u in units if u.sensitivity is None or len(units) <= MEASURED_UNITS}
-        scores, reasons, ranked = self._rank(pass_, model, [u for u in units if u.name in measured], done)
+        to_measure = _measured(units)
+        measured = {u.name for u in to_measure}
+        scores, reasons, ranked = self._rank(pass_, model, to_measure, done)
         scores |= {u.name: u.sensitivity for u in units if u.name not in scores and u.sensitivity is not None}
         gains = {u.name: u.gain for u in units if u.gain is not None and u.gain > 0}
         ranked_by = {n: s / gains[n] if n in gains and len(gains) == len(units) else s for n, s in scores.items()}
@@ -356,6 +357,12 @@ class PassManager:
         if not trial.passed or trial.outputs is None:
             return False
         return self.verifier.against_original(trial.outputs, tolerance).passed
+
+
+def _measured(units: Sequence[Unit]) -> list[Unit]:
+    """The units a search measures alone: all of them up to ``MEASURED_UNITS``, beyond it those without the pass's
+    own estimate."""
+    return [u for u in units if u.sensitivity is None or len(units) <= MEASURED_UNITS]
 
 
 def _nothing_to_change(result: PassResult | None) -> str:
