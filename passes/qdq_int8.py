@@ -167,9 +167,10 @@ class QdqInt8Pass(PassBase):
             runtime = "onnxruntime"
         return SpeedCheck(check, runtime, candidate="int8", baseline="the float")
 
-    def _static(self, model: onnx.ModelProto, context: PassContext, notes: list[str], key: bytes) -> _Built:
-        """smooth → calibrate → place → correct → rewrite of ``model`` (whose digest is ``key``); a
+    def _static(self, model: onnx.ModelProto, context: PassContext, notes: list[str], key: bytes | None) -> _Built:
+        """smooth → calibrate → place → correct → rewrite of ``model`` (whose digest is ``key``, when known); a
         ``CalibrationError`` when the ranges cannot be measured (the manager reports the pass as skipped with it)."""
+        key = model_digest(model) if key is None else key
         smoothing_skips: list[Skip] = []
         if self.options.smooth == "auto":
             model, smoothing_notes, smoothing_skips, key = self._smoothed(model, context, key)
@@ -215,14 +216,14 @@ class QdqInt8Pass(PassBase):
         return lambda layer: quant.weight_params(layer.weight, layer.axis if self.options.per_channel else None,
                                                  bits=bits)
 
-    def _at_opset(self, model: onnx.ModelProto, minimum: int) -> tuple[onnx.ModelProto, str, bytes]:
+    def _at_opset(self, model: onnx.ModelProto, minimum: int) -> tuple[onnx.ModelProto, str, bytes | None]:
         """``ensure_opset``, with the last upgrade cached by model digest: narrowing runs the pass once per trial on
         the same model, and onnx's version converter takes longer than the rest of a trial's rewrite. Also returns
-        the digest of the model returned, which keys the caches after it (one digest per run: each is a serialisation
-        of the whole model)."""
-        key = model_digest(model)
+        the digest of an upgraded model, which keys the caches after it (a digest serialises the whole model, so a
+        run takes one), or ``None`` for the model as given, not digested here."""
         if default_opset(model) >= minimum:
-            return model, "", key
+            return model, "", None
+        key = model_digest(model)
         if not (key and self._upgrade and self._upgrade[0] == key):
             upgraded, note = ensure_opset(model, minimum)
             self._upgrade = (key, upgraded, note, model_digest(upgraded)) if key else None
