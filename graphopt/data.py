@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import struct
 import tokenize
 import zipfile
 import zlib
@@ -23,9 +24,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphopt.columns import ArrayFile, Column, Rows, chunks, select
 from graphopt.errors import DataError, UnsupportedModelError, first_line
 
-__all__ = ["RANDOM", "Dataset", "InputSpec", "data_files", "input_specs", "load_data", "synthesize"]
+__all__ = ["RANDOM", "Dataset", "InputSpec", "data_files", "input_specs", "load_data", "split_indices", "synthesize"]
 
 RANDOM = "random"
 _SYNTHETIC_SAMPLES = 16
@@ -33,9 +35,9 @@ _SYNTHETIC_DYNAMIC_DIM = 16
 _MAX_SYNTHETIC_BYTES = 2**30
 """Random data is for checking lossless rewrites; inputs declared larger than this are refused, not allocated."""
 _READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, zlib.error,
-                NotImplementedError)
+                NotImplementedError, RuntimeError)
 """What numpy and zipfile raise for unreadable array files (corrupt headers and deflate streams, unknown zip
-methods…)."""
+methods, encrypted members…)."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,14 @@ def _numpy_native(dtype: np.dtype) -> bool:
 @dataclass(frozen=True)
 class Dataset:
     """Samples for every model input; ``stacked`` names inputs whose arrays stack whole model inputs. ``labels``
-    (one per sample, optional) travel with the samples through ``subset`` and ``split``."""
+    (one per sample, optional) travel with the samples through ``subset`` and ``split``.
 
-    arrays: Mapping[str, np.ndarray]
+    An input's samples are a ``Column``: an array, or ``Rows`` read a batch at a time (a data file's arrays stay on
+    disk, and subsets and splits are row numbers), so a run's memory does not grow with the number of samples.
+    ``to_arrays`` reads them all.
+    """
+
+    arrays: Mapping[str, Column]
     stacked: frozenset[str]
     batchable: bool
     synthetic: bool = False
@@ -119,29 +126,41 @@ class Dataset:
         for first in range(start, self.n_samples, step):
             stop = min(first + step, self.n_samples)
             feed = {
-                name: (np.asarray(array[first]) if name in self.stacked else array[first:stop])
+                name: (np.asarray(array[first]) if name in self.stacked else np.asarray(array[first:stop]))
                 for name, array in self.arrays.items()
             }
             yield feed, stop - first
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every sample of every input, read into memory."""
+        return {name: np.asarray(array) for name, array in self.arrays.items()}
+
     def window(self, start: int, stop: int | None = None) -> Dataset:
-        """Samples ``start`` to ``stop`` (exclusive; ``None``: to the end) as views of these arrays: no copy."""
-        arrays = {name: array[start:stop] for name, array in self.arrays.items()}
-        labels = self.labels[start:stop] if self.labels is not None else None
-        return Dataset(arrays, self.stacked, self.batchable, self.synthetic, self.source, labels)
+        """Samples ``start`` to ``stop`` (exclusive; ``None``: to the end), without copying them."""
+        return self._with(slice(start, stop))
 
     def subset(self, indices: np.ndarray) -> Dataset:
-        arrays = {name: array[indices] for name, array in self.arrays.items()}
-        labels = self.labels[indices] if self.labels is not None else None
+        """Samples ``indices``, in that order, without copying them."""
+        return self._with(np.asarray(indices, dtype=np.intp))
+
+    def _with(self, key: slice | np.ndarray) -> Dataset:
+        arrays = {name: select(array, key) for name, array in self.arrays.items()}
+        labels = self.labels[key] if self.labels is not None else None
         return Dataset(arrays, self.stacked, self.batchable, self.synthetic, self.source, labels)
 
     def split(self, calibration_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """A deterministic split into (calibration, verification) parts that share no sample."""
-        n = self.n_samples
-        order = np.random.default_rng(seed).permutation(n)
-        cut = round(n * calibration_fraction) if n >= 2 else 0
-        cut = min(max(cut, 1 if n >= 2 else 0), n - 1)
-        return self.subset(np.sort(order[:cut])), self.subset(np.sort(order[cut:]))
+        """A deterministic split into (calibration, verification) parts that share no sample (``split_indices``)."""
+        calibration, verification = split_indices(self.n_samples, calibration_fraction, seed)
+        return self.subset(calibration), self.subset(verification)
+
+
+def split_indices(n_samples: int, calibration_fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The samples ``Dataset.split`` gives calibration and verification, each in ascending order: a seeded
+    permutation cut at ``calibration_fraction`` (each part has a sample when there are two or more)."""
+    order = np.random.default_rng(seed).permutation(n_samples)
+    cut = round(n_samples * calibration_fraction) if n_samples >= 2 else 0
+    cut = min(max(cut, 1 if n_samples >= 2 else 0), n_samples - 1)
+    return np.sort(order[:cut]), np.sort(order[cut:])
 
 
 def load_data(source: str | Path, specs: tuple[InputSpec, ...], labels: str | Path | None = None) -> Dataset:
@@ -167,14 +186,14 @@ def load_data(source: str | Path, specs: tuple[InputSpec, ...], labels: str | Pa
     return replace(dataset, labels=label_array)
 
 
-def _labels(arrays: dict[str, np.ndarray], labels: str | Path) -> np.ndarray:
+def _labels(arrays: dict[str, Column], labels: str | Path) -> np.ndarray:
     """Take the label array named ``labels`` out of ``arrays``, or read it from an ``.npy`` file."""
     name = str(labels)
     if name in arrays:
-        found = arrays.pop(name)
+        found = np.asarray(arrays.pop(name))
     elif name.endswith(".npy") and Path(name).exists():
         try:
-            found = _load_npy(_regular(Path(name)))
+            found = np.asarray(_load_npy(_regular(Path(name))))
         except _READ_ERRORS as e:
             raise DataError(f"cannot read labels {name}: {first_line(e)}") from e
     else:
@@ -212,34 +231,33 @@ def synthesize(specs: tuple[InputSpec, ...], n_samples: int = _SYNTHETIC_SAMPLES
     return _check(arrays, specs, RANDOM, synthetic=True)
 
 
-def _read_file(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray]:
+def _read_file(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, Column]:
     try:
         if path.suffix == ".npy":
             if len(specs) != 1:
                 raise DataError(f"{path} holds one array but the model has {len(specs)} inputs; use an .npz")
             return {specs[0].name: _load_npy(path)}
         if zipfile.is_zipfile(path):
-            _check_archive(path)
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DataError(f"{path} is not an .npz archive (it holds one array; name it .npy)")
-        with archive:
-            arrays = {name: archive[name] for name in archive.files}
-        odd = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
-        if odd:
-            raise DataError(f"{path}: member '{odd[0]}' is not a numpy array")
-        return arrays
+            return _read_archive(path)
+        with open(path, "rb") as handle:
+            if _npy_header(handle, path.stat().st_size, str(path)) is not None:
+                raise DataError(f"{path} is not an .npz archive (it holds one array; name it .npy)")
+        np.load(path, allow_pickle=False)  # says in numpy's words what the file is instead
+        raise DataError(f"{path} is not an .npz archive")
     except DataError:
         raise
     except _READ_ERRORS as e:
         raise DataError(f"cannot read data file {path}: {first_line(e)}") from e
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """One array from an ``.npy`` file; ``DataError`` when the file holds something else (an ``.npz`` archive)."""
+def _load_npy(path: Path) -> Column:
+    """One array from an ``.npy`` file, left on disk and read by rows when it is C-ordered; ``DataError`` when the
+    file holds something else (an ``.npz`` archive)."""
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as handle:
-            _claimed_bytes(handle, path.stat().st_size, str(path))
+            header = _npy_header(handle, path.stat().st_size, str(path))
+        if header is not None and header.by_rows:
+            return Rows(ArrayFile.at(path, header.offset, header.dtype, header.shape))
         _check_memory(path.stat().st_size, str(path))
     loaded = np.load(path, allow_pickle=False)
     if not isinstance(loaded, np.ndarray):
@@ -259,9 +277,24 @@ def _regular(path: Path) -> Path:
     return path
 
 
-def _claimed_bytes(handle: BinaryIO, stored: int, name: str) -> int | None:
-    """The bytes an ``.npy`` stream's header says its array takes, refused when ``stored`` bytes cannot hold them;
-    ``None`` when the stream is not an ``.npy`` (numpy then says what it is).
+@dataclass(frozen=True)
+class _NpyHeader:
+    """What an ``.npy`` stream's header declares, and where its array starts (``offset`` from the stream's start)."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran: bool
+    offset: int
+
+    @property
+    def by_rows(self) -> bool:
+        """Whether the array can be read a row at a time where it lies: C-ordered, with samples."""
+        return not self.fortran and len(self.shape) >= 1
+
+
+def _npy_header(handle: BinaryIO, stored: int, name: str) -> _NpyHeader | None:
+    """The header of an ``.npy`` stream, refused when ``stored`` bytes cannot hold the array it declares; ``None``
+    when the stream is not an ``.npy`` or holds Python objects (numpy then says what it is).
 
     Read before the array, so that a header claiming 10**12 samples is refused instead of allocated.
     """
@@ -269,9 +302,12 @@ def _claimed_bytes(handle: BinaryIO, stored: int, name: str) -> int | None:
         version = np.lib.format.read_magic(handle)
     except ValueError:
         return None
-    try:
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise DataError(f"cannot read data file {name}: .npy format version {version[0]}.{version[1]} is not one numpy "
+                        "writes (1.0, 2.0, 3.0)")
+    try:  # version 3.0 differs from 2.0 in allowing utf-8 field names, which sample arrays do not have
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(handle)
+        shape, fortran, dtype = read(handle)
     except _READ_ERRORS as e:
         raise DataError(f"cannot read data file {name}: {first_line(e)}") from e
     if dtype.hasobject:
@@ -280,23 +316,46 @@ def _claimed_bytes(handle: BinaryIO, stored: int, name: str) -> int | None:
     if claimed > stored - handle.tell():
         raise DataError(f"cannot read data file {name}: its header declares {dtype} {list(shape)} ({claimed} bytes), "
                         f"but the file holds {max(stored - handle.tell(), 0)}: truncated or forged")
-    return claimed
+    return _NpyHeader(dtype, tuple(shape), bool(fortran), handle.tell())
 
 
-def _check_archive(path: Path) -> None:
-    """Check an ``.npz``'s members before numpy inflates any: each array header against its member's uncompressed
-    size, and the uncompressed total against the memory this machine has free."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                with archive.open(info) as member:
-                    _claimed_bytes(member, info.file_size, f"{path}:{info.filename}")  # type: ignore[arg-type]
-            total = sum(info.file_size for info in archive.infolist())
-    except DataError:
-        raise
-    except _READ_ERRORS as e:
-        raise DataError(f"cannot read data file {path}: {first_line(e)}") from e
-    _check_memory(total, str(path))
+def _read_archive(path: Path) -> dict[str, Column]:
+    """An ``.npz``'s arrays. Each member's header is checked against its size before anything is read; members
+    stored uncompressed stay on disk and are read by rows, compressed ones are inflated (when the memory free can
+    hold them)."""
+    arrays: dict[str, Column] = {}
+    inflated: dict[str, int] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                header = _npy_header(member, info.file_size, f"{path}:{info.filename}")  # type: ignore[arg-type]
+            name = info.filename.removesuffix(".npy")
+            if header is not None and header.by_rows and info.compress_type == zipfile.ZIP_STORED \
+                    and info.filename.endswith(".npy"):
+                start = _member_start(path, info) + header.offset
+                arrays[name] = Rows(ArrayFile.at(path, start, header.dtype, header.shape))
+            else:
+                inflated[name] = info.file_size
+    _check_memory(sum(inflated.values()), str(path))
+    if inflated:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays.update({name: archive[name] for name in inflated})
+    odd = [name for name, value in arrays.items() if not isinstance(value, np.ndarray | Rows)]
+    if odd:
+        raise DataError(f"{path}: member '{odd[0]}' is not a numpy array")
+    return arrays
+
+
+def _member_start(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start in its archive: after its local header, whose name and extra fields may
+    differ in length from the central directory's."""
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise DataError(f"cannot read data file {path}: member '{info.filename}' has a damaged header")
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_length + extra_length
 
 
 def _check_memory(claimed: int, name: str) -> None:
@@ -343,13 +402,13 @@ def _members(folder: Path) -> list[Path]:
     return sorted([*folder.glob("*.npz"), *folder.glob("*.npy")])
 
 
-def _read_folder(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarray]:
+def _read_folder(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, Column]:
     npz = sorted(_regular(p) for p in path.glob("*.npz"))
     npy = sorted(_regular(p) for p in path.glob("*.npy"))
     if npz and npy:
         raise DataError(f"data folder {path} mixes .npz and .npy files; use one kind")
     if npy:
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, Column] = {}
         for file in npy:
             try:
                 arrays[file.stem] = _load_npy(file)
@@ -364,13 +423,14 @@ def _read_folder(path: Path, specs: tuple[InputSpec, ...]) -> dict[str, np.ndarr
         if set(part) != names:
             raise DataError(f"{file} holds arrays {sorted(part)}, but {npz[0].name} holds {sorted(names)}")
     try:
-        return {name: np.concatenate([p[name] for p in parts], axis=0) for name in names}
+        _check_memory(sum(part[name].nbytes for part in parts for name in names), str(path))
+        return {name: np.concatenate([np.asarray(p[name]) for p in parts], axis=0) for name in names}
     except ValueError as e:
         raise DataError(f"arrays in {path} do not concatenate along the sample axis: {e}") from e
 
 
 def _check(
-    arrays: Mapping[str, np.ndarray], specs: tuple[InputSpec, ...], source: str, synthetic: bool = False
+    arrays: Mapping[str, Column], specs: tuple[InputSpec, ...], source: str, synthetic: bool = False
 ) -> Dataset:
     by_name = {s.name: s for s in specs}
     missing = [s for s in specs if s.name not in arrays]
@@ -400,7 +460,7 @@ def _check(
         for axis, (want, got) in enumerate(zip(spec.shape, dims, strict=True)):
             if isinstance(want, int) and want != got and not (axis == 0 and name not in stacked):
                 raise DataError(f"input '{name}': dimension {axis} is {got} in the data, model expects {want}")
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        if np.issubdtype(array.dtype, np.floating) and not all(np.isfinite(part).all() for part in chunks(array)):
             raise DataError(f"input '{name}': data holds NaN or Inf values")
         counts[name] = len(array)
     if not counts or min(counts.values()) == 0:

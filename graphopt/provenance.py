@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from graphopt.columns import chunks
 from graphopt.data import Dataset
 
 __all__ = ["Provenance", "data_digest", "read_provenance", "stamp_provenance"]
@@ -31,7 +32,8 @@ def data_digest(dataset: Dataset) -> str:
     for name in sorted(dataset.arrays):
         array = dataset.arrays[name]
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
+        for part in chunks(array):
+            digest.update(part.tobytes())
     return digest.hexdigest()
 
 

@@ -35,7 +35,7 @@ def run_ort(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], optimize: b
     )
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, dict(feeds))
+    return session.run(None, {name: np.asarray(feed) for name, feed in feeds.items()})  # a Dataset's columns too
 
 
 def mlp(seed: int = 0, hidden: int = 16, features: int = 8, classes: int = 4) -> onnx.ModelProto:

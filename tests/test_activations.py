@@ -15,16 +15,17 @@ from graphopt.activations import reduce_activations, stream_activations
 from graphopt.data import input_specs, load_data
 from graphopt.errors import CalibrationError, PreconditionError
 from graphopt.outcome import Status
+from graphopt.runtime import RuntimeConfig
 
 
 def test_streams_intermediate_tensors_per_batch(mlp_files: tuple[Path, Path]) -> None:
     model = onnx.load(mlp_files[0])
     data = load_data(mlp_files[1], input_specs(model))
-    batches = list(stream_activations(model, ["h", "r"], data))
+    batches = list(stream_activations(model, ["h", "r"], data, RuntimeConfig(batch_size=64)))
     assert [b["h"].shape for b in batches] == [(1, 16), (63, 16)], "the first sample alone measures the bytes"
     h = np.concatenate([b["h"] for b in batches])
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    expected = data.arrays["x"] @ weights["w1"] + weights["b1"]
+    expected = data.to_arrays()["x"] @ weights["w1"] + weights["b1"]
     np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.concatenate([b["r"] for b in batches]), np.maximum(h, 0))
     assert len(model.graph.output) == 1 and model.graph.output[0].name == "logits"
@@ -35,7 +36,8 @@ def test_batches_are_bounded_by_the_bytes_of_their_tapped_tensors(mlp_files: tup
     a sample, so a budget of 1,280 bytes runs 10 samples at a time, whatever the batch size allows."""
     model = onnx.load(mlp_files[0])
     data = load_data(mlp_files[1], input_specs(model))
-    sizes = [len(b["h"]) for b in stream_activations(model, ["h", "r"], data, max_batch_bytes=1280)]
+    sizes = [len(b["h"]) for b in stream_activations(model, ["h", "r"], data, RuntimeConfig(batch_size=64),
+                                                      max_batch_bytes=1280)]
     assert sizes == [1, *[10] * 6, 3] and sum(sizes) == data.n_samples
 
 

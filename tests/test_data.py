@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 from onnx import helper
 
 import graphopt
-from graphopt.data import InputSpec, input_specs, load_data, synthesize
+from graphopt.columns import Rows
+from graphopt.data import Dataset, InputSpec, input_specs, load_data, split_indices, synthesize
 from graphopt.errors import DataError, UnsupportedModelError
 
 SPECS = (InputSpec("x", np.dtype(np.float32), ("N", 8)),)
@@ -139,3 +142,62 @@ def test_outputs_onnxruntime_cannot_return_fail_in_one_line(tmp_path: Path) -> N
     result = graphopt.optimize(_cast_model(onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT8E4M3FN), "random",
                                output=out)
     assert out.exists() and result.report.passes
+
+
+def test_files_stay_on_disk_and_read_what_numpy_reads(tmp_path: Path, rng: np.random.Generator) -> None:
+    """An .npy, or an .npz member stored uncompressed (``np.savez``), is read a batch at a time from its file;
+    a compressed member is inflated. Subsets and batches read the same samples as numpy indexing."""
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez_compressed(tmp_path / "packed.npz", x=x)
+    for name in ("d.npz", "x.npy", "packed.npz"):
+        path = tmp_path / name if name != "d.npz" else save(tmp_path / name, x=x)
+        data = load_data(path, SPECS)
+        assert isinstance(data.arrays["x"], Rows) == (name != "packed.npz"), name
+        calibration, verification = data.split(0.5)
+        _, rows = split_indices(40)
+        np.testing.assert_array_equal(np.concatenate([f["x"] for f, _ in verification.batches(7)]), x[rows])
+        np.testing.assert_array_equal(calibration.window(3, 9).to_arrays()["x"], x[np.setdiff1d(np.arange(40), rows)][3:9])
+        np.testing.assert_array_equal(data.subset(np.array([5, 2, 3, 39])).arrays["x"][1:], x[[2, 3, 39]])
+
+
+def test_a_split_copies_no_sample(rng: np.random.Generator) -> None:
+    """Calibration and verification are row numbers into the caller's arrays, not copies of them."""
+    x = rng.standard_normal((10, 8)).astype(np.float32)
+    calibration, verification = Dataset({"x": x}, frozenset(), True).split(0.5)
+    for part in (calibration, verification, verification.window(1, 3)):
+        column = part.arrays["x"]
+        assert isinstance(column, Rows) and column.source is x
+
+
+def test_reading_a_large_file_holds_one_batch(tmp_path: Path) -> None:
+    """Loading, checking (every value is finite), splitting and batching 64 MiB of samples allocates a few chunks of
+    4 MiB at most: the memory of a run does not grow with the number of samples (the whole file was read in before,
+    and the split copied it again)."""
+    x = np.ones((2**14, 1024), np.float32)
+    data_file = save(tmp_path / "big.npz", x=x)
+    specs = (InputSpec("x", np.dtype(np.float32), ("N", 1024)),)
+    del x
+    tracemalloc.start()
+    try:
+        calibration, verification = load_data(data_file, specs).split(0.5)
+        total = sum(float(feed["x"].sum()) for part in (calibration, verification) for feed, _ in part.batches(64))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == 2**24
+    assert peak < 2**24, f"{peak / 2**20:.1f} MiB allocated to read 64 MiB of samples"
+
+
+def test_a_file_that_changes_or_lies_about_its_length_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = save(tmp_path / "d.npz", x=rng.standard_normal((10, 8)).astype(np.float32))
+    data = load_data(path, SPECS)
+    path.write_bytes(path.read_bytes())  # same bytes, written again: another file now
+    os.utime(path, ns=(0, 0))
+    with pytest.raises(DataError, match="changed while graphopt was reading it"):
+        next(data.batches(4))
+    np.save(tmp_path / "x.npy", rng.standard_normal((10, 8)).astype(np.float32))
+    whole = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "x.npy").write_bytes(whole[:-8])
+    with pytest.raises(DataError, match="truncated or forged"):
+        load_data(tmp_path / "x.npy", SPECS)

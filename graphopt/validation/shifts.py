@@ -235,7 +235,7 @@ def _shifted(dataset: Dataset, shift: Shift, seed: int) -> Dataset:
     """The held-out samples under ``shift``, with an rng seeded by the run seed and the shift's label (so a shift's
     samples do not depend on which other shifts run)."""
     rng = np.random.default_rng([seed, zlib.crc32(shift.label.encode())])
-    arrays = shift.apply(dataset.arrays, rng)
+    arrays = shift.apply(dataset.to_arrays(), rng)
     if set(arrays) != set(dataset.arrays) or any(len(a) != dataset.n_samples for a in arrays.values()):
         raise ValidationSetupError(f"shift '{shift.label}' must return every input with {dataset.n_samples} samples")
     return Dataset(arrays, dataset.stacked, dataset.batchable, dataset.synthetic, f"{dataset.source} [{shift.label}]",

@@ -196,7 +196,7 @@ def test_digits_keeps_its_accuracy_at_30_percent_of_live_channels_only_with_the_
     fitting, held_out = data.split(0.5)  # as graphopt.optimize splits: accuracy is measured on unseen samples
     index = np.sort(np.random.default_rng(0).permutation(data.n_samples)[fitting.n_samples:])
     np.testing.assert_array_equal(held_out.arrays["image"], data.arrays["image"][index])
-    images = {"image": held_out.arrays["image"]}
+    images = held_out.to_arrays()
     live = graphopt.optimize(model, data, passes="dead-neuron-removal{align=1}").model
     live_channels = sum(t.dims[0] for t in live.graph.initializer if len(t.dims) == 1 and t.name != "fc2.bias")
     verified = graphopt.optimize(live, data, passes="neuron-pruning{ratio=0.3,steps=1,align=1}")

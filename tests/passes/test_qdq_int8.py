@@ -17,7 +17,7 @@ from helpers import random_feeds as feeds
 from onnx import numpy_helper
 
 import graphopt
-from graphopt.data import Dataset, input_specs, load_data
+from graphopt.data import Dataset, input_specs, load_data, split_indices
 from graphopt.errors import PreconditionError
 from graphopt.pass_base import PassContext, PassResult
 from graphopt_passes._qdq_calibration import activation_ranges
@@ -340,7 +340,7 @@ def test_digits_model_within_budget_with_accuracy_kept(tmp_path: Path) -> None:
     assert record.stats["latency_ratio"] > 0
     labels = np.load(EXAMPLES / "digits_labels.npy")
     _, held_out = data.split(0.5)
-    index = Dataset({"i": np.arange(data.n_samples)}, frozenset(), True).split(0.5)[1].arrays["i"]  # same split
+    index = split_indices(data.n_samples)[1]  # same split
     accuracy = [float(np.mean(np.argmax(run_ort(m, held_out.arrays)[0], axis=1) == labels[index]))
                 for m in (model, result.model)]
     assert accuracy[1] >= accuracy[0] - 0.01, accuracy

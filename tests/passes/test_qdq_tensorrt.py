@@ -15,7 +15,7 @@ from helpers import random_feeds as feeds
 from onnx import numpy_helper
 
 import graphopt
-from graphopt.data import Dataset, input_specs, load_data
+from graphopt.data import input_specs, load_data, split_indices
 from graphopt.pass_base import PassContext, PassResult
 from graphopt_passes.qdq_int8 import QdqInt8Pass
 
@@ -230,7 +230,7 @@ def test_digits_model_within_budget_with_the_tensorrt_placement(tmp_path: Path) 
     assert {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"} == {"relu1_out", "flat"}
     labels = np.load(EXAMPLES / "digits_labels.npy")
     _, held_out = data.split(0.5)
-    index = Dataset({"i": np.arange(data.n_samples)}, frozenset(), True).split(0.5)[1].arrays["i"]
+    index = split_indices(data.n_samples)[1]
     accuracy = [float(np.mean(np.argmax(run_ort(m, held_out.arrays)[0], axis=1) == labels[index])) for m in (model, q)]
     assert accuracy[1] >= accuracy[0] - 0.01, accuracy
 

@@ -3,6 +3,7 @@ weights once, small ones skipped with the reason, a second run changes nothing; 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from onnx import helper, numpy_helper
 
 import graphopt
 import graphopt_zoo as zoo
-from graphopt.data import Dataset, input_specs, load_data
+from graphopt.data import input_specs, load_data, split_indices
 from graphopt.pass_base import PassContext
 from graphopt_passes.weight_clustering import WeightClusteringPass
 
@@ -185,7 +186,7 @@ g (float[N,128] x) => (float[N,64] y) { y = MatMul(x, w) }"""
     scale[:8] = 30.0
     ctx = calibration(model, rng, count=64)
     assert ctx.calibration is not None
-    ctx.calibration.arrays["x"] *= scale
+    ctx = replace(ctx, calibration=replace(ctx.calibration, arrays={"x": ctx.calibration.to_arrays()["x"] * scale}))
     held_out = {"x": random_feeds(model, 64, np.random.default_rng(5))["x"] * scale}
     reference = run_ort(model, held_out)[0]
     errors = {}
@@ -206,7 +207,7 @@ def test_digits_model_keeps_its_accuracy_and_shrinks() -> None:
     onnx.checker.check_model(result.model, full_check=True)
     labels = np.load(EXAMPLES / "digits_labels.npy")
     _, held_out = data.split(0.5)
-    index = Dataset({"i": np.arange(data.n_samples)}, frozenset(), True).split(0.5)[1].arrays["i"]  # same split
+    index = split_indices(data.n_samples)[1]  # same split
     accuracy = [float(np.mean(np.argmax(run_ort(m, held_out.arrays)[0], axis=1) == labels[index]))
                 for m in (model, result.model)]
     assert accuracy[1] >= accuracy[0] - 0.01, accuracy

@@ -140,7 +140,7 @@ def test_range_damage_agrees_on_clean_samples_but_fails_the_shifts_that_leave_th
     A saturating Clip at the same range is too mild to breach the default budget on this CNN (fidelity cosine
     stays above 0.998), so it is judged with the lossless tolerance: again exactly the out-of-range shifts fail."""
     model, held_out = digits
-    x = held_out.arrays["image"]
+    x = held_out.to_arrays()["image"]
     low, high = float(x.min()), float(x.max())
     period = (high - low) * 1.001
     wrapped = _guarded(model, [

@@ -123,7 +123,7 @@ def test_a_named_class_axis_judges_raw_logits_per_position(rng: np.random.Genera
     assert not verdict.passed and "top-1 agreement" in verdict.failures[0]
 
     onnx.save(model, tmp_path / "m.onnx")
-    np.savez(tmp_path / "d.npz", x=data.arrays["x"])
+    np.savez(tmp_path / "d.npz", **data.to_arrays())
     code = main(["optimize", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "-o",
                  str(tmp_path / "o.onnx"), "--output-kind", "logits=classes:-1"])
     report = json.loads((tmp_path / "o.report.json").read_text())
