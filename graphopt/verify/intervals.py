@@ -82,7 +82,7 @@ def upper_bound(values: np.ndarray, *, confidence: float = 0.95, resamples: int 
     return max(float(values.mean()), float(np.percentile(_resampled_means(values, resamples, seed), confidence * 100)))
 
 
-def _resampled_means(values: np.ndarray, resamples: int, seed: int, chunk_elements: int = 2**22) -> np.ndarray:
+def _resampled_means(values: np.ndarray, resamples: int, seed: int, chunk_elements: int = 2**19) -> np.ndarray:
     """The means of ``resamples`` bootstrap resamples of ``values``, drawn in chunks of bounded memory."""
     rng = np.random.default_rng(seed)
     rows = max(1, chunk_elements // values.size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -68,3 +69,16 @@ def test_the_default_bound_holds_for_a_fresh_set_of_equal_size() -> None:
     assert lower_bound(values, fresh=400) == pytest.approx(values.mean() - (values.mean() - population) * 1.25 ** 0.5)
     with pytest.raises(ValueError, match="fresh"):
         lower_bound(values, fresh=0)
+
+
+def test_bootstrap_memory_does_not_grow_with_the_samples() -> None:
+    """The resamples are drawn in chunks of bounded size: bounding 20,000 values allocates a few MiB (whole chunks of
+    2**22 indices and values took 64 MiB)."""
+    values = np.random.default_rng(0).random(20_000)
+    tracemalloc.start()
+    try:
+        lower_bound(values)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**24, f"{peak / 2**20:.1f} MiB"
