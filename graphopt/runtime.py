@@ -66,12 +66,18 @@ ORT_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, *(
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How onnxruntime runs models: execution providers, intra-op threads (0 = onnxruntime's choice), graph
-    optimisation level (``disable``, ``basic``, ``extended``, ``all``) and the batch size for dynamic-batch runs."""
+    optimisation level (``disable``, ``basic``, ``extended``, ``all``) and the batch size for dynamic-batch runs.
+
+    The batch size is small because on a CPU larger batches are slower per sample once a sample's activations
+    outgrow the caches, and onnxruntime's arena keeps the largest batch's activations for the session's life: from
+    64 to 8 samples, PP-OCRv4 det ran 1.9× faster per sample on this project's machines, its text recogniser 1.35×,
+    magika 1.17×, a MiniLM 1.11×, small CNNs alike (AVX-512 kind), and det's peak memory fell from 2.2 to 1.0 GB.
+    """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
     graph_optimization: str = "all"
-    batch_size: int = 64
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
