@@ -41,7 +41,7 @@ from graphopt.verify.screening import screen as screened
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
-__all__ = ["MEASURED_UNITS", "PassManager"]
+__all__ = ["MEASURED_UNITS", "PassManager", "rank_order"]
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +274,8 @@ class PassManager:
         measured = {u.name for u in to_measure}
         scores, reasons, ranked = self._rank(pass_, model, to_measure, done)
         scores |= {u.name: u.sensitivity for u in units if u.name not in scores and u.sensitivity is not None}
-        gains = {u.name: u.gain for u in units if u.gain is not None and u.gain > 0}
-        ranked_by = {n: s / gains[n] if n in gains and len(gains) == len(units) else s for n, s in scores.items()}
-        order = sorted((u.name for u in units if u.name not in reasons), key=lambda n: ranked_by[n])
+        order = rank_order([u for u in units if u.name not in reasons], scores)
+        bases = {u.name: u.extends for u in units if u.extends in order}
         low, high = 0, len(order)
         while low < high and len(trials) < self.max_trials:
             middle = (low + high + 1) // 2
@@ -287,7 +286,9 @@ class PassManager:
         chosen = order[:low]
         least = ""  # of the measured units that broke the budget with the kept units, the one least harmful alone
         for name in order[low:]:
-            if least and name in measured and scores[name] >= scores[least]:
+            if bases.get(name) in order[low:] and bases[name] not in chosen:
+                reasons[name] = f"not tried: it goes further than {bases[name]}, which was not kept"
+            elif least and name in measured and scores[name] >= scores[least]:
                 reasons[name] = (f"not tried: it harms the outputs at least as much alone as {least}, which broke "
                                  "the budget with fewer units kept")
             elif len(trials) >= self.max_trials:
@@ -357,6 +358,34 @@ class PassManager:
         if not trial.passed or trial.outputs is None:
             return False
         return self.verifier.against_original(trial.outputs, tolerance).passed
+
+
+def rank_order(units: Sequence[Unit], scores: Mapping[str, float]) -> list[str]:
+    """``units`` in the order a search adds them: by damage (``scores``), per unit of gain when every unit states
+    one. A unit that extends another in ``units`` is judged by what it adds to it (its damage and gain beyond that
+    unit's) and comes after it."""
+    per_gain = all(u.gain is not None and u.gain > 0 for u in units)
+    by_name = {u.name: u for u in units}
+
+    def added(unit: Unit) -> float:
+        base = by_name.get(unit.extends or "")
+        damage = scores[unit.name] - (scores[base.name] if base is not None else 0.0)
+        if not per_gain:
+            return max(damage, 0.0) if base is not None else damage
+        gain = float(unit.gain or 0) - (float(base.gain or 0) if base is not None else 0.0)
+        return max(damage, 0.0) / gain if gain > 0 else math.inf
+
+    keys: dict[str, tuple[float, int]] = {}
+
+    def key(unit: Unit) -> tuple[float, int]:  # a unit never ranks before the unit it extends
+        if unit.name not in keys:
+            base = by_name.get(unit.extends or "")
+            keys[unit.name] = (0.0, 0)  # a cycle of extends is cut here
+            below = key(base) if base is not None else (-math.inf, -1)
+            keys[unit.name] = (max(added(unit), below[0]), below[1] + 1)
+        return keys[unit.name]
+
+    return [u.name for u in sorted(units, key=key)]
 
 
 def _measured(units: Sequence[Unit]) -> list[Unit]:

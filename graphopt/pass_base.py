@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -27,7 +28,7 @@ from graphopt.runtime import RuntimeConfig
 if TYPE_CHECKING:
     from graphopt.data import Dataset
 
-__all__ = ["Goal", "PassBase", "PassContext", "PassResult", "PlanCache", "Skip", "SpeedCheck", "Unit"]
+__all__ = ["Goal", "PassBase", "PassContext", "PassResult", "PlanCache", "Skip", "SpeedCheck", "Unit", "nested_levels"]
 
 T = TypeVar("T")
 
@@ -53,13 +54,30 @@ class Unit:
     (``manager.MEASURED_UNITS``), and uses the estimate beyond that; ``None`` means measure it whatever the count.
     ``gain`` is what applying it saves (bytes, params: one measure
     across a pass's units); with gains the manager ranks units by damage per gain, so a large saving that does
-    little damage (an embedding table) is not crowded out by many small ones.
+    little damage (an embedding table) is not crowded out by many small ones. ``extends`` names the unit this one
+    goes further than (a layer's next milder level: pruning 20% of its channels extends pruning 10%): the manager
+    ranks it by the damage and gain it adds to that unit, and never before it.
     """
 
     name: str
     sensitivity: float | None = None
     detail: str = ""
     gain: float | None = None
+    extends: str | None = None
+
+
+def nested_levels(units: Iterable[tuple[Unit, str, float]]) -> tuple[Unit, ...]:
+    """``(unit, layer, strength)`` triples as units, each set to extend the next milder unit (lower strength) of its
+    layer: for passes with several levels per layer, of which ``run`` applies the strongest selected."""
+    listed = list(units)
+    milder: dict[str, str] = {}
+    by_layer: dict[str, list[tuple[float, str]]] = {}
+    for unit, layer, strength in listed:
+        by_layer.setdefault(layer, []).append((strength, unit.name))
+    for ladder in by_layer.values():
+        ladder.sort()
+        milder |= {name: below for (_, below), (_, name) in itertools.pairwise(ladder)}
+    return tuple(dataclasses.replace(unit, extends=milder.get(unit.name)) for unit, _, _ in listed)
 
 
 @dataclass(frozen=True)

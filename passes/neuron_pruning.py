@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, editing, import_graph, label
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
 from graphopt_passes._math import pruning
@@ -123,9 +123,10 @@ class NeuronPruningPass(PassBase):
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer and ratio; its sensitivity is the readers' relative output error after the refit."""
         measured = self._measure(model, context)
-        return tuple(Unit(plan.unit, plan.error_refit if self.options.reconstruct != "none" else plan.error_dropped,
-                          f"{plan.channels} → {plan.channels - len(plan.removed)} channels", max(plan.params, 1))
-                     for plans in measured.plans.values() for plan in plans)
+        return nested_levels((Unit(plan.unit, plan.error_refit if self.options.reconstruct != "none" else plan.error_dropped,
+                            f"{plan.channels} → {plan.channels - len(plan.removed)} channels", max(plan.params, 1)),
+                       layer, len(plan.removed))
+                      for layer, plans in measured.plans.items() for plan in plans)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         measured = self._measure(model, context)

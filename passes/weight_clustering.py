@@ -30,7 +30,7 @@ from graphopt.activations import reduce_activations
 from graphopt.errors import CalibrationError, PassError, first_line
 from graphopt.graph import Names, copy_model, default_opset, overridable_initializers
 from graphopt.opset import ensure_opset
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt_passes._math.clustering import Clustering, cluster, compensated
 from graphopt_passes._math.pruning import AugmentedGram, accumulate
 
@@ -125,9 +125,10 @@ class WeightClusteringPass(PassBase):
         """One unit per tensor (per tensor and codebook size with ``levels``); sensitivity = its relative
         reconstruction error (weighted by input importance when data-aware), so a tensor's larger codebooks rank first."""
         packed = self.options.packing != "uint8"
-        return tuple(Unit(c.unit, c.result.relative_error, f"{'×'.join(map(str, c.shape))}, k={len(c.result.codebook)}",
-                          gain=max(c.bytes_before - c.bytes_after(packed and c.packable), 1))
-                     for c in self._plan(model, context)[0])
+        return nested_levels((Unit(c.unit, c.result.relative_error, f"{'×'.join(map(str, c.shape))}, k={len(c.result.codebook)}",
+                            gain=max(c.bytes_before - c.bytes_after(packed and c.packable), 1)), c.name,
+                       -len(c.result.codebook))
+                      for c in self._plan(model, context)[0])
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         planned, skipped = self._plan(model, context)

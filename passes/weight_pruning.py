@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, label, nested_graphs, overridable_initializers, subgraph_reads
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
+from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt_passes._math import pruning as pr
 from graphopt_passes._math.patches import ConvGeometry, patches
 from graphopt_passes._math.sparse_storage import choose_storage, coo_decode, coo_encode
@@ -141,7 +141,8 @@ class WeightPruningPass(PassBase):
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer (per layer and level with ``levels``); its sensitivity is the relative layer-output
         error on calibration data after pruning and refit, so a layer's milder levels rank first."""
-        return tuple(Unit(p.unit, p.error, _detail(p), gain=max(p.zeroed, 1)) for p in self._plan(model, context)[0])
+        return nested_levels((Unit(p.unit, p.error, _detail(p), gain=max(p.zeroed, 1)), p.layer.name, p.sparsity)
+                      for p in self._plan(model, context)[0])
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         pruned, skipped = self._plan(model, context)

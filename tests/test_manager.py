@@ -7,7 +7,7 @@ import gc
 import re
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from graphopt.data import Dataset, input_specs, load_data
 from graphopt.errors import DataError, PipelineError, PreconditionError
 from graphopt.instrument import Instrument
 from graphopt.outcome import Status
-from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
+from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit, nested_levels
 from graphopt.verify.tolerance import selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
@@ -250,6 +250,59 @@ def test_narrowing_ranks_units_by_damage_per_gain(mlp_files: tuple[Path, Path], 
     assert outcome.status is Status.NARROWED
     assert {u.name for u in outcome.units if u.applied} == {"w1", "b1", "b2"}
     assert outcome.trials == trials
+
+
+def test_a_stronger_level_ranks_by_what_it_adds_and_after_the_level_it_extends() -> None:
+    """A@2 goes further than A@1 (more gain for a little more damage). Ranked on its own (damage 0.12 for gain 2)
+    it went before every unit, ahead of the level it includes; by what it adds (0.02 for 1 more) it goes right after
+    A@1, and B (0.08 per gain) goes first."""
+    units = nested_levels([(Unit("A@2", gain=2.0), "A", 2), (Unit("A@1", gain=1.0), "A", 1), (Unit("B", gain=1.0), "B", 1)])
+    assert [u.extends for u in units] == ["A@1", None, None]
+    scores = {"A@1": 0.1, "A@2": 0.12, "B": 0.08}
+    assert manager.rank_order(units, scores) == ["B", "A@1", "A@2"]
+    without_gains = [replace(u, gain=None) for u in units]  # by damage alone: A@2 adds 0.02, yet comes after A@1
+    assert manager.rank_order(without_gains, scores) == ["B", "A@1", "A@2"]
+    flat = [replace(u, extends=None) for u in units]
+    assert manager.rank_order(flat, scores) == ["A@2", "B", "A@1"]
+
+
+class Levels(PerWeight):
+    """Two levels per weight, ``w@2`` extending ``w@1``: each scales the weight a little more, but any level of
+    'w2' flips its sign (the bad unit). Its estimates rank the levels of 'w2' last. Records what each run selects."""
+
+    name = "test-levels"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[frozenset[str]] = []
+
+    def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
+        return nested_levels((Unit(f"{t.name}@{k}", (0.25 if t.name == self.bad else 0.2) + 0.05 * (k - 1)), t.name, k)
+                             for t in model.graph.initializer for k in (1, 2))
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        selected = frozenset(f"{t.name}@{k}" for t in model.graph.initializer for k in (1, 2)
+                             if context.selects(f"{t.name}@{k}"))
+        self.runs.append(selected)
+        levels = {t.name: max(k for k in (1, 2) if f"{t.name}@{k}" in selected) for t in model.graph.initializer
+                  if f"{t.name}@1" in selected or f"{t.name}@2" in selected}
+        factors = {name: -1.0 if name == self.bad else 1.001**k for name, k in levels.items()}
+        return PassResult(_scaled(model, factors), bool(factors), {"weights_changed": len(factors)})
+
+
+def test_a_level_whose_milder_level_was_not_kept_is_not_tried(mlp_files: tuple[Path, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """w2@1 breaks the budget with the kept units, so w2@2, which goes further, is not tried (it was, in a trial of
+    its own that failed the same way)."""
+    monkeypatch.setattr(manager, "MEASURED_UNITS", 4)  # 8 units with estimates: ranked by them
+    pass_ = Levels()
+    (outcome,) = run(mlp_files, pass_).pipeline.outcomes
+    assert outcome.status is Status.NARROWED
+    kept = {u.name for u in outcome.units if u.applied}
+    assert kept == {"w1@1", "w1@2", "b1@1", "b1@2", "b2@1", "b2@2"}
+    reasons = {u.name: u.reason for u in outcome.units}
+    assert reasons["w2@2"] == "not tried: it goes further than w2@1, which was not kept"
+    assert [run for run in pass_.runs if "w2@2" in run] == [pass_.runs[0]], "w2@2 only in the pass's first run"
 
 
 def test_plan_cache_plans_once_per_model_and_calibration(mlp_model: onnx.ModelProto) -> None:
