@@ -8,6 +8,7 @@ model's allocations (nor this process's) inflate the other's.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import subprocess
 import sys
@@ -71,15 +72,22 @@ Figures = tuple[float | None, float | None]
 def load_ms(models: Sequence[onnx.ModelProto], runtime: RuntimeConfig, loads: int = _LOADS) -> list[float]:
     """Median wall time of creating an onnxruntime session for each model, in milliseconds, after one untimed
     load each (onnxruntime's first session pays for its environment); the models take turns so that a drift of
-    the machine does not land on one of them."""
+    the machine does not land on one of them. Python's garbage collector is off while they load (as ``timeit``
+    does): a full collection in a process holding many objects takes longer than loading a small model."""
     for model in models:
         create_session(model, runtime)
     times: list[list[float]] = [[] for _ in models]
-    for _ in range(loads):
-        for model, spent in zip(models, times, strict=True):
-            start = time.perf_counter()
-            create_session(model, runtime)
-            spent.append((time.perf_counter() - start) * 1e3)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(loads):
+            for model, spent in zip(models, times, strict=True):
+                start = time.perf_counter()
+                create_session(model, runtime)
+                spent.append((time.perf_counter() - start) * 1e3)
+    finally:
+        if collecting:
+            gc.enable()
     return [statistics.median(t) for t in times]
 
 
