@@ -1,9 +1,10 @@
 """Peak memory of a pass against the number of samples: does it stay flat?
 
 Each (pass, sample count) runs ``graphopt.optimize`` in a fresh Python process on the first N samples of a real
-workload (its real inputs repeated in order when N exceeds them: the point is the count, not new content) and
-reports that process's peak resident set size (``ru_maxrss``), the wall time and the pass's status. A pass whose
-memory holds per-sample state shows it as growth from column to column.
+workload (its real inputs repeated in order when N exceeds them: the point is the count, not new content), given as
+an ``.npz`` file as a user gives it (written by this script before the process starts), and reports that process's
+peak resident set size (``ru_maxrss``), the wall time and the pass's status. A pass whose memory holds per-sample
+state shows it as growth from column to column.
 
     python benchmarks/bench_memory.py --model magika --samples 100,1000,10000
 
@@ -17,24 +18,26 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from harness import write
 from workloads import ROOT, load_workloads, machine
+
+from graphopt.data import Dataset
 
 PASSES = ("qdq-int8{speed_check=off}", "weight-clustering", "neuron-pruning")
 
 
-def child(model: str, passes: str, samples: int) -> dict[str, Any]:
-    """Run one optimize in this process and return its peak RSS, seconds and the pass's status."""
-    import numpy as np
-
+def child(model: str, passes: str, data: str) -> dict[str, Any]:
+    """Run one optimize on the samples in ``data`` in this process and return its peak RSS, seconds and the pass's
+    status."""
     import graphopt
 
     (w,) = load_workloads(model)
-    data = w.data.subset(np.arange(samples) % w.data.n_samples)
     start = time.perf_counter()
     result = graphopt.optimize(w.model, data, passes=passes, output_kinds=w.output_kinds)
     seconds = time.perf_counter() - start
@@ -43,9 +46,16 @@ def child(model: str, passes: str, samples: int) -> dict[str, Any]:
             "status": status}
 
 
-def measure(model: str, passes: str, samples: int) -> dict[str, Any]:
+def write_samples(data: Dataset, samples: int, path: Path) -> Path:
+    """The first ``samples`` samples of ``data`` (repeated in order when it has fewer) as an uncompressed ``.npz``."""
+    index = np.arange(samples) % data.n_samples
+    np.savez(path, **{name: np.asarray(data.subset(index).arrays[name]) for name in data.arrays})  # type: ignore[arg-type]
+    return path
+
+
+def measure(model: str, passes: str, data: Path) -> dict[str, Any]:
     """``child`` in a fresh process, so that no earlier run's memory counts."""
-    done = subprocess.run([sys.executable, __file__, "--child", model, passes, str(samples)], capture_output=True,
+    done = subprocess.run([sys.executable, __file__, "--child", model, passes, str(data)], capture_output=True,
                           text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
@@ -77,7 +87,7 @@ def render(model: str, counts: list[int], rows: dict[str, dict[int, dict[str, An
 
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        print(json.dumps(child(sys.argv[2], sys.argv[3], sys.argv[4])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="magika", help="a workload of benchmarks/workloads.py")
@@ -88,11 +98,14 @@ def main() -> None:
     counts = [int(n) for n in args.samples.split(",")]
     start = time.perf_counter()
     rows: dict[str, dict[int, dict[str, Any]]] = {}
-    for passes in args.passes.split(";"):
-        rows[passes] = {}
-        for n in counts:
-            rows[passes][n] = measure(args.model, passes, n)
-            print(f"{passes} × {n}: {rows[passes][n]}", flush=True)
+    (w,) = load_workloads(args.model)
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
+        files = {n: write_samples(w.data, n, Path(folder) / f"{n}.npz") for n in counts}
+        for passes in args.passes.split(";"):
+            rows[passes] = {}
+            for n in counts:
+                rows[passes][n] = measure(args.model, passes, files[n])
+                print(f"{passes} × {n}: {rows[passes][n]}", flush=True)
     info = machine()
     command = "python benchmarks/bench_memory.py " + " ".join(sys.argv[1:])
     markdown = render(args.model, counts, rows, info, command, time.perf_counter() - start)
