@@ -58,7 +58,8 @@ def looks_like_classifier(shape: tuple[int, ...]) -> bool:
 class ErrorStats:
     """How far a candidate output is from the reference. ``exact`` outputs (integers, booleans) only count
     ``mismatches``. ``min_atol`` is the smallest absolute tolerance that passes together with ``rtol``.
-    ``shape_mismatches`` counts the samples whose shapes differ (ragged outputs); the other figures leave them out.
+    ``median_abs`` and ``p99_abs`` are of every absolute error up to ``KEPT_ERRORS`` positions, of evenly spaced
+    ones beyond. ``shape_mismatches`` counts the samples whose shapes differ (ragged outputs); the other figures leave them out.
     ``cosine_low`` and ``top1_low`` are one-sided bootstrap lower bounds of the mean per-sample cosine and top-1
     agreement at ``confidence`` (``None`` when not asked for): what the figures are on fresh samples, at least.
     ``near_zero_samples`` counts the empty samples, judged by absolute error or by their mask instead of cosine
@@ -284,13 +285,21 @@ BLOCK_ELEMENTS = 1 << 20
 temporaries (tens of millions of values, several of them) cost more in page faults than in arithmetic."""
 
 
+KEPT_ERRORS = 1 << 22
+"""The most absolute errors a comparison keeps for their median and 99th percentile: every one up to this many
+positions, evenly spaced ones beyond (16 MiB at float32), so that a comparison's memory does not grow with the
+samples (a 320×320 map on 5,000 samples has 512M positions)."""
+
+
 @dataclass
 class _Totals:
     """Sums and extremes over every compared position, gathered block by block from finite float64 values; the
-    absolute errors are kept for their median and 99th percentile."""
+    absolute errors at every ``stride``-th position are kept for their median and 99th percentile."""
 
     rtol: float
     abs_errors: np.ndarray
+    stride: int = 1
+    positions: int = 0
     filled: int = 0
     signal: float = 0.0
     noise: float = 0.0
@@ -305,12 +314,15 @@ class _Totals:
         """Totals of ``size`` values of ``dtype``, whose absolute errors are kept at its precision: float32 for float32
         outputs and narrower (half the memory and time of float64, percentiles within float32 rounding)."""
         kept = np.float32 if np.issubdtype(dtype, np.inexact) and dtype.itemsize <= 4 else np.float64
-        return cls(rtol, np.empty(size, dtype=kept))
+        stride = max(1, -(-size // KEPT_ERRORS))
+        return cls(rtol, np.empty(-(-size // stride), dtype=kept), stride)
 
     def add(self, ref: np.ndarray, diff: np.ndarray, work: np.ndarray) -> None:
         """One block: the reference and ``|candidate − reference|`` (one shape); ``work`` is scratch of that size."""
-        self.abs_errors[self.filled:self.filled + diff.size] = diff.ravel()
-        self.filled += diff.size
+        picked = diff.ravel()[(-self.positions) % self.stride::self.stride]
+        self.abs_errors[self.filled:self.filled + picked.size] = picked
+        self.filled += picked.size
+        self.positions += diff.size
         self.abs_sum += float(diff.sum())
         self.mismatches += int(np.count_nonzero(diff))
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
@@ -400,7 +412,7 @@ def _summary(n: int, exact: bool, totals: _Totals, cosines: np.ndarray, near_zer
         mismatches=totals.mismatches,
         nonfinite_mismatch=nonfinite,
         max_abs=totals.max_abs,
-        mean_abs=totals.abs_sum / totals.filled if totals.filled else 0.0,
+        mean_abs=totals.abs_sum / totals.positions if totals.positions else 0.0,
         median_abs=median,
         p99_abs=p99,
         max_rel=totals.max_rel,

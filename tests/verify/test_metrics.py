@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from graphopt.outputs import RaggedOutput
+from graphopt.verify import metrics
 from graphopt.verify.metrics import (
     comparable,
     error_stats,
@@ -228,3 +230,29 @@ def test_per_sample_values_are_what_the_stats_average(rng: np.random.Generator) 
     assert (s.cosine, s.top1, s.iou) == pytest.approx(
         (s.per_sample.cosine.mean(), s.per_sample.top1.mean(), s.per_sample.iou.mean()))
     assert "per_sample" not in s.to_dict()
+
+
+def test_error_percentiles_keep_bounded_memory_beyond_a_cap(rng: np.random.Generator,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``KEPT_ERRORS`` positions the median and 99th percentile come from evenly spaced errors (the block
+    boundaries do not shift the spacing); every other figure still covers every position."""
+    ref = rng.standard_normal((300, 70))
+    got = ref + rng.standard_normal((300, 70)) * 0.01
+    diff = np.abs(got - ref)
+    monkeypatch.setattr(metrics, "KEPT_ERRORS", 1000)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 7 * 70)  # 7 samples per block: 490 positions, not a multiple of 21
+    s = error_stats(ref, got)
+    spaced = diff.ravel()[::21]  # ceil(21,000 / 1,000)
+    assert s.median_abs == pytest.approx(np.median(spaced)) and s.p99_abs == pytest.approx(np.percentile(spaced, 99))
+    assert s.median_abs == pytest.approx(np.median(diff), rel=0.05)
+    assert s.mean_abs == pytest.approx(diff.mean()) and s.max_abs == pytest.approx(diff.max())
+    monkeypatch.setattr(metrics, "KEPT_ERRORS", 1 << 22)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 1 << 20)
+    zeros, ones = np.zeros((400, 50_000), np.float32), np.ones((400, 50_000), np.float32)
+    tracemalloc.start()
+    try:
+        error_stats(zeros, ones)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**26, f"{peak / 2**20:.0f} MiB to compare 20M positions (their errors alone took 80 MiB)"
