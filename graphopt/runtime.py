@@ -188,7 +188,7 @@ def _run(
     label: str,
 ) -> Outputs:
     names = [o.name for o in session.get_outputs()]
-    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    gathered = {n: _Gathered(dataset.n_samples, per_sample) for n in names}
     with progress.task(label, dataset.n_samples) as advance:
         for feed, count in dataset.batches(batch_size, per_sample=per_sample):
             try:
@@ -199,11 +199,42 @@ def _run(
                 array = _as_array(value)
                 if not per_sample and (array.ndim == 0 or array.shape[0] != count):
                     raise _BatchMismatch(name, array.shape, count)
-                chunks[name].append(array)
+                gathered[name].add(array)
+            del values
             advance(count)
-    if per_sample:
-        return {n: stack_samples(c) for n, c in chunks.items()}
-    return {n: _join_batches(c) for n, c in chunks.items()}
+    return {n: g.result() for n, g in gathered.items()}
+
+
+class _Gathered:
+    """One output's batches (or single samples, ``stacked`` on a new axis 0) copied into one array sized for every
+    sample as they come, so that a run holds no list of batches and makes no concatenated copy of them; once a batch's
+    shape differs, the batches are kept apart and end as a ``RaggedOutput`` of their samples."""
+
+    def __init__(self, total: int, stacked: bool) -> None:
+        self.total, self.stacked = total, stacked
+        self.whole: np.ndarray | None = None
+        self.filled = 0
+        self.parts: list[np.ndarray] | None = None
+
+    def add(self, array: np.ndarray) -> None:
+        rows = array[np.newaxis] if self.stacked else array
+        if self.parts is None:
+            if self.whole is None:
+                self.whole = np.empty((self.total, *rows.shape[1:]), rows.dtype)
+            if rows.shape[1:] == self.whole.shape[1:] and rows.dtype == self.whole.dtype:
+                self.whole[self.filled:self.filled + len(rows)] = rows
+                self.filled += len(rows)
+                return
+            done = self.whole[:self.filled]
+            self.parts = list(done) if self.stacked else [done]
+        self.parts.append(array)
+
+    def result(self) -> Output:
+        if self.parts is not None:
+            return stack_samples(self.parts) if self.stacked else _join_batches(self.parts)
+        if self.whole is None:
+            raise ValueError("no samples were run")
+        return self.whole[:self.filled]
 
 
 def _join_batches(batches: list[np.ndarray]) -> Output:
