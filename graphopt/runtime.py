@@ -187,7 +187,7 @@ def _run(
     progress: Progress,
     label: str,
 ) -> Outputs:
-    names = [o.name for o in session.get_outputs()]
+    names = list(dict.fromkeys(o.name for o in session.get_outputs()))  # a graph may list an output twice
     gathered = {n: _Gathered(dataset.n_samples, per_sample) for n in names}
     with progress.task(label, dataset.n_samples) as advance:
         for feed, count in dataset.batches(batch_size, per_sample=per_sample):

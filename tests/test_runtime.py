@@ -138,3 +138,13 @@ def test_a_run_fills_one_array_instead_of_joining_its_batches() -> None:
     done = subprocess.run([sys.executable, "-c", _PEAK_GROWTH], capture_output=True, text=True, check=True)
     growth = float(done.stdout.split()[-1])
     assert growth < 1.5, f"the peak grew by {growth:.2f}× the output"
+
+
+def test_an_output_listed_twice_comes_back_once_with_every_sample() -> None:
+    """A graph may list one output twice (a fuzzed export did): each batch gave it twice, which overflowed the
+    output array (a ValueError traceback)."""
+    model = parser.parse_model(ADD)
+    model.graph.output.append(model.graph.output[0])
+    x = np.zeros((20, 1024), np.float32)
+    outputs, _ = run_dataset(create_session(model), Dataset({"x": x}, frozenset(), True), RuntimeConfig(batch_size=8))
+    assert list(outputs) == ["y"] and outputs["y"].shape == (20, 1024)
