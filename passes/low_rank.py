@@ -112,8 +112,8 @@ class LowRankPass(PassBase):
         """One unit per layer to split (per layer and level with ``levels``); its sensitivity is its relative
         layer-output error at that rank, so a layer's milder levels rank first."""
         splits = self._plan(model, context)[0] if context.calibration is not None else []
-        return nested_levels((Unit(s.unit, s.choice.error, _detail(s), gain=max(s.saved, 1)), s.layer.name, -s.choice.rank)
-                      for s in splits)
+        return nested_levels((Unit(s.unit, s.choice.error, _detail(s), gain=max(s.saved, 1)), s.layer.name,
+                              -s.choice.rank) for s in splits)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         splits, skipped = self._plan(model, context)

@@ -123,10 +123,11 @@ class NeuronPruningPass(PassBase):
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer and ratio; its sensitivity is the readers' relative output error after the refit."""
         measured = self._measure(model, context)
-        return nested_levels((Unit(plan.unit, plan.error_refit if self.options.reconstruct != "none" else plan.error_dropped,
-                            f"{plan.channels} → {plan.channels - len(plan.removed)} channels", max(plan.params, 1)),
-                       layer, len(plan.removed))
-                      for layer, plans in measured.plans.items() for plan in plans)
+        refit = self.options.reconstruct != "none"
+        return nested_levels((Unit(plan.unit, plan.error_refit if refit else plan.error_dropped,
+                                   f"{plan.channels} → {plan.channels - len(plan.removed)} channels",
+                                   max(plan.params, 1)), layer, len(plan.removed))
+                             for layer, plans in measured.plans.items() for plan in plans)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         measured = self._measure(model, context)

@@ -125,10 +125,11 @@ class WeightClusteringPass(PassBase):
         """One unit per tensor (per tensor and codebook size with ``levels``); sensitivity = its relative
         reconstruction error (weighted by input importance when data-aware), so a tensor's larger codebooks rank first."""
         packed = self.options.packing != "uint8"
-        return nested_levels((Unit(c.unit, c.result.relative_error, f"{'×'.join(map(str, c.shape))}, k={len(c.result.codebook)}",
-                            gain=max(c.bytes_before - c.bytes_after(packed and c.packable), 1)), c.name,
-                       -len(c.result.codebook))
-                      for c in self._plan(model, context)[0])
+        return nested_levels((Unit(c.unit, c.result.relative_error,
+                                   f"{'×'.join(map(str, c.shape))}, k={len(c.result.codebook)}",
+                                   gain=max(c.bytes_before - c.bytes_after(packed and c.packable), 1)),
+                              c.name, -len(c.result.codebook))
+                             for c in self._plan(model, context)[0])
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         planned, skipped = self._plan(model, context)

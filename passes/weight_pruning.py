@@ -142,7 +142,7 @@ class WeightPruningPass(PassBase):
         """One unit per layer (per layer and level with ``levels``); its sensitivity is the relative layer-output
         error on calibration data after pruning and refit, so a layer's milder levels rank first."""
         return nested_levels((Unit(p.unit, p.error, _detail(p), gain=max(p.zeroed, 1)), p.layer.name, p.sparsity)
-                      for p in self._plan(model, context)[0])
+                             for p in self._plan(model, context)[0])
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         pruned, skipped = self._plan(model, context)
