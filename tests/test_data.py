@@ -201,3 +201,13 @@ def test_a_file_that_changes_or_lies_about_its_length_is_refused(tmp_path: Path,
     (tmp_path / "x.npy").write_bytes(whole[:-8])
     with pytest.raises(DataError, match="truncated or forged"):
         load_data(tmp_path / "x.npy", SPECS)
+
+
+def test_an_encrypted_member_is_a_data_error(tmp_path: Path) -> None:
+    """zipfile raises RuntimeError for a member flagged as encrypted; it escaped as a traceback."""
+    raw = bytearray(save(tmp_path / "d.npz", x=np.zeros((4, 8), np.float32)).read_bytes())
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local header, central directory entry
+        raw[raw.find(signature) + flags] |= 1
+    (tmp_path / "d.npz").write_bytes(raw)
+    with pytest.raises(DataError, match="encrypted"):
+        load_data(tmp_path / "d.npz", SPECS)
