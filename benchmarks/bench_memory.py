@@ -49,7 +49,7 @@ def child(model: str, passes: str, data: str) -> dict[str, Any]:
 def write_samples(data: Dataset, samples: int, path: Path) -> Path:
     """The first ``samples`` samples of ``data`` (repeated in order when it has fewer) as an uncompressed ``.npz``."""
     index = np.arange(samples) % data.n_samples
-    np.savez(path, **{name: np.asarray(data.subset(index).arrays[name]) for name in data.arrays})  # type: ignore[arg-type]
+    np.savez(path, **data.subset(index).to_arrays())  # type: ignore[arg-type]
     return path
 
 
