@@ -340,7 +340,7 @@ def _read_archive(path: Path) -> dict[str, Column]:
     if inflated:
         with np.load(path, allow_pickle=False) as archive:
             arrays.update({name: archive[name] for name in inflated})
-    odd = [name for name, value in arrays.items() if not isinstance(value, np.ndarray | Rows)]
+    odd = [name for name in inflated if not isinstance(arrays[name], np.ndarray)]  # numpy gives raw bytes for these
     if odd:
         raise DataError(f"{path}: member '{odd[0]}' is not a numpy array")
     return arrays
