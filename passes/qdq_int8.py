@@ -33,7 +33,6 @@ import onnx
 from graphopt.errors import CalibrationError, PassError, first_line
 from graphopt.graph import Scope, copy_model, default_opset, editing, import_graph, model_digest
 from graphopt.opset import ensure_opset
-from graphopt.outputs import Outputs
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, Skip, SpeedCheck, Unit
 from graphopt.runtime import create_session, run_dataset
 from graphopt.verify.metrics import comparable, error_stats
@@ -321,13 +320,21 @@ class _Built:
 def _closer(reference: onnx.ModelProto, first: onnx.ModelProto, second: onnx.ModelProto,
             context: PassContext) -> bool:
     """Whether ``first``'s outputs are closer than ``second``'s to ``reference``'s on the calibration samples
-    (summed relative squared error over the float outputs)."""
-    assert context.calibration is not None
-    outputs = [run_dataset(create_session(m, context.runtime), context.calibration, context.runtime)[0]
-               for m in (reference, first, second)]
+    (relative squared error, summed over the float outputs and over windows of ``_CLOSER_WINDOW`` samples, so that
+    the three models' outputs are held for one window at a time)."""
+    data = context.calibration
+    assert data is not None
+    sessions = [create_session(m, context.runtime) for m in (reference, first, second)]
+    errors = [0.0, 0.0]
+    per_sample: bool | None = None
+    for start in range(0, data.n_samples, _CLOSER_WINDOW):
+        window = data.window(start, min(start + _CLOSER_WINDOW, data.n_samples))
+        expected, per_sample = run_dataset(sessions[0], window, context.runtime, per_sample=per_sample)
+        for i, session in enumerate(sessions[1:]):  # per sample, so outputs whose shape varies by sample compare too
+            outputs, _ = run_dataset(session, window, context.runtime, per_sample=per_sample)
+            errors[i] += sum(10 ** (-s.snr_db / 10) for s in (error_stats(v, outputs[k]) for k, v in expected.items()
+                                                             if v.dtype.kind == "f" and comparable(v, outputs[k])))
+    return errors[0] < errors[1]
 
-    def error(got: Outputs) -> float:  # per sample, so outputs whose shape varies by sample compare too
-        return sum(10 ** (-s.snr_db / 10) for s in (error_stats(v, got[k]) for k, v in outputs[0].items()
-                                                     if v.dtype.kind == "f" and comparable(v, got[k])))
 
-    return error(outputs[1]) < error(outputs[2])
+_CLOSER_WINDOW = 32

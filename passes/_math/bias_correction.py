@@ -29,11 +29,13 @@ class ChannelMeans:
         self.count = 0
 
     def update(self, x: ArrayLike) -> None:
-        values = np.asarray(x, np.float64)
-        moved = np.moveaxis(values, self.axis, -1).reshape(-1, values.shape[self.axis])
-        summed = moved.sum(axis=0)
+        values = np.asarray(x)
+        if values.dtype not in (np.float32, np.float64):
+            values = values.astype(np.float64)
+        axis = self.axis % values.ndim
+        summed = values.sum(axis=tuple(i for i in range(values.ndim) if i != axis), dtype=np.float64)
         self.total = summed if self.total is None else self.total + summed
-        self.count += moved.shape[0]
+        self.count += values.size // max(values.shape[axis], 1)
 
     @property
     def mean(self) -> Array:

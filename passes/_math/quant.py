@@ -174,8 +174,23 @@ def dequantize(q: ArrayLike, params: QuantParams) -> NDArray[np.float32]:
 
 
 def fake_quantize(x: ArrayLike, params: QuantParams) -> NDArray[np.float32]:
-    """What a QuantizeLinear → DequantizeLinear pair computes on ``x``."""
-    return dequantize(quantize(x, params), params)
+    """What a QuantizeLinear → DequantizeLinear pair computes on ``x``: ``dequantize(quantize(x))``, in float32 in
+    place (its integers are exact in float32; calibration runs it on every activation batch)."""
+    x32 = np.asarray(x, np.float32)
+    scale, zero = _along(params, x32.shape)
+    zero32 = zero.astype(np.float32)
+    y = np.empty(x32.shape, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.divide(x32, scale, out=y)
+    np.rint(y, out=y)
+    y += zero32
+    np.clip(y, params.qmin, params.qmax, out=y)
+    nan = np.isnan(y)
+    if nan.any():
+        np.copyto(y, np.broadcast_to(zero32, y.shape), where=nan)
+    y -= zero32
+    y *= scale
+    return y
 
 
 def bias_int32(
@@ -207,12 +222,39 @@ def sqnr_db(reference: ArrayLike, approx: ArrayLike) -> float:
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
-def _finite(x: ArrayLike) -> tuple[Array, int]:
-    values = np.asarray(x, np.float64).ravel()
+_CHUNK = 1 << 16
+"""Values a histogram bins at a time: each step's float64 quotients and bin numbers stay in the CPU's cache."""
+_NO_UNDERFLOW_32 = float(np.finfo(np.float32).smallest_subnormal) / 5e-324 / 2
+"""Below this width, no nonzero float32 value's float64 quotient underflows to ±0.0 (the case ``_offsets`` mends)."""
+
+
+@dataclass(frozen=True)
+class _Finite:
+    values: NDArray[np.floating]
+    """The finite values, flat, as float32 when given as float32 (binned in float64 all the same), else float64."""
+    ignored: int
+    low: float
+    high: float
+
+
+def _finite(x: ArrayLike) -> _Finite:
+    """The finite values of ``x`` and their extremes. A copy is made only when some value is not finite (or the
+    type is neither float32 nor float64): NaN propagates through min and max, so finite extremes mean all are."""
+    values = np.asarray(x)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    values = values.ravel()
+    if values.size == 0:
+        return _Finite(values, 0, math.inf, -math.inf)
+    low, high = float(values.min()), float(values.max())
+    if math.isfinite(low) and math.isfinite(high):
+        return _Finite(values, 0, low, high)
     keep = np.isfinite(values)
-    if keep.all():
-        return values, 0
-    return values[keep], int(values.size - np.count_nonzero(keep))
+    values = values[keep]
+    ignored = int(keep.size - values.size)
+    if values.size == 0:
+        return _Finite(values, ignored, math.inf, -math.inf)
+    return _Finite(values, ignored, float(values.min()), float(values.max()))
 
 
 class MinMaxObserver:
@@ -228,13 +270,13 @@ class MinMaxObserver:
         self._low_sum = self._high_sum = 0.0
 
     def update(self, x: ArrayLike) -> None:
-        values, ignored = _finite(x)
-        self.ignored += ignored
-        if values.size == 0:
+        finite = _finite(x)
+        self.ignored += finite.ignored
+        if finite.values.size == 0:
             return
-        low, high = float(values.min()), float(values.max())
+        low, high = finite.low, finite.high
         self.low, self.high = min(self.low, low), max(self.high, high)
-        self.count += values.size
+        self.count += finite.values.size
         self.batches += 1
         self._low_sum += low
         self._high_sum += high
@@ -308,9 +350,10 @@ class HistogramObserver:
         return (np.arange(self.bins + 1) - self.zero_bin) * np.float64(self.width)
 
     def update(self, x: ArrayLike) -> None:
-        values, ignored = _finite(x)
+        finite = _finite(x)
+        values, ignored = finite.values, finite.ignored
         if values.size:
-            smallest, largest = float(values.min()), float(values.max())
+            smallest, largest = finite.low, finite.high
             low, high = min(smallest, 0.0), max(largest, 0.0)
             if self.width == 0.0 and high > low:
                 self._start(low, high)
@@ -319,7 +362,7 @@ class HistogramObserver:
             self._count(values)
             self.low, self.high = min(self.low, smallest), max(self.high, largest)
             self.count += values.size
-            self.zeros += values.size - int(np.count_nonzero(values))
+            self.zeros += int(np.count_nonzero(values == 0))
         self.ignored += ignored
 
     def _start(self, low: float, high: float) -> None:
@@ -333,12 +376,23 @@ class HistogramObserver:
         first, last = _offsets(np.array([low, high]), self.width) + self.zero_bin
         return bool(first >= 0 and last < self.bins)
 
-    def _count(self, values: Array) -> None:
+    def _count(self, values: NDArray[np.floating]) -> None:
         if self.width == 0.0:  # only zeros so far
             self.counts[0] += values.size
             return
-        index = _offsets(values, self.width).astype(np.int64) + self.zero_bin  # in [0, bins): the grid covers them
-        self.counts += np.bincount(index, minlength=self.bins)
+        # floor(v / width) is _offsets' rule whenever no quotient can underflow to -0.0 (float32 values, sane widths)
+        plain = values.dtype == np.float32 and self.width < _NO_UNDERFLOW_32
+        steps, index = np.empty(min(values.size, _CHUNK)), np.empty(min(values.size, _CHUNK), np.intp)
+        for start in range(0, values.size, _CHUNK):
+            part = values[start:start + _CHUNK]
+            n = part.size
+            if plain:
+                np.floor(np.divide(part, self.width, out=steps[:n], dtype=np.float64), out=steps[:n])
+            else:
+                steps[:n] = _offsets(part.astype(np.float64), self.width)
+            index[:n] = steps[:n]
+            index[:n] += self.zero_bin  # in [0, bins): the grid covers them
+            self.counts += np.bincount(index[:n], minlength=self.bins)
 
     def _widen(self, low: float, high: float) -> None:
         """Double the width until old bins and ``[low, high]`` fit, choosing the fewest bins below zero.
