@@ -40,13 +40,17 @@ class _Stats:
     count: int = 0
 
     def update(self, x: np.ndarray) -> None:
-        rows = np.moveaxis(np.asarray(x, np.float64), self.axis, -1)
-        rows = rows.reshape(-1, rows.shape[-1])
-        low, high, total = rows.min(axis=0), rows.max(axis=0), rows.sum(axis=0)
+        values = np.asarray(x)
+        if values.dtype not in (np.float32, np.float64):
+            values = values.astype(np.float64)
+        others = tuple(i for i in range(values.ndim) if i != self.axis % values.ndim)  # reduced in place: no copy
+        low = values.min(axis=others).astype(np.float64)  # exact: the extremes are values of x
+        high = values.max(axis=others).astype(np.float64)
+        total = values.sum(axis=others, dtype=np.float64)
         self.low = low if self.low is None else np.minimum(self.low, low)
         self.high = high if self.high is None else np.maximum(self.high, high)
         self.total = total if self.total is None else self.total + total
-        self.count += rows.shape[0]
+        self.count += values.size // max(values.shape[self.axis], 1)
 
 
 class DeadNeuronRemovalPass(PassBase):
