@@ -10,9 +10,11 @@ passing prefix is found by bisection, and the remaining units are then tried one
 the outputs alone at least as much as one that already broke the budget with fewer units kept. Anything else is
 rolled back. A search's trials are screened on the first verification samples (``verify.screening``): a candidate
 that clearly fails there goes no further; only a verification on every sample accepts. A narrowed set is chosen
-among the candidates judged on the same verification samples, so it must also hold at the confidence that covers
-that search (``selection_confidence``): units are dropped, last kept first, until it does. The manager names no
-pass.
+among the candidates judged on the same verification samples, so a search judges its trials at the confidence that
+covers the candidates it expects to judge (``selection_confidence``: the ranked ones, the bisection's steps and as
+many retries); when it judges more, the kept set must also hold at the confidence that covers them all, and units
+are dropped, last kept first, until it does. The kept set is reported as judged at the pass's own confidence. The
+manager names no pass.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from graphopt.verify.screening import screen as screened
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
-__all__ = ["MEASURED_UNITS", "PassManager", "rank_order"]
+__all__ = ["MEASURED_UNITS", "PassManager", "expected_trials", "rank_order"]
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +198,12 @@ class PassManager:
 
     def _attempt(
         self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, context: PassContext, *, screen: bool = False,
+        tolerance: Tolerance | None = None,
     ) -> _Trial:
-        """Run the pass on a copy of ``model``, check and verify it. ``PreconditionError`` propagates. A search's
-        trial is first ``screen``ed on the first verification samples, and stops there when it clearly fails."""
+        """Run the pass on a copy of ``model``, check and verify it against the original within ``tolerance`` (the
+        budget by default). ``PreconditionError`` propagates. A search's trial is first ``screen``ed on the first
+        verification samples, and stops there when it clearly fails."""
+        tolerance = tolerance or self.tolerance
         free_copies(model)
         work = copy_model(model)
         try:
@@ -215,13 +220,13 @@ class PassManager:
             run = self.verifier.candidate(result.model, f"verify {pass_.name}", session)
             n = self.verifier.data.n_samples
             for stage in screen_stages(n, SCREEN_SAMPLES) if screen else ():
-                first = screened(self.verifier.head(stage), run.first(stage), self.tolerance, self.verifier.kinds)
+                first = screened(self.verifier.head(stage), run.first(stage), tolerance, self.verifier.kinds)
                 if first.failure:
                     return _Trial(result, screen=first)
             outputs = run.outputs()
         except GraphoptError as e:
             return _Trial(result, error=str(e))
-        checks = [self.verifier.against_original(outputs, self.tolerance)]
+        checks = [self.verifier.against_original(outputs, tolerance)]
         if pass_.lossless and pass_.same_rounding:
             checks.insert(0, self.verifier.compare(previous, outputs, self.lossless_tolerance, "previous",
                                                    self.verifier.kinds))
@@ -253,9 +258,9 @@ class PassManager:
 
     def _search(self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, units: Sequence[Unit],
                 done: Callable[[int], None]) -> tuple[_Trial | None, tuple[UnitOutcome, ...], int]:
-        """Rank ``units``, bisect and retry them, then hold the kept set at the selection confidence; ``done(1)``
-        after every unit ranked and every trial. Returns the kept trial, the units' outcomes and the candidates
-        tried."""
+        """Rank ``units``, bisect and retry them at the selection confidence of the candidates expected, then hold
+        the kept set at that of the candidates judged; ``done(1)`` after every unit ranked and every trial. Returns
+        the kept trial (judged at the pass's own confidence), the units' outcomes and the candidates tried."""
         trials: dict[frozenset[str], _Trial] = {}
 
         def attempt(names: frozenset[str]) -> _Trial:
@@ -263,7 +268,8 @@ class PassManager:
             selection confidence), so that a search's memory does not grow with its failed trials."""
             if names not in trials:
                 try:
-                    trial = self._attempt(pass_, model, previous, self.context.with_units(names), screen=True)
+                    trial = self._attempt(pass_, model, previous, self.context.with_units(names), screen=True,
+                                          tolerance=judge)
                 except PreconditionError as e:
                     trial = _Trial(None, error=str(e))
                 trials[names] = trial if trial.passed else replace(trial, outputs=None)
@@ -276,6 +282,8 @@ class PassManager:
         scores |= {u.name: u.sensitivity for u in units if u.name not in scores and u.sensitivity is not None}
         order = rank_order([u for u in units if u.name not in reasons], scores)
         bases = {u.name: u.extends for u in units if u.extends in order}
+        expected = ranked + expected_trials(len(order))
+        judge = self._selection_tolerance(expected) or self.tolerance
         low, high = 0, len(order)
         while low < high and len(trials) < self.max_trials:
             middle = (low + high + 1) // 2
@@ -300,8 +308,7 @@ class PassManager:
                 if name in measured and (not least or scores[name] < scores[least]):
                     least = name
         searched = len(trials) + ranked
-        strict = (self.tolerance.at_confidence(selection_confidence(self.tolerance.confidence, searched))
-                  if self.tolerance.confidence is not None and searched > 1 else None)
+        strict = self._selection_tolerance(searched) if searched > expected else None
         if chosen and strict is not None and not self._holds(attempt(frozenset(chosen)), strict):
             low, high = 0, len(chosen) - 1  # the longest prefix of the kept units (in the order kept) that holds
             for length in range(high, 0, -1):  # the search tried the longest ones already: start there
@@ -322,6 +329,9 @@ class PassManager:
             chosen = chosen[:low]
         best = attempt(frozenset(chosen)) if chosen else None
         keep = best is not None and best.passed and best.changed
+        if keep and best is not None and best.outputs is not None and judge is not self.tolerance:
+            best = replace(best, verifications=(*best.verifications[:-1],
+                                                self.verifier.against_original(best.outputs, self.tolerance)))
         outcomes = tuple(
             UnitOutcome(
                 u.name,
@@ -353,11 +363,24 @@ class PassManager:
                          f"{s.failure}" for name, s in screens.items() if s.failure}
         return scores, reasons, 0 if on_calibration else len(units)
 
+    def _selection_tolerance(self, candidates: int) -> Tolerance | None:
+        """The budget at the confidence that covers a choice among ``candidates``; ``None`` when it judges means
+        (no confidence) or there is no choice."""
+        if self.tolerance.confidence is None or candidates <= 1:
+            return None
+        return self.tolerance.at_confidence(selection_confidence(self.tolerance.confidence, candidates))
+
     def _holds(self, trial: _Trial, tolerance: Tolerance) -> bool:
         """Whether a passing trial's outputs also hold ``tolerance`` against the original."""
         if not trial.passed or trial.outputs is None:
             return False
         return self.verifier.against_original(trial.outputs, tolerance).passed
+
+
+def expected_trials(units: int) -> int:
+    """The end-to-end trials a search among ``units`` ranked units expects: the bisection's steps and as many
+    retries."""
+    return 2 * math.ceil(math.log2(units + 1))
 
 
 def rank_order(units: Sequence[Unit], scores: Mapping[str, float]) -> list[str]:

@@ -391,7 +391,7 @@ def test_a_narrowed_set_holds_at_the_confidence_that_covers_its_search(
     mlp_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The set narrowing stops at is the one the verification samples happened to favour among every set it tried;
-    judged at 95% like a single candidate, it is accepted too close to the budget. Held at 1 − 0.05/trials, it
+    judged at 95% like a single candidate, it is accepted too close to the budget. Judged at 1 − 0.05/trials, it
     keeps fewer units, and those it leaves out say why. The trials are the search's end-to-end ones: the sixteen
     units ranked alone on calibration samples never saw the verification samples."""
     budget = graphopt.Tolerance(cosine=0.9)
@@ -401,10 +401,8 @@ def test_a_narrowed_set_holds_at_the_confidence_that_covers_its_search(
     kept = {u.name for u in corrected.units if u.applied}
     assert corrected.status is plain.status is Status.NARROWED
     assert 0 < len(kept) < sum(u.applied for u in plain.units)
-    dropped = [u for u in corrected.units if not u.applied and "chosen among" in u.reason]
-    searched = {int(re.search(r"chosen among (\d+) candidates", u.reason).group(1)) for u in dropped}  # type: ignore[union-attr]
-    assert len(searched) == 1 and 1 < min(searched) <= corrected.trials - 16
-    strict = budget.at_confidence(selection_confidence(0.95, min(searched)))
+    judged = corrected.trials - 16
+    strict = budget.at_confidence(selection_confidence(0.95, judged))
     assert strict.confidence is not None and strict.confidence > 0.98
     model, data = mlp_files
     original = onnx.load(model)
@@ -412,7 +410,30 @@ def test_a_narrowed_set_holds_at_the_confidence_that_covers_its_search(
     verifier = Verifier(original, verification)
     assert verifier.against_original(verifier.outputs(corrected.model_after), strict).passed
     assert not verifier.against_original(verifier.outputs(plain.model_after), strict).passed
-    assert dropped and all(f"{strict.confidence:.2%} confidence" in u.reason for u in dropped)
+    left_out = [u for u in corrected.units if not u.applied]
+    assert all(u.reason for u in left_out) and any("lower confidence bound" in u.reason for u in left_out)
+    (check,) = corrected.verifications  # reported at the budget's own confidence, as any verdict
+    assert check.tolerance.confidence == 0.95
+
+
+def test_a_search_that_judges_more_candidates_than_expected_holds_its_set_at_their_confidence(
+    mlp_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials are judged at the confidence of the candidates a search expects; when it judges more, the kept set is
+    held at the confidence of all of them, and the units dropped for it say so."""
+    budget = graphopt.Tolerance(cosine=0.9)
+    monkeypatch.setattr(manager, "expected_trials", lambda units: 1)  # every trial judged at 95%
+    outcome = run(mlp_files, RowNoise(), tolerance=budget).pipeline.outcomes[0]
+    dropped = [u for u in outcome.units if not u.applied and "chosen among" in u.reason]
+    searched = {int(re.search(r"chosen among (\d+) candidates", u.reason).group(1)) for u in dropped}  # type: ignore[union-attr]
+    assert dropped and len(searched) == 1 and 1 < min(searched) <= outcome.trials - 16
+    strict = budget.at_confidence(selection_confidence(0.95, min(searched)))
+    assert all(f"{strict.confidence:.2%} confidence" in u.reason for u in dropped)
+    model, data = mlp_files
+    original = onnx.load(model)
+    _, verification = load_data(data, input_specs(original)).split(0.5)
+    verifier = Verifier(original, verification)
+    assert verifier.against_original(verifier.outputs(outcome.model_after), strict).passed
 
 
 class RecordedProgress:
