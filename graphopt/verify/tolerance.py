@@ -142,22 +142,23 @@ def _failures(s: ErrorStats, t: Tolerance) -> list[str]:
     if t.atol is not None and s.min_atol > t.atol:
         out.append(f"max |error| {s.max_abs:.3g} exceeds atol {t.atol:g} + rtol {t.rtol:g}·|ref|")
     if t.cosine is not None:
-        out.extend(_below("cosine", s.cosine, s.cosine_low if t.confidence is not None else None, t.cosine, 5))
+        out.extend(_below("cosine", s.cosine, s.cosine_low, t.cosine, 5, t.confidence))
     if t.snr_db is not None and s.snr_db < t.snr_db:
         out.append(f"SNR {s.snr_db:.1f} dB < {t.snr_db:.10g} dB")
     if t.top1 is not None and s.top1 is not None:
-        out.extend(_below("top-1 agreement", s.top1, s.top1_low if t.confidence is not None else None, t.top1, 4))
+        out.extend(_below("top-1 agreement", s.top1, s.top1_low, t.top1, 4, t.confidence))
     if t.iou is not None and s.iou is not None:
-        out.extend(_below(f"mask IoU (above {s.mask_threshold:g})", s.iou,
-                          s.iou_low if t.confidence is not None else None, t.iou, 4))
+        out.extend(_below(f"mask IoU (above {s.mask_threshold:g})", s.iou, s.iou_low, t.iou, 4, t.confidence))
     return out
 
 
-def _below(name: str, mean: float, low: float | None, threshold: float, digits: int) -> list[str]:
-    """The failure of a mean (or, when bounded, of its lower confidence bound) under ``threshold``; none if it clears."""
+def _below(name: str, mean: float, low: float | None, threshold: float, digits: int,
+           confidence: float | None) -> list[str]:
+    """The failure of a mean (or, when judged at a ``confidence``, of its lower bound ``low``) under ``threshold``;
+    none if it clears."""
     if mean < threshold:
         return [f"{name} {mean:.{digits}f} < {threshold:.10g}"]
-    if low is not None and low < threshold:
-        return [(f"{name} {mean:.{digits}f}, but its lower confidence bound {low:.{digits}f} < {threshold:.10g} "
-                 "(too close to the budget to hold on fresh samples)")]
+    if confidence is not None and low is not None and low < threshold:
+        return [(f"{name} {mean:.{digits}f}, but its lower confidence bound {low:.{digits}f} (at {confidence:.2%}) "
+                 f"< {threshold:.10g} (too close to the budget to hold on fresh samples)")]
     return []
