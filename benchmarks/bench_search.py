@@ -118,14 +118,17 @@ def _cell(run: dict[str, Any], field: str) -> str:
     return "; ".join(str(v) for v in values)
 
 
-def render(rows: list[dict[str, Any]], info: dict[str, Any], command: str, wall: float, baseline: str) -> str:
+def render(rows: list[dict[str, Any]], info: dict[str, Any], command: str, wall: float, baseline: str,
+           reused: str = "") -> str:
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["flags"].items())
     lines = [f"# Verified search: wall time before and after ({info['date']})", "",
              f"- machine: {info['cpu']}, {info['cores']} cores; {flags}",
              (f"- software: onnxruntime {info['onnxruntime']}, onnx {info['onnx']}, numpy {info['numpy']}, "
               f"graphopt {info['graphopt']}, Python {info['python']}"),
              f"- command: `{command}`; wall time {wall:.0f} s",
-             f"- before: the code at {baseline}; after: this checkout. Each cell: before → after.", "",
+             f"- before: the code at {baseline}; after: this checkout. Each cell: before → after.",
+             *([(f"- before, where {reused} has it: that file's run of the same commit, seed and pipeline (not "
+                 "this run's hour)")] if reused else []), "",
              ("| model | pipeline | seconds | after / before | trials | end-to-end verifications | units kept | "
               "fidelity (lowest bound) | status |"),
              "|---|---|---:|---:|---|---|---|---|---|"]
@@ -152,22 +155,39 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE, help="the commit whose code is 'before'")
     parser.add_argument("--seed", type=int, default=0, help="the samples' split, as bench_fresh.py's")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--before-from", type=Path, default=None,
+                        help="take 'before' from this earlier JSON result where it has the model and pipeline (same "
+                             "baseline and seed), to time only the code that changed")
     args = parser.parse_args()
     start = time.perf_counter()
     rows = []
+    earlier = _earlier(args.before_from, args.baseline, args.seed) if args.before_from else {}
     with code_paths(args.baseline) as (before, after):
         for model in args.models.split(","):
             for pipeline in args.passes.split(";"):
-                row = {"model": model, "pipeline": pipeline, "before": measure(before, model, pipeline, args.seed),
+                row = {"model": model, "pipeline": pipeline,
+                       "before": earlier.get((model, pipeline)) or measure(before, model, pipeline, args.seed),
                        "after": measure(after, model, pipeline, args.seed)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     info = machine()
     command = "python benchmarks/bench_search.py " + " ".join(sys.argv[1:])
-    markdown = render(rows, info, command, time.perf_counter() - start, args.baseline)
+    reused = args.before_from.name if earlier else ""
+    markdown = render(rows, info, command, time.perf_counter() - start, args.baseline, reused)
     print(markdown)
     write(args.out, "search", markdown, {"schema": "graphopt.bench-search/1", "machine": info, "command": command,
-                                         "baseline": args.baseline, "rows": rows})
+                                         "baseline": args.baseline, "seed": args.seed, "before_from": reused,
+                                         "rows": rows})
+
+
+def _earlier(path: Path, baseline: str, seed: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """The 'before' runs of an earlier result of this script, by (model, pipeline); refused unless it ran the same
+    baseline (and seed, where it says)."""
+    result = json.loads(path.read_text())
+    earlier_seed = result.get("seed", None if "--seed" in result.get("command", "") else 0)
+    if result.get("baseline") != baseline or earlier_seed != seed:
+        raise SystemExit(f"{path}: another baseline or seed than --baseline {baseline} --seed {seed}")
+    return {(row["model"], row["pipeline"]): row["before"] for row in result["rows"] if "error" not in row["before"]}
 
 
 if __name__ == "__main__":

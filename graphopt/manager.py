@@ -10,11 +10,10 @@ passing prefix is found by bisection, and the remaining units are then tried one
 the outputs alone at least as much as one that already broke the budget with fewer units kept. Anything else is
 rolled back. A search's trials are screened on the first verification samples (``verify.screening``): a candidate
 that clearly fails there goes no further; only a verification on every sample accepts. A narrowed set is chosen
-among the candidates judged on the same verification samples, so a search judges its trials at the confidence that
-covers the candidates it expects to judge (``selection_confidence``: the ranked ones, the bisection's steps and as
-many retries); when it judges more, the kept set must also hold at the confidence that covers them all, and units
-are dropped, last kept first, until it does. The kept set is reported as judged at the pass's own confidence. The
-manager names no pass.
+among the candidates judged on the same verification samples, so a search makes at most ``search_trials`` of them
+(the bisection's steps and as many retries) and judges each at the confidence that covers them all
+(``selection_confidence``), so that whatever it keeps holds at it; the kept set is reported as judged at the pass's
+own confidence. The manager names no pass.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from graphopt.verify.screening import screen as screened
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
-__all__ = ["MEASURED_UNITS", "PassManager", "expected_trials", "rank_order"]
+__all__ = ["MEASURED_UNITS", "PassManager", "rank_order", "search_trials"]
 
 log = logging.getLogger(__name__)
 
@@ -250,28 +249,28 @@ class PassManager:
             return self._search(pass_, model, previous, units, done)
 
     def _most_trials(self, units: Sequence[Unit]) -> int:
-        """How many candidates a search among ``units`` can try at most: each measured unit alone, the capped
-        bisection and one-by-one retries, and the bisection that holds the kept set at the selection confidence."""
-        alone = len(_measured(units))
-        steps = math.ceil(math.log2(len(units) + 1))
-        return alone + min(self.max_trials, steps + len(units)) + steps + 1
+        """How many candidates a search among ``units`` can try at most: each measured unit alone, the bisection's
+        steps and as many retries."""
+        return len(_measured(units)) + min(self.max_trials, search_trials(len(units)))
 
     def _search(self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, units: Sequence[Unit],
                 done: Callable[[int], None]) -> tuple[_Trial | None, tuple[UnitOutcome, ...], int]:
-        """Rank ``units``, bisect and retry them at the selection confidence of the candidates expected, then hold
-        the kept set at that of the candidates judged; ``done(1)`` after every unit ranked and every trial. Returns
-        the kept trial (judged at the pass's own confidence), the units' outcomes and the candidates tried."""
+        """Rank ``units``, then bisect and retry them within ``search_trials``, each trial judged at the selection
+        confidence of them all; ``done(1)`` after every unit ranked and every trial. Returns the kept trial (judged
+        at the pass's own confidence), the units' outcomes and the candidates tried."""
         trials: dict[frozenset[str], _Trial] = {}
 
         def attempt(names: frozenset[str]) -> _Trial:
-            """The trial of ``names``, run once; only a passing trial keeps its outputs (to be judged again at the
-            selection confidence), so that a search's memory does not grow with its failed trials."""
+            """The trial of ``names``, run once. Only the latest passing trial keeps its outputs: it is the kept set
+            so far (the bisection and the retries only ever extend it), so a search holds one set of outputs."""
             if names not in trials:
                 try:
                     trial = self._attempt(pass_, model, previous, self.context.with_units(names), screen=True,
                                           tolerance=judge)
                 except PreconditionError as e:
                     trial = _Trial(None, error=str(e))
+                if trial.passed:
+                    trials.update({key: replace(t, outputs=None) for key, t in trials.items() if t.outputs is not None})
                 trials[names] = trial if trial.passed else replace(trial, outputs=None)
                 done(1)
             return trials[names]
@@ -282,10 +281,10 @@ class PassManager:
         scores |= {u.name: u.sensitivity for u in units if u.name not in scores and u.sensitivity is not None}
         order = rank_order([u for u in units if u.name not in reasons], scores)
         bases = {u.name: u.extends for u in units if u.extends in order}
-        expected = ranked + expected_trials(len(order))
-        judge = self._selection_tolerance(expected) or self.tolerance
+        budget = min(self.max_trials, search_trials(len(order)))
+        judge = self._selection_tolerance(ranked + budget)
         low, high = 0, len(order)
-        while low < high and len(trials) < self.max_trials:
+        while low < high and len(trials) < budget:
             middle = (low + high + 1) // 2
             if attempt(frozenset(order[:middle])).passed:
                 low = middle
@@ -299,37 +298,17 @@ class PassManager:
             elif least and name in measured and scores[name] >= scores[least]:
                 reasons[name] = (f"not tried: it harms the outputs at least as much alone as {least}, which broke "
                                  "the budget with fewer units kept")
-            elif len(trials) >= self.max_trials:
-                reasons[name] = "not tried: narrowing trial limit reached"
+            elif len(trials) >= budget:
+                reasons[name] = f"not tried: the search's {budget} trials were spent"
             elif attempt(frozenset([*chosen, name])).passed:
                 chosen.append(name)
             else:
                 reasons[name] = f"breaks the budget with the kept units: {attempt(frozenset([*chosen, name])).failure}"
                 if name in measured and (not least or scores[name] < scores[least]):
                     least = name
-        searched = len(trials) + ranked
-        strict = self._selection_tolerance(searched) if searched > expected else None
-        if chosen and strict is not None and not self._holds(attempt(frozenset(chosen)), strict):
-            low, high = 0, len(chosen) - 1  # the longest prefix of the kept units (in the order kept) that holds
-            for length in range(high, 0, -1):  # the search tried the longest ones already: start there
-                if frozenset(chosen[:length]) in trials:
-                    if self._holds(trials[frozenset(chosen[:length])], strict):
-                        low = length
-                        break
-                    high = length - 1
-            while low < high:
-                middle = (low + high + 1) // 2
-                if self._holds(attempt(frozenset(chosen[:middle])), strict):
-                    low = middle
-                else:
-                    high = middle - 1
-            for name in chosen[low:]:
-                reasons[name] = (f"left out so that the kept units, chosen among {searched} candidates, hold at "
-                                 f"{strict.confidence:.2%} confidence")
-            chosen = chosen[:low]
         best = attempt(frozenset(chosen)) if chosen else None
         keep = best is not None and best.passed and best.changed
-        if keep and best is not None and best.outputs is not None and judge is not self.tolerance:
+        if keep and best is not None and best.outputs is not None and judge != self.tolerance:
             best = replace(best, verifications=(*best.verifications[:-1],
                                                 self.verifier.against_original(best.outputs, self.tolerance)))
         outcomes = tuple(
@@ -363,23 +342,17 @@ class PassManager:
                          f"{s.failure}" for name, s in screens.items() if s.failure}
         return scores, reasons, 0 if on_calibration else len(units)
 
-    def _selection_tolerance(self, candidates: int) -> Tolerance | None:
-        """The budget at the confidence that covers a choice among ``candidates``; ``None`` when it judges means
-        (no confidence) or there is no choice."""
+    def _selection_tolerance(self, candidates: int) -> Tolerance:
+        """The budget at the confidence that covers a choice among ``candidates`` (itself when it judges means, or
+        there is no choice)."""
         if self.tolerance.confidence is None or candidates <= 1:
-            return None
+            return self.tolerance
         return self.tolerance.at_confidence(selection_confidence(self.tolerance.confidence, candidates))
 
-    def _holds(self, trial: _Trial, tolerance: Tolerance) -> bool:
-        """Whether a passing trial's outputs also hold ``tolerance`` against the original."""
-        if not trial.passed or trial.outputs is None:
-            return False
-        return self.verifier.against_original(trial.outputs, tolerance).passed
 
-
-def expected_trials(units: int) -> int:
-    """The end-to-end trials a search among ``units`` ranked units expects: the bisection's steps and as many
-    retries."""
+def search_trials(units: int) -> int:
+    """The end-to-end trials a search among ``units`` ranked units may make: the bisection's steps and as many
+    retries. Each is judged at the selection confidence of them all, so whatever the search keeps holds at it."""
     return 2 * math.ceil(math.log2(units + 1))
 
 

@@ -416,22 +416,23 @@ def test_a_narrowed_set_holds_at_the_confidence_that_covers_its_search(
     assert check.tolerance.confidence == 0.95
 
 
-def test_a_search_that_judges_more_candidates_than_expected_holds_its_set_at_their_confidence(
+def test_a_search_stops_at_its_trials_and_judges_each_at_the_confidence_of_them_all(
     mlp_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Trials are judged at the confidence of the candidates a search expects; when it judges more, the kept set is
-    held at the confidence of all of them, and the units dropped for it say so."""
+    """A search makes at most ``search_trials`` end-to-end trials; the units it had no trial left for say so, and
+    the kept set holds at the confidence that covers the trials made."""
     budget = graphopt.Tolerance(cosine=0.9)
-    monkeypatch.setattr(manager, "expected_trials", lambda units: 1)  # every trial judged at 95%
+    assert manager.search_trials(16) == 10  # ⌈log2 17⌉ bisection steps and as many retries
+    monkeypatch.setattr(manager, "search_trials", lambda units: 3)
     outcome = run(mlp_files, RowNoise(), tolerance=budget).pipeline.outcomes[0]
-    dropped = [u for u in outcome.units if not u.applied and "chosen among" in u.reason]
-    searched = {int(re.search(r"chosen among (\d+) candidates", u.reason).group(1)) for u in dropped}  # type: ignore[union-attr]
-    assert dropped and len(searched) == 1 and 1 < min(searched) <= outcome.trials - 16
-    strict = budget.at_confidence(selection_confidence(0.95, min(searched)))
-    assert all(f"{strict.confidence:.2%} confidence" in u.reason for u in dropped)
+    assert outcome.trials - 16 <= 3
+    spent = [u for u in outcome.units if u.reason == "not tried: the search's 3 trials were spent"]
+    assert spent and not any(u.applied for u in spent)
+    strict = budget.at_confidence(selection_confidence(0.95, 3))
     model, data = mlp_files
     original = onnx.load(model)
     _, verification = load_data(data, input_specs(original)).split(0.5)
+    assert outcome.status is Status.NARROWED
     verifier = Verifier(original, verification)
     assert verifier.against_original(verifier.outputs(outcome.model_after), strict).passed
 
