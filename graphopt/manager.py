@@ -351,9 +351,10 @@ class PassManager:
 
 
 def search_trials(units: int) -> int:
-    """The end-to-end trials a search among ``units`` ranked units may make: the bisection's steps and as many
-    retries. Each is judged at the selection confidence of them all, so whatever the search keeps holds at it."""
-    return 2 * math.ceil(math.log2(units + 1))
+    """The end-to-end trials a search among ``units`` ranked units may make: the bisection's steps and twice as
+    many retries. Each is judged at the selection confidence of them all, so whatever the search keeps holds at it.
+    With as many retries as steps, PP-OCRv4 det kept 7 of 31 clustered layers instead of 9 (retries found six)."""
+    return 3 * math.ceil(math.log2(units + 1))
 
 
 def rank_order(units: Sequence[Unit], scores: Mapping[str, float]) -> list[str]:

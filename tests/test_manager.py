@@ -422,7 +422,7 @@ def test_a_search_stops_at_its_trials_and_judges_each_at_the_confidence_of_them_
     """A search makes at most ``search_trials`` end-to-end trials; the units it had no trial left for say so, and
     the kept set holds at the confidence that covers the trials made."""
     budget = graphopt.Tolerance(cosine=0.9)
-    assert manager.search_trials(16) == 10  # ⌈log2 17⌉ bisection steps and as many retries
+    assert manager.search_trials(16) == 15  # ⌈log2 17⌉ bisection steps and twice as many retries
     monkeypatch.setattr(manager, "search_trials", lambda units: 3)
     outcome = run(mlp_files, RowNoise(), tolerance=budget).pipeline.outcomes[0]
     assert outcome.trials - 16 <= 3

@@ -317,18 +317,19 @@ class _Totals:
         stride = max(1, -(-size // KEPT_ERRORS))
         return cls(rtol, np.empty(-(-size // stride), dtype=kept), stride)
 
-    def add(self, ref: np.ndarray, diff: np.ndarray, work: np.ndarray) -> None:
-        """One block: the reference and ``|candidate − reference|`` (one shape); ``work`` is scratch of that size."""
+    def add(self, diff: np.ndarray, scale: np.ndarray, work: np.ndarray, *, signal: float, max_abs: float) -> None:
+        """One block: ``|candidate − reference|`` and ``|reference|`` (one shape; ``scale`` is overwritten), the
+        block's sum of squared references and its largest ``diff``, which the caller has at hand; ``work`` is
+        scratch of that size."""
         picked = diff.ravel()[(-self.positions) % self.stride::self.stride]
         self.abs_errors[self.filled:self.filled + picked.size] = picked
         self.filled += picked.size
         self.positions += diff.size
         self.abs_sum += float(diff.sum())
         self.mismatches += int(np.count_nonzero(diff))
-        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
-        self.signal += float(np.multiply(ref, ref, out=work).sum())
+        self.max_abs = max(self.max_abs, max_abs)
+        self.signal += signal
         self.noise += float(np.multiply(diff, diff, out=work).sum())
-        scale = np.abs(ref, out=work)
         if self.rtol:
             slack = np.subtract(diff, scale * self.rtol)
             self.min_atol = max(self.min_atol, float(slack.max(initial=0.0)))
@@ -371,12 +372,14 @@ def _array_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float, conf
         dot[rows] = np.multiply(ref, got, out=work).sum(axis=1)
         ref_squares[rows] = np.multiply(ref, ref, out=work).sum(axis=1)
         got_squares[rows] = np.multiply(got, got, out=work).sum(axis=1)
-        peaks[rows] = np.abs(ref, out=work).max(axis=1, initial=0.0)
         errors[rows] = diff.max(axis=1, initial=0.0)
-        totals.add(ref, diff, work)
         if masks is not None and threshold is not None:
             for whole, part in zip(masks, _mask_rows(ref, got, threshold), strict=True):
                 whole[rows] = part
+        scale = np.abs(ref, out=work)
+        peaks[rows] = scale.max(axis=1, initial=0.0)
+        totals.add(diff, scale, got, signal=float(ref_squares[rows].sum()),  # got's own copy is scratch from here
+                   max_abs=float(errors[rows].max(initial=0.0)))
     empties = (masks[0], masks[1]) if masks is not None else None
     cosines, near_zero = _empty_rule(_cosines_from(dot, ref_squares, got_squares), peaks, errors, empties)
     return _summary(n, exact, totals, cosines, near_zero, top1, masks[2] if masks is not None else None, nonfinite,
@@ -439,8 +442,9 @@ def _flat_totals(ref: np.ndarray, got: np.ndarray, rtol: float, dtype: np.dtype)
     totals = _Totals.of_size(ref.size, rtol, dtype)
     for start in range(0, ref.size, BLOCK_ELEMENTS):
         block = slice(start, start + BLOCK_ELEMENTS)
-        diff = np.abs(got[block] - ref[block])
-        totals.add(ref[block], diff, np.empty_like(diff))
+        diff, work = np.abs(got[block] - ref[block]), np.empty_like(ref[block])
+        signal = float(np.multiply(ref[block], ref[block], out=work).sum())
+        totals.add(diff, np.abs(ref[block]), work, signal=signal, max_abs=float(diff.max(initial=0.0)))
     return totals
 
 
