@@ -327,9 +327,9 @@ def _nbits(graph: onnx.GraphProto, node: onnx.NodeProto, plan: _Plan, names: dic
 def _finish(model: onnx.ModelProto, form: str) -> None:
     """Drop initializers nothing reads any more (a Gemm's folded bias), import com.microsoft, need IR 10 (int4)."""
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    for index in reversed(range(len(model.graph.initializer))):  # in place: re-adding the kept ones copies them all
-        if model.graph.initializer[index].name not in used:
-            del model.graph.initializer[index]
+    for position in reversed(range(len(model.graph.initializer))):  # in place: re-adding the kept ones copies them
+        if model.graph.initializer[position].name not in used:
+            del model.graph.initializer[position]
     if any(n.domain == _MS for n in model.graph.node) and not any(o.domain == _MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(_MS, 1))
     model.ir_version = max(model.ir_version, 10)

@@ -320,9 +320,9 @@ def _rewrite(model: onnx.ModelProto, chosen: list[_Clustered], packed: bool, uin
         nodes.append(made)
         return output
 
-    for index in reversed(range(len(graph.initializer))):  # in place: re-adding the kept ones would copy them all
-        if graph.initializer[index].name in names:
-            del graph.initializer[index]
+    for position in reversed(range(len(graph.initializer))):  # in place: re-adding the kept ones would copy them all
+        if graph.initializer[position].name in names:
+            del graph.initializer[position]
     nodes: list[onnx.NodeProto] = []
     sixteen = constant("clustering_sixteen", np.array(16, np.int32)) if packed and not uint4 else ""
     for c in chosen:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import re
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -316,6 +315,13 @@ def test_plan_cache_plans_once_per_model_and_calibration(mlp_model: onnx.ModelPr
     assert [cache.get(mlp_model, context, lambda: calls.append(1) or len(calls)) for _ in range(3)] == [1, 1, 1]
     other = PassContext(calibration=Dataset(dict(data.arrays), frozenset(), True))
     assert cache.get(mlp_model, other, lambda: calls.append(1) or len(calls)) == 2, "new samples, new plan"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(mlp_model)
+    assert cache.get(copy, other, lambda: calls.append(1) or len(calls)) == 2, "an equal copy is the same model"
+    copy.graph.initializer[0].raw_data = bytes(len(copy.graph.initializer[0].raw_data))
+    assert cache.get(copy, other, lambda: calls.append(1) or len(calls)) == 3, "new weights, new plan"
+    mlp_model.graph.initializer[0].raw_data = copy.graph.initializer[0].raw_data  # the cache kept its own copy
+    assert cache.get(copy, other, lambda: calls.append(1) or len(calls)) == 3
 
     def broken() -> int:
         raise KeyError("w9")

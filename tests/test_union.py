@@ -49,6 +49,23 @@ def test_each_variant_computes_what_it_computes_alone_and_shared_nodes_run_once(
     assert len({o.name for o in union.model.graph.output}) == 4
 
 
+def test_initializers_of_one_name_are_shared_only_when_their_values_are(rng: np.random.Generator) -> None:
+    """Variants keep their weights' names, changed or not: a name is no key, the values decide."""
+    model = mlp()
+    variants = {"same": model, "copy": copy_model(model), "w1": _variant(model, "w1", 0.5),
+                "w1 again": _variant(model, "w1", 0.5), "w1 zero": _variant(model, "w1", 0.0)}
+    builder = UnionBuilder()
+    for name, variant in variants.items():
+        builder.add(name, variant)
+    union = builder.build()
+    assert len(union.model.graph.initializer) == len(model.graph.initializer) + 2  # w1 ×0.5 and w1 ×0 join once each
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    together = _run(union.model, x)
+    for name, variant in variants.items():
+        for output, value in _run(variant, x).items():
+            np.testing.assert_array_equal(together[union.outputs[name][output]], value)
+
+
 def test_an_output_that_is_an_input_or_a_constant_passes_through() -> None:
     model = onnx.parser.parse_model("""
         <ir_version: 8, opset_import: ["" : 17]>

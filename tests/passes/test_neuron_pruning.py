@@ -164,6 +164,27 @@ def test_ratios_are_units_and_the_largest_selected_ratio_applies(rng: np.random.
             for chosen in (["fc1@0.25"], ["fc1@0.25", "fc1@0.5"], [])] == [4, 8, 0]
 
 
+def test_a_later_run_reuses_the_refit_and_rewrites_the_same_model(rng: np.random.Generator,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Narrowing runs the pass once per trial: each layer's refit is solved once per model, not once per run, and
+    the runs that reuse it rewrite exactly what a fresh pass writes."""
+    from graphopt_passes._math import pruning
+
+    model = redundant_mlp(rng)
+    model.graph.node[0].name = "fc1"
+    ctx = calibration(model, rng, count=128)
+    solves: list[int] = []
+    solve = pruning.reconstruct
+    monkeypatch.setattr(pruning, "reconstruct", lambda *a, **k: solves.append(1) or solve(*a, **k))
+    pruner = prune(ratio=0.5, steps=2)
+    pruner.units(model, ctx)
+    planned = len(solves)
+    first, again = (pruner(model, ctx.with_units(frozenset(["fc1@0.25"]))).model for _ in range(2))
+    assert planned == 2 and len(solves) == planned, "the plan's two refits serve every later run"
+    fresh = prune(ratio=0.5, steps=2)(model, ctx.with_units(frozenset(["fc1@0.25"]))).model
+    assert first.SerializeToString() == again.SerializeToString() == fresh.SerializeToString()
+
+
 RESIDUAL = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[N,16] x) => (float[N,16] y) { h = Gemm(x, w1)\n r = Relu(h)\n s = Add(r, x)\n y = Gemm(s, w2) }"""
 DECONV = """<ir_version: 8, opset_import: ["" : 17]>
