@@ -389,7 +389,7 @@ class HistogramObserver:
             if plain:
                 np.floor(np.divide(part, self.width, out=steps[:n], dtype=np.float64), out=steps[:n])
             else:
-                steps[:n] = _offsets(part.astype(np.float64), self.width)
+                steps[:n] = _offsets(np.asarray(part, np.float64), self.width)  # float64 parts are not copied
             index[:n] = steps[:n]
             index[:n] += self.zero_bin  # in [0, bins): the grid covers them
             self.counts += np.bincount(index[:n], minlength=self.bins)
