@@ -13,6 +13,7 @@ from graphopt.verify.metrics import (
     error_stats,
     identical,
     looks_like_classifier,
+    margin_losses,
     per_sample_cosine,
     per_sample_top1,
     shape_mismatches,
@@ -256,3 +257,18 @@ def test_error_percentiles_keep_bounded_memory_beyond_a_cap(rng: np.random.Gener
     finally:
         tracemalloc.stop()
     assert peak < 2**26, f"{peak / 2**20:.0f} MiB to compare 20M positions (their errors alone took 80 MiB)"
+
+
+def test_margin_losses_are_the_share_of_the_reference_margin_given_up() -> None:
+    """Top class 0 over runner-up 1 by 2: a candidate at 2 − 1.5 gave up 3/4 of it, a flip counts 1, a tie kept 0;
+    for probabilities, margins of the logarithms (log 0.7/0.2 given up to log 0.6/0.3)."""
+    reference = np.array([[3.0, 1.0, 0.0], [3.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    candidate = np.array([[2.0, 1.5, 0.0], [1.0, 2.0, 0.0], [1.0, 1.0, 0.5]])
+    agree, loss = margin_losses(reference, candidate, 1)
+    assert agree.tolist() == [1.0, 0.0, 1.0]
+    assert loss == pytest.approx([0.75, 1.0, 0.0])
+    _, in_logs = margin_losses(np.array([[0.7, 0.2, 0.1]]), np.array([[0.6, 0.3, 0.1]]), 1, logs=True)
+    assert in_logs == pytest.approx([1 - math.log(2) / math.log(3.5)])
+    positions = np.array([[[3.0, 1.0], [1.0, 3.0]]])  # one sample of two positions, classes last
+    agree, loss = margin_losses(positions, positions[:, :, ::-1].copy(), 2)
+    assert agree.tolist() == [0.0] and loss.tolist() == [1.0]

@@ -47,7 +47,7 @@ def test_a_candidate_near_the_budget_goes_on_to_every_sample() -> None:
     reference = np.random.default_rng(2).standard_normal((32, 64)).astype(np.float32)
     near = np.concatenate([reference[:16], _noisy(reference[16:], 0.3)])
     found = screen({"y": reference}, {"y": near}, BUDGET, {})
-    stats = Verifier.compare({"y": reference}, {"y": near}, Tolerance(cosine=0.99, confidence=None), "original")
+    stats = Verifier.compare({"y": reference}, {"y": near}, BUDGET.at_confidence(None), "original")
     assert stats.stats["y"].cosine < 0.99  # it fails on these samples' mean …
     assert found.failure == ""  # … but not clearly
     assert found.badness == pytest.approx(badness([stats]))
@@ -87,21 +87,27 @@ def test_screening_stages_grow_fourfold_and_stop_short_of_the_whole_set() -> Non
     assert screen_stages(32) == () and screen_stages(5) == ()
 
 
-def test_units_are_ranked_by_how_far_their_scores_move_not_by_a_few_flips() -> None:
-    """Two candidates of class scores: one moves every score a little and flips no top-1, the other moves them
-    less but flips one position whose top two scores were nearly tied. A ranking on flips would put the first
-    ahead; by cosine, the second does less damage, and so it ranks."""
+def test_units_are_ranked_by_the_margins_they_give_up_not_by_how_far_scores_move() -> None:
+    """Two candidates of class scores that flip no top-1: one adds a constant to every score of a position (the
+    argmax and every margin kept, as softmax keeps them), the other adds a little noise, which eats into margins.
+    By cosine the first is further from the reference; for top-1 it is harmless, and so it ranks first. A flip
+    counts as a whole position."""
     rng = np.random.default_rng(5)
     logits = rng.standard_normal((32, 22, 40)).astype(np.float32)
-    logits[0, 0, :2] = [5.0, 5.0001]  # a near tie at one position
-    order = np.argsort(logits, axis=-1)
-    spread = logits + 0.05 * np.sign(logits - logits.mean(axis=-1, keepdims=True))
-    spread = np.where(np.arange(40) == order[..., -1:], logits + 0.05, spread).astype(np.float32)  # no flip
-    flipped = logits.copy()
-    flipped[0, 0, 0] += 0.001  # the near tie flips
+    np.put_along_axis(logits, logits.argmax(axis=-1)[..., None], logits.max(axis=-1, keepdims=True) + 0.3, axis=-1)
+    shifted = (logits + rng.uniform(0.05, 0.1, (32, 22, 1))).astype(np.float32)
+    noisy = (logits + 0.02 * rng.standard_normal(logits.shape)).astype(np.float32)
     kinds = {"logits": OutputKind(-1, "named")}
-    moved, flip = (screen({"logits": logits}, {"logits": c}, BUDGET, kinds) for c in (spread, flipped))
+    kept, eaten = (screen({"logits": logits}, {"logits": c}, BUDGET, kinds) for c in (shifted, noisy))
     stats = [Verifier.compare({"logits": logits}, {"logits": c}, BUDGET, "original", kinds).stats["logits"]
-             for c in (spread, flipped)]
-    assert stats[0].top1 == 1.0 and stats[1].top1 < 1.0 and stats[1].cosine > stats[0].cosine
-    assert flip.badness < moved.badness
+             for c in (shifted, noisy)]
+    assert stats[0].top1 == stats[1].top1 == 1.0 and stats[0].cosine < stats[1].cosine
+    assert kept.badness < eaten.badness
+    assert kept.badness == pytest.approx(1 - stats[0].cosine, rel=1e-3)  # no margin given up but float32 rounding
+
+    flipped = logits.copy()
+    flipped[0, 0] = logits[0, 0]
+    top, second = np.argsort(logits[0, 0])[-1], np.argsort(logits[0, 0])[-2]
+    flipped[0, 0, second] = logits[0, 0, top] + 1e-3  # one position of 32 × 22 flips, nothing else moves
+    flip = screen({"logits": logits}, {"logits": flipped}, BUDGET, kinds)
+    assert flip.badness >= 1 / (32 * 22)
