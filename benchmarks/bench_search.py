@@ -119,15 +119,15 @@ def measure(code: Path, model: str, pipeline: str, seed: int) -> dict[str, Any]:
 def _cell(run: dict[str, Any], field: str) -> str:
     if "error" in run:
         return "error"
-    values = [p[field] for p in run["passes"]]
-    if field == "fidelity":
-        return "; ".join(f"{v[0].removesuffix('_low')} ≥{v[1]:.4f}" if v else "–" for v in values)
-    if field == "fresh":
+    if field == "fresh":  # of the whole run's result; not in runs of this script from before it judged fresh samples
         fresh = run.get("fresh")
         if not fresh:
             return "–"
         value = fresh["head"] if fresh["head"] is not None else fresh["cosine"]
         return f"{value:.4f}{'' if fresh['within'] else ' ✗'}"
+    values = [p[field] for p in run["passes"]]
+    if field == "fidelity":
+        return "; ".join(f"{v[0].removesuffix('_low')} ≥{v[1]:.4f}" if v else "–" for v in values)
     if field == "kept":
         return "; ".join(f"{p['kept']}/{p['units']}" if p["units"] else "–" for p in run["passes"])
     return "; ".join(str(v) for v in values)

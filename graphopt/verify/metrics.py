@@ -320,10 +320,12 @@ BLOCK_ELEMENTS = 1 << 20
 temporaries (tens of millions of values, several of them) cost more in page faults than in arithmetic."""
 
 
-KEPT_ERRORS = 1 << 22
+KEPT_ERRORS = 1 << 20
 """The most absolute errors a comparison keeps for their median and 99th percentile: every one up to this many
-positions, evenly spaced ones beyond (16 MiB at float32), so that a comparison's memory does not grow with the
-samples (a 320×320 map on 5,000 samples has 512M positions)."""
+positions, evenly spaced ones beyond (4 MiB at float32), so that a comparison's memory does not grow with the
+samples (a 320×320 map on 5,000 samples has 512M positions). Selecting the percentiles among 4M kept errors took
+30% of a comparison of PP-OCRv4 rec's 6,625-class outputs on 24 samples; a million spaced errors place a median and
+a 99th percentile as well."""
 
 
 @dataclass
