@@ -5,13 +5,14 @@ onnxruntime, and its outputs on the verification samples must stay within the bu
 ORIGINAL model (and, for lossless passes, within the lossless tolerance against the model before the pass). A pass
 that fails and offers units is narrowed to the largest subset of units that passes. Units are ranked by their damage
 applied alone, measured on calibration samples with every unit's candidate in one model (``graphopt.sensitivity``;
-a pass's own estimate stands in beyond ``MEASURED_UNITS``), per unit of gain when every unit states one. The longest
+a pass's own estimate stands in beyond ``MEASURED_UNITS``; a stronger level of a layer is scaled from its mildest
+level's damage by the pass's estimates of both), per unit of gain when every unit states one. The longest
 passing prefix is found by bisection, and the remaining units are then tried one at a time, except those that harm
 the outputs alone at least as much as one that already broke the budget with fewer units kept. Anything else is
 rolled back. A search's trials are screened on the first verification samples (``verify.screening``): a candidate
 that clearly fails there goes no further; only a verification on every sample accepts. A narrowed set is chosen
 among the candidates judged on the same verification samples, so a search makes at most ``search_trials`` of them
-(the bisection's steps and as many retries) and judges each at the confidence that covers them all
+(the bisection's steps and twice as many retries) and judges each at the confidence that covers them all
 (``selection_confidence``), so that whatever it keeps holds at it; the kept set is reported as judged at the pass's
 own confidence. The manager names no pass.
 """
@@ -277,7 +278,15 @@ class PassManager:
 
         to_measure = _measured(units)
         measured = {u.name for u in to_measure}
+        compared = set(measured)  # the units whose scores are damage to the outputs, measured or scaled from it
         scores, reasons, ranked = self._rank(pass_, model, to_measure, done)
+        estimates = {u.name: u.sensitivity or 0.0 for u in units}
+        for name, mildest in _mildest(units).items():
+            if mildest.name in reasons:
+                reasons[name] = f"not tried: it goes further than {mildest.name}, which was not kept"
+            elif name not in scores and mildest.name in scores:
+                scores[name] = scores[mildest.name] * estimates[name] / (mildest.sensitivity or 1.0)
+                compared.add(name)
         scores |= {u.name: u.sensitivity for u in units if u.name not in scores and u.sensitivity is not None}
         order = rank_order([u for u in units if u.name not in reasons], scores)
         bases = {u.name: u.extends for u in units if u.extends in order}
@@ -295,7 +304,7 @@ class PassManager:
         for name in order[low:]:
             if bases.get(name) in order[low:] and bases[name] not in chosen:
                 reasons[name] = f"not tried: it goes further than {bases[name]}, which was not kept"
-            elif least and name in measured and scores[name] >= scores[least]:
+            elif least and name in compared and scores[name] >= scores[least]:
                 reasons[name] = (f"not tried: it harms the outputs at least as much alone as {least}, which broke "
                                  "the budget with fewer units kept")
             elif len(trials) >= budget:
@@ -304,7 +313,7 @@ class PassManager:
                 chosen.append(name)
             else:
                 reasons[name] = f"breaks the budget with the kept units: {attempt(frozenset([*chosen, name])).failure}"
-                if name in measured and (not least or scores[name] < scores[least]):
+                if name in compared and (not least or scores[name] < scores[least]):
                     least = name
         best = attempt(frozenset(chosen)) if chosen else None
         keep = best is not None and best.passed and best.changed
@@ -386,9 +395,29 @@ def rank_order(units: Sequence[Unit], scores: Mapping[str, float]) -> list[str]:
 
 
 def _measured(units: Sequence[Unit]) -> list[Unit]:
-    """The units a search measures alone: all of them up to ``MEASURED_UNITS``, beyond it those without the pass's
-    own estimate."""
-    return [u for u in units if u.sensitivity is None or len(units) <= MEASURED_UNITS]
+    """The units a search measures alone: all of them up to ``MEASURED_UNITS`` but the stronger levels whose
+    damage is scaled from their layer's mildest level's (``_mildest``), beyond it those without the pass's own
+    estimate."""
+    scaled = _mildest(units)
+    return [u for u in units if u.sensitivity is None or (len(units) <= MEASURED_UNITS and u.name not in scaled)]
+
+
+def _mildest(units: Sequence[Unit]) -> dict[str, Unit]:
+    """For each stronger level of a layer (a unit that ``extends`` another) with the pass's own estimate, the
+    layer's mildest level, when that has a positive estimate too: the level's damage is then
+    ``damage(mildest) · estimate(level) / estimate(mildest)``. A level's damage relative to its layer's mildest is
+    what a pass estimates well; across layers, a measurement on the outputs ranks better. Measuring one level per
+    layer instead of three took PP-OCRv4 rec's pruning ranking from 50 candidates to 18, with the same order."""
+    by_name = {u.name: u for u in units}
+    found: dict[str, Unit] = {}
+    for unit in units:
+        mildest, seen = unit, {unit.name}
+        while mildest.extends in by_name and mildest.extends not in seen:
+            seen.add(mildest.extends)
+            mildest = by_name[mildest.extends]
+        if mildest is not unit and unit.sensitivity is not None and (mildest.sensitivity or 0) > 0:
+            found[unit.name] = mildest
+    return found
 
 
 def _nothing_to_change(result: PassResult | None) -> str:

@@ -556,3 +556,19 @@ def test_a_search_frees_the_outputs_of_the_candidates_that_failed(
     monkeypatch.setattr(manager.PassManager, "_attempt", recorded)
     (outcome,) = run(mlp_files, RowNoise(), tolerance=graphopt.Tolerance(cosine=0.98)).pipeline.outcomes
     assert outcome.status is Status.NARROWED and failed
+
+
+def test_a_stronger_level_is_scaled_from_its_mildest_level_not_measured(mlp_files: tuple[Path, Path]) -> None:
+    """Only each weight's mildest level is measured alone; a stronger level's damage is the mildest's scaled by the
+    pass's estimates of both (0.25 / 0.2 for a good weight's second level), and the second level of the weight
+    whose first fails alone is left out with it, untried."""
+    pass_ = Levels()
+    (outcome,) = run(mlp_files, pass_).pipeline.outcomes
+    alone = {next(iter(selected)) for selected in pass_.runs if len(selected) == 1}
+    assert alone == {"w1@1", "b1@1", "w2@1", "b2@1"}
+    units = {u.name: u for u in outcome.units}
+    for weight in ("w1", "b1", "b2"):
+        assert units[f"{weight}@2"].sensitivity == pytest.approx(units[f"{weight}@1"].sensitivity * 0.25 / 0.2)
+    assert units["w2@1"].reason.startswith("fails alone")
+    assert units["w2@2"].reason == "not tried: it goes further than w2@1, which was not kept"
+    assert {u.name for u in outcome.units if u.applied} == {"w1@1", "w1@2", "b1@1", "b1@2", "b2@1", "b2@2"}
