@@ -2,8 +2,8 @@
 
 A sum of continuous distances the budget judges (1 − cosine, 1 − mask IoU, the share of the top-1 margin given up
 where the budget judges top-1, and the smallest atol that would pass where the tolerance sets an atol), taken at the
-worst output; infinite when a rule that admits no error is broken (a
-NaN or Inf that the reference does not have, a mismatch on an output compared exactly). Means, not extremes: the
+worst output; infinite when a rule that admits no error is broken (a NaN or Inf that the reference does not have, a
+mismatch on an output compared exactly). Means, not extremes: the
 largest error of one position on one sample is noise for a ranking unless the budget judges it, and it swamped the
 means wherever outputs span a range of order one (a probability map's max |Δ| of 0.5 against a 1 − IoU of 0.001).
 Top-1 agreement is judged but not ranked by: on the few dozen samples a unit is ranked on, it counts rare events
