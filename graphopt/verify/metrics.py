@@ -307,8 +307,12 @@ def _finite_pair(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarr
     """Both sides in float64 with non-finite positions zeroed, and how many of those break the NaN rule."""
     ref = reference.astype(np.float64)
     got = candidate.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # a sum is finite only if every term is
+        total = float(ref.sum()) + float(got.sum())
+    if math.isfinite(total):  # the usual case: nothing to zero, no NaN rule to apply
+        return ref, got, 0
     finite = np.isfinite(ref) & np.isfinite(got)
-    if finite.all():  # the usual case: nothing to zero, no NaN rule to apply
+    if finite.all():
         return ref, got, 0
     matched_special = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
     nonfinite = int(np.count_nonzero(~finite & ~matched_special))
@@ -399,6 +403,8 @@ def _array_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float, conf
     in_logs = axis is not None and bool(np.min(reference, initial=0.0) >= 0)  # probabilities: margins of log-scores
     masks = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)) if threshold is not None else None
     nonfinite = 0
+    width = reference.size // n if n else 0
+    scratch = np.empty((2, min(step, n), width))  # a block's |difference| and work space, reused block to block
     for start in range(0, n, step):
         rows = slice(start, start + step)
         ref, got, bad = _finite_pair(reference[rows], candidate[rows])
@@ -406,7 +412,8 @@ def _array_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float, conf
         if top1 is not None and margin is not None and axis is not None:
             top1[rows], margin[rows] = margin_losses(ref, got, axis, logs=in_logs)
         ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-        diff, work = np.abs(got - ref), np.empty_like(ref)
+        diff, work = scratch[0, :len(ref)], scratch[1, :len(ref)]
+        np.abs(np.subtract(got, ref, out=diff), out=diff)
         dot[rows] = np.multiply(ref, got, out=work).sum(axis=1)
         ref_squares[rows] = np.multiply(ref, ref, out=work).sum(axis=1)
         got_squares[rows] = np.multiply(got, got, out=work).sum(axis=1)

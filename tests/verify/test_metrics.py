@@ -272,3 +272,15 @@ def test_margin_losses_are_the_share_of_the_reference_margin_given_up() -> None:
     positions = np.array([[[3.0, 1.0], [1.0, 3.0]]])  # one sample of two positions, classes last
     agree, loss = margin_losses(positions, positions[:, :, ::-1].copy(), 2)
     assert agree.tolist() == [0.0] and loss.tolist() == [1.0]
+
+
+def test_finite_values_whose_sum_overflows_are_not_taken_for_non_finite_ones() -> None:
+    """Finiteness is first read from the sums of both sides; float64 values near the largest finite one overflow
+    them, and must still compare as the finite values they are."""
+    big = np.full((4, 3), 1e308)
+    with_nan = big.copy()
+    with_nan[1, 2] = np.nan
+    with np.errstate(over="ignore", invalid="ignore"):  # the squares behind the cosine overflow, as they always did
+        s = error_stats(big, big * 0.5)
+        assert s.nonfinite_mismatch == 0 and s.max_abs == pytest.approx(0.5e308)
+        assert error_stats(big, with_nan).nonfinite_mismatch == 1
