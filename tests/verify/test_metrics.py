@@ -248,7 +248,7 @@ def test_error_percentiles_keep_bounded_memory_beyond_a_cap(rng: np.random.Gener
     assert s.median_abs == pytest.approx(np.median(diff), rel=0.05)
     assert s.mean_abs == pytest.approx(diff.mean()) and s.max_abs == pytest.approx(diff.max())
     monkeypatch.setattr(metrics, "KEPT_ERRORS", 1 << 20)
-    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 1 << 20)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 1 << 18)
     zeros, ones = np.zeros((400, 50_000), np.float32), np.ones((400, 50_000), np.float32)
     tracemalloc.start()
     try:
