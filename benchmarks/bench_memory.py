@@ -3,8 +3,8 @@
 Each (pass, sample count) runs ``graphopt.optimize`` in a fresh Python process on the first N samples of a real
 workload (its real inputs repeated in order when N exceeds them: the point is the count, not new content), given as
 an ``.npz`` file as a user gives it (written by this script before the process starts), and reports that process's
-peak resident set size (``VmHWM``, see ``peak_rss_mb``), the wall time and the pass's status. A pass whose memory holds per-sample
-state shows it as growth from column to column.
+peak resident set size (``VmHWM``, see ``peak_rss_mb``), the wall time and the pass's status. A pass whose memory
+holds per-sample state shows it as growth from column to column.
 
     python benchmarks/bench_memory.py --model magika --samples 100,1000,10000
 
