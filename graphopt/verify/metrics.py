@@ -399,14 +399,14 @@ def _array_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float, conf
     if reference.ndim == 0:
         reference, candidate = reference.reshape(1), candidate.reshape(1)
     n = reference.shape[0]
-    step = max(1, BLOCK_ELEMENTS // max(reference.size // n if n else 0, 1))
+    width = reference.size // n if n else 0  # values per sample
+    step = max(1, BLOCK_ELEMENTS // max(width, 1))
     totals = _Totals.of_size(reference.size, rtol, np.result_type(reference.dtype, candidate.dtype))
     dot, ref_squares, got_squares, peaks, errors = (np.zeros(n) for _ in range(5))
     top1, margin = (np.zeros(n), np.zeros(n)) if axis is not None else (None, None)
     in_logs = axis is not None and bool(np.min(reference, initial=0.0) >= 0)  # probabilities: margins of log-scores
     masks = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)) if threshold is not None else None
     nonfinite = 0
-    width = reference.size // n if n else 0
     scratch = np.empty((2, min(step, n), width))  # a block's |difference| and work space, reused block to block
     for start in range(0, n, step):
         rows = slice(start, start + step)
