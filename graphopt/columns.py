@@ -2,15 +2,18 @@
 numbers, not a copy.
 
 graphopt reads its data many times (calibration, then every trial's verification) but never needs all of it at once,
-so the memory a run takes need not grow with the number of samples. A ``Column`` is a numpy array or ``Rows``. Both
+so the memory a run takes need not grow with the number of samples. The same holds for the outputs it compares: a
+large output is written to a ``SpillFile`` as it is run and read back a block of samples at a time. A ``Column`` is a numpy array or ``Rows``. Both
 have ``dtype``, ``shape``, ``ndim`` and ``len``, and index by an int, a slice or an index array. Indexing ``Rows``
 reads those rows into a new array, and ``np.asarray`` reads a ``Rows`` whole.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ import numpy as np
 
 from graphopt.errors import DataError
 
-__all__ = ["ArrayFile", "Column", "Rows", "chunks", "select"]
+__all__ = ["ArrayFile", "Column", "Rows", "SpillFile", "chunks", "select"]
 
 _CHUNK_BYTES = 2**22
 """How much of a column ``chunks`` reads at a time."""
@@ -50,16 +53,55 @@ class ArrayFile:
         out = np.empty((len(rows), *self.shape[1:]), self.dtype)
         if out.size == 0:
             return out
-        row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
         with open(self.path, "rb") as handle:
             found = os.fstat(handle.fileno())
             if (found.st_size, found.st_mtime_ns) != self.stamp:
                 raise DataError(f"data file {self.path} changed while graphopt was reading it")
-            for start, first, count in _runs(rows):
-                handle.seek(self.offset + first * row_bytes)
-                if handle.readinto(out[start:start + count].reshape(-1).view(np.uint8).data) != count * row_bytes:
-                    raise DataError(f"data file {self.path} is shorter than its header says")
+            if not _read_rows(handle, self.offset, rows, out):
+                raise DataError(f"data file {self.path} is shorter than its header says")
         return out
+
+
+class SpillFile:
+    """Rows of one dtype and row shape appended to an anonymous temporary file (in ``TMPDIR``), read back by row as
+    an ``ArrayFile`` is: an output too large to hold for every sample costs the system's page cache, which it can
+    drop, not the process's memory. The file has no name; the OS deletes it when this object is collected or the
+    process ends, however it ends."""
+
+    def __init__(self, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
+        self.dtype, self.row_shape = np.dtype(dtype), row_shape
+        self._file = tempfile.TemporaryFile(prefix="graphopt-outputs-")  # noqa: SIM115 - lives as long as self
+        self._rows = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._rows, *self.row_shape)
+
+    def append(self, rows: np.ndarray) -> None:
+        """Add ``rows`` (of this file's row shape) after the last."""
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of shape {list(rows.shape[1:])} appended to a file of {list(self.row_shape)}")
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1).view(np.uint8).data)
+        self._rows += len(rows)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (in that order) as a new array."""
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        if out.size and not _read_rows(self._file, 0, rows, out):
+            raise OSError("a temporary file of graphopt's outputs is shorter than what was written to it")
+        return out
+
+
+def _read_rows(handle: io.BufferedIOBase, offset: int, rows: np.ndarray, out: np.ndarray) -> bool:
+    """Read rows ``rows`` of the array stored raw at ``offset`` in ``handle`` into ``out``, as runs of consecutive
+    rows; whether every byte was there."""
+    row_bytes = math.prod(out.shape[1:]) * out.dtype.itemsize
+    for start, first, count in _runs(rows):
+        handle.seek(offset + first * row_bytes)
+        if handle.readinto(out[start:start + count].reshape(-1).view(np.uint8).data) != count * row_bytes:
+            return False
+    return True
 
 
 def _runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
@@ -76,7 +118,7 @@ class Rows:
 
     __slots__ = ("index", "source")
 
-    def __init__(self, source: np.ndarray | ArrayFile, index: np.ndarray | None = None) -> None:
+    def __init__(self, source: np.ndarray | ArrayFile | SpillFile, index: np.ndarray | None = None) -> None:
         self.source = source
         self.index = np.arange(source.shape[0]) if index is None else np.asarray(index, dtype=np.intp)
 
@@ -93,8 +135,12 @@ class Rows:
         return len(self.source.shape)
 
     @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return self.size * self.dtype.itemsize
 
     def __len__(self) -> int:
         return len(self.index)
@@ -118,7 +164,8 @@ class Rows:
         return self.source.read(rows)
 
     def __repr__(self) -> str:
-        where = "memory" if isinstance(self.source, np.ndarray) else str(self.source.path)
+        where = ("memory" if isinstance(self.source, np.ndarray) else
+                 str(self.source.path) if isinstance(self.source, ArrayFile) else "a temporary file")
         return f"Rows({self.dtype} {list(self.shape)} of {where})"
 
 

@@ -38,8 +38,7 @@ from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
 from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
 from graphopt.sensitivity import measure_alone
-from graphopt.verify.screening import RANK_SAMPLES, SCREEN_SAMPLES, Screen, screen_stages
-from graphopt.verify.screening import screen as screened
+from graphopt.verify.screening import RANK_SAMPLES, SCREEN_SAMPLES, Screen, screen_stages, screen_verification
 from graphopt.verify.tolerance import Tolerance, selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
 
@@ -217,16 +216,18 @@ class PassManager:
             return _Trial(result)
         try:
             session = check_model(result.model, self.verifier.runtime)
-            run = self.verifier.candidate(result.model, f"verify {pass_.name}", session)
+            run = self.verifier.candidate(result.model, f"verify {pass_.name}", session, tolerance)
             n = self.verifier.data.n_samples
             for stage in screen_stages(n, SCREEN_SAMPLES) if screen else ():
-                first = screened(self.verifier.head(stage), run.first(stage), tolerance, self.verifier.kinds)
+                run.first(stage)
+                first = screen_verification(run.against_original(tolerance.at_confidence(None)),
+                                            tuple(self.verifier.reference), stage, tolerance)
                 if first.failure:
                     return _Trial(result, screen=first)
             outputs = run.outputs()
         except GraphoptError as e:
             return _Trial(result, error=str(e))
-        checks = [self.verifier.against_original(outputs, tolerance)]
+        checks = [run.against_original(tolerance)]
         if pass_.lossless and pass_.same_rounding:
             checks.insert(0, self.verifier.compare(previous, outputs, self.lossless_tolerance, "previous",
                                                    self.verifier.kinds))

@@ -59,7 +59,7 @@ def _output(outputs: Mapping[str, Output], labels: np.ndarray, rank: int) -> np.
     for value in outputs.values():
         if (not isinstance(value, RaggedOutput) and value.ndim == rank and np.issubdtype(value.dtype, np.floating)
                 and len(value) == len(labels)):
-            return value
+            return np.asarray(value)
     raise DataError(f"the metric needs a float output of rank {rank} with one entry per label ({len(labels)}); "
                     f"the model has {', '.join(_describe(v) for v in outputs.values())}")
 

@@ -2,7 +2,8 @@
 
 An output whose shape depends on the sample (``NonZero``, ``Unique``, ``Compress``, ``NonMaxSuppression``, ``TopK``
 with a data-dependent k…) cannot be stacked into one array: it is a ``RaggedOutput``, one array per sample, and
-``graphopt.verify.metrics`` compares it sample by sample.
+``graphopt.verify.metrics`` compares it sample by sample. An output too large to hold for every sample may be
+``Rows`` of a ``SpillFile``, which the metrics read a block of samples at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-__all__ = ["Output", "Outputs", "RaggedOutput", "join_samples", "stack_samples", "take_samples"]
+from graphopt.columns import Rows, SpillFile, chunks
+
+__all__ = ["Output", "Outputs", "RaggedOutput", "in_memory", "join_samples", "stack_samples", "take_samples"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,8 +52,9 @@ class RaggedOutput:
         return RaggedOutput(tuple(self.samples[int(i)] for i in indices))
 
 
-Output: TypeAlias = np.ndarray | RaggedOutput
-"""One output over a dataset: an array (axis 0 = samples), or a ``RaggedOutput`` when the shape varies by sample."""
+Output: TypeAlias = np.ndarray | Rows | RaggedOutput
+"""One output over a dataset: an array (axis 0 = samples), ``Rows`` of one kept on disk, or a ``RaggedOutput`` when
+the shape varies by sample."""
 
 Outputs: TypeAlias = Mapping[str, Output]
 """Model outputs over a dataset, by output name (``run_dataset`` returns a dict)."""
@@ -64,16 +68,30 @@ def stack_samples(parts: Sequence[np.ndarray]) -> Output:
 
 
 def take_samples(output: Output, window: slice) -> Output:
-    """The samples of ``output`` in ``window`` (a view of an array's rows)."""
+    """The samples of ``output`` in ``window`` (a view of an array's rows, unread rows of a file's)."""
     if isinstance(output, RaggedOutput):
         return RaggedOutput(output.samples[window])
+    if isinstance(output, Rows):
+        return output.select(window)
     return output[window]
 
 
 def join_samples(parts: Sequence[Output]) -> Output:
     """Outputs of consecutive sample ranges as one output: arrays concatenated on axis 0 when their samples share a
-    shape, else a ``RaggedOutput`` of every sample."""
-    arrays = [p for p in parts if isinstance(p, np.ndarray)]
-    if len(arrays) == len(parts) and len({a.shape[1:] for a in arrays}) == 1:
-        return np.concatenate(arrays, axis=0)
-    return RaggedOutput(tuple(s for p in parts for s in (p.samples if isinstance(p, RaggedOutput) else list(p))))
+    shape (in a new ``SpillFile`` when any part is on disk), else a ``RaggedOutput`` of every sample."""
+    stacked = [p for p in parts if not isinstance(p, RaggedOutput)]
+    if len(stacked) < len(parts) or len({p.shape[1:] for p in stacked}) > 1:
+        return RaggedOutput(tuple(s for p in parts for s in (p.samples if isinstance(p, RaggedOutput) else
+                                                              list(np.asarray(p)))))
+    if not any(isinstance(p, Rows) for p in stacked):
+        return np.concatenate(stacked, axis=0)
+    spill = SpillFile(np.result_type(*(p.dtype for p in stacked)), stacked[0].shape[1:])
+    for part in stacked:
+        for block in chunks(part):
+            spill.append(block)
+    return Rows(spill)
+
+
+def in_memory(outputs: Outputs) -> dict[str, np.ndarray | RaggedOutput]:
+    """``outputs`` with every output on disk read whole: for code that needs arrays (a user's task metric)."""
+    return {name: np.asarray(o) if isinstance(o, Rows) else o for name, o in outputs.items()}

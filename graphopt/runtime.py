@@ -5,7 +5,9 @@ because a rewrite must be judged the way users run it (fused kernels can round d
 
 An output whose shape depends on the sample (``NonZero``, ``Unique``, ``Compress``, ``NonMaxSuppression``, ``TopK``
 with a data-dependent k…) cannot be stacked into one array: it comes back as a ``RaggedOutput``, one array per
-sample, and ``graphopt.verify.metrics`` compares it sample by sample.
+sample, and ``graphopt.verify.metrics`` compares it sample by sample. Asked to (``spill_bytes``), a run writes an
+output larger than that to a temporary file as it comes (``graphopt.columns.SpillFile``), so that holding the
+outputs of many samples costs disk and page cache, not memory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from graphopt._proto import fits_protobuf, save_model_file
+from graphopt.columns import Rows, SpillFile
 from graphopt.errors import UnsupportedModelError, UsageError, first_line
 from graphopt.outputs import Output, Outputs, RaggedOutput, stack_samples
 from graphopt.progress import NULL_PROGRESS, Progress
@@ -141,8 +144,10 @@ def run_dataset(
     per_sample: bool | None = None,
     progress: Progress = NULL_PROGRESS,
     label: str = "run",
+    spill_bytes: int | None = None,
 ) -> tuple[Outputs, bool]:
-    """Run every sample of ``dataset`` and return ``(outputs, per_sample)``.
+    """Run every sample of ``dataset`` and return ``(outputs, per_sample)``; an output of fixed sample shape that
+    takes more than ``spill_bytes`` over the dataset is gathered in a temporary file and returned as its ``Rows``.
 
     Samples run in batches where every input's first axis is the sample axis and every output's first axis follows
     the batch; otherwise (``per_sample``) one sample per run, outputs stacked on a new axis 0, or kept as a
@@ -157,7 +162,7 @@ def run_dataset(
         per_sample = not dataset.batchable
         if not per_sample:
             try:
-                outputs = _run(session, dataset, config.batch_size, False, progress, label)
+                outputs = _run(session, dataset, config.batch_size, False, progress, label, spill_bytes)
             except _BatchMismatch as e:
                 log.info("output %s does not follow the batch axis; running one sample at a time", e.name)
             else:
@@ -165,9 +170,10 @@ def run_dataset(
                 if not ragged:
                     return outputs, False
                 log.info("output %s changes shape between batches; running one sample at a time", ragged[0])
-        return _run(session, dataset, 1, True, progress, label), True
+        return _run(session, dataset, 1, True, progress, label, spill_bytes), True
     try:
-        return _run(session, dataset, 1 if per_sample else config.batch_size, per_sample, progress, label), per_sample
+        return (_run(session, dataset, 1 if per_sample else config.batch_size, per_sample, progress, label,
+                     spill_bytes), per_sample)
     except _BatchMismatch as e:
         raise UnsupportedModelError(f"output '{e.name}' does not follow the batch axis (shape {list(e.shape)} for a "
                                     f"batch of {e.count}), so its samples cannot be compared") from e
@@ -186,9 +192,10 @@ def _run(
     per_sample: bool,
     progress: Progress,
     label: str,
+    spill_bytes: int | None = None,
 ) -> Outputs:
     names = list(dict.fromkeys(o.name for o in session.get_outputs()))  # a graph may list an output twice
-    gathered = {n: _Gathered(dataset.n_samples, per_sample) for n in names}
+    gathered = {n: _Gathered(dataset.n_samples, per_sample, spill_bytes) for n in names}
     with progress.task(label, dataset.n_samples) as advance:
         for feed, count in dataset.batches(batch_size, per_sample=per_sample):
             try:
@@ -206,13 +213,14 @@ def _run(
 
 
 class _Gathered:
-    """One output's batches (or single samples, ``stacked`` on a new axis 0) copied into one array sized for every
-    sample as they come, so that a run holds no list of batches and makes no concatenated copy of them; once a batch's
-    shape differs, the batches are kept apart and end as a ``RaggedOutput`` of their samples."""
+    """One output's batches (or single samples, ``stacked`` on a new axis 0) copied as they come into one array sized
+    for every sample, or appended to a ``SpillFile`` when that array would take more than ``spill_bytes``, so that a
+    run holds no list of batches and makes no concatenated copy of them; once a batch's shape differs, the batches
+    are kept apart (in memory) and end as a ``RaggedOutput`` of their samples."""
 
-    def __init__(self, total: int, stacked: bool) -> None:
-        self.total, self.stacked = total, stacked
-        self.whole: np.ndarray | None = None
+    def __init__(self, total: int, stacked: bool, spill_bytes: int | None = None) -> None:
+        self.total, self.stacked, self.spill_bytes = total, stacked, spill_bytes
+        self.whole: np.ndarray | SpillFile | None = None
         self.filled = 0
         self.parts: list[np.ndarray] | None = None
 
@@ -220,21 +228,30 @@ class _Gathered:
         rows = array[np.newaxis] if self.stacked else array
         if self.parts is None:
             if self.whole is None:
-                self.whole = np.empty((self.total, *rows.shape[1:]), rows.dtype)
+                self.whole = self._store(rows)
             if rows.shape[1:] == self.whole.shape[1:] and rows.dtype == self.whole.dtype:
-                self.whole[self.filled:self.filled + len(rows)] = rows
+                if isinstance(self.whole, SpillFile):
+                    self.whole.append(rows)
+                else:
+                    self.whole[self.filled:self.filled + len(rows)] = rows
                 self.filled += len(rows)
                 return
-            done = self.whole[:self.filled]
-            self.parts = list(done) if self.stacked else [done]
+            done = self.result()
+            self.parts = list(np.asarray(done)) if self.stacked else [np.asarray(done)]
         self.parts.append(array)
+
+    def _store(self, rows: np.ndarray) -> np.ndarray | SpillFile:
+        """Where every sample's rows go, shaped like ``rows``: a file when they are too many bytes to hold."""
+        if self.spill_bytes is not None and self.total * rows[:1].nbytes > self.spill_bytes:
+            return SpillFile(rows.dtype, rows.shape[1:])
+        return np.empty((self.total, *rows.shape[1:]), rows.dtype)
 
     def result(self) -> Output:
         if self.parts is not None:
             return stack_samples(self.parts) if self.stacked else _join_batches(self.parts)
         if self.whole is None:
             raise ValueError("no samples were run")
-        return self.whole[:self.filled]
+        return Rows(self.whole) if isinstance(self.whole, SpillFile) else self.whole[:self.filled]
 
 
 def _join_batches(batches: list[np.ndarray]) -> Output:

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from onnx import parser
 
+from graphopt.columns import Rows, SpillFile
 from graphopt.data import Dataset
 from graphopt.errors import UnsupportedModelError
+from graphopt.outputs import join_samples, take_samples
 from graphopt.runtime import RaggedOutput, RuntimeConfig, create_session, run_dataset, stack_samples
 
 SPLIT = """<ir_version: 8, opset_import: ["" : 17]>
@@ -125,8 +127,11 @@ def high_water() -> int:
 x = np.ones((65536, 1024), np.float32)
 session = create_session(parser.parse_model({ADD!r}))
 before = high_water()
-outputs, _ = run_dataset(session, Dataset({{"x": x}}, frozenset(), True), RuntimeConfig(batch_size=64))
-assert float(outputs["y"].min()) == float(outputs["y"].max()) == 2.0
+spill_bytes = None if sys.argv[1] == "memory" else 1 << 22
+outputs, _ = run_dataset(session, Dataset({{"x": x}}, frozenset(), True), RuntimeConfig(batch_size=64),
+                         spill_bytes=spill_bytes)
+y = np.asarray(outputs["y"][:100]) if spill_bytes else outputs["y"]
+assert float(y.min()) == float(y.max()) == 2.0
 print((high_water() - before) / x.nbytes)
 """
 
@@ -135,9 +140,39 @@ print((high_water() - before) / x.nbytes)
 def test_a_run_fills_one_array_instead_of_joining_its_batches() -> None:
     """A run's memory grows by its output's size, not twice it: the batches go into one array as they come, where
     they were kept in a list and then concatenated (256 MiB of output grew the peak by 2.0× its size)."""
-    done = subprocess.run([sys.executable, "-c", _PEAK_GROWTH], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", _PEAK_GROWTH, "memory"], capture_output=True, text=True, check=True)
     growth = float(done.stdout.split()[-1])
     assert growth < 1.5, f"the peak grew by {growth:.2f}× the output"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's VmHWM")
+def test_a_run_asked_to_spill_keeps_a_large_output_on_disk() -> None:
+    """With ``spill_bytes`` the 256 MiB output goes to a temporary file as it comes: the peak grows by a few
+    batches, not by the output (the verifier holds the reference, the previous model's and a candidate's outputs
+    this way)."""
+    done = subprocess.run([sys.executable, "-c", _PEAK_GROWTH, "disk"], capture_output=True, text=True, check=True)
+    growth = float(done.stdout.split()[-1])
+    assert growth < 0.1, f"the peak grew by {growth:.2f}× the output"
+
+
+def test_an_output_on_disk_reads_back_as_the_run_gave_it(rng: np.random.Generator) -> None:
+    """Only an output over ``spill_bytes`` goes to disk; its rows, a window of them and a join with more samples
+    (a candidate screened on its first samples, then run on the rest) read back as the in-memory run's."""
+    x = rng.standard_normal((20, 1024)).astype(np.float32)
+    session = create_session(parser.parse_model(ADD))
+    data = Dataset({"x": x}, frozenset(), True)
+    in_memory, _ = run_dataset(session, data, RuntimeConfig(batch_size=8))
+    on_disk, _ = run_dataset(session, data, RuntimeConfig(batch_size=8), spill_bytes=20 * 4096 - 1)
+    kept, _ = run_dataset(session, data, RuntimeConfig(batch_size=8), spill_bytes=20 * 4096)
+    assert isinstance(on_disk["y"], Rows) and isinstance(kept["y"], np.ndarray)
+    assert isinstance(on_disk["y"].source, SpillFile) and "temporary file" in repr(on_disk["y"])
+    np.testing.assert_array_equal(np.asarray(on_disk["y"]), in_memory["y"])
+    np.testing.assert_array_equal(np.asarray(take_samples(on_disk["y"], slice(3, 7))), in_memory["y"][3:7])
+    joined = join_samples([in_memory["y"][:5], take_samples(on_disk["y"], slice(5, None))])
+    assert isinstance(joined, Rows)
+    np.testing.assert_array_equal(np.asarray(joined), in_memory["y"])
+    with pytest.raises(ValueError, match="appended to a file of"):
+        SpillFile(np.dtype(np.float32), (3,)).append(np.zeros((2, 4), np.float32))
 
 
 def test_an_output_listed_twice_comes_back_once_with_every_sample() -> None:

@@ -4,6 +4,9 @@ NaN rule: a NaN where the reference has a NaN, and an infinity equal to the refe
 any other non-finite value on either side is a ``nonfinite_mismatch`` and fails every tolerance. The remaining
 metrics are computed over the positions where both sides are finite.
 
+Layout: an output of one shape for every sample is an array or ``Rows`` of one on disk, compared a block of samples
+at a time (``BLOCK_ELEMENTS``), whichever it is.
+
 Shape rule: an output whose shape depends on the sample is a ``RaggedOutput`` (one array per sample) and is compared
 sample by sample. A sample whose candidate shape differs from the reference's is a ``shape_mismatch`` and fails
 every tolerance, as a non-finite mismatch does; the other metrics are computed over the samples whose shapes agree
@@ -19,6 +22,7 @@ from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 import numpy as np
 
+from graphopt.columns import Rows, chunks
 from graphopt.outputs import Output, RaggedOutput
 from graphopt.verify.intervals import lower_bound
 
@@ -26,8 +30,10 @@ __all__ = [
     "BLOCK_ELEMENTS",
     "HEURISTIC",
     "ClassAxis",
+    "Comparison",
     "ErrorStats",
     "PerSample",
+    "all_nonnegative",
     "comparable",
     "error_stats",
     "identical",
@@ -118,16 +124,25 @@ def _finite_or_label(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
+Stacked: TypeAlias = np.ndarray | Rows
+"""An output of one shape for every sample: an array, or ``Rows`` of one on disk."""
+
+
+def stacked(output: Output) -> TypeGuard[Stacked]:
+    """Whether ``output`` has one shape for every sample (it is not ragged)."""
+    return not isinstance(output, RaggedOutput)
+
+
 def comparable(reference: Output, candidate: Output) -> bool:
     """Whether ``error_stats`` can compare the two: arrays of one shape, or (either side ragged) as many samples."""
-    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
+    if stacked(reference) and stacked(candidate):
         return reference.shape == candidate.shape
     return _count(reference) == _count(candidate)
 
 
 def shape_mismatches(reference: Output, candidate: Output) -> list[int]:
     """The samples whose candidate output is shaped differently from the reference's (``comparable`` outputs)."""
-    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
+    if stacked(reference) and stacked(candidate):
         return []
     return [i for i, (r, g) in enumerate(zip(_samples(reference), _samples(candidate), strict=True))
             if r.shape != g.shape]
@@ -146,8 +161,10 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
     exact = not np.issubdtype(reference.dtype, np.inexact)
     axis = _class_axis(reference, class_axis)
     threshold = None if exact else mask_threshold
-    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
-        return _array_stats(reference, candidate, rtol, confidence, axis, threshold, exact)
+    if stacked(reference) and stacked(candidate):
+        comparison = Comparison(reference, rtol, class_axis, mask_threshold)
+        comparison.add(candidate)
+        return comparison.stats(confidence)
     samples = list(zip(_samples(reference), _samples(candidate), strict=True))
     pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
     ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
@@ -167,10 +184,8 @@ def per_sample_cosine(reference: Output, candidate: Output, mask_threshold: floa
     (``error_stats`` leaves it out)."""
     if not np.issubdtype(reference.dtype, np.inexact):
         mask_threshold = None
-    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
-        per_sample = error_stats(reference, candidate, mask_threshold=mask_threshold, class_axis=None).per_sample
-        assert per_sample is not None
-        return per_sample.cosine
+    if stacked(reference) and stacked(candidate):
+        return _per_sample(reference, candidate, class_axis=None, mask_threshold=mask_threshold).cosine
     pairs = [(r, g) for r, g in zip(_samples(reference), _samples(candidate), strict=True)]
     same = [i for i, (r, g) in enumerate(pairs) if r.shape == g.shape]
     finite = [_finite_pair(*pairs[i])[:2] for i in same]
@@ -186,11 +201,10 @@ def per_sample_top1(reference: Output, candidate: Output, class_axis: ClassAxis 
     axis = _class_axis(reference, class_axis)
     if axis is None:
         return None
-    assert isinstance(reference, np.ndarray)
-    if isinstance(candidate, np.ndarray):
-        return _positions_agreeing(reference, candidate, axis)
-    return np.array([_sample_agreement(r, g, axis) if r.shape == g.shape else math.nan
-                     for r, g in zip(_samples(reference), candidate.samples, strict=True)])
+    if isinstance(candidate, RaggedOutput):
+        return np.array([_sample_agreement(r, g, axis) if r.shape == g.shape else math.nan
+                         for r, g in zip(_samples(reference), candidate.samples, strict=True)])
+    return _per_sample(reference, candidate, class_axis=axis).top1
 
 
 def per_sample_iou(reference: Output, candidate: Output, threshold: float | None) -> np.ndarray | None:
@@ -199,12 +213,18 @@ def per_sample_iou(reference: Output, candidate: Output, threshold: float | None
     integer outputs."""
     if threshold is None or not np.issubdtype(reference.dtype, np.inexact):
         return None
-    if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
-        n = reference.shape[0] if reference.ndim else 1
-        ref, got, _ = _finite_pair(reference, candidate)
-        return _ious(ref.reshape(n, -1), got.reshape(n, -1), threshold)
+    if stacked(reference) and stacked(candidate):
+        return _per_sample(reference, candidate, class_axis=None, mask_threshold=threshold).iou
     return np.array([_sample_iou(r, g, threshold) if r.shape == g.shape else math.nan
                      for r, g in zip(_samples(reference), _samples(candidate), strict=True)])
+
+
+def _per_sample(reference: Output, candidate: Output, class_axis: ClassAxis,
+                mask_threshold: float | None = None) -> PerSample:
+    """The per-sample agreements ``error_stats`` judges."""
+    per_sample = error_stats(reference, candidate, class_axis=class_axis, mask_threshold=mask_threshold).per_sample
+    assert per_sample is not None
+    return per_sample
 
 
 def _sample_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> float:
@@ -222,13 +242,17 @@ def identical(a: Output, b: Output) -> bool:
     if isinstance(a, RaggedOutput) or isinstance(b, RaggedOutput):
         return (isinstance(a, RaggedOutput) and isinstance(b, RaggedOutput) and len(a) == len(b)
                 and all(identical(x, y) for x, y in zip(a.samples, b.samples, strict=True)))
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.tobytes() == b.tobytes()
+    return all(x.tobytes() == y.tobytes() for x, y in zip(chunks(_rows(a)), chunks(_rows(b)), strict=True))
 
 
 def _class_axis(reference: Output, class_axis: ClassAxis) -> int | None:
     """The class axis of ``reference`` as a non-negative array axis (≥ 1: axis 0 holds the samples), or ``None``
     where top-1 is not judged: not class scores, integers, ragged, or a class axis of one class or out of range."""
-    if not isinstance(reference, np.ndarray) or not np.issubdtype(reference.dtype, np.inexact):
+    if not stacked(reference) or not np.issubdtype(reference.dtype, np.inexact):
         return None
     if class_axis == HEURISTIC:
         return 1 if _classifier_like(reference) else None
@@ -236,12 +260,6 @@ def _class_axis(reference: Output, class_axis: ClassAxis) -> int | None:
         return None
     axis = class_axis % reference.ndim
     return axis if axis >= 1 and reference.shape[axis] >= 2 else None
-
-
-def _positions_agreeing(reference: np.ndarray, candidate: np.ndarray, axis: int) -> np.ndarray:
-    """Per sample (axis 0), the share of positions whose argmax along ``axis`` agrees, in float64."""
-    agree = np.argmax(reference, axis=axis) == np.argmax(candidate, axis=axis)
-    return agree.reshape(len(agree), -1).mean(axis=1) if agree.ndim > 1 else agree.astype(np.float64)
 
 
 def margin_losses(reference: np.ndarray, candidate: np.ndarray, axis: int, *,
@@ -258,8 +276,8 @@ def margin_losses(reference: np.ndarray, candidate: np.ndarray, axis: int, *,
     agree = top == np.argmax(candidate, axis=axis)
     first = np.expand_dims(top, axis)
     runner_up = np.expand_dims(np.argmax(_without(reference, first, axis), axis=axis), axis)
-    ends = [np.take_along_axis(side, index, axis=axis) for side in (reference, candidate) for index in (first,
-                                                                                                     runner_up)]
+    ends = [np.take_along_axis(side, index, axis=axis).astype(np.float64) for side in (reference, candidate)
+            for index in (first, runner_up)]
     if logs:
         ends = [np.log(np.maximum(end, np.finfo(np.float64).tiny)) for end in ends]
     margin, kept = ends[0] - ends[1], ends[2] - ends[3]
@@ -270,7 +288,7 @@ def margin_losses(reference: np.ndarray, candidate: np.ndarray, axis: int, *,
 
 def _without(scores: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
     """A copy of ``scores`` with −inf at ``index`` along ``axis``."""
-    copy = np.array(scores, dtype=np.float64)
+    copy = np.array(scores)
     np.put_along_axis(copy, index, -np.inf, axis=axis)
     return copy
 
@@ -280,9 +298,9 @@ def _sample_agreement(reference: np.ndarray, candidate: np.ndarray, axis: int) -
     return float(np.mean(np.argmax(reference, axis=axis - 1) == np.argmax(candidate, axis=axis - 1)))
 
 
-def _classifier_like(reference: Output) -> TypeGuard[np.ndarray]:
+def _classifier_like(reference: Output) -> TypeGuard[Stacked]:
     """A float array of shape [samples, classes] (``looks_like_classifier``), whose top-1 agreement is judged."""
-    return (isinstance(reference, np.ndarray) and np.issubdtype(reference.dtype, np.inexact)
+    return (stacked(reference) and np.issubdtype(reference.dtype, np.inexact)
             and looks_like_classifier(reference.shape))
 
 
@@ -294,7 +312,17 @@ def _samples(output: Output) -> Sequence[np.ndarray]:
     """An output as one array per sample (``array[i]``)."""
     if isinstance(output, RaggedOutput):
         return output.samples
-    return list(output) if output.ndim else [output]
+    return list(np.asarray(output)) if output.ndim else [np.asarray(output)]
+
+
+def _rows(output: Stacked) -> Stacked:
+    """A stacked output with a sample axis (a 0-d array as one sample)."""
+    return output.reshape(1) if isinstance(output, np.ndarray) and output.ndim == 0 else output
+
+
+def all_nonnegative(output: Stacked) -> bool:
+    """Whether no value of a stacked output is below 0 (read a chunk at a time)."""
+    return all(not block.size or float(np.min(block)) >= 0 for block in chunks(_rows(output)))
 
 
 def _layout(output: Output) -> str:
@@ -305,18 +333,23 @@ def _layout(output: Output) -> str:
 
 def _finite_pair(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Both sides in float64 with non-finite positions zeroed, and how many of those break the NaN rule."""
+    return _finite_block(reference, candidate)[:3]
+
+
+def _finite_block(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """``_finite_pair``, and whether every value was finite (nothing zeroed)."""
     ref = reference.astype(np.float64)
     got = candidate.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # a sum is finite only if every term is
         total = float(ref.sum()) + float(got.sum())
     if math.isfinite(total):  # the usual case: nothing to zero, no NaN rule to apply
-        return ref, got, 0
+        return ref, got, 0, True
     finite = np.isfinite(ref) & np.isfinite(got)
     if finite.all():
-        return ref, got, 0
+        return ref, got, 0, True
     matched_special = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
     nonfinite = int(np.count_nonzero(~finite & ~matched_special))
-    return np.where(finite, ref, 0.0), np.where(finite, got, 0.0), nonfinite
+    return np.where(finite, ref, 0.0), np.where(finite, got, 0.0), nonfinite, False
 
 
 BLOCK_ELEMENTS = 1 << 18
@@ -373,7 +406,8 @@ class _Totals:
         self.mismatches += int(np.count_nonzero(diff))
         self.max_abs = max(self.max_abs, max_abs)
         self.signal += signal
-        self.noise += float(np.multiply(diff, diff, out=work).sum())
+        flat = diff.ravel()
+        self.noise += float(flat @ flat)
         if self.rtol:
             slack = np.subtract(diff, scale * self.rtol)
             self.min_atol = max(self.min_atol, float(slack.max(initial=0.0)))
@@ -393,45 +427,87 @@ class _Totals:
         return float(median), float(p99)
 
 
-def _array_stats(reference: np.ndarray, candidate: np.ndarray, rtol: float, confidence: float | None,
-                 axis: int | None, threshold: float | None, exact: bool) -> ErrorStats:
-    """``error_stats`` of two arrays of one shape, computed over blocks of whole samples (``BLOCK_ELEMENTS``)."""
-    if reference.ndim == 0:
-        reference, candidate = reference.reshape(1), candidate.reshape(1)
-    n = reference.shape[0]
-    width = reference.size // n if n else 0  # values per sample
-    step = max(1, BLOCK_ELEMENTS // max(width, 1))
-    totals = _Totals.of_size(reference.size, rtol, np.result_type(reference.dtype, candidate.dtype))
-    dot, ref_squares, got_squares, peaks, errors = (np.zeros(n) for _ in range(5))
-    top1, margin = (np.zeros(n), np.zeros(n)) if axis is not None else (None, None)
-    in_logs = axis is not None and bool(np.min(reference, initial=0.0) >= 0)  # probabilities: margins of log-scores
-    masks = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)) if threshold is not None else None
-    nonfinite = 0
-    scratch = np.empty((2, min(step, n), width))  # a block's |difference| and work space, reused block to block
-    for start in range(0, n, step):
-        rows = slice(start, start + step)
-        ref, got, bad = _finite_pair(reference[rows], candidate[rows])
-        nonfinite += bad
-        if top1 is not None and margin is not None and axis is not None:
-            top1[rows], margin[rows] = margin_losses(ref, got, axis, logs=in_logs)
+class Comparison:
+    """``error_stats`` of a stacked output against ``reference``, gathered as the candidate's samples come (``add``
+    the next ones) and summed up at any point (``stats`` of the samples so far): a search screens a candidate on
+    its first samples, and its full verdict goes on from there instead of comparing them again. Samples are
+    compared in blocks of ``BLOCK_ELEMENTS`` values; what is kept per sample (a few numbers) and the spaced
+    absolute errors (``KEPT_ERRORS``) are all that grows. ``nonnegative`` (``None``: read from ``reference``) says
+    whether the reference's scores are all ≥ 0, probabilities, whose top-1 margins are taken in log-scores."""
+
+    def __init__(self, reference: Stacked, rtol: float = 0.0, class_axis: ClassAxis = HEURISTIC,
+                 mask_threshold: float | None = None, nonnegative: bool | None = None) -> None:
+        self.reference, self.rtol = _rows(reference), rtol
+        self.exact = not np.issubdtype(reference.dtype, np.inexact)
+        self.axis = _class_axis(reference, class_axis)
+        self.threshold = None if self.exact else mask_threshold
+        self.compared = 0
+        n = self.reference.shape[0]
+        self._dot, self._ref_squares, self._got_squares, self._peaks, self._errors = (np.zeros(n) for _ in range(5))
+        self._top1: np.ndarray | None = np.zeros(n) if self.axis is not None else None
+        self._margin: np.ndarray | None = np.zeros(n) if self.axis is not None else None
+        if self.axis is not None and nonnegative is None:
+            nonnegative = all_nonnegative(self.reference)
+        self._in_logs = self.axis is not None and bool(nonnegative)
+        self._masks = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)) if self.threshold is not None else None
+        self._nonfinite = 0
+        self._totals: _Totals | None = None  # sized at the first samples, whose dtype sets the kept errors' precision
+
+    def add(self, candidate: Stacked) -> None:
+        """Compare the candidate's next ``len(candidate)`` samples with the reference's."""
+        candidate = _rows(candidate)
+        n, width = self.reference.shape[0], math.prod(self.reference.shape[1:])
+        if candidate.shape[1:] != self.reference.shape[1:] or self.compared + len(candidate) > n:
+            raise ValueError(f"samples {self.compared}… of shape {list(candidate.shape)} do not follow a reference "
+                             f"of shape {list(self.reference.shape)}")
+        if self._totals is None:
+            dtype = np.result_type(self.reference.dtype, candidate.dtype)
+            self._totals = _Totals.of_size(self.reference.size, self.rtol, dtype)
+        step = max(1, BLOCK_ELEMENTS // max(width, 1))
+        scratch = np.empty((2, min(step, len(candidate)), width))  # |difference| and work space, reused
+        for start in range(0, len(candidate), step):
+            block = slice(start, start + step)
+            rows = slice(self.compared + start, self.compared + start + len(candidate[block]))
+            self._add_block(self.reference[rows], candidate[block], rows, scratch, self._totals)
+        self.compared += len(candidate)
+
+    def _add_block(self, reference: np.ndarray, candidate: np.ndarray, rows: slice, scratch: np.ndarray,
+                   totals: _Totals) -> None:
+        ref, got, bad, finite = _finite_block(reference, candidate)
+        self._nonfinite += bad
+        if self._top1 is not None and self._margin is not None and self.axis is not None:
+            sides = (reference, candidate) if finite else (ref, got)  # at the outputs' own precision where finite
+            self._top1[rows], self._margin[rows] = margin_losses(*sides, self.axis, logs=self._in_logs)
         ref, got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
         diff, work = scratch[0, :len(ref)], scratch[1, :len(ref)]
         np.abs(np.subtract(got, ref, out=diff), out=diff)
-        dot[rows] = np.multiply(ref, got, out=work).sum(axis=1)
-        ref_squares[rows] = np.multiply(ref, ref, out=work).sum(axis=1)
-        got_squares[rows] = np.multiply(got, got, out=work).sum(axis=1)
-        errors[rows] = diff.max(axis=1, initial=0.0)
-        if masks is not None and threshold is not None:
-            for whole, part in zip(masks, _mask_rows(ref, got, threshold), strict=True):
+        self._dot[rows], self._ref_squares[rows] = _row_dots(ref, got), _row_dots(ref, ref)
+        self._got_squares[rows] = _row_dots(got, got)
+        self._errors[rows] = diff.max(axis=1, initial=0.0)
+        if self._masks is not None and self.threshold is not None:
+            for whole, part in zip(self._masks, _mask_rows(ref, got, self.threshold), strict=True):
                 whole[rows] = part
         scale = np.abs(ref, out=work)
-        peaks[rows] = scale.max(axis=1, initial=0.0)
-        totals.add(diff, scale, got, signal=float(ref_squares[rows].sum()),  # got's own copy is scratch from here
-                   max_abs=float(errors[rows].max(initial=0.0)))
-    empties = (masks[0], masks[1]) if masks is not None else None
-    cosines, near_zero = _empty_rule(_cosines_from(dot, ref_squares, got_squares), peaks, errors, empties)
-    return _summary(n, exact, totals, cosines, near_zero, top1, masks[2] if masks is not None else None, nonfinite,
-                    0, confidence, threshold, margin)
+        self._peaks[rows] = scale.max(axis=1, initial=0.0)
+        totals.add(diff, scale, got, signal=float(self._ref_squares[rows].sum()),  # got's copy is scratch from here
+                   max_abs=float(self._errors[rows].max(initial=0.0)))
+
+    def stats(self, confidence: float | None = None) -> ErrorStats:
+        """The statistics of the samples compared so far (with ``confidence``, their lower bounds too)."""
+        n = self.compared
+        totals = self._totals or _Totals.of_size(0, self.rtol, self.reference.dtype)
+        masks = tuple(m[:n] for m in self._masks) if self._masks is not None else None
+        cosines, near_zero = _empty_rule(_cosines_from(self._dot[:n], self._ref_squares[:n], self._got_squares[:n]),
+                                         self._peaks[:n], self._errors[:n], (masks[0], masks[1]) if masks else None)
+        return _summary(n, self.exact, totals, cosines, near_zero, None if self._top1 is None else self._top1[:n],
+                        masks[2] if masks else None, self._nonfinite, 0, confidence, self.threshold,
+                        None if self._margin is None else self._margin[:n])
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row of two [n, k] arrays, their dot product: a batched matrix product, which BLAS computes without a
+    product array (2–7× faster than multiplying, then summing, on rows of 214 to 265,000 values)."""
+    return np.matmul(a[:, np.newaxis, :], b[:, :, np.newaxis])[:, 0, 0]
 
 
 def _mask_rows(ref: np.ndarray, got: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -491,7 +567,7 @@ def _flat_totals(ref: np.ndarray, got: np.ndarray, rtol: float, dtype: np.dtype)
     for start in range(0, ref.size, BLOCK_ELEMENTS):
         block = slice(start, start + BLOCK_ELEMENTS)
         diff, work = np.abs(got[block] - ref[block]), np.empty_like(ref[block])
-        signal = float(np.multiply(ref[block], ref[block], out=work).sum())
+        signal = float(ref[block] @ ref[block])
         totals.add(diff, np.abs(ref[block]), work, signal=signal, max_abs=float(diff.max(initial=0.0)))
     return totals
 

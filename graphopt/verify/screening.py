@@ -12,7 +12,7 @@ accepts anything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,7 +26,8 @@ from graphopt.verify.ranking import badness
 from graphopt.verify.tolerance import Tolerance
 from graphopt.verify.verifier import Verification, Verifier
 
-__all__ = ["RANK_SAMPLES", "SCREEN_CONFIDENCE", "SCREEN_SAMPLES", "Screen", "screen", "screen_stages"]
+__all__ = ["RANK_SAMPLES", "SCREEN_CONFIDENCE", "SCREEN_SAMPLES", "Screen", "screen", "screen_stages",
+           "screen_verification"]
 
 SCREEN_SAMPLES: Final = 32
 """Verification samples a search screens a candidate on before it runs the rest."""
@@ -70,14 +71,21 @@ def screen(reference: Outputs, candidate: Outputs, tolerance: Tolerance, kinds: 
     """``candidate`` against ``reference``, both over the same first samples of the verification set."""
     verification = Verifier.compare(reference, candidate, tolerance.at_confidence(None), "original", kinds)
     samples = len(next(iter(reference.values()))) if reference else 0
+    return screen_verification(verification, tuple(reference), samples, tolerance, confidence)
+
+
+def screen_verification(verification: Verification, names: Sequence[str], samples: int, tolerance: Tolerance,
+                        confidence: float = SCREEN_CONFIDENCE) -> Screen:
+    """The screen of a candidate whose outputs ``names`` were compared with the reference's on the first
+    ``samples`` verification samples (``verification``, at any confidence)."""
     return Screen(samples, badness([verification]),
-                  _clear_failure(verification, reference, tolerance, samples, confidence))
+                  _clear_failure(verification, names, tolerance, samples, confidence))
 
 
-def _clear_failure(verification: Verification, reference: Outputs, tolerance: Tolerance, samples: int,
+def _clear_failure(verification: Verification, names: Sequence[str], tolerance: Tolerance, samples: int,
                    confidence: float) -> str:
     """Why the candidate cannot pass on every verification sample, seen on these; "" when it still may."""
-    for name in reference:  # a missing output, a changed shape, a NaN, an integer mismatch
+    for name in names:  # a missing output, a changed shape, a NaN, an integer mismatch
         stats = verification.stats.get(name)
         if stats is None or _hard(stats):
             return next(f for f in verification.failures if f.startswith(f"{name}: "))

@@ -4,6 +4,10 @@ The original model's outputs are computed once per run and cached; every candida
 for lossless passes, with the outputs of the model before the pass). Outputs whose shape depends on the sample
 (``RaggedOutput``) are compared sample by sample; a sample whose shape differs fails the comparison whatever the
 tolerance.
+
+An output of more than ``SPILL_BYTES`` over the verification samples is kept in a temporary file and compared a block
+of samples at a time, so that the reference, the previous model's and a candidate's outputs do not grow the run's
+memory with the number of samples.
 """
 
 from __future__ import annotations
@@ -18,17 +22,33 @@ import onnxruntime as ort
 
 from graphopt.data import Dataset
 from graphopt.errors import DataError
-from graphopt.outputs import Output, Outputs, RaggedOutput, join_samples, take_samples
+from graphopt.outputs import Output, Outputs, RaggedOutput, in_memory, join_samples, take_samples
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
-from graphopt.verify.metrics import HEURISTIC, ErrorStats, comparable, error_stats, shape_mismatches
+from graphopt.verify.metrics import (
+    HEURISTIC,
+    Comparison,
+    ErrorStats,
+    all_nonnegative,
+    comparable,
+    error_stats,
+    shape_mismatches,
+    stacked,
+)
 from graphopt.verify.output_kinds import OutputKind, output_kinds
 from graphopt.verify.task import TaskBudget, TaskResult, judge_task
 from graphopt.verify.tolerance import Tolerance, judge
 
-__all__ = ["CandidateRun", "Verification", "Verifier"]
+__all__ = ["SPILL_BYTES", "CandidateRun", "Verification", "Verifier"]
 
 log = logging.getLogger(__name__)
+
+SPILL_BYTES = 1 << 22
+"""The most bytes of one output over the verification samples held in memory; a larger one goes to a temporary file
+(``TMPDIR``), and comparisons read it back a block of samples at a time (``graphopt.verify.metrics.BLOCK_ELEMENTS``).
+A run holds three such sets at most (the reference, the previous model's and a candidate's): with a file-type
+classifier's 214 scores per sample, a run's peak grew by 23 MB from 100 to 10,000 samples with them in memory, and by
+8 MB with them on disk."""
 
 
 @dataclass(frozen=True)
@@ -74,19 +94,22 @@ class Verifier:
         self.progress = progress
         session = create_session(original, self.runtime)
         self.reference, self._per_sample = run_dataset(
-            session, data, self.runtime, progress=progress, label="reference outputs"
+            session, data, self.runtime, progress=progress, label="reference outputs", spill_bytes=SPILL_BYTES
         )
         self.kinds = dict(kinds) if kinds is not None else output_kinds(original)
         self.task = task
-        self._task_reference = task.metric(self.reference, data.labels) if task and data.labels is not None else None
+        self._task_reference = (task.metric(in_memory(self.reference), data.labels)
+                                if task and data.labels is not None else None)
+        self._nonnegative: dict[str, bool] = {}
 
-    def against_original(self, candidate: Outputs, tolerance: Tolerance) -> Verification:
+    def against_original(self, candidate: Outputs, tolerance: Tolerance,
+                         known: Mapping[str, ErrorStats] | None = None) -> Verification:
         """``candidate`` judged against the original's outputs with ``tolerance``, each output by its kind, and by
-        the task budget when one is set."""
-        verification = self.compare(self.reference, candidate, tolerance, "original", self.kinds)
+        the task budget when one is set; ``known`` holds outputs' statistics already gathered (``CandidateRun``)."""
+        verification = self.compare(self.reference, candidate, tolerance, "original", self.kinds, known)
         if self.task is None or self._task_reference is None or self.data.labels is None:
             return verification
-        result = judge_task(self.task, self._task_reference, self.task.metric(candidate, self.data.labels),
+        result = judge_task(self.task, self._task_reference, self.task.metric(in_memory(candidate), self.data.labels),
                             tolerance.confidence)
         failures = verification.failures + result.failures
         return replace(verification, passed=not failures, failures=failures, task=result)
@@ -96,10 +119,18 @@ class Verifier:
         return self.candidate(model, label).outputs()
 
     def candidate(self, model: onnx.ModelProto, label: str = "verify",
-                  session: ort.InferenceSession | None = None) -> CandidateRun:
+                  session: ort.InferenceSession | None = None, tolerance: Tolerance | None = None) -> CandidateRun:
         """``model`` loaded once (or in ``session``, made with this verifier's runtime settings), to run on the
-        first verification samples and then, if asked, the rest."""
-        return CandidateRun(self, session or create_session(model, self.runtime), label)
+        first verification samples and then, if asked, the rest; with ``tolerance`` (its ``rtol``s), compared with
+        the original's outputs as its samples come (``CandidateRun.against_original``)."""
+        return CandidateRun(self, session or create_session(model, self.runtime), label, tolerance)
+
+    def nonnegative(self, name: str) -> bool:
+        """Whether the reference output ``name`` (stacked) has no value below 0, read once."""
+        if name not in self._nonnegative:
+            reference = self.reference[name]
+            self._nonnegative[name] = stacked(reference) and all_nonnegative(reference)
+        return self._nonnegative[name]
 
     def head(self, samples: int) -> Outputs:
         """The reference outputs on the first ``samples`` verification samples."""
@@ -109,16 +140,18 @@ class Verifier:
         whole = window.start == 0 and window.stop in (None, self.data.n_samples)
         data = self.data if whole else self.data.window(window.start, window.stop)
         outputs, _ = run_dataset(session, data, self.runtime, per_sample=self._per_sample, progress=self.progress,
-                                 label=label)
+                                 label=label, spill_bytes=SPILL_BYTES)
         return outputs
 
     @staticmethod
     def compare(reference: Outputs, candidate: Outputs, tolerance: Tolerance, against: str,
-                kinds: Mapping[str, OutputKind] | None = None) -> Verification:
+                kinds: Mapping[str, OutputKind] | None = None,
+                known: Mapping[str, ErrorStats] | None = None) -> Verification:
         """Judge ``candidate`` against ``reference``; missing outputs or changed shapes (of the whole output, or of
         any sample of a ragged one) fail, whatever the tolerance. ``kinds`` (``output_kinds`` of the original
         model) say along which axis each output's top-1 is judged and where its mask is cut; without them the
-        shape heuristic decides top-1 and no mask is judged."""
+        shape heuristic decides top-1 and no mask is judged. ``known`` statistics (of these outputs, at
+        ``tolerance``'s rtol) are taken as they are."""
         stats: dict[str, ErrorStats] = {}
         problems: list[str] = []
         for name, ref in reference.items():
@@ -127,6 +160,8 @@ class Verifier:
                 problems.append(f"{name}: output missing")
             elif not comparable(ref, got):
                 problems.append(f"{name}: {_layout(got)} differs from {_layout(ref)}")
+            elif known is not None and name in known:
+                stats[name] = known[name]
             else:
                 own = tolerance.for_output(name)
                 kind = kinds.get(name) if kinds else None
@@ -143,12 +178,22 @@ class Verifier:
 class CandidateRun:
     """One candidate's outputs on the verification samples, run as far as asked: ``first(k)`` runs up to the first
     ``k`` samples (a search screens on them, in growing stages), ``outputs()`` the rest, each sample once; one
-    session serves every stage."""
+    session serves every stage. Given a tolerance, each output of one shape for every sample is compared with the
+    original's as its samples come, so that ``against_original`` at any stage compares only the new samples."""
 
-    def __init__(self, verifier: Verifier, session: ort.InferenceSession, label: str) -> None:
+    def __init__(self, verifier: Verifier, session: ort.InferenceSession, label: str,
+                 tolerance: Tolerance | None = None) -> None:
         self._verifier, self._session, self._label = verifier, session, label
         self._done: Outputs = {}
         self._count = 0
+        self._comparisons: dict[str, Comparison] = {}
+        if tolerance is not None:
+            for name, reference in verifier.reference.items():
+                kind = verifier.kinds.get(name)
+                if stacked(reference):
+                    self._comparisons[name] = Comparison(
+                        reference, tolerance.for_output(name).rtol, kind.class_axis if kind else HEURISTIC,
+                        kind.mask_threshold if kind else None, verifier.nonnegative(name))
 
     def first(self, samples: int) -> Outputs:
         """The outputs on the first ``samples`` verification samples (all of them, at most)."""
@@ -156,6 +201,12 @@ class CandidateRun:
         if samples > self._count:
             label = self._label if samples == self._verifier.data.n_samples else f"{self._label} (first {samples})"
             more = self._verifier._run(self._session, slice(self._count, samples), label)
+            for name, comparison in list(self._comparisons.items()):
+                got = more.get(name)
+                if got is not None and stacked(got) and got.shape[1:] == comparison.reference.shape[1:]:
+                    comparison.add(got)
+                else:  # missing or reshaped: ``compare`` says so from the outputs
+                    del self._comparisons[name]
             self._done = more if not self._done else {n: join_samples([self._done[n], more[n]]) for n in more}
             self._count = samples
         return self._done
@@ -163,6 +214,17 @@ class CandidateRun:
     def outputs(self) -> Outputs:
         """Every verification sample's outputs, laid out like the reference's."""
         return self.first(self._verifier.data.n_samples)
+
+    def against_original(self, tolerance: Tolerance) -> Verification:
+        """The outputs run so far judged against the original's on the same samples, as
+        ``Verifier.against_original`` judges all of them (with the task budget once every sample has run);
+        ``tolerance`` has the run's rtols, at any confidence."""
+        known = {name: c.stats(tolerance.for_output(name).confidence) for name, c in self._comparisons.items()
+                 if c.rtol == tolerance.for_output(name).rtol}
+        if self._count == self._verifier.data.n_samples:
+            return self._verifier.against_original(self._done, tolerance, known)
+        return Verifier.compare(self._verifier.head(self._count), self._done, tolerance, "original",
+                                self._verifier.kinds, known)
 
 
 def _layout(output: Output) -> str:

@@ -6,6 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from graphopt.columns import Rows, SpillFile
 from graphopt.outputs import RaggedOutput
 from graphopt.verify import metrics
 from graphopt.verify.metrics import (
@@ -214,6 +215,58 @@ def test_block_by_block_equals_one_block(rng: np.random.Generator, monkeypatch: 
     for name, value in whole.to_dict().items():
         assert blocks.to_dict()[name] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), name
     assert whole.nonfinite_mismatch == 1 and whole.n_samples == 9
+
+
+def _on_disk(array: np.ndarray) -> Rows:
+    """``array`` as a verifier holds a large output: ``Rows`` of a ``SpillFile``, written in two parts."""
+    spill = SpillFile(array.dtype, array.shape[1:])
+    spill.append(array[:3])
+    spill.append(array[3:])
+    return Rows(spill)
+
+
+@pytest.mark.parametrize("options", [{"rtol": 1e-2, "confidence": 0.95}, {"class_axis": -1},
+                                     {"mask_threshold": 0.3, "confidence": 0.9}])
+def test_outputs_on_disk_compare_as_arrays_do(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch,
+                                              options: dict) -> None:
+    """A large output is kept in a temporary file and compared a block at a time: the figures are the in-memory
+    arrays', whichever side is on disk, with probabilities' margins in log-scores (the reference's minimum is read
+    from the file) and non-finite values and masks included; per-sample figures and ``identical`` read it too."""
+    ref = rng.random((9, 4, 5)).astype(np.float32)
+    got = (ref + 0.05 * rng.standard_normal(ref.shape)).astype(np.float32)
+    got[6, 0, 3] = np.nan
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 45)  # a block of two samples and a quarter: several reads
+    expected = error_stats(ref, got, **options).to_dict()
+    for pair in ((_on_disk(ref), got), (ref, _on_disk(got)), (_on_disk(ref), _on_disk(got))):
+        assert comparable(*pair) and shape_mismatches(*pair) == []
+        assert error_stats(*pair, **options).to_dict() == expected
+        np.testing.assert_array_equal(per_sample_top1(*pair, -1), per_sample_top1(ref, got, -1))
+    assert identical(_on_disk(ref), ref) and not identical(_on_disk(ref), got)
+    assert not identical(_on_disk(ref), ref.astype(np.float64))
+
+
+def test_a_comparison_gathered_in_parts_equals_one_of_the_whole(rng: np.random.Generator,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search screens a candidate on its first samples and goes on from there: the statistics of the first part
+    are those of the first samples alone, and after the rest those of the whole, NaNs, top-1 margins and masks
+    included; a part that does not follow the reference is refused."""
+    ref = rng.random((11, 3, 7)).astype(np.float32)
+    got = (ref + 0.1 * rng.standard_normal(ref.shape)).astype(np.float32)
+    got[8, 1, 2] = np.nan
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 30)  # blocks of one sample, and parts across them
+    options = {"rtol": 1e-2, "class_axis": 1, "mask_threshold": 0.5}
+    comparison = metrics.Comparison(ref, **options)
+    comparison.add(got[:4])
+    head = comparison.stats(0.95)
+    assert head.n_samples == 4 and head.nonfinite_mismatch == 0
+    assert head.to_dict() == pytest.approx(error_stats(ref[:4], got[:4], confidence=0.95, **options).to_dict())
+    comparison.add(_on_disk(got[4:]))
+    whole = comparison.stats(0.95)
+    assert whole.n_samples == 11 and whole.nonfinite_mismatch == 1
+    assert whole.to_dict() == pytest.approx(error_stats(ref, got, confidence=0.95, **options).to_dict())
+    assert comparison.stats(None).cosine_low is None and comparison.stats(None).cosine == whole.cosine
+    with pytest.raises(ValueError, match="do not follow a reference"):
+        comparison.add(got[:1])
 
 
 def test_per_sample_values_are_what_the_stats_average(rng: np.random.Generator) -> None:

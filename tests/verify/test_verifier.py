@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import onnx
 import pytest
+from helpers import digits
 from onnx import parser
 
 import graphopt
@@ -55,3 +58,57 @@ def test_ragged_and_fixed_shape_outputs_compare_both_ways() -> None:
     fewer = {"y": RaggedOutput((fixed["y"][0],))}
     assert Verifier.compare(fixed, fewer, Tolerance.budget(), "original").failures == (
         "y: shape varying by sample (1 sample) differs from shape [2, 2]",)
+
+
+def test_a_run_with_its_outputs_on_disk_decides_as_one_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every output over ``SPILL_BYTES`` is kept in a temporary file (0: all of them): the reference's, each
+    candidate's and the previous model's. A narrowing search and a task metric on the digits CNN keep the same units
+    and give the same figures as with every output in memory."""
+    from graphopt.columns import SpillFile
+    from graphopt.verify import verifier
+
+    model, data = digits(360)
+
+    def run() -> list[dict]:
+        result = graphopt.optimize(model, data, passes="weight-clustering{clusters=4},dead-neuron-removal",
+                                   metric="accuracy", max_drop=0.02)
+        return [{k: v for k, v in asdict(record).items() if k != "seconds"} for record in result.report.passes]
+
+    in_memory = run()
+    spilled: list[SpillFile] = []
+    append = SpillFile.append
+
+    def counted(self: SpillFile, rows: np.ndarray) -> None:
+        spilled.append(self)
+        append(self, rows)
+
+    monkeypatch.setattr(SpillFile, "append", counted)
+    monkeypatch.setattr(verifier, "SPILL_BYTES", 0)
+    assert run() == in_memory
+    assert len({id(s) for s in spilled}) >= 3
+    assert in_memory[1]["status"] == "narrowed" and in_memory[1]["verifications"][-1]["task"] is not None
+
+
+def test_a_candidate_judged_as_its_samples_come_is_judged_as_one_run_whole() -> None:
+    """A search's trial is screened on its first samples, then judged on all of them from where the screen
+    stopped: each stage's verdict is the one of comparing every sample run so far at once."""
+    model, data = digits(200)
+    noisy = onnx.ModelProto()
+    noisy.CopyFrom(model)
+    weight = max(noisy.graph.initializer, key=lambda t: len(t.raw_data) or len(t.float_data))
+    values = onnx.numpy_helper.to_array(weight)
+    noise = np.random.default_rng(0).standard_normal(values.shape).astype(values.dtype)
+    weight.CopyFrom(onnx.numpy_helper.from_array(values + 0.3 * values.std() * noise, weight.name))
+    verifier = Verifier(model, data)
+    tolerance = Tolerance.budget()
+    run = verifier.candidate(noisy, tolerance=tolerance)
+    for stage in (32, 128):
+        first = run.first(stage)
+        at_once = Verifier.compare(verifier.head(stage), first, tolerance.at_confidence(None), "original",
+                                   verifier.kinds)
+        assert run.against_original(tolerance.at_confidence(None)).to_dict() == at_once.to_dict()
+    outputs = run.outputs()
+    whole = run.against_original(tolerance)
+    assert whole.to_dict() == verifier.against_original(outputs, tolerance).to_dict()
+    assert next(iter(whole.stats.values())).n_samples == 200
+    assert whole.stats and 0.5 < next(iter(whole.stats.values())).cosine < 1.0
