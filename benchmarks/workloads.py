@@ -197,7 +197,9 @@ def _cnn32() -> Workload:
 
 def _real_files() -> list[Path]:
     """Real files of many types on this machine (Python's library, installed packages, /usr/share), up to
-    ``_MAGIKA_PER_SUFFIX`` per file suffix, in a seeded order."""
+    ``_MAGIKA_PER_SUFFIX`` per file suffix, in a seeded order. Installing or removing a package changes them: with
+    line_profiler installed, magika's first 100 samples let qdq-int8 apply whole instead of narrowing it, so
+    figures compare across runs on one set of installed packages only."""
     roots = sorted({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], "/usr/share"})
     by_suffix: dict[str, list[Path]] = {}
     for root in roots:

@@ -14,7 +14,7 @@ import io
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -23,7 +23,7 @@ import numpy as np
 
 from graphopt.errors import DataError
 
-__all__ = ["ArrayFile", "Column", "Rows", "SpillFile", "chunks", "select"]
+__all__ = ["ArrayFile", "Column", "Joined", "Rows", "SpillFile", "chunks", "select"]
 
 _CHUNK_BYTES = 2**22
 """How much of a column ``chunks`` reads at a time."""
@@ -93,6 +93,31 @@ class SpillFile:
         return out
 
 
+class Joined:
+    """Columns of one row shape and dtype read as one, the rows of each after the last's: outputs run in stages
+    joined without copying them."""
+
+    def __init__(self, parts: Sequence[Column]) -> None:
+        if len({(p.shape[1:], np.dtype(p.dtype)) for p in parts}) != 1:
+            raise ValueError("joined columns share one row shape and dtype")
+        self.parts = tuple(parts)
+        self.starts = np.cumsum([0, *(len(p) for p in parts)])
+        self.dtype = np.dtype(parts[0].dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self.starts[-1]), *self.parts[0].shape[1:])
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (in that order) as a new array."""
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        part_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for index in np.unique(part_of):
+            here = part_of == index
+            out[here] = self.parts[index][rows[here] - self.starts[index]]
+        return out
+
+
 def _read_rows(handle: io.BufferedIOBase, offset: int, rows: np.ndarray, out: np.ndarray) -> bool:
     """Read rows ``rows`` of the array stored raw at ``offset`` in ``handle`` into ``out``, as runs of consecutive
     rows; whether every byte was there."""
@@ -118,7 +143,7 @@ class Rows:
 
     __slots__ = ("index", "source")
 
-    def __init__(self, source: np.ndarray | ArrayFile | SpillFile, index: np.ndarray | None = None) -> None:
+    def __init__(self, source: np.ndarray | ArrayFile | SpillFile | Joined, index: np.ndarray | None = None) -> None:
         self.source = source
         self.index = np.arange(source.shape[0]) if index is None else np.asarray(index, dtype=np.intp)
 
@@ -165,7 +190,8 @@ class Rows:
 
     def __repr__(self) -> str:
         where = ("memory" if isinstance(self.source, np.ndarray) else
-                 str(self.source.path) if isinstance(self.source, ArrayFile) else "a temporary file")
+                 str(self.source.path) if isinstance(self.source, ArrayFile) else
+                 "a temporary file" if isinstance(self.source, SpillFile) else f"{len(self.source.parts)} parts")
         return f"Rows({self.dtype} {list(self.shape)} of {where})"
 
 

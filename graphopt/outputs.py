@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from graphopt.columns import Rows, SpillFile, chunks
+from graphopt.columns import Joined, Rows
 
 __all__ = ["Output", "Outputs", "RaggedOutput", "in_memory", "join_samples", "stack_samples", "take_samples"]
 
@@ -78,18 +78,16 @@ def take_samples(output: Output, window: slice) -> Output:
 
 def join_samples(parts: Sequence[Output]) -> Output:
     """Outputs of consecutive sample ranges as one output: arrays concatenated on axis 0 when their samples share a
-    shape (in a new ``SpillFile`` when any part is on disk), else a ``RaggedOutput`` of every sample."""
+    shape (``Rows`` of the parts, uncopied, when any part is on disk), else a ``RaggedOutput`` of every sample."""
     stacked = [p for p in parts if not isinstance(p, RaggedOutput)]
     if len(stacked) < len(parts) or len({p.shape[1:] for p in stacked}) > 1:
         return RaggedOutput(tuple(s for p in parts for s in (p.samples if isinstance(p, RaggedOutput) else
                                                               list(np.asarray(p)))))
     if not any(isinstance(p, Rows) for p in stacked):
         return np.concatenate(stacked, axis=0)
-    spill = SpillFile(np.result_type(*(p.dtype for p in stacked)), stacked[0].shape[1:])
-    for part in stacked:
-        for block in chunks(part):
-            spill.append(block)
-    return Rows(spill)
+    if len({np.dtype(p.dtype) for p in stacked}) > 1:
+        return np.concatenate([np.asarray(p) for p in stacked], axis=0)
+    return Rows(Joined(stacked))
 
 
 def in_memory(outputs: Outputs) -> dict[str, np.ndarray | RaggedOutput]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from onnx import parser
 
-from graphopt.columns import Rows, SpillFile
+from graphopt.columns import Joined, Rows, SpillFile
 from graphopt.data import Dataset
 from graphopt.errors import UnsupportedModelError
 from graphopt.outputs import join_samples, take_samples
@@ -169,8 +169,11 @@ def test_an_output_on_disk_reads_back_as_the_run_gave_it(rng: np.random.Generato
     np.testing.assert_array_equal(np.asarray(on_disk["y"]), in_memory["y"])
     np.testing.assert_array_equal(np.asarray(take_samples(on_disk["y"], slice(3, 7))), in_memory["y"][3:7])
     joined = join_samples([in_memory["y"][:5], take_samples(on_disk["y"], slice(5, None))])
-    assert isinstance(joined, Rows)
+    assert isinstance(joined, Rows) and isinstance(joined.source, Joined) and "2 parts" in repr(joined)
     np.testing.assert_array_equal(np.asarray(joined), in_memory["y"])
+    np.testing.assert_array_equal(joined[np.array([7, 2, 5, 4])], in_memory["y"][[7, 2, 5, 4]])
+    with pytest.raises(ValueError, match="one row shape and dtype"):
+        Joined([in_memory["y"], in_memory["y"][:, :3]])
     with pytest.raises(ValueError, match="appended to a file of"):
         SpillFile(np.dtype(np.float32), (3,)).append(np.zeros((2, 4), np.float32))
 
