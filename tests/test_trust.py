@@ -132,6 +132,18 @@ def test_an_ordinary_run_still_writes_beside_its_inputs(work: Path, capfd: pytes
 # --- signals ------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def sigint_delivered() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process, as it does in a terminal: a suite started in the background
+    (``nohup … &``) inherits SIGINT ignored, and graphopt, like any program, then keeps ignoring it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_delivered")
 @pytest.mark.parametrize(("signum", "code", "word"), [(signal.SIGTERM, 143, "terminated"),
                                                       (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_while_staging_cleans_up(
@@ -161,7 +173,8 @@ def test_a_signal_while_staging_cleans_up(
 def test_a_signal_during_start_up_exits_with_one_line(work: Path, signum: int, code: int) -> None:
     """The command's imports (onnx, onnxruntime) take about two seconds; a signal at 0.2 s lands inside them."""
     script = textwrap.dedent(f"""
-        import os, sys, threading
+        import os, signal, sys, threading
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal delivers it, whoever started us
         threading.Timer(0.2, os.kill, (os.getpid(), {int(signum)})).start()
         from graphopt.__main__ import main
         sys.argv = ["graphopt", "optimize", "digits_cnn.onnx", "--data", "digits.npz", "-o", "out.onnx"]
