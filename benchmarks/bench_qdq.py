@@ -11,7 +11,8 @@ Writes ``<out>/qdq-<YYYY-MM-DD>.md`` and ``.json`` and prints the table. Per mod
   quantizer calibrates on the same calibration half graphopt fits on, and every variant is measured on the other,
   held-out half only.
 - Variants: the original; ``graphopt qdq-int8`` (``graphopt.optimize(..., passes="qdq-int8")``, verified
-  and narrowed by graphopt itself; its pass record gives the status); onnxruntime ``quantize_static`` (QDQ, per
+  and narrowed by graphopt itself; its pass record gives the status), and the same with ``regions=off`` (layers only,
+  the element-wise ops between them float: what the regions add); onnxruntime ``quantize_static`` (QDQ, per
   channel, MinMax, uint8 activations, int8 weights) after ``quant_pre_process``, once plain and once with
   ``reduce_range=True`` (7-bit weights, onnxruntime's advice for CPUs without VNNI); and ``quantize_dynamic``
   (int8 weights, default settings), as ``peers.py`` runs them.
@@ -39,9 +40,12 @@ from workloads import Workload
 
 from graphopt.data import Dataset
 
-MODELS = ("digits", "minilm", "magika", "silero", "silero16k", "cnn32")
-DEFAULT_RUNS = {"digits": 3000, "minilm": 200, "magika": 500, "silero": 2000, "silero16k": 2000, "cnn32": 500}
-PIPELINES = {"graphopt qdq-int8": "qdq-int8", "graphopt qdq-int8 dynamic": "qdq-int8{mode=dynamic}"}
+MODELS = ("digits", "minilm", "magika", "silero", "silero16k", "cnn32", "ddddocr_det", "ddddocr", "ppocr_det",
+          "ppocr_rec")
+DEFAULT_RUNS = {"digits": 3000, "minilm": 200, "magika": 500, "silero": 2000, "silero16k": 2000, "cnn32": 500,
+                "ddddocr_det": 60, "ddddocr": 300, "ppocr_det": 100, "ppocr_rec": 200}
+PIPELINES = {"graphopt qdq-int8": "qdq-int8", "graphopt qdq-int8 layers only": "qdq-int8{regions=off}",
+             "graphopt qdq-int8 dynamic": "qdq-int8{mode=dynamic}"}
 
 
 def build(w: Workload, calibration: Dataset) -> list[Candidate]:

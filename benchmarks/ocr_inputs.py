@@ -411,3 +411,19 @@ def det_input(image: np.ndarray) -> np.ndarray:
     resized = cv2.resize(image, (resize_w, resize_h))
     normalized = (resized.astype("float32") * (1 / 255.0) - np.array([0.5, 0.5, 0.5])) / np.array([0.5, 0.5, 0.5])
     return normalized.transpose((2, 0, 1)).astype(np.float32)
+
+
+DDDDOCR_DET_SIDE = 416
+
+
+def ddddocr_det_input(image: np.ndarray) -> np.ndarray:
+    """ddddocr's detector preprocessing (``DetectionEngine.preproc``) of a BGR image: resized by the ratio that fits
+    its longer side into 416 (cv2, linear), padded with 114 to 416×416, [3, 416, 416] float32 in 0–255."""
+    import cv2
+
+    side = DDDDOCR_DET_SIDE
+    padded = np.full((side, side, 3), 114, np.uint8)
+    ratio = min(side / image.shape[0], side / image.shape[1])
+    height, width = int(image.shape[0] * ratio), int(image.shape[1] * ratio)
+    padded[:height, :width] = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
+    return np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32)

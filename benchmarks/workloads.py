@@ -70,7 +70,7 @@ CACHE = Path.home() / ".cache" / "graphopt-bench"
 _MAGIKA_FILES, _MAGIKA_PER_SUFFIX = 1024, 10
 _SILERO_OFFSETS = (0, 128, 256, 384)
 _SILERO_CHUNK, _SILERO_CONTEXT, _SILERO_RATE = 512, 64, 16000
-_DDDDOCR_SAMPLES, _PPOCR_REC_SAMPLES, _PPOCR_DET_SAMPLES = 400, 300, 300
+_DDDDOCR_SAMPLES, _PPOCR_REC_SAMPLES, _PPOCR_DET_SAMPLES, _DDDDOCR_DET_SAMPLES = 400, 300, 300, 200
 CTC, PROBABILITY_MAP = "ctc", "probability map"
 MAP_THRESHOLD = 0.3
 """rapidocr's ``DBPostProcess`` threshold: a pixel is text where the detector's probability exceeds it."""
@@ -310,6 +310,21 @@ def _ppocr_det() -> Workload:
                     output_kinds={"sigmoid_0.tmp_0": f"mask:{MAP_THRESHOLD}"})  # rapidocr's threshold, not 0.5
 
 
+def _ddddocr_det() -> Workload:
+    path = _package_file("ddddocr", "ddddocr==1.6.1", "common_det.onnx")
+    inputs = _ocr_inputs()
+    images, groups = inputs.det_images(_DDDDOCR_DET_SAMPLES, seed=1)
+    model = load_model(path)
+    data = _load_npz_data(model, {"images": np.stack([inputs.ddddocr_det_input(i) for i in images])}, CACHE / "ocr",
+                          "ddddocr_det")
+    side = inputs.DDDDOCR_DET_SIDE
+    note = (f"{len(images)} square images: " + ", ".join(f"{int(m.sum())} {k}" for k, m in groups.items())
+            + f", as ddddocr's detector preprocesses them: [3, {side}, {side}] BGR in 0–255; output [3549, 6] per "
+            "anchor: box centre and log-size, objectness and class probability")
+    return Workload("ddddocr_det", "ddddocr common_det.onnx (YOLOX-style character detector, SiLU)", path, model,
+                    data, "output", note, groups=groups)
+
+
 LOADERS: dict[str, Callable[[], Workload]] = {
     "digits": _digits,
     "minilm": _minilm,
@@ -320,6 +335,7 @@ LOADERS: dict[str, Callable[[], Workload]] = {
     "ddddocr": _ddddocr,
     "ppocr_rec": _ppocr_rec,
     "ppocr_det": _ppocr_det,
+    "ddddocr_det": _ddddocr_det,
 }
 
 

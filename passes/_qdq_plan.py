@@ -14,7 +14,12 @@ saving optimised graphs); OpenVINO reads the same pattern, TensorRT wants its ow
   quantized layer reads it, and then for every consumer: a Q beside a float consumer blocks the fusion.
 - A tensor made by a data-movement op (Reshape, Transpose, MaxPool, …) from a quantized tensor shares its scale and
   zero point, for all consumers, so the runtime moves int8 and drops the pair (exact: these ops commute with DQ).
-- Any other float consumer of a quantized input keeps reading the float tensor, so a residual stream is not rounded.
+- Any other float consumer of a quantized input keeps reading the float tensor, so a residual stream is not rounded,
+  unless it is itself one of the operators onnxruntime runs in int8 between layers (``_qdq_kernels``: SiLU's Sigmoid
+  and Mul, Add, Concat, pools, nearest Resize, Split…) and every input it needs from a DQ is quantized: then it
+  joins the int8 *region*, its output quantized for every reader with its own range (or its input's, for data
+  movement), as long as the region leads on to a quantized layer. A region is what its layers make it: leave a layer
+  in float and the ops it fed fall back to float with it.
 - Layers too small for int8 to pay (K or N below ``min_dim``, Convs with few channels) are left in float.
 
 Those are the ``ort-cpu`` rules. ``place`` takes a ``TargetRules`` (``_qdq_targets``, which documents each target):
@@ -25,7 +30,7 @@ other input is a quantized Conv's output gets a pair the Add reads.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -33,6 +38,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.graph import Scope, constant_array, label, nested_graphs
 from graphopt.pass_base import Skip
+from graphopt_passes._qdq_kernels import Fusion
 from graphopt_passes._qdq_targets import ORT_CPU, TargetRules
 
 __all__ = ["PASS_THROUGH", "Layer", "Placement", "TensorQuant", "find_layers", "place", "range_names",
@@ -186,8 +192,10 @@ def _owned_activation(output: gs.Tensor, scope: Scope) -> gs.Node | None:
     return None if id(result) in scope.outputs or result.name in scope.outer else node
 
 
-def place(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: TargetRules = ORT_CPU) -> Placement:
-    """The tensors to quantize for ``layers`` (already filtered to the selected units) under ``rules``."""
+def place(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: TargetRules = ORT_CPU,
+          fusions: Mapping[str, Fusion] | None = None) -> Placement:
+    """The tensors to quantize for ``layers`` (already filtered to the selected units) under ``rules``, with the
+    int8 regions ``fusions`` allows between them (``_qdq_kernels.int8_fusions``) where ``rules.regions``."""
     placement = Placement(list(layers) if rules.int32_bias else [replace(layer, int32_bias=False) for layer in layers])
     tensors = graph.tensors()
     results = {layer.result for layer in layers if layer.op == "Conv" or layer.owns_activation} \
@@ -209,14 +217,66 @@ def place(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: Targe
             for node in chain:
                 out = node.outputs[0].name
                 placement.tensors[out] = TensorQuant(out, source, True)
+    if rules.regions and fusions:
+        placement.tensors.update(_regions(graph, scope, placement, layers, fusions))
     return placement
 
 
-def range_names(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: TargetRules = ORT_CPU) -> list[str]:
-    """The tensors whose ranges calibration measures so that any selection of ``layers`` can be placed."""
+def _regions(graph: gs.Graph, scope: Scope, placement: Placement, layers: Collection[Layer],
+             fusions: Mapping[str, Fusion]) -> dict[str, TensorQuant]:
+    """The outputs of the nodes that run in int8 between the quantized tensors of ``placement`` and the layers that
+    read them: grown forward in graph order from every tensor quantized for all its readers through nodes whose
+    ``fusions`` rule finds every input it needs quantized, then kept only where they lead on to a layer's input (a
+    region's tail into a graph output or a float reader would round it for nothing)."""
+    quantized = {name: tq.source for name, tq in placement.tensors.items() if tq.everyone}
+    grown: list[tuple[gs.Node, list[str], str | None]] = []
+    for node in graph.nodes:
+        fusion = fusions.get(node.op) if node.domain in (None, "", "ai.onnx") else None
+        if fusion is None or not _runs_in_int8(node, fusion, scope):
+            continue
+        needed = [t for t in node.inputs if t.name] if fusion.inputs == "all" else node.inputs[:1]
+        if not needed or any(t.name not in quantized for t in needed):
+            continue
+        shared = quantized[needed[0].name] if fusion.scale == "shared" else None
+        outputs = [out.name for out in node.outputs]
+        quantized.update({name: shared or name for name in outputs})
+        grown.append((node, outputs, shared))
+    reads = {layer.activation for layer in layers}
+    useful: set[str] = set()
+    for node, outputs, _ in reversed(grown):  # a node leads on when a layer or a node that leads on reads it
+        if any(name in reads or any(set(_names(c.outputs)) & useful for c in tensor.outputs)
+               for name, tensor in zip(outputs, node.outputs, strict=True)):
+            useful.update(outputs)
+    return {name: TensorQuant(name, shared or name, True)
+            for _, outputs, shared in grown for name in outputs if name in useful}
+
+
+def _runs_in_int8(node: gs.Node, fusion: Fusion, scope: Scope) -> bool:
+    """Whether ``node`` can be the fused or data-moving int8 op of ``fusion``: float32 outputs that no subgraph reads,
+    and the op's own conditions (a nearest Resize, a Gather of activations by constant indices)."""
+    if not node.inputs or not node.outputs or any(out.name in scope.outer or out.dtype not in (None, np.float32)
+                                                  for out in node.outputs):
+        return False
+    if node.op == "Resize":
+        return str(node.attrs.get("mode", "nearest")) == "nearest"
+    if node.op in ("Gather", "GatherElements"):
+        return constant_array(node.inputs[0]) is None
+    return True
+
+
+def _names(tensors: Collection[gs.Tensor]) -> list[str]:
+    return [t.name for t in tensors]
+
+
+def range_names(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: TargetRules = ORT_CPU,
+                fusions: Mapping[str, Fusion] | None = None) -> list[str]:
+    """The tensors whose ranges calibration measures so that any selection of ``layers`` can be placed: those that
+    set a scale when every layer is placed (a region only grows with more layers)."""
     names = {layer.activation for layer in layers}
     names |= {layer.result for layer in layers} if rules.quantize_results else set()
     names |= set(residual_skips(graph, scope, layers)) if rules.residual_skip else set()
+    if rules.regions and fusions:
+        names |= {tq.source for tq in place(graph, scope, layers, rules, fusions).tensors.values()}
     return sorted(names)
 
 

@@ -85,6 +85,8 @@ class TargetRules:
             pairs sit on layer inputs only, read by the quantized layers alone.
         int32_bias: biases as int32 behind a DQ at ``s_x·s_w``; else they stay float (corrected when enabled).
         residual_skip: quantize the skip input of a residual Add whose other input is a quantized Conv's output.
+        regions: also run the operators between quantized layers in int8 where onnxruntime's CPU provider fuses
+            them (``_qdq_kernels``; ``_qdq_plan`` says how a region grows).
         dynamic_mode: ``mode=dynamic`` (DynamicQuantizeLinear + MatMulInteger) is something the runtime imports.
         timed_in: the runtime that runs the target on this CPU, which ``speed_check=auto`` times int8 in and may
             decline it by: ``"onnxruntime"``, ``"openvino"`` (when installed), or ``None`` (not timed).
@@ -96,14 +98,16 @@ class TargetRules:
     int32_bias: bool
     residual_skip: bool
     dynamic_mode: bool
+    regions: bool
     timed_in: Runtime | None
 
 
 ORT_CPU = TargetRules("ort-cpu", signed_activations=False, quantize_results=True, int32_bias=True,
-                      residual_skip=False, dynamic_mode=True, timed_in="onnxruntime")
+                      residual_skip=False, dynamic_mode=True, regions=True, timed_in="onnxruntime")
 TENSORRT = TargetRules("tensorrt", signed_activations=True, quantize_results=False, int32_bias=False,
-                       residual_skip=True, dynamic_mode=False, timed_in=None)
-TARGETS = {rules.name: rules for rules in (ORT_CPU, replace(ORT_CPU, name="openvino", timed_in="openvino"), TENSORRT)}
+                       residual_skip=True, dynamic_mode=False, regions=False, timed_in=None)
+TARGETS = {rules.name: rules for rules in (
+    ORT_CPU, replace(ORT_CPU, name="openvino", regions=False, timed_in="openvino"), TENSORRT)}
 
 
 def rules_for(target: str) -> TargetRules:

@@ -8,13 +8,15 @@ The pass runs smooth → calibrate → place → correct → rewrite, each step 
   into bounded observers (running min/max, a fixed-size histogram), so memory does not grow with the sample count;
   ranges come from the chosen estimator (``_math.quant``). Also the channel means bias correction needs.
 - ``_qdq_plan``: which tensors get a pair, following the patterns onnxruntime fuses into int8 kernels, or
-  TensorRT's explicit-quantization placement for ``target=tensorrt`` (the rules per target: ``_qdq_targets``).
+  TensorRT's explicit-quantization placement for ``target=tensorrt`` (the rules per target: ``_qdq_targets``). For
+  ``ort-cpu`` the operators between quantized layers that this onnxruntime runs in int8 (``_qdq_kernels``: read
+  from its kernel registry, gated by its fusion rules) join them in int8 regions (``regions=auto``).
 - ``_qdq_rewrite``: the pairs, int8 per-channel weights (7-bit where the CPU lacks VNNI: onnxruntime's AVX2 u8·s8
   kernels saturate on full-range weights) and int32 biases at ``s_x·s_w``, corrected for the mean output shift
   (``_math.bias_correction``) when that brings the outputs closer on the calibration samples.
 
 Every layer is a unit: when the quantized model breaks the budget, the manager measures each layer's damage alone
-and keeps as many layers in int8 as the budget allows. The pass serves latency: the manager's speed gate
+and keeps as many layers in int8 as the budget allows; the region ops a layer leads into follow it. The pass serves latency: the manager's speed gate
 (``graphopt.gates``) times the final int8 model once against float in its target's runtime and declines it when it
 is not faster: ``ort-cpu`` in onnxruntime, ``openvino`` in OpenVINO's CPU plugin when the package is installed;
 otherwise, and for ``tensorrt``, the speed is not checked by default (``speed_check``).
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -42,6 +44,7 @@ from graphopt_passes import _qdq_plan as plan
 from graphopt_passes import _qdq_rewrite as qdq_rewrite
 from graphopt_passes import _qdq_smooth as smoothing
 from graphopt_passes._math import quant, smooth
+from graphopt_passes._qdq_kernels import Fusion, int8_fusions
 from graphopt_passes._qdq_targets import TargetRules, rules_for
 
 __all__ = ["QdqInt8Pass"]
@@ -86,6 +89,12 @@ class QdqInt8Pass(PassBase):
             metadata={"help": "fold each layer's mean output shift on calibration data into its bias; auto keeps it "
                       "only if it brings the model's outputs closer to the float model's on those samples"},
         )
+        regions: Literal["auto", "off"] = field(
+            default="auto",
+            metadata={"help": "auto: for ort-cpu, also run the operators between quantized layers in int8 where this "
+                      "onnxruntime fuses them (SiLU's Sigmoid and Mul, Add, Concat, pools, nearest Resize, Split…); "
+                      "off: layers only"},
+        )
         smooth: Literal["auto", "off"] = field(
             default="auto",
             metadata={"help": "SmoothQuant: where a LayerNorm feeds only quantized MatMul/Gemm, fold per-channel "
@@ -117,7 +126,12 @@ class QdqInt8Pass(PassBase):
 
     @property
     def rules(self) -> TargetRules:
-        return rules_for(self.options.target)
+        rules = rules_for(self.options.target)
+        return replace(rules, regions=False) if self.options.regions == "off" else rules
+
+    def _fusions(self, model: onnx.ModelProto) -> dict[str, Fusion]:
+        """The operators this onnxruntime runs in int8 between layers at ``model``'s opset, where regions are on."""
+        return int8_fusions(default_opset(model)) if self.rules.regions else {}
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer that can run in int8; the manager measures each one's damage."""
@@ -203,7 +217,7 @@ class QdqInt8Pass(PassBase):
             scope = Scope.of(edit.graph)
             layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
             chosen = [layer for layer in layers if context.selects(layer.name)]
-            placement = plan.place(edit.graph, scope, chosen, self.rules)
+            placement = plan.place(edit.graph, scope, chosen, self.rules, self._fusions(model))
             grids = qdq_rewrite.Grids(state.ranges, signed=self.rules.signed_activations)
             shifts = self._shifts(model, placement, layers, grids, state, context) if correct else {}
             counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params(context))
@@ -271,7 +285,7 @@ class QdqInt8Pass(PassBase):
         graph = import_graph(model)
         scope = Scope.of(graph)
         layers, _ = plan.find_layers(graph, scope, min_dim=self.options.min_dim)
-        names = plan.range_names(graph, scope, layers, self.rules)
+        names = plan.range_names(graph, scope, layers, self.rules, self._fusions(model))
         ranges = calibration.activation_ranges(model, names, context, self.options.ranges,
                                                percentile=self.options.percentile,
                                                signed=self.rules.signed_activations) if names else {}

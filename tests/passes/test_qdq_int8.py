@@ -135,6 +135,81 @@ def test_conv_relu_maxpool_conv_shares_scales_and_fuses(rng: np.random.Generator
     assert fused["DequantizeLinear"] == 1, "only the model output is dequantized: Relu, MaxPool run on uint8"
 
 
+DETECTOR = """g (float[N,16,16,16] x) => (float[N,32,8,8] y) {
+  c1 = Conv <pads = [1,1,1,1]> (x, w1, b1)
+  s1 = Sigmoid(c1)
+  a1 = Mul(c1, s1)
+  c2 = Conv <pads = [1,1,1,1]> (a1, w2, b2)
+  s2 = Sigmoid(c2)
+  a2 = Mul(c2, s2)
+  p = MaxPool <kernel_shape = [3,3], pads = [1,1,1,1]> (a2)
+  cat = Concat <axis = 1> (a1, p)
+  d = MaxPool <kernel_shape = [2,2], strides = [2,2]> (cat)
+  u = Resize <mode = "MODE"> (d, roi, scales)
+  t = Add(cat, u)
+  y = Conv <pads = [1,1,1,1], strides = [2,2]> (t, w3, b3)
+}"""
+"""A YOLO-style block: SiLU (Sigmoid · Mul) after each Conv, an SPP-style MaxPool, a Concat of two branches, a
+downsample and a Resize back up added to the Concat."""
+
+
+def detector(rng: np.random.Generator, mode: str = "nearest") -> onnx.ModelProto:
+    return build(DETECTOR.replace("MODE", mode), w1=weight(rng, 16, 16, 3, 3), b1=weight(rng, 16),
+                 w2=weight(rng, 16, 16, 3, 3), b2=weight(rng, 16), w3=weight(rng, 32, 32, 3, 3), b3=weight(rng, 32),
+                 roi=np.zeros(0, np.float32), scales=np.array([1, 1, 2, 2], np.float32))
+
+
+def test_a_detector_block_runs_in_int8_from_its_first_conv_to_its_last(rng: np.random.Generator,
+                                                                      tmp_path: Path) -> None:
+    """Between the quantized Convs, onnxruntime fuses SiLU into QLinearSigmoid and QLinearMul, the Concat into
+    QLinearConcat, the residual into QLinearAdd, and runs MaxPool and the nearest Resize on uint8: nothing is
+    dequantized until the model output, where layers alone left every element-wise op float between a DQ and a Q."""
+    model = detector(rng)
+    fused = fused_ops(check(model, context(model, rng)).model, tmp_path)
+    assert fused["QLinearConv"] == 3 and fused["QLinearSigmoid"] == 2 and fused["QLinearMul"] == 2
+    assert fused["QLinearConcat"] == 1 and fused["QLinearAdd"] == 1
+    assert fused["MaxPool"] == 2 and fused["Resize"] == 1
+    assert fused["Conv"] == fused["Sigmoid"] == fused["Mul"] == fused["Concat"] == fused["Add"] == 0
+    assert fused["DequantizeLinear"] == 1, "only the model output is dequantized"
+    layers_only = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", speed_check="off", regions="off"))
+    fused = fused_ops(layers_only(model, context(model, rng)).model, tmp_path)
+    assert fused["QLinearConv"] == 3 and fused["Sigmoid"] == 2 and fused["QLinearSigmoid"] == 0
+
+
+def test_a_region_stops_at_a_linear_resize_and_at_a_float_layer(rng: np.random.Generator, tmp_path: Path) -> None:
+    """onnxruntime runs Resize in int8 in nearest mode only, so the Add after a linear one cannot fuse; a region
+    grows only where it leads on to a quantized layer, so the Concat and the second SiLU, which lead only there, stay
+    float too (rounding them would cost accuracy for no int8 kernel). And a region is what its layers make it: with
+    the middle Conv left in float, the first SiLU, which now leads only to float ops, stays float."""
+    model = detector(rng, mode="linear")
+    fused = fused_ops(check(model, context(model, rng)).model, tmp_path)
+    assert fused["QLinearConv"] == 3 and fused["QLinearSigmoid"] == fused["QLinearMul"] == 1
+    assert fused["Sigmoid"] == fused["Mul"] == fused["Concat"] == fused["Add"] == fused["Resize"] == 1
+    assert fused["QLinearConcat"] == fused["QLinearAdd"] == 0
+    model = detector(rng)
+    ctx = context(model, rng).with_units(frozenset({"c1", "y"}))
+    fused = fused_ops(PASS(model, ctx).model, tmp_path)
+    assert fused["QLinearConv"] == 2 and fused["Conv"] == 1 and fused["Concat"] == 1
+    assert fused["QLinearSigmoid"] == fused["QLinearMul"] == fused["QLinearConcat"] == 0
+
+
+def test_region_ops_come_from_this_onnxruntime_kernel_registry(rng: np.random.Generator, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which ops a region may take is read from the installed onnxruntime (QLinearConcat is registered without type
+    constraints, so it is found by name) at the model's opset; an onnxruntime without them quantizes layers only."""
+    from graphopt_passes import _qdq_kernels as kernels
+
+    assert {"Sigmoid", "Mul", "Add", "Concat", "MaxPool", "Resize", "Split", "GlobalAveragePool"} <= set(
+        kernels.int8_fusions(13))
+    assert "MaxPool" not in kernels.int8_fusions(11), "onnxruntime's uint8 MaxPool starts at opset 12"
+    assert ("com.microsoft", "QLinearConcat") in {(domain, op) for domain, op, _ in kernels.int8_kernels()}
+    monkeypatch.setattr(kernels, "int8_kernels", lambda provider="CPUExecutionProvider": frozenset())
+    assert kernels.int8_fusions(13) == {}
+    model = detector(rng)
+    fused = fused_ops(PASS(model, context(model, rng)).model, tmp_path)
+    assert fused["QLinearConv"] == 3 and fused["QLinearSigmoid"] == fused["QLinearConcat"] == 0
+
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_gemm_axis_follows_transB_and_relu_is_owned(rng: np.random.Generator, tmp_path: Path, trans_b: int) -> None:
     shape = (32, 64) if trans_b else (64, 32)
