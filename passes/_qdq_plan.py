@@ -232,7 +232,7 @@ def _regions(graph: gs.Graph, scope: Scope, placement: Placement, layers: Collec
     grown: list[tuple[gs.Node, list[str], str | None]] = []
     for node in graph.nodes:
         fusion = fusions.get(node.op) if node.domain in (None, "", "ai.onnx") else None
-        if fusion is None or not _runs_in_int8(node, fusion, scope):
+        if fusion is None or not _runs_in_int8(node, scope):
             continue
         needed = [t for t in node.inputs if t.name] if fusion.inputs == "all" else node.inputs[:1]
         if not needed or any(t.name not in quantized for t in needed):
@@ -244,28 +244,20 @@ def _regions(graph: gs.Graph, scope: Scope, placement: Placement, layers: Collec
     reads = {layer.activation for layer in layers}
     useful: set[str] = set()
     for node, outputs, _ in reversed(grown):  # a node leads on when a layer or a node that leads on reads it
-        if any(name in reads or any(set(_names(c.outputs)) & useful for c in tensor.outputs)
+        if any(name in reads or any(out.name in useful for reader in tensor.outputs for out in reader.outputs)
                for name, tensor in zip(outputs, node.outputs, strict=True)):
             useful.update(outputs)
     return {name: TensorQuant(name, shared or name, True)
             for _, outputs, shared in grown for name in outputs if name in useful}
 
 
-def _runs_in_int8(node: gs.Node, fusion: Fusion, scope: Scope) -> bool:
-    """Whether ``node`` can be the fused or data-moving int8 op of ``fusion``: float32 outputs that no subgraph reads,
-    and the op's own conditions (a nearest Resize, a Gather of activations by constant indices)."""
+def _runs_in_int8(node: gs.Node, scope: Scope) -> bool:
+    """Whether ``node`` can be a fused or data-moving int8 op: float32 outputs that no subgraph reads, and a Resize
+    in nearest mode (onnxruntime leaves a linear one float)."""
     if not node.inputs or not node.outputs or any(out.name in scope.outer or out.dtype not in (None, np.float32)
                                                   for out in node.outputs):
         return False
-    if node.op == "Resize":
-        return str(node.attrs.get("mode", "nearest")) == "nearest"
-    if node.op in ("Gather", "GatherElements"):
-        return constant_array(node.inputs[0]) is None
-    return True
-
-
-def _names(tensors: Collection[gs.Tensor]) -> list[str]:
-    return [t.name for t in tensors]
+    return node.op != "Resize" or str(node.attrs.get("mode", "nearest")) == "nearest"
 
 
 def range_names(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: TargetRules = ORT_CPU,

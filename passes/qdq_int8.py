@@ -16,10 +16,11 @@ The pass runs smooth → calibrate → place → correct → rewrite, each step 
   (``_math.bias_correction``) when that brings the outputs closer on the calibration samples.
 
 Every layer is a unit: when the quantized model breaks the budget, the manager measures each layer's damage alone
-and keeps as many layers in int8 as the budget allows; the region ops a layer leads into follow it. The pass serves latency: the manager's speed gate
-(``graphopt.gates``) times the final int8 model once against float in its target's runtime and declines it when it
-is not faster: ``ort-cpu`` in onnxruntime, ``openvino`` in OpenVINO's CPU plugin when the package is installed;
-otherwise, and for ``tensorrt``, the speed is not checked by default (``speed_check``).
+and keeps as many layers in int8 as the budget allows; the region ops a layer leads into follow it. The pass serves
+latency: the manager's speed gate (``graphopt.gates``) times the final int8 model once against float in its
+target's runtime and declines it when it is not faster: ``ort-cpu`` in onnxruntime, ``openvino`` in OpenVINO's CPU
+plugin when the package is installed; otherwise, and for ``tensorrt``, the speed is not checked by default
+(``speed_check``).
 """
 
 from __future__ import annotations
