@@ -3,9 +3,9 @@ numbers, not a copy.
 
 graphopt reads its data many times (calibration, then every trial's verification) but never needs all of it at once,
 so the memory a run takes need not grow with the number of samples. The same holds for the outputs it compares: a
-large output is written to a ``SpillFile`` as it is run and read back a block of samples at a time. A ``Column`` is a numpy array or ``Rows``. Both
-have ``dtype``, ``shape``, ``ndim`` and ``len``, and index by an int, a slice or an index array. Indexing ``Rows``
-reads those rows into a new array, and ``np.asarray`` reads a ``Rows`` whole.
+large output is written to a ``SpillFile`` as it is run and read back a block of samples at a time. A ``Column`` is
+a numpy array or ``Rows``. Both have ``dtype``, ``shape``, ``ndim`` and ``len``, and index by an int, a slice or an
+index array. Indexing ``Rows`` reads those rows into a new array, and ``np.asarray`` reads a ``Rows`` whole.
 """
 
 from __future__ import annotations

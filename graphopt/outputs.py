@@ -3,7 +3,7 @@
 An output whose shape depends on the sample (``NonZero``, ``Unique``, ``Compress``, ``NonMaxSuppression``, ``TopK``
 with a data-dependent k…) cannot be stacked into one array: it is a ``RaggedOutput``, one array per sample, and
 ``graphopt.verify.metrics`` compares it sample by sample. An output too large to hold for every sample may be
-``Rows`` of a ``SpillFile``, which the metrics read a block of samples at a time.
+``Rows`` of a temporary file (``graphopt.columns.SpillFile``), which the metrics read a block of samples at a time.
 """
 
 from __future__ import annotations
@@ -85,8 +85,6 @@ def join_samples(parts: Sequence[Output]) -> Output:
                                                               list(np.asarray(p)))))
     if not any(isinstance(p, Rows) for p in stacked):
         return np.concatenate(stacked, axis=0)
-    if len({np.dtype(p.dtype) for p in stacked}) > 1:
-        return np.concatenate([np.asarray(p) for p in stacked], axis=0)
     return Rows(Joined(stacked))
 
 
