@@ -193,6 +193,39 @@ def test_a_region_stops_at_a_linear_resize_and_at_a_float_layer(rng: np.random.G
     assert fused["QLinearSigmoid"] == fused["QLinearMul"] == fused["QLinearConcat"] == 0
 
 
+def test_a_split_between_layers_runs_on_uint8_and_a_tail_into_the_output_stays_float(rng: np.random.Generator,
+                                                                                      tmp_path: Path) -> None:
+    """A Split shares its input's scale on every output, so onnxruntime drops the pairs around it; the Concat after
+    the two last Convs leads only to the model output, so it stays float and keeps the output unrounded by a
+    second grid."""
+    model = build(
+        "g (float[N,16,8,8] x) => (float[N,32,8,8] y) { c = Conv <pads = [1,1,1,1]> (x, w1, b1)\n"
+        " a, b = Split <axis = 1> (c, halves)\n ca = Conv <pads = [1,1,1,1]> (a, w2, b2)\n"
+        " cb = Conv <pads = [1,1,1,1]> (b, w3, b3)\n y = Concat <axis = 1> (ca, cb) }",
+        w1=weight(rng, 32, 16, 3, 3), b1=weight(rng, 32), w2=weight(rng, 16, 16, 3, 3), b2=weight(rng, 16),
+        w3=weight(rng, 16, 16, 3, 3), b3=weight(rng, 16), halves=np.array([16, 16], np.int64),
+    )
+    q = check(model, context(model, rng)).model
+    assert quantizer_of(q, "a").input[1] == quantizer_of(q, "b").input[1] == quantizer_of(q, "c").input[1]
+    fused = fused_ops(q, tmp_path)
+    assert fused["QLinearConv"] == 3 and fused["Split"] == 1 and fused["Concat"] == 1
+    assert fused["QLinearConcat"] == 0 and fused["DequantizeLinear"] == 2, "only the Concat's two inputs"
+
+
+def test_a_region_output_that_is_also_a_model_output_keeps_its_name(rng: np.random.Generator, tmp_path: Path) -> None:
+    """A SiLU read by the next Conv and by the caller: it runs in int8 for both, and the model output keeps its
+    name behind the DQ (a fused op may feed Qs only)."""
+    model = build(
+        "g (float[N,16,8,8] x) => (float[N,16,8,8] a, float[N,16,8,8] y) { c = Conv <pads = [1,1,1,1]> (x, w1, b1)\n"
+        " s = Sigmoid(c)\n a = Mul(c, s)\n y = Conv <pads = [1,1,1,1]> (a, w2, b2) }",
+        w1=weight(rng, 16, 16, 3, 3), b1=weight(rng, 16), w2=weight(rng, 16, 16, 3, 3), b2=weight(rng, 16),
+    )
+    q = check(model, context(model, rng)).model
+    assert [o.name for o in q.graph.output] == ["a", "y"] and dq_of(q, "a").input[0].startswith("a_quantized")
+    fused = fused_ops(q, tmp_path)
+    assert fused["QLinearSigmoid"] == fused["QLinearMul"] == 1 and fused["QLinearConv"] == 2
+
+
 def test_region_ops_come_from_this_onnxruntime_kernel_registry(rng: np.random.Generator, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Which ops a region may take is read from the installed onnxruntime (QLinearConcat is registered without type
