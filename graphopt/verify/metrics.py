@@ -158,13 +158,13 @@ def error_stats(reference: Output, candidate: Output, rtol: float = 0.0,
     agrees. With ``mask_threshold`` (a probability map), the masks above it are compared by IoU, per sample."""
     if not comparable(reference, candidate):
         raise ValueError(f"{_layout(candidate)} differs from the reference {_layout(reference)}")
-    exact = not np.issubdtype(reference.dtype, np.inexact)
-    axis = _class_axis(reference, class_axis)
-    threshold = None if exact else mask_threshold
     if stacked(reference) and stacked(candidate):
         comparison = Comparison(reference, rtol, class_axis, mask_threshold)
         comparison.add(candidate)
         return comparison.stats(confidence)
+    exact = not np.issubdtype(reference.dtype, np.inexact)
+    axis = _class_axis(reference, class_axis)
+    threshold = None if exact else mask_threshold
     samples = list(zip(_samples(reference), _samples(candidate), strict=True))
     pairs = [_finite_pair(r, g) for r, g in samples if r.shape == g.shape]
     ref = np.concatenate([r.ravel() for r, _, _ in pairs]) if pairs else np.zeros(0)
