@@ -6,7 +6,8 @@ So a sequence head ``[samples, T, C]`` is judged by per-position top-1 (the argm
 segmentation map ``[samples, C, H, W]`` per pixel. An output made by ``Sigmoid`` is a probability map (or a
 multi-label score): its mask above 0.5 is judged by IoU, sample by sample. Outputs the graph says nothing about fall
 back to the shape heuristic (``[samples, 2…256]``), except those named like regression heads (boxes, landmarks,
-offsets…), which are never judged by top-1: an argmax over four box coordinates carries no meaning.
+offsets…) and the raw outputs of a model that makes its scores into probabilities itself (MTCNN's box and landmark
+heads beside its Softmax), which are never judged by top-1: an argmax over four box coordinates carries no meaning.
 
 What the graph does not say, the user does, per output (``parse_output_kind``): ``classes:AXIS`` (raw CTC logits
 ``[T, 1, C]`` have no Softmax), ``mask:THRESHOLD`` (a detector's own threshold), or ``values`` (no top-1, no mask).
@@ -36,6 +37,7 @@ _REGRESSION_WORDS = frozenset({
     "box", "boxes", "bbox", "bboxes", "landmark", "landmarks", "lmk", "loc", "locs", "reg", "regression", "coord",
     "coords", "offset", "offsets", "delta", "deltas", "keypoint", "keypoints", "kps", "pose", "depth", "disparity",
 })
+_SCORE_WORDS = frozenset({"logit", "logits", "score", "scores", "cls", "class", "classes", "prob", "probs", "conf"})
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ def output_kinds(model: onnx.ModelProto, named: Mapping[str, OutputKind | str] |
         for name in node.input:
             readers.setdefault(name, []).append(node)
     opset = default_opset(model) or 13
+    activated = [o.name for o in model.graph.output if _activated(producers.get(o.name))]
     kinds = {}
     for output in model.graph.output:
         given = (named or {}).get(output.name)
@@ -102,8 +105,23 @@ def output_kinds(model: onnx.ModelProto, named: Mapping[str, OutputKind | str] |
                                   kind.mask_threshold)
             kinds[output.name] = kind
         else:
-            kinds[output.name] = _kind(output, producers.get(output.name), readers.get(output.name, []), opset)
+            kind = _kind(output, producers.get(output.name), readers.get(output.name, []), opset)
+            if kind.class_axis == HEURISTIC and activated and not _words(output.name) & _SCORE_WORDS:
+                kind = OutputKind(None, f"raw values beside {activated[0]!r}, which the model makes into scores itself "
+                                        "(Softmax or Sigmoid), and not named like scores: boxes, landmarks or features, no top-1")
+            kinds[output.name] = kind
     return kinds
+
+
+def _words(name: str) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", name.lower()))
+
+
+def _activated(producer: onnx.NodeProto | None) -> bool:
+    """Whether an output is made by Softmax, LogSoftmax or Sigmoid: a model that turns its scores into
+    probabilities itself, whose other raw outputs are then not class scores (a face detector's box and landmark
+    heads beside its Softmax)."""
+    return producer is not None and producer.domain in ("", "ai.onnx") and producer.op_type in (*_SCORE_OPS, "Sigmoid")
 
 
 def _kind(output: onnx.ValueInfoProto, producer: onnx.NodeProto | None, readers: list[onnx.NodeProto],
@@ -122,7 +140,7 @@ def _kind(output: onnx.ValueInfoProto, producer: onnx.NodeProto | None, readers:
     if argmax is not None:
         axis = _int_attribute(argmax, "axis", 0)
         return OutputKind(_from_end(axis, tensor), f"read by ArgMax over axis {axis}: class scores")
-    words = set(re.split(r"[^a-z0-9]+", output.name.lower()))
+    words = _words(output.name)
     if words & _REGRESSION_WORDS:
         return OutputKind(None, f"named like a regression head ({', '.join(sorted(words & _REGRESSION_WORDS))}): "
                                 "no top-1")

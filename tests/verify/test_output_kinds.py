@@ -38,6 +38,28 @@ def test_class_axes_come_from_the_graph() -> None:
         "p"].class_axis == -2  # before opset 13 the default axis is 1
 
 
+def test_raw_outputs_beside_a_softmax_are_values_unless_named_like_scores() -> None:
+    """MTCNN's O-Net: face probabilities made by Softmax [N, 2], and box [N, 4] and landmark [N, 10] heads from plain
+    MatMuls, named dense_5 and dense_6. The shape heuristic would judge the boxes by top-1."""
+    weights = {name: helper.make_tensor(name, onnx.TensorProto.FLOAT, [500, n], np.zeros(500 * n, np.float32))
+               for name, n in (("w_prob", 2), ("w_box", 4), ("w_lm", 10), ("w_logits", 2))}
+    nodes = [helper.make_node("ReduceMean", ["x"], ["features"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["features", "w_prob"], ["raw"]),
+             helper.make_node("Softmax", ["raw"], ["softmax_2"], axis=1),
+             helper.make_node("MatMul", ["features", "w_box"], ["dense_5"]),
+             helper.make_node("MatMul", ["features", "w_lm"], ["dense_6"]),
+             helper.make_node("MatMul", ["features", "w_logits"], ["face_logits"])]
+    model = _model(nodes, {"softmax_2": ["N", 2], "dense_5": ["N", 4], "dense_6": ["N", 10], "face_logits": ["N", 2]})
+    model.graph.initializer.extend(weights.values())
+    kinds = output_kinds(model)
+    assert kinds["softmax_2"].class_axis == -1
+    assert kinds["dense_5"].class_axis is None and "beside 'softmax_2'" in kinds["dense_5"].reason
+    assert kinds["dense_6"].class_axis is None
+    assert kinds["face_logits"].class_axis == HEURISTIC  # named like scores: still top-1 when shaped like them
+    del model.graph.output[0]  # without the Softmax output nothing says the raw outputs are not scores
+    assert {kind.class_axis for kind in output_kinds(model).values()} == {HEURISTIC}
+
+
 def _sequence_head(rng: np.random.Generator, n: int = 60, steps: int = 24, classes: int = 6000) -> np.ndarray:
     """CTC-like log-probabilities [n, steps, classes]: one confident class per position, the rest flat."""
     logits = rng.standard_normal((n, steps, classes)) * 0.5
