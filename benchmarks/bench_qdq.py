@@ -10,9 +10,10 @@ Writes ``<out>/qdq-<YYYY-MM-DD>.md`` and ``.json`` and prints the table. Per mod
 - The samples are split as ``graphopt.optimize`` splits them (``Dataset.split(0.5)``, seed 0): onnxruntime's
   quantizer calibrates on the same calibration half graphopt fits on, and every variant is measured on the other,
   held-out half only.
-- Variants: the original; ``graphopt qdq-int8`` (``graphopt.optimize(..., passes="qdq-int8")``, verified
-  and narrowed by graphopt itself; its pass record gives the status), and the same with ``regions=off`` (layers only,
-  the element-wise ops between them float: what the regions add); onnxruntime ``quantize_static`` (QDQ, per
+- Variants: the original; ``graphopt qdq-int8`` (``graphopt.optimize(..., passes="fast-prelu,qdq-int8")``,
+  verified and narrowed by graphopt itself; its pass record gives the status; ``fast-prelu`` changes only models with
+  PRelu; ``regions=auto`` keeps int8 regions or layers only, whichever timed faster in graphopt's own speed check),
+  and the same with ``regions=off`` (layers only, the element-wise ops between them float: what the regions add); onnxruntime ``quantize_static`` (QDQ, per
   channel, MinMax, uint8 activations, int8 weights) after ``quant_pre_process``, once plain and once with
   ``reduce_range=True`` (7-bit weights, onnxruntime's advice for CPUs without VNNI); and ``quantize_dynamic``
   (int8 weights, default settings), as ``peers.py`` runs them.
@@ -40,17 +41,18 @@ from workloads import Workload
 
 from graphopt.data import Dataset
 
-MODELS = ("digits", "minilm", "magika", "silero", "silero16k", "cnn32", "ddddocr_det", "ddddocr", "ppocr_det",
-          "ppocr_rec")
+MODELS = ("digits", "minilm", "magika", "silero", "silero16k", "cnn32", "onet", "ddddocr_det", "ddddocr",
+          "ppocr_det", "ppocr_rec")
 DEFAULT_RUNS = {"digits": 3000, "minilm": 200, "magika": 500, "silero": 2000, "silero16k": 2000, "cnn32": 500,
-                "ddddocr_det": 60, "ddddocr": 300, "ppocr_det": 100, "ppocr_rec": 200}
-PIPELINES = {"graphopt qdq-int8": "qdq-int8", "graphopt qdq-int8 layers only": "qdq-int8{regions=off}",
+                "onet": 2000, "ddddocr_det": 60, "ddddocr": 300, "ppocr_det": 100, "ppocr_rec": 200}
+PIPELINES = {"graphopt qdq-int8": "fast-prelu,qdq-int8",
+             "graphopt qdq-int8 layers only": "fast-prelu,qdq-int8{regions=off}",
              "graphopt qdq-int8 dynamic": "qdq-int8{mode=dynamic}"}
 
 
 def build(w: Workload, calibration: Dataset) -> list[Candidate]:
     """graphopt's two modes, then onnxruntime's quantizers calibrated on the same half."""
-    found = [graphopt_variant(w, label, pipeline) for label, pipeline in PIPELINES.items()]
+    found = [graphopt_variant(w, label, pipeline, record="qdq-int8") for label, pipeline in PIPELINES.items()]
     for candidate in found:
         if candidate.model is not None:
             n_int8, n_layers = int8_layers(candidate.model.graph)

@@ -41,6 +41,7 @@ from graphopt.errors import first_line
 from graphopt.pass_base import PassBase
 from graphopt.runtime import RuntimeConfig, create_session, run_dataset
 from graphopt.verify.metrics import ErrorStats, error_stats
+from graphopt.verify.output_kinds import output_kinds
 from graphopt.verify.tolerance import Tolerance, judge
 
 __all__ = [
@@ -192,8 +193,13 @@ def _grouped_skips(skipped: list[dict[str, str]]) -> list[str]:
 
 def _fidelity(w: Workload, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], labels: np.ndarray | None,
               row: Row) -> None:
-    """Fill ``row``'s fidelity columns from its outputs on the held-out half."""
-    stats: dict[str, ErrorStats] = {name: error_stats(reference[name], got[name]) for name in reference}
+    """Fill ``row``'s fidelity columns from its outputs on the held-out half, each output judged by its kind as
+    graphopt judges it (``output_kinds``: top-1 only on class scores, IoU on probability maps)."""
+    kinds = output_kinds(w.model, w.output_kinds)
+    stats: dict[str, ErrorStats] = {
+        name: error_stats(reference[name], got[name], class_axis=kinds[name].class_axis,
+                          mask_threshold=kinds[name].mask_threshold) if name in kinds else
+        error_stats(reference[name], got[name]) for name in reference}
     row.outputs = {name: s.to_dict() for name, s in stats.items()}
     main = stats[w.main_output]
     row.cosine, row.cosine_min, row.snr_db, row.top1 = main.cosine, main.cosine_min, main.snr_db, main.top1

@@ -77,30 +77,44 @@ def resolve(check: SpeedCheck) -> SpeedCheck:
 @dataclass(frozen=True)
 class SpeedVerdict:
     """The gate's finding: ``ratio`` (candidate over baseline median latency) or ``None`` when it could not be
-    timed; ``note`` one line for the report; ``declined`` why the candidate is not kept ("" to keep it)."""
+    timed; ``note`` one line for the report; ``declined`` why the candidate is not kept ("" to keep it); ``chosen``
+    the alternative that timed fastest, by its label, or "" for the candidate itself."""
 
     ratio: float | None
     note: str
     declined: str = ""
+    chosen: str = ""
 
 
 def judge_speed(check: SpeedCheck, before: onnx.ModelProto, after: onnx.ModelProto,
-                feed: Mapping[str, np.ndarray], timers: Mapping[str, tuple[str, Timer]] = TIMERS) -> SpeedVerdict:
-    """Time ``after`` against ``before`` on one sample (``feed``) in ``check.runtime`` and judge it by
-    ``check.mode`` (resolved: ``decline`` or ``note``). A runtime that cannot run the models is a reason to decline
-    in ``decline`` mode: the candidate would be handed to that runtime."""
+                feed: Mapping[str, np.ndarray], timers: Mapping[str, tuple[str, Timer]] = TIMERS,
+                alternatives: Sequence[tuple[str, onnx.ModelProto]] = ()) -> SpeedVerdict:
+    """Time ``after`` and its labelled ``alternatives`` against ``before`` on one sample (``feed``) in
+    ``check.runtime``, all in one interleaved call, take the fastest and judge it by ``check.mode`` (resolved:
+    ``decline`` or ``note``). A runtime that cannot run the models is a reason to decline in ``decline`` mode: the
+    candidate would be handed to that runtime."""
     name, timer = timers[check.runtime]
     keeps_anyway = "speed_check=note keeps it anyway"
     try:
-        first, second = timer([before, after], feed, runs=RUNS, warmup=WARMUP, budget_s=BUDGET_S)
+        first, *timed = timer([before, after, *(model for _, model in alternatives)], feed, runs=RUNS, warmup=WARMUP,
+                              budget_s=BUDGET_S)
     except (RuntimeError, ImportError) as e:  # OpenVINO's failures arrive as RuntimeError; onnxruntime's too
         why = f"{name} could not time the models: {openvino.openvino_reason(e)}"
         return SpeedVerdict(None, f"speed not checked: {why}", f"{why}; {keeps_anyway}" if check.mode == "decline"
                             else "")
-    ratio = round(second.median_ms / first.median_ms, 3)
+    ratios = [round(t.median_ms / first.median_ms, 3) for t in timed]
+    fastest = min(range(len(ratios)), key=ratios.__getitem__)
+    labels = [check.candidate, *(label for label, _ in alternatives)]
+    ratio, chosen = ratios[fastest], labels[fastest]
     measured = f"{ratio:.3f}× {check.baseline} latency (single thread, batch 1)"
-    note = f"{check.candidate} timed in {name}: {measured}"
+    note = f"{chosen} timed in {name}: {measured}"
+    if len(ratios) > 1:
+        others = ", ".join(f"{label} {r:.3f}×" for i, (label, r) in enumerate(zip(labels, ratios, strict=True))
+                           if i != fastest)
+        note += f"; the fastest of {len(ratios)} verified candidates ({others})"
+    chosen = "" if fastest == 0 else chosen
     if ratio >= 1.0 and check.mode == "decline":
-        return SpeedVerdict(ratio, note, f"{check.candidate} is not faster in {name} here: {measured}; {keeps_anyway}")
-    return SpeedVerdict(ratio, note)
+        return SpeedVerdict(ratio, note, f"{labels[fastest]} is not faster in {name} here: {measured}; "
+                            f"{keeps_anyway}", chosen)
+    return SpeedVerdict(ratio, note, chosen=chosen)
 

@@ -124,14 +124,15 @@ class PassManager:
     def _run_pass(
         self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs
     ) -> tuple[PassOutcome, Outputs | None]:
-        def settle(status: Status, reason: str, trial: _Trial | None = None, **extra: Any) -> PassOutcome:
+        def settle(status: Status, reason: str, trial: _Trial | None = None, ran: PassBase = pass_,
+                   **extra: Any) -> PassOutcome:
             kept = status in (Status.APPLIED, Status.NARROWED) and trial is not None and trial.result is not None
             result = trial.result if trial else None
             if result is not None and not kept:  # facts only: a rejected candidate (gigabytes, maybe) is not kept alive
                 result = replace(result, model=model)
             return PassOutcome(
                 pass_name=pass_.name,
-                options=asdict(pass_.options),
+                options=asdict(ran.options),
                 lossless=pass_.lossless,
                 status=status,
                 reason=reason,
@@ -164,30 +165,47 @@ class PassManager:
                 return settle(Status.ROLLED_BACK, trial.failure, trial, units=units, trials=trials), None
             left_out = sum(not u.applied for u in units)
             status, reason, kept = Status.NARROWED, f"{left_out} of {len(units)} units left out: {trial.failure}", narrowed
-        kept, declined = self._speed_gate(pass_, model, kept)
+        kept_units = frozenset(u.name for u in units if u.applied) if status is Status.NARROWED else None
+        ran, kept, declined = self._speed_gate(pass_, model, previous, kept, kept_units)
         if declined:
-            return settle(Status.DECLINED, declined, kept, units=units, trials=trials), None
-        return settle(status, reason, kept, units=units, trials=trials), kept.outputs
+            return settle(Status.DECLINED, declined, kept, ran, units=units, trials=trials), None
+        return settle(status, reason, kept, ran, units=units, trials=trials), kept.outputs
 
-    def _speed_gate(self, pass_: PassBase, model: onnx.ModelProto, trial: _Trial) -> tuple[_Trial, str]:
-        """Time the pass's final candidate once against ``model`` when the pass serves latency: the trial with the
-        measured ratio and the gate's notes added to its result, and why it is declined ("" to keep it)."""
+    def _speed_gate(self, pass_: PassBase, model: onnx.ModelProto, previous: Outputs, trial: _Trial,
+                    kept_units: frozenset[str] | None) -> tuple[PassBase, _Trial, str]:
+        """Time the pass's final candidate once against ``model`` when the pass serves latency, with its speed
+        variants rebuilt on the units kept (``kept_units``; ``None``: all) and verified like any trial: the pass
+        whose candidate timed fastest, that candidate with the measured ratio and the gate's notes added to its
+        result, and why it is declined ("" to keep it)."""
         assert trial.result is not None
         check = resolve(pass_.speed_check()) if self.speed_gate and "latency" in pass_.serves() else None
         if check is None:
-            return trial, ""
-        stats, notes = dict(trial.result.stats), list(trial.result.notes) + list(check.notes)
-        declined = ""
+            return pass_, trial, ""
+        notes = list(check.notes)
+        declined, ran, chosen_trial, ratio = "", pass_, trial, None
         if check.mode != "off":
+            variants: dict[str, tuple[PassBase, _Trial]] = {}
+            for variant in pass_.speed_variants(trial.result):
+                attempt = self._attempt(variant, model, previous, self.context.with_units(kept_units))
+                if attempt.passed:
+                    variants[repr(variant)] = variant, attempt
+                else:
+                    notes.append(f"{variant!r} not timed: {attempt.failure}")
             data = self.context.calibration
             data = data if data is not None and not data.synthetic and data.n_samples else self.verifier.data
             feed = next(data.batches(1, per_sample=True))[0]
-            verdict = judge_speed(check, model, trial.result.model, feed, self.timers)
-            if verdict.ratio is not None:
-                stats["latency_ratio"] = verdict.ratio
+            alternatives = [(label, alt.result.model) for label, (_, alt) in variants.items()
+                            if alt.result is not None]
+            labelled = replace(check, candidate=repr(pass_)) if alternatives else check
+            verdict = judge_speed(labelled, model, trial.result.model, feed, self.timers, alternatives)
+            if verdict.chosen:
+                ran, chosen_trial = variants[verdict.chosen]
+            ratio, declined = verdict.ratio, verdict.declined
             notes.append(verdict.note)
-            declined = verdict.declined
-        return replace(trial, result=replace(trial.result, stats=stats, notes=tuple(notes))), declined
+        assert chosen_trial.result is not None
+        stats = dict(chosen_trial.result.stats) | ({"latency_ratio": ratio} if ratio is not None else {})
+        result = replace(chosen_trial.result, stats=stats, notes=(*chosen_trial.result.notes, *notes))
+        return ran, replace(chosen_trial, result=result), declined
 
     def _refusal(self, pass_: PassBase) -> str:
         """Why the manager cannot verify ``pass_`` here (the pass's own preconditions are ``PassBase.__call__``'s)."""

@@ -211,6 +211,13 @@ class PassBase(abc.ABC):
         """How the manager times this pass's final candidate when it serves latency; off unless overridden."""
         return SpeedCheck()
 
+    def speed_variants(self, result: PassResult) -> tuple[PassBase, ...]:
+        """The same rewrite with another speed trade-off, whose pay-off depends on the CPU (int8 regions or layers
+        only), where it would differ from ``result`` (this pass's final candidate): each takes the same units. The
+        speed gate verifies every variant on the units kept, times them with the result in one run and keeps the
+        fastest verified one. None unless overridden."""
+        return ()
+
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """The independent units this pass can apply selectively; empty when it cannot be narrowed."""
         return ()

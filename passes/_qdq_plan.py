@@ -87,6 +87,8 @@ class TensorQuant:
 class Placement:
     layers: list[Layer] = field(default_factory=list)
     tensors: dict[str, TensorQuant] = field(default_factory=dict)
+    region_tensors: int = 0
+    """How many of ``tensors`` are region outputs (operators between layers run in int8)."""
 
 
 def find_layers(graph: gs.Graph, scope: Scope, *, min_dim: int) -> tuple[list[Layer], list[Skip]]:
@@ -218,7 +220,9 @@ def place(graph: gs.Graph, scope: Scope, layers: Collection[Layer], rules: Targe
                 out = node.outputs[0].name
                 placement.tensors[out] = TensorQuant(out, source, True)
     if rules.regions and fusions:
-        placement.tensors.update(_regions(graph, scope, placement, layers, fusions))
+        regions = _regions(graph, scope, placement, layers, fusions)
+        placement.tensors.update(regions)
+        placement.region_tensors = len(regions)
     return placement
 
 

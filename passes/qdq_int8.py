@@ -10,7 +10,9 @@ The pass runs smooth → calibrate → place → correct → rewrite, each step 
 - ``_qdq_plan``: which tensors get a pair, following the patterns onnxruntime fuses into int8 kernels, or
   TensorRT's explicit-quantization placement for ``target=tensorrt`` (the rules per target: ``_qdq_targets``). For
   ``ort-cpu`` the operators between quantized layers that this onnxruntime runs in int8 (``_qdq_kernels``: read
-  from its kernel registry, gated by its fusion rules) join them in int8 regions (``regions=auto``).
+  from its kernel registry, gated by its fusion rules) join them in int8 regions. Whether regions pay depends on
+  the CPU's int8 kernels: under ``regions=auto`` the speed gate also verifies layers only on the same layers, times
+  both in one run and keeps the faster (``speed_variants``).
 - ``_qdq_rewrite``: the pairs, int8 per-channel weights (7-bit where the CPU lacks VNNI: onnxruntime's AVX2 u8·s8
   kernels saturate on full-range weights) and int32 biases at ``s_x·s_w``, corrected for the mean output shift
   (``_math.bias_correction``) when that brings the outputs closer on the calibration samples.
@@ -90,11 +92,11 @@ class QdqInt8Pass(PassBase):
             metadata={"help": "fold each layer's mean output shift on calibration data into its bias; auto keeps it "
                       "only if it brings the model's outputs closer to the float model's on those samples"},
         )
-        regions: Literal["auto", "off"] = field(
+        regions: Literal["auto", "on", "off"] = field(
             default="auto",
-            metadata={"help": "auto: for ort-cpu, also run the operators between quantized layers in int8 where this "
+            metadata={"help": "on: for ort-cpu, also run the operators between quantized layers in int8 where this "
                       "onnxruntime fuses them (SiLU's Sigmoid and Mul, Add, Concat, pools, nearest Resize, Split…); "
-                      "off: layers only"},
+                      "off: layers only; auto: on, timed against layers only by the speed check, the faster kept"},
         )
         smooth: Literal["auto", "off"] = field(
             default="auto",
@@ -169,6 +171,13 @@ class QdqInt8Pass(PassBase):
     def serves(self) -> frozenset[Goal]:
         return frozenset({"latency", "size"})
 
+    def speed_variants(self, result: PassResult) -> tuple[QdqInt8Pass, ...]:
+        """Layers only, where ``regions=auto`` placed regions in ``result``: which pays depends on the CPU's int8
+        kernels."""
+        if self.options.regions != "auto" or not result.stats.get("region_tensors"):
+            return ()
+        return (type(self)(replace(self.options, regions="off")),)
+
     def speed_check(self) -> SpeedCheck:
         """int8 against float in the target's runtime (``rules.timed_in``); a target not timed here is timed in
         onnxruntime when the user asks for a check, and not at all under ``auto``."""
@@ -222,6 +231,7 @@ class QdqInt8Pass(PassBase):
             grids = qdq_rewrite.Grids(state.ranges, signed=self.rules.signed_activations)
             shifts = self._shifts(model, placement, layers, grids, state, context) if correct else {}
             counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params(context))
+        counts["region_tensors"] = placement.region_tensors
         return _Built(edit.model, chosen, len(placement.tensors), skipped, counts)
 
     def _weight_params(self, context: PassContext) -> Callable[[plan.Layer], quant.QuantParams]:

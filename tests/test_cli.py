@@ -30,8 +30,10 @@ def test_quick_start_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 0
     assert "zero-weight-elimination" in stdout and "worst vs original" in stdout
     report = json.loads((tmp_path / "out.report.json").read_text())
-    assert [p["name"] for p in report["passes"]] == ["normalize", "zero-weight-elimination", "drop-inferred-shapes"]
-    zwe = report["passes"][1]
+    assert [p["name"] for p in report["passes"]] == ["normalize", "fast-prelu", "zero-weight-elimination",
+                                                     "drop-inferred-shapes"]
+    assert report["passes"][1]["status"] == "skipped"  # no PRelu in it
+    zwe = report["passes"][2]
     assert zwe["status"] == "applied" and zwe["params_after"] < zwe["params_before"]
     assert all(v["passed"] for v in zwe["verifications"])
     onnx.checker.check_model(str(out), full_check=True)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnx
 import pytest
 from helpers import digits
+from onnx import numpy_helper
 from test_manager import RowNoise, run
 
 import graphopt
 from graphopt import perf
 from graphopt.gates import SpeedCheck, judge_speed, resolve
 from graphopt.outcome import Status
-from graphopt.pass_base import Goal
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult
 from graphopt.perf import Latency
 
 
@@ -61,6 +64,57 @@ def test_the_final_narrowed_candidate_is_timed_once(mlp_files: tuple[Path, Path]
         assert outcome.model_after is outcome.model_before and result.model.graph == outcome.model_before.graph
         assert outcome.reason == f"the noisy model is not faster in onnxruntime here: {measured}; speed_check=note " \
                                  "keeps it anyway"
+
+
+class VariedRows(FasterRows):
+    """FasterRows whose noise is scaled: a milder variant that the gate may find faster, and a variant that breaks
+    the budget (never timed)."""
+
+    name = "test-varied-rows"
+    contexts: ClassVar[list[tuple[float, frozenset[str] | None]]] = []
+
+    @dataclass(frozen=True)
+    class Options:
+        scale: float = 1.0
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        VariedRows.contexts.append((self.options.scale, context.only_units))
+        result = super().run(model, context)
+        index = next(k for k, t in enumerate(result.model.graph.initializer) if t.name == "w1")
+        before = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w1"))
+        after = numpy_helper.to_array(result.model.graph.initializer[index])
+        scaled = before + (after - before) * self.options.scale
+        result.model.graph.initializer[index].CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), "w1"))
+        return result
+
+    def speed_variants(self, result: PassResult) -> tuple[PassBase, ...]:
+        return (VariedRows(VariedRows.Options(scale=0.5)), VariedRows(VariedRows.Options(scale=50.0)))
+
+
+def test_the_fastest_verified_variant_is_kept_with_its_options(mlp_files: tuple[Path, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate rebuilds each variant on the units narrowing kept, verifies it, times the verified ones with the
+    candidate in one call and keeps the fastest: the outcome carries its options and model."""
+    timed: list[Sequence[onnx.ModelProto]] = []
+
+    def timer(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], **_: object) -> list[Latency]:
+        timed.append(models)
+        return [Latency(m, m, 20) for m in (1.0, 0.8, 0.6)[:len(models)]]
+
+    monkeypatch.setattr(perf, "measure_latency", timer)
+    VariedRows.contexts.clear()
+    result = run(mlp_files, VariedRows(), tolerance=graphopt.Tolerance(cosine=0.99))
+    (outcome,) = result.pipeline.outcomes
+    kept = frozenset(u.name for u in outcome.units if u.applied)
+    assert outcome.status is Status.NARROWED and 0 < len(kept) < 16
+    assert len(timed) == 1 and len(timed[0]) == 3, "the budget-breaking variant is not timed"
+    assert (0.5, kept) in VariedRows.contexts and (50.0, kept) in VariedRows.contexts, "variants on the kept units"
+    assert outcome.options == {"scale": 0.5} and outcome.model_after is timed[0][2]
+    record = result.report.record("test-varied-rows")
+    assert record.stats["latency_ratio"] == 0.6
+    assert any(n.startswith("test-varied-rows{scale=50.0} not timed: ") for n in record.notes)
+    assert ("test-varied-rows{scale=0.5} timed in onnxruntime: 0.600× the clean latency (single thread, batch 1); "
+            "the fastest of 2 verified candidates (test-varied-rows 0.800×)") in record.notes
 
 
 def test_the_default_qdq_gate_with_narrowing_times_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,22 @@ def test_a_detector_block_runs_in_int8_from_its_first_conv_to_its_last(rng: np.r
     layers_only = QdqInt8Pass(QdqInt8Pass.Options(weight_bits="7", speed_check="off", regions="off"))
     fused = fused_ops(layers_only(model, context(model, rng)).model, tmp_path)
     assert fused["QLinearConv"] == 3 and fused["Sigmoid"] == 2 and fused["QLinearSigmoid"] == 0
+
+
+def test_regions_auto_offers_layers_only_to_the_speed_gate_where_it_placed_regions(rng: np.random.Generator) -> None:
+    """Whether a region pays depends on the CPU's int8 kernels, so under ``regions=auto`` the speed gate times the
+    result against layers only; where no region was placed, or the user chose, there is nothing to time."""
+    model = detector(rng)
+    result = check(model, context(model, rng))
+    assert result.stats["region_tensors"] > 0
+    (variant,) = PASS.speed_variants(result)
+    assert isinstance(variant, QdqInt8Pass) and variant.options == replace(PASS.options, regions="off")
+    assert variant(model, context(model, rng)).stats["region_tensors"] == 0
+    for regions in ("on", "off"):
+        assert QdqInt8Pass(replace(PASS.options, regions=regions)).speed_variants(result) == ()
+    plain = build("g (float[N,16,8,8] x) => (float[N,32,8,8] y) { y = Conv <pads = [1,1,1,1]> (x, w, b) }",
+                  w=weight(rng, 32, 16, 3, 3), b=weight(rng, 32))
+    assert PASS.speed_variants(check(plain, context(plain, rng))) == ()
 
 
 def test_a_region_stops_at_a_linear_resize_and_at_a_float_layer(rng: np.random.Generator, tmp_path: Path) -> None:
