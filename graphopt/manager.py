@@ -1,8 +1,10 @@
 """The pass manager: (pass → check → verify → accept | narrow | roll back)* over a pipeline of ``PassBase`` objects.
 
 Every pass gets a copy of the last accepted model. A modified result must pass ``onnx.checker`` and load in
-onnxruntime, and its outputs on the verification samples must stay within the budget tolerance against the
-ORIGINAL model (and, for lossless passes, within the lossless tolerance against the model before the pass). A pass
+onnxruntime, and its outputs on the verification samples, run where the pass says its result runs
+(``PassBase.verified_in``: onnxruntime, or OpenVINO's CPU plugin when installed), must stay within the budget
+tolerance against the ORIGINAL model (and, for lossless passes, within the lossless tolerance against the model
+before the pass). A pass
 that fails and offers units is narrowed to the largest subset of units that passes. Units are ranked by their damage
 applied alone, measured on calibration samples with every unit's candidate in one model (``graphopt.sensitivity``;
 a pass's own estimate stands in beyond ``MEASURED_UNITS``; a stronger level of a layer is scaled from its mildest
@@ -14,7 +16,9 @@ that clearly fails there goes no further; only a verification on every sample ac
 among the candidates judged on the same verification samples, so a search makes at most ``search_trials`` of them
 (the bisection's steps and twice as many retries) and judges each at the confidence that covers them all
 (``selection_confidence``), so that whatever it keeps holds at it; the kept set is reported as judged at the pass's
-own confidence. The manager names no pass.
+own confidence. A pass that serves latency has its final candidate timed once against the model before it
+(``graphopt.gates``), with its speed variants (``PassBase.speed_variants``) rebuilt on the units kept, verified, and
+timed in the same call; the fastest verified one is kept. The manager names no pass.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Any
 
 import onnx
 
-from graphopt.errors import GraphoptError, PreconditionError, first_line
+from graphopt import openvino
+from graphopt.errors import GraphoptError, PreconditionError, UnsupportedModelError, first_line
 from graphopt.gates import TIMERS, Timer, judge_speed, resolve
 from graphopt.graph import copy_model, free_copies
 from graphopt.instrument import Instrument
@@ -37,6 +42,7 @@ from graphopt.modelio import check_model
 from graphopt.outcome import PassOutcome, PipelineResult, Status, UnitOutcome
 from graphopt.outputs import Outputs
 from graphopt.pass_base import PassBase, PassContext, PassResult, Unit
+from graphopt.runtime import Session
 from graphopt.sensitivity import measure_alone
 from graphopt.verify.screening import RANK_SAMPLES, SCREEN_SAMPLES, Screen, screen_stages, screen_verification
 from graphopt.verify.tolerance import Tolerance, selection_confidence
@@ -233,7 +239,10 @@ class PassManager:
         if not result.modified:
             return _Trial(result)
         try:
-            session = check_model(result.model, self.verifier.runtime)
+            session: Session = check_model(result.model, self.verifier.runtime)
+            if pass_.verified_in() == "openvino":
+                session, note = _in_openvino(result.model, session)
+                result = replace(result, notes=(*result.notes, note))
             run = self.verifier.candidate(result.model, f"verify {pass_.name}", session, tolerance)
             n = self.verifier.data.n_samples
             for stage in screen_stages(n, SCREEN_SAMPLES) if screen else ():
@@ -437,6 +446,21 @@ def _mildest(units: Sequence[Unit]) -> dict[str, Unit]:
         if mildest is not unit and unit.sensitivity is not None and (mildest.sensitivity or 0) > 0:
             found[unit.name] = mildest
     return found
+
+
+def _in_openvino(model: onnx.ModelProto, session: Session) -> tuple[Session, str]:
+    """``model`` compiled by OpenVINO's CPU plugin at its defaults (what a user gets on this CPU), to be verified
+    there, with a note for the report; ``session`` (onnxruntime) and a note saying so where OpenVINO is not
+    installed."""
+    if openvino.unavailable() is not None:
+        return session, ("verified in onnxruntime: OpenVINO is not installed here, so the verdict is onnxruntime's, "
+                         "not the target's (pip install openvino)")
+    try:
+        compiled = openvino.CompiledSession(model)
+    except RuntimeError as e:
+        raise UnsupportedModelError(f"OpenVINO cannot compile it: {openvino.openvino_reason(e)}") from e
+    return compiled, (f"verified in OpenVINO {openvino.version()}'s CPU plugin, the target's runtime (its defaults "
+                      f"here: {compiled.precision} for float layers)")
 
 
 def _nothing_to_change(result: PassResult | None) -> str:

@@ -25,7 +25,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -34,8 +34,8 @@ from graphopt._proto import save_model_file
 from graphopt.errors import first_line
 from graphopt.perf import Latency, time_interleaved
 
-__all__ = ["F32_CONFIG", "LATENCY_CONFIG", "compile_cpu", "inference_precision", "measure_latency", "openvino_reason",
-           "unavailable"]
+__all__ = ["F32_CONFIG", "LATENCY_CONFIG", "CompiledSession", "compile_cpu", "inference_precision", "measure_latency",
+           "openvino_reason", "unavailable", "version"]
 
 LATENCY_CONFIG: Mapping[str, Any] = {
     "INFERENCE_NUM_THREADS": 1,  # ov::inference_num_threads: single thread, as onnxruntime is timed
@@ -79,6 +79,36 @@ def compile_cpu(model: onnx.ModelProto, config: Mapping[str, Any] | None = None,
             source = core.read_model(source)
             source.reshape({name: openvino.PartialShape(list(shape)) for name, shape in shapes.items()})
         return core.compile_model(source, "CPU", dict(config)) if config else core.compile_model(source, "CPU")
+
+
+def version() -> str:
+    """The installed OpenVINO's release (``2026.4.1``), without its build suffix."""
+    import openvino
+
+    return str(openvino.__version__).split("-")[0]
+
+
+class _Output(NamedTuple):
+    name: str
+
+
+class CompiledSession:
+    """``model`` compiled by OpenVINO's CPU plugin with ``config`` (none: its defaults, what a user gets here),
+    behind the two calls graphopt's verification makes of an onnxruntime session (``runtime.Session``), so a
+    candidate is verified in OpenVINO unchanged. ``precision`` is the floating-point precision it runs in, read back
+    from the compiled model. Raises whatever OpenVINO raises."""
+
+    def __init__(self, model: onnx.ModelProto, config: Mapping[str, Any] | None = None) -> None:
+        self._compiled = compile_cpu(model, config)
+        self._outputs = [_Output(o.name) for o in model.graph.output]
+        self.precision = inference_precision(self._compiled)
+
+    def get_outputs(self) -> list[_Output]:
+        return list(self._outputs)
+
+    def run(self, output_names: Sequence[str], input_feed: Mapping[str, Any]) -> list[np.ndarray]:
+        result = self._compiled(dict(input_feed))  # copied out of the request: the next call reuses its buffers
+        return [np.asarray(result[self._compiled.output(name)]) for name in output_names]
 
 
 def inference_precision(compiled: Any) -> str:

@@ -211,6 +211,12 @@ class PassBase(abc.ABC):
         """How the manager times this pass's final candidate when it serves latency; off unless overridden."""
         return SpeedCheck()
 
+    def verified_in(self) -> str:
+        """The runtime whose outputs judge this pass's candidates: ``onnxruntime``, or ``openvino`` for a result
+        meant for OpenVINO (its CPU plugin, when installed here; otherwise onnxruntime, and the report says so).
+        Every candidate must also load in onnxruntime."""
+        return "onnxruntime"
+
     def speed_variants(self, result: PassResult) -> tuple[PassBase, ...]:
         """The same rewrite with another speed trade-off, whose pay-off depends on the CPU (int8 regions or layers
         only), where it would differ from ``result`` (this pass's final candidate): each takes the same units. The

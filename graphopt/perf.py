@@ -1,8 +1,8 @@
 """Latency measurement as the brief defines it: single thread, batch 1, median of many runs after warm-up.
 
-Models are measured interleaved (one run of each in turn, the order rotating every round so each model takes every
-position equally often) so that drifts of the machine hit all of them alike; compare them as ratios from one call,
-never across calls. ``time_interleaved`` is that loop for any runtime (``graphopt.openvino`` times OpenVINO with it).
+Models are measured interleaved (one run of each per round, in a new seeded random order every round, so that no
+model always runs first or after the same other one) so that drifts of the machine hit all of them alike; compare
+them as ratios from one call, never across calls. ``time_interleaved`` is that loop for any runtime (``graphopt.openvino`` times OpenVINO with it).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 import onnx
@@ -41,22 +42,50 @@ def measure_latency(
     """Median and p90 latency of each model on the same ``feed`` (one sample), single-threaded, interleaved.
 
     ``budget_s`` caps the timed runs so that they take about that long (at least 20 rounds), judged from warm-up.
+
+    A session's speed depends on when it was made: of four sessions of one int8 model, made one after another and
+    timed interleaved, each ran faster than the one before (silero-vad 16 kHz: 0.0710, 0.0681, 0.0674, 0.0664 ms,
+    stable across repeats and whatever the timing order), so a model listed later would look faster. Up to
+    ``BALANCED_BYTES`` of models, each model therefore runs in two sessions, made in list order and then in reverse
+    (every model's mean creation rank the same), and its times are the two sessions' runs pooled. With the random
+    order of ``time_interleaved``, four sessions of that model then measure within 0.9–1.7% of each other, where
+    they spread by 6–10% made once each in order.
     """
     config = RuntimeConfig(intra_op_threads=1, graph_optimization=graph_optimization)
-    sessions = [create_session(m, config) for m in models]
+    balanced = len(models) > 1 and sum(m.ByteSize() for m in models) <= BALANCED_BYTES
+    order = [*range(len(models)), *reversed(range(len(models)))] if balanced else list(range(len(models)))
+    sessions = [(i, create_session(models[i], config)) for i in order]
     feeds = dict(feed)
 
     def runner(session: ort.InferenceSession) -> Callable[[], object]:
         outputs = [o.name for o in session.get_outputs()]
         return lambda: session.run(outputs, feeds)
 
-    return time_interleaved([runner(s) for s in sessions], runs=runs, warmup=warmup, budget_s=budget_s)
+    times = time_interleaved([runner(s) for _, s in sessions], runs=runs, warmup=warmup, budget_s=budget_s,
+                             raw=True)
+    pooled = [np.concatenate([t for (i, _), t in zip(sessions, times, strict=True) if i == k])
+              for k in range(len(models))]
+    return [_latency(t) for t in pooled]
 
 
+BALANCED_BYTES = 512 * 2**20
+"""Models up to this size in all are timed in two sessions each (``measure_latency``)."""
+
+
+def _latency(seconds: np.ndarray) -> Latency:
+    return Latency(float(np.median(seconds) * 1e3), float(np.percentile(seconds, 90) * 1e3), len(seconds))
+
+
+@overload
 def time_interleaved(calls: Sequence[Callable[[], object]], *, runs: int, warmup: int,
-                     budget_s: float | None = None) -> list[Latency]:
+                     budget_s: float | None = None, raw: Literal[False] = False) -> list[Latency]: ...
+@overload
+def time_interleaved(calls: Sequence[Callable[[], object]], *, runs: int, warmup: int,
+                     budget_s: float | None = None, raw: Literal[True]) -> list[np.ndarray]: ...
+def time_interleaved(calls: Sequence[Callable[[], object]], *, runs: int, warmup: int,
+                     budget_s: float | None = None, raw: bool = False) -> list[Latency] | list[np.ndarray]:
     """Median and p90 wall time of each of ``calls`` (one inference each): ``warmup`` rounds, then ``runs`` rounds
-    of one call of each, the order rotating every round.
+    of one call of each, in a new random order every round (seeded); with ``raw``, each call's times in seconds.
 
     ``budget_s`` caps the timed rounds so that they take about that long (at least 20), judged from warm-up.
     """
@@ -67,10 +96,10 @@ def time_interleaved(calls: Sequence[Callable[[], object]], *, runs: int, warmup
     if budget_s is not None and warmup:
         runs = min(runs, max(20, int(budget_s * warmup / max(time.perf_counter() - start, 1e-9))))
     times = np.zeros((len(calls), runs))
-    for r in range(runs):
-        for step in range(len(calls)):
-            i = (r + step) % len(calls)  # rotate: no model always runs first, after the others warmed the cache
+    orders = np.random.default_rng(0).permuted(np.tile(np.arange(len(calls)), (runs, 1)), axis=1)
+    for r, order in enumerate(orders.tolist()):
+        for i in order:  # a new order every round: no call always runs first, or always after the same other call
             start = time.perf_counter()
             calls[i]()
             times[i, r] = time.perf_counter() - start
-    return [Latency(float(np.median(t) * 1e3), float(np.percentile(t, 90) * 1e3), runs) for t in times]
+    return list(times) if raw else [_latency(t) for t in times]

@@ -17,10 +17,10 @@ import io
 import logging
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import onnx
@@ -42,6 +42,7 @@ __all__ = [
     "Outputs",
     "RaggedOutput",
     "RuntimeConfig",
+    "Session",
     "check_providers",
     "create_session",
     "run_dataset",
@@ -49,6 +50,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class Session(Protocol):
+    """What ``run_dataset`` calls of a loaded model: an ``onnxruntime.InferenceSession``, or another runtime's
+    model behind the same two calls (``graphopt.openvino.CompiledSession``)."""
+
+    def get_outputs(self) -> Sequence[Any]:
+        """The graph outputs, each with a ``name``."""
+
+    def run(self, output_names: Sequence[str], input_feed: Mapping[str, Any]) -> Sequence[Any]:
+        """The outputs named, in that order, for one feed."""
 
 
 GRAPH_OPTIMIZATION_LEVELS: Mapping[str, ort.GraphOptimizationLevel] = {
@@ -137,7 +149,7 @@ def check_providers(config: RuntimeConfig) -> None:
 
 
 def run_dataset(
-    session: ort.InferenceSession,
+    session: Session,
     dataset: Dataset,
     config: RuntimeConfig | None = None,
     *,
@@ -186,7 +198,7 @@ class _BatchMismatch(Exception):
 
 
 def _run(
-    session: ort.InferenceSession,
+    session: Session,
     dataset: Dataset,
     batch_size: int,
     per_sample: bool,

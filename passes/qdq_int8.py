@@ -171,6 +171,11 @@ class QdqInt8Pass(PassBase):
     def serves(self) -> frozenset[Goal]:
         return frozenset({"latency", "size"})
 
+    def verified_in(self) -> str:
+        """OpenVINO for ``target=openvino``: its CPU plugin runs QDQ models its own way (low-precision
+        transformations), so agreement in onnxruntime does not vouch for it."""
+        return "openvino" if self.options.target == "openvino" else "onnxruntime"
+
     def speed_variants(self, result: PassResult) -> tuple[QdqInt8Pass, ...]:
         """Layers only, where ``regions=auto`` placed regions in ``result``: which pays depends on the CPU's int8
         kernels."""

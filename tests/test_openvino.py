@@ -255,3 +255,78 @@ def test_int8_model_openvino_cannot_run_is_declined(digits: tuple[onnx.ModelProt
     model, record = _optimized(digits, "qdq-int8{target=openvino,speed_check=note}")
     assert record.status == "applied" and _int8(model), record
     assert any(n.startswith("speed not checked: OpenVINO could not time the models") for n in record.notes), record
+
+
+def test_target_openvino_is_verified_in_openvino(digits: tuple[onnx.ModelProto, Dataset, Dataset]) -> None:
+    """The verdict on ``target=openvino`` is OpenVINO's: the verification's cosine is the one of OpenVINO's outputs
+    of the kept model (at its defaults on this CPU) against the float model's in onnxruntime."""
+    model, data, held_out = digits
+    result = graphopt.optimize(model, data, passes="qdq-int8{target=openvino,speed_check=note}")
+    record = result.report.record("qdq-int8")
+    assert record.status == "applied" and _int8(result.model), record
+    note = next(n for n in record.notes if n.startswith("verified in OpenVINO "))
+    assert note.endswith(f"'s CPU plugin, the target's runtime (its defaults here: {DEFAULT_PRECISION} for float "
+                         "layers)") or not X86, note
+    (verification,) = record.verifications
+    reference = _ort(model, held_out)
+    in_openvino = error_stats(reference["logits"], openvino_outputs(result.model, held_out, reference)["logits"])
+    in_onnxruntime = error_stats(reference["logits"], _ort(result.model, held_out)["logits"])
+    assert in_openvino.cosine != in_onnxruntime.cosine, "the two runtimes must differ for this test to tell them apart"
+    assert verification["outputs"]["logits"]["cosine"] == pytest.approx(in_openvino.cosine, abs=1e-12)
+
+
+DETECTOR = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,8,16,16] x) => (float[N,16,8,8] y) {
+  c1 = Conv <pads = [1,1,1,1]> (x, w1, b1)
+  s1 = Sigmoid(c1)
+  a1 = Mul(c1, s1)
+  c2 = Conv <pads = [1,1,1,1]> (a1, w2, b2)
+  s2 = Sigmoid(c2)
+  a2 = Mul(c2, s2)
+  cat = Concat <axis = 1> (a1, a2)
+  y = Conv <pads = [1,1,1,1], strides = [2,2]> (cat, w3, b3)
+}"""
+
+
+class _DriftingOpenVino(graphopt.openvino.CompiledSession):
+    """OpenVINO's CPU plugin, with its int8 outputs moved off the QDQ model's meaning by a seeded per-sample
+    distortion (as its low-precision transformations may): a float model's outputs are left as they are."""
+
+    def __init__(self, model: onnx.ModelProto, config: object = None) -> None:
+        super().__init__(model, config)  # type: ignore[arg-type]
+        self.int8 = _int8(model)
+        self.rng = np.random.default_rng(0)
+
+    def run(self, output_names, input_feed):  # type: ignore[no-untyped-def]
+        outputs = super().run(output_names, input_feed)
+        if not self.int8:
+            return outputs
+        return [o + self.rng.standard_normal(o.shape).astype(o.dtype) * np.abs(o).mean() * 0.3 for o in outputs]
+
+
+def test_a_detector_that_leaves_the_budget_in_openvino_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A detector-like block whose int8 model holds the budget in onnxruntime but not in OpenVINO: for
+    ``target=openvino`` no layer survives narrowing; verified in onnxruntime (``target=ort-cpu``, or OpenVINO missing)
+    the same int8 model is kept."""
+    from helpers import random_feeds, text_model
+
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (8, 8, 3, 3), "b1": (8,), "w2": (8, 8, 3, 3), "b2": (8,), "w3": (16, 16, 3, 3), "b3": (16,)}
+    weights = {name: (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]) if len(shape) > 1 else 8)
+                      ).astype(np.float32) for name, shape in shapes.items()}
+    model = text_model(DETECTOR, **weights)
+    data = Dataset(random_feeds(model, 128, rng), frozenset(), True)
+    monkeypatch.setattr(graphopt.openvino, "CompiledSession", _DriftingOpenVino)
+    pipeline = "qdq-int8{target=TARGET,speed_check=off}"
+    for target, kept in (("openvino", False), ("ort-cpu", True)):
+        result = graphopt.optimize(model, data, passes=pipeline.replace("TARGET", target))
+        record = result.report.record("qdq-int8")
+        assert _int8(result.model) is kept, (target, record.status, record.reason)
+        assert any(n.startswith("verified in OpenVINO") for n in record.notes) is (target == "openvino"), record.notes
+    assert record.status == "applied"
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    result = graphopt.optimize(model, data, passes=pipeline.replace("TARGET", "openvino"))
+    record = result.report.record("qdq-int8")
+    assert record.status == "applied" and _int8(result.model), record
+    assert ("verified in onnxruntime: OpenVINO is not installed here, so the verdict is onnxruntime's, not the "
+            "target's (pip install openvino)") in record.notes

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
-import onnxruntime as ort
 
 from graphopt.data import Dataset
 from graphopt.errors import DataError
 from graphopt.outputs import Output, Outputs, RaggedOutput, in_memory, join_samples, take_samples
 from graphopt.progress import NULL_PROGRESS, Progress
-from graphopt.runtime import RuntimeConfig, create_session, run_dataset
+from graphopt.runtime import RuntimeConfig, Session, create_session, run_dataset
 from graphopt.verify.metrics import (
     HEURISTIC,
     Comparison,
@@ -119,7 +118,7 @@ class Verifier:
         return self.candidate(model, label).outputs()
 
     def candidate(self, model: onnx.ModelProto, label: str = "verify",
-                  session: ort.InferenceSession | None = None, tolerance: Tolerance | None = None) -> CandidateRun:
+                  session: Session | None = None, tolerance: Tolerance | None = None) -> CandidateRun:
         """``model`` loaded once (or in ``session``, made with this verifier's runtime settings), to run on the
         first verification samples and then, if asked, the rest; with ``tolerance`` (its ``rtol``s), compared with
         the original's outputs as its samples come (``CandidateRun.against_original``)."""
@@ -136,7 +135,7 @@ class Verifier:
         """The reference outputs on the first ``samples`` verification samples."""
         return {name: take_samples(output, slice(0, samples)) for name, output in self.reference.items()}
 
-    def _run(self, session: ort.InferenceSession, window: slice, label: str) -> Outputs:
+    def _run(self, session: Session, window: slice, label: str) -> Outputs:
         whole = window.start == 0 and window.stop in (None, self.data.n_samples)
         data = self.data if whole else self.data.window(window.start, window.stop)
         outputs, _ = run_dataset(session, data, self.runtime, per_sample=self._per_sample, progress=self.progress,
@@ -181,7 +180,7 @@ class CandidateRun:
     session serves every stage. Given a tolerance, each output of one shape for every sample is compared with the
     original's as its samples come, so that ``against_original`` at any stage compares only the new samples."""
 
-    def __init__(self, verifier: Verifier, session: ort.InferenceSession, label: str,
+    def __init__(self, verifier: Verifier, session: Session, label: str,
                  tolerance: Tolerance | None = None) -> None:
         self._verifier, self._session, self._label = verifier, session, label
         self._done: Outputs = {}
