@@ -13,7 +13,10 @@ Writes ``<out>/qdq-<YYYY-MM-DD>.md`` and ``.json`` and prints the table. Per mod
 - Variants: the original; ``graphopt qdq-int8`` (``graphopt.optimize(..., passes="fast-prelu,qdq-int8")``,
   verified and narrowed by graphopt itself; its pass record gives the status; ``fast-prelu`` changes only models with
   PRelu; ``regions=auto`` keeps int8 regions or layers only, whichever timed faster in graphopt's own speed check),
-  and the same with ``regions=off`` (layers only, the element-wise ops between them float: what the regions add); onnxruntime ``quantize_static`` (QDQ, per
+  and the same with ``regions=off`` (layers only, the element-wise ops between them float: what the regions add),
+  and ``target=openvino`` (verified by graphopt in OpenVINO's CPU plugin; its column "in OpenVINO vs original"
+  gives its held-out outputs in OpenVINO, at OpenVINO's default precision for this CPU, against the original's in
+  onnxruntime, judged by the default budget, and its latency against the original's in OpenVINO); onnxruntime ``quantize_static`` (QDQ, per
   channel, MinMax, uint8 activations, int8 weights) after ``quant_pre_process``, once plain and once with
   ``reduce_range=True`` (7-bit weights, onnxruntime's advice for CPUs without VNNI); and ``quantize_dynamic``
   (int8 weights, default settings), as ``peers.py`` runs them.
@@ -35,19 +38,28 @@ Not part of CI: timings belong here, not in tests.
 
 from __future__ import annotations
 
-from harness import Candidate, Column, Row, graphopt_variant, run_benchmark
+import onnx
+from harness import Candidate, Column, ModelResult, Row, graphopt_variant, run_benchmark
 from peers import int8_layers, ort_quantizers
-from workloads import Workload
+from workloads import Workload, feed
 
 from graphopt.data import Dataset
+from graphopt.openvino import measure_latency, openvino_reason, unavailable
+from graphopt.runtime import create_session, run_dataset
+from graphopt.validation.environments import openvino_run
+from graphopt.verify.metrics import error_stats
+from graphopt.verify.output_kinds import output_kinds
+from graphopt.verify.tolerance import Tolerance, judge
 
 MODELS = ("digits", "minilm", "magika", "silero", "silero16k", "cnn32", "onet", "ddddocr_det", "ddddocr",
           "ppocr_det", "ppocr_rec")
 DEFAULT_RUNS = {"digits": 3000, "minilm": 200, "magika": 500, "silero": 2000, "silero16k": 2000, "cnn32": 500,
                 "onet": 2000, "ddddocr_det": 60, "ddddocr": 300, "ppocr_det": 100, "ppocr_rec": 200}
+OPENVINO_TARGET = "graphopt qdq-int8 target openvino"
 PIPELINES = {"graphopt qdq-int8": "fast-prelu,qdq-int8",
              "graphopt qdq-int8 layers only": "fast-prelu,qdq-int8{regions=off}",
-             "graphopt qdq-int8 dynamic": "qdq-int8{mode=dynamic}"}
+             "graphopt qdq-int8 dynamic": "qdq-int8{mode=dynamic}",
+             OPENVINO_TARGET: "qdq-int8{target=openvino}"}
 
 
 def build(w: Workload, calibration: Dataset) -> list[Candidate]:
@@ -60,10 +72,50 @@ def build(w: Workload, calibration: Dataset) -> list[Candidate]:
     return found + ort_quantizers(w, calibration)
 
 
+def in_openvino(w: Workload, result: ModelResult, models: dict[str, onnx.ModelProto]) -> None:
+    """The ``target=openvino`` model where it is deployed: its outputs in OpenVINO's CPU plugin (its defaults on this
+    CPU) against the original's in onnxruntime on the held-out half, judged by the default budget, and its latency
+    against the original's in OpenVINO, timed together."""
+    row = result.row(OPENVINO_TARGET)
+    if row is None or OPENVINO_TARGET not in models:
+        return
+    reason = unavailable()
+    if reason:
+        result.notes.append(f"OpenVINO not measured: {reason}")
+        return
+    _, held_out = w.data.split(0.5)
+    reference, _ = run_dataset(create_session(w.model), held_out)
+    kinds = output_kinds(w.model, w.output_kinds)
+    try:
+        run = openvino_run(models[OPENVINO_TARGET], held_out, reference)
+        original, int8 = measure_latency([w.model, models[OPENVINO_TARGET]], feed(held_out), runs=result.runs)
+    except Exception as e:  # noqa: BLE001 - OpenVINO failing to read a model is a finding, not a crash
+        row.stats["openvino"] = {"error": openvino_reason(e)}
+        return
+    stats = {k: error_stats(reference[k], run.outputs[k], class_axis=kinds[k].class_axis,
+                            mask_threshold=kinds[k].mask_threshold) for k in reference}
+    row.stats["openvino"] = {"precision": run.precision, "cosine": stats[w.main_output].cosine,
+                             "within_budget": judge(stats, Tolerance.budget()).passed,
+                             "latency_ratio": int8.median_ms / original.median_ms}
+
+
+def _openvino(row: Row, _: Row) -> str:
+    found = row.stats.get("openvino")
+    if not found:
+        return ""
+    if "error" in found:
+        return f"fails: {found['error'][:60]}"
+    budget = "yes" if found["within_budget"] else "**no**"
+    return (f"{found['latency_ratio']:.3f}×, cos {found['cosine']:.4f} ({found['precision']}), within budget "
+            f"{budget}")
+
+
 def _layers(row: Row, _: Row) -> str:
     return f"{row.stats['int8_layers']}/{row.stats['layers']}" if "layers" in row.stats else "–"
 
 
 if __name__ == "__main__":
     run_benchmark("qdq", "graphopt qdq-int8 vs onnxruntime quantization", __doc__, build, models=MODELS,
-                  default_runs=DEFAULT_RUNS, extra=[Column("int8 layers", _layers)])
+                  default_runs=DEFAULT_RUNS, extra=[Column("int8 layers", _layers),
+                                                    Column("in OpenVINO vs original", _openvino)],
+                  after=in_openvino)
