@@ -431,7 +431,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "flags": {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")},
+        "flags": {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                                   "amx_int8")},
         "onnxruntime": ort.__version__,
         "onnx": onnx.__version__,
         "numpy": np.__version__,
