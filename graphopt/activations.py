@@ -26,18 +26,58 @@ take megabytes per sample, and 64 samples of them hundreds of MB that onnxruntim
 
 
 def tap(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs are exactly ``names`` (any tensors of the main graph)."""
+    """A copy of ``model`` whose graph outputs are exactly ``names``: tensors of the main graph, or of an ``If``
+    branch at any depth, threaded out through each enclosing ``If`` as an extra output (the other branch gives an
+    empty tensor: a batch that did not take the branch yields an empty array)."""
     tapped = copy_model(model)
     known = {v.name: v for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    produced = {out for node in tapped.graph.node for out in node.output} | {v.name for v in tapped.graph.input} | {
+        t.name for t in tapped.graph.initializer}
     del tapped.graph.output[:]
     for name in names:
         value = onnx.ValueInfoProto()
-        if name in known:
+        outer = name if name in produced else _thread_out(tapped.graph, name)
+        if outer == name and name in known:
             value.CopyFrom(known[name])
         else:
-            value.name = name
+            value.name = outer or name  # a name found nowhere: onnxruntime says so when the session is made
         tapped.graph.output.append(value)
     return tapped
+
+
+def _thread_out(graph: onnx.GraphProto, name: str) -> str | None:
+    """The name of a new output of an ``If`` node of ``graph`` that carries ``name``, a tensor made inside one of
+    its branches (at any depth), or ``None`` when no ``If`` branch makes it."""
+    for node in graph.node:
+        if node.op_type != "If":
+            continue
+        branches = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
+        for side, branch in branches.items():
+            made = {out for n in branch.node for out in n.output}
+            inner = name if name in made else _thread_out(branch, name)
+            if inner is None:
+                continue
+            elem = _elem_type(branch, inner)
+            copy = f"{inner}__out"  # a copy: a branch output listed twice comes back as None
+            branch.node.append(onnx.helper.make_node("Identity", [inner], [copy]))
+            branch.output.append(onnx.helper.make_tensor_value_info(copy, elem, None))
+            other = branches["else_branch" if side == "then_branch" else "then_branch"]
+            empty = f"{inner}__untaken"
+            other.node.append(onnx.helper.make_node("Constant", [], [empty], value=onnx.helper.make_tensor(
+                empty, elem, [0], [])))
+            other.output.append(onnx.helper.make_tensor_value_info(empty, elem, None))
+            threaded = f"{inner}__tapped"
+            node.output.append(threaded)
+            return threaded
+    return None
+
+
+def _elem_type(graph: onnx.GraphProto, name: str) -> int:
+    """The element type of ``name`` in ``graph`` where shape inference recorded it, else float32."""
+    for value in (*graph.value_info, *graph.output):
+        if value.name == name and value.type.HasField("tensor_type"):
+            return value.type.tensor_type.elem_type
+    return onnx.TensorProto.FLOAT
 
 
 def stream_activations(
@@ -59,12 +99,14 @@ def stream_activations(
     """
     runtime = runtime or RuntimeConfig()
     config = RuntimeConfig(runtime.providers, runtime.intra_op_threads, "basic", runtime.batch_size)
-    session = create_session(tap(model, names), config)
+    tapped = tap(model, names)
+    fetch = [o.name for o in tapped.graph.output]  # a branch's tensor under the name its If gives it
+    session = create_session(tapped, config)
     with progress.task(label, data.n_samples) as advance:
         batch_size, start = 1, 0
         while start < data.n_samples:
             feed, count = next(data.batches(batch_size, start=start))
-            values = dict(zip(names, session.run(list(names), feed), strict=True))
+            values = dict(zip(names, session.run(fetch, feed), strict=True))
             if start == 0:
                 per_sample = sum(v.nbytes for v in values.values())
                 batch_size = max(1, min(config.batch_size, max_batch_bytes // max(per_sample, 1)))
@@ -100,5 +142,6 @@ def reduce_activations(
         if batch is None:
             return
         for name, reduce in reducers.items():
-            reduce(batch[name])
+            if batch[name].size:  # empty: the batch did not take the If branch that makes it
+                reduce(batch[name])
         del batch  # the stream drops its batch before the next run; so does this loop

@@ -368,6 +368,16 @@ class Scope:
         return cls(graph, {id(n) for n in graph.nodes}, {id(t) for t in graph.outputs}, subgraph_reads(graph),
                    Names.of(graph))
 
+    def within(self, sub: gs.Graph) -> Scope:
+        """The scope of ``sub``, a graph nested in this one (an ``If`` branch): its own nodes and outputs; as names a
+        rewrite must neither rename nor remove, those its nested graphs read and those it reads from enclosing
+        graphs; and the whole model's names, so that fresh names stay unique everywhere."""
+        local = {t.name for node in sub.nodes for t in node.outputs} | {t.name for t in sub.inputs}
+        enclosing = {t.name for node in sub.nodes for t in node.inputs
+                     if t.name and t.name not in local and not isinstance(t, gs.Constant)}
+        return Scope(sub, {id(n) for n in sub.nodes}, {id(t) for t in sub.outputs},
+                     subgraph_reads(sub) | enclosing, self.names)
+
     def fresh(self, base: str) -> str:
         """A tensor or node name not yet used anywhere in the graph or its nested graphs."""
         return self.names.fresh(base)

@@ -44,7 +44,8 @@ def _reduce(model: onnx.ModelProto, reducers: Mapping[str, Callable[[np.ndarray]
 
 def activation_ranges(model: onnx.ModelProto, names: Sequence[str], context: PassContext, method: str, *,
                       percentile: float, signed: bool) -> Ranges:
-    """The calibrated range of each tensor in ``names``."""
+    """The calibrated range of each tensor in ``names`` that any calibration sample computed (a tensor of an ``If``
+    branch that no sample took has none)."""
     minmax = {name: quant.MinMaxObserver() for name in names}
     histograms = {name: quant.HistogramObserver() for name in names} if method in ("percentile", "mse") else {}
 
@@ -56,8 +57,9 @@ def activation_ranges(model: onnx.ModelProto, names: Sequence[str], context: Pas
         return update
 
     _reduce(model, {name: observe(name) for name in names}, context, "int8 calibration")
+    seen = [name for name in names if minmax[name].count or minmax[name].ignored]  # not: in an If branch not taken
     return {name: quant.estimate_range(minmax[name], histograms.get(name), method, percentile=percentile,
-                                                 signed=signed) for name in names}
+                                       signed=signed) for name in seen}
 
 
 def channel_means(model: onnx.ModelProto, keys: Sequence[MeansKey], grid: Callable[[str], quant.QuantParams],

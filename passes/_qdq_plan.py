@@ -91,8 +91,10 @@ class Placement:
     """How many of ``tensors`` are region outputs (operators between layers run in int8)."""
 
 
-def find_layers(graph: gs.Graph, scope: Scope, *, min_dim: int) -> tuple[list[Layer], list[Skip]]:
-    """Every node that could run in int8, and a reason for each MatMul/Gemm/Conv that cannot."""
+def find_layers(graph: gs.Graph, scope: Scope, *, min_dim: int, nested: bool = True
+                ) -> tuple[list[Layer], list[Skip]]:
+    """Every node of ``graph`` that could run in int8, and a reason for each MatMul/Gemm/Conv that cannot; with
+    ``nested``, a reason for each one in its nested graphs too (``find_parts`` places those of ``If`` branches)."""
     layers: list[Layer] = []
     skipped: list[Skip] = []
     for node in graph.nodes:
@@ -104,8 +106,47 @@ def find_layers(graph: gs.Graph, scope: Scope, *, min_dim: int) -> tuple[list[La
         else:
             skipped.append(found)
     skipped += [Skip(label(node), f"inside a subgraph of {owner.op}: only main-graph layers are quantized")
-                for owner, sub in nested_graphs(graph) for node in sub.nodes if node.op in ("MatMul", "Gemm", "Conv")]
+                for owner, sub in nested_graphs(graph) for node in sub.nodes if node.op in ("MatMul", "Gemm", "Conv")
+                ] if nested else []
     return layers, skipped
+
+
+@dataclass(frozen=True)
+class Part:
+    """A graph whose layers are placed together: the main graph, or an ``If`` branch (with its own scope)."""
+
+    graph: gs.Graph
+    scope: Scope
+    layers: list[Layer]
+
+
+def find_parts(graph: gs.Graph, scope: Scope, *, min_dim: int) -> tuple[list[Part], list[Skip]]:
+    """The layers of the main graph and of every ``If`` branch, at any depth through ``If`` nodes, each branch
+    placed on its own: calibration reads a branch's tensors threaded out of its ``If``
+    (``graphopt.activations.tap``), on the samples that take it. Layers in ``Loop``/``Scan`` bodies, whose tensors
+    change from one iteration to the next, stay float with a reason."""
+    parts: list[Part] = []
+    skipped: list[Skip] = []
+
+    def visit(g: gs.Graph, s: Scope) -> None:
+        layers, skips = find_layers(g, s, min_dim=min_dim, nested=False)
+        parts.append(Part(g, s, layers))
+        skipped.extend(skips)
+        for node in g.nodes:
+            for value in node.attrs.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    if not isinstance(sub, gs.Graph):
+                        continue
+                    if node.op == "If":
+                        visit(sub, s.within(sub))
+                        continue
+                    skipped.extend(Skip(label(n), f"inside a {node.op} body: its tensors change per iteration, so "
+                                                  "its layers stay float")
+                                   for _, body in [(node, sub), *nested_graphs(sub)] for n in body.nodes
+                                   if n.op in ("MatMul", "Gemm", "Conv"))
+
+    visit(graph, scope)
+    return parts, skipped
 
 
 def _layer(node: gs.Node, scope: Scope, min_dim: int) -> Layer | Skip:
@@ -123,7 +164,7 @@ def _layer(node: gs.Node, scope: Scope, min_dim: int) -> Layer | Skip:
     if len(w.outputs) > 1 and any(c.op != node.op for c in w.outputs):
         return Skip(name, f"weight '{w.name}' is shared with other kinds of nodes")
     if w.name in scope.outer:
-        return Skip(name, f"weight '{w.name}' is read inside a subgraph")
+        return Skip(name, f"weight '{w.name}' is shared with a nested or enclosing graph")
     bias = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
     if len(node.inputs) > 2 and node.inputs[2].name and (bias is None or bias.ndim != 1):
         return Skip(name, "bias is not a constant vector")

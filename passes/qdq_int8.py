@@ -27,6 +27,7 @@ plugin when the package is installed; otherwise, and for ``tensorrt``, the speed
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -139,9 +140,10 @@ class QdqInt8Pass(PassBase):
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer that can run in int8; the manager measures each one's damage."""
         graph = import_graph(model)
-        layers, _ = plan.find_layers(graph, Scope.of(graph), min_dim=self.options.min_dim)
+        parts, _ = plan.find_parts(graph, Scope.of(graph), min_dim=self.options.min_dim)
+        layers = [layer for part in parts for layer in part.layers]
         if self.options.mode == "dynamic":
-            layers = [layer for layer in layers if layer.op == "MatMul"]
+            layers = [layer for layer in parts[0].layers if layer.op == "MatMul"]
         return tuple(Unit(layer.name, None, f"{layer.op} {'×'.join(map(str, layer.shape))}") for layer in layers)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
@@ -228,16 +230,30 @@ class QdqInt8Pass(PassBase):
         return _Built(edit.model, chosen, len({layer.activation for layer in chosen}), skipped, {})
 
     def _build(self, model: onnx.ModelProto, context: PassContext, state: _Calibration, *, correct: bool) -> _Built:
+        """The selected layers of the main graph and of every ``If`` branch quantized, each graph placed on its own."""
+        chosen: list[plan.Layer] = []
+        counts: collections.Counter[str] = collections.Counter({"biases_corrected": 0, "biases_int32": 0,
+                                                                "region_tensors": 0})
+        tensors = 0
+        grids = qdq_rewrite.Grids(state.ranges, signed=self.rules.signed_activations)
         with editing(model) as edit:
-            scope = Scope.of(edit.graph)
-            layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
-            chosen = [layer for layer in layers if context.selects(layer.name)]
-            placement = plan.place(edit.graph, scope, chosen, self.rules, self._fusions(model))
-            grids = qdq_rewrite.Grids(state.ranges, signed=self.rules.signed_activations)
-            shifts = self._shifts(model, placement, layers, grids, state, context) if correct else {}
-            counts = qdq_rewrite.rewrite(edit.graph, scope, placement, grids, shifts, self._weight_params(context))
-        counts["region_tensors"] = placement.region_tensors
-        return _Built(edit.model, chosen, len(placement.tensors), skipped, counts)
+            parts, skipped = plan.find_parts(edit.graph, Scope.of(edit.graph), min_dim=self.options.min_dim)
+            for part in parts:
+                selected = [layer for layer in part.layers if context.selects(layer.name)]
+                if not selected:
+                    continue
+                placement = plan.place(part.graph, part.scope, selected, self.rules, self._fusions(model))
+                if any(tq.source not in state.ranges for tq in placement.tensors.values()):
+                    why = f"in an If branch ({part.graph.name}) that no calibration sample took: no ranges"
+                    skipped += [Skip(layer.name, why) for layer in selected]
+                    continue
+                shifts = self._shifts(model, placement, part.layers, grids, state, context) if correct else {}
+                counts.update(qdq_rewrite.rewrite(part.graph, part.scope, placement, grids, shifts,
+                                                  self._weight_params(context)))
+                counts["region_tensors"] += placement.region_tensors
+                chosen += selected
+                tensors += len(placement.tensors)
+        return _Built(edit.model, chosen, tensors, skipped, dict(counts))
 
     def _weight_params(self, context: PassContext) -> Callable[[plan.Layer], quant.QuantParams]:
         """Each layer's weight grid at this context's weight width."""
@@ -299,9 +315,10 @@ class QdqInt8Pass(PassBase):
         if key and self._state and self._state.key == key and self._state.data is context.calibration:
             return self._state
         graph = import_graph(model)
-        scope = Scope.of(graph)
-        layers, _ = plan.find_layers(graph, scope, min_dim=self.options.min_dim)
-        names = plan.range_names(graph, scope, layers, self.rules, self._fusions(model))
+        parts, _ = plan.find_parts(graph, Scope.of(graph), min_dim=self.options.min_dim)
+        names = sorted({name for part in parts if part.layers
+                        for name in plan.range_names(part.graph, part.scope, part.layers, self.rules,
+                                                     self._fusions(model))})
         ranges = calibration.activation_ranges(model, names, context, self.options.ranges,
                                                percentile=self.options.percentile,
                                                signed=self.rules.signed_activations) if names else {}

@@ -383,7 +383,63 @@ def test_conv_into_a_graph_output_is_quantized_behind_the_same_name(rng: np.rand
     assert fused_ops(result.model, tmp_path)["QLinearConv"] == 1
 
 
-def test_layers_inside_subgraphs_are_named_in_the_skips(rng: np.random.Generator) -> None:
+def _branch(name: str, rng: np.random.Generator, weights: bool = True) -> onnx.GraphProto:
+    """An If branch ``x → Conv → Relu → Conv → y_<name>`` whose weights are its own initializers."""
+    nodes = [onnx.helper.make_node("Conv", ["x", f"{name}_w1", f"{name}_b1"], [f"{name}_c1"], pads=[1, 1, 1, 1]),
+             onnx.helper.make_node("Relu", [f"{name}_c1"], [f"{name}_r"]),
+             onnx.helper.make_node("Conv", [f"{name}_r", f"{name}_w2", f"{name}_b2"], [f"{name}_y"], pads=[1, 1, 1, 1])]
+    arrays = {f"{name}_w1": weight(rng, 32, 16, 3, 3), f"{name}_b1": weight(rng, 32),
+              f"{name}_w2": weight(rng, 32, 32, 3, 3), f"{name}_b2": weight(rng, 32)}
+    return onnx.helper.make_graph(
+        nodes, name, [], [onnx.helper.make_tensor_value_info(f"{name}_y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()] if weights else [])
+
+
+def test_layers_inside_if_branches_are_quantized_where_calibration_takes_the_branch(rng: np.random.Generator,
+                                                                                  tmp_path: Path) -> None:
+    """silero-vad's layers live in the branches of an If on the sample rate. A branch's tensors are measured on the
+    samples that take it (threaded out of the If for calibration), and its layers are placed within it; the branch no
+    calibration sample took keeps float with the reason, and onnxruntime fuses the branch's QDQ into QLinearConv."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("If", ["c"], ["y"], then_branch=_branch("fast", rng),
+                               else_branch=_branch("slow", rng))], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16, 8, 8]),
+         onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 32, 8, 8])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    x = rng.standard_normal((16, 16, 8, 8)).astype(np.float32)
+    ctx = PassContext(calibration=Dataset({"x": x, "c": np.ones(16, bool)}, frozenset({"c"}), False))
+    assert sorted(u.name for u in PASS.units(model, ctx)) == ["fast_c1", "fast_y", "slow_c1", "slow_y"]
+    result = PASS(model, ctx)
+    assert result.modified and result.stats["layers_quantized"] == 2, reasons(result)
+    assert reasons(result).count("in an If branch (slow) that no calibration sample took") == 2, reasons(result)
+    onnx.checker.check_model(result.model, full_check=True)
+    fast, slow = (next(a.g for a in result.model.graph.node[0].attribute if a.name == side)
+                  for side in ("then_branch", "else_branch"))
+    assert collections.Counter(n.op_type for n in fast.node)["QuantizeLinear"] >= 2
+    assert not any(n.op_type == "QuantizeLinear" for n in slow.node)
+    for flag in (True, False):
+        feed = {"x": x[:4], "c": np.array(flag)}
+        want, got = run_ort(model, feed)[0], run_ort(result.model, feed)[0]
+        if flag:
+            cosine = float(np.sum(want * got) / np.linalg.norm(want) / np.linalg.norm(got))
+            assert 0.999 < cosine < 1.0, cosine
+        else:
+            np.testing.assert_array_equal(want, got)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(result.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    branch = next(a.g for a in optimized.graph.node[0].attribute if a.name == "then_branch")
+    assert collections.Counter(n.op_type for n in branch.node)["QLinearConv"] == 2, [n.op_type for n in branch.node]
+
+
+def test_branches_that_share_an_outer_weight_and_a_loop_body(rng: np.random.Generator) -> None:
+    """Two branches reading one main-graph weight each get their own int8 copy (a MatMul's grid needs only its
+    input, an outer tensor measured on every sample); a layer in a Loop body stays float, with the reason."""
     model = build(
         """g (float[N,64] x, bool c) => (float[N,32] y) {
           y = If (c) <then_branch = t () => (float[N,32] a) { a = MatMul(x, w) },
@@ -394,8 +450,24 @@ def test_layers_inside_subgraphs_are_named_in_the_skips(rng: np.random.Generator
     ctx = PassContext(calibration=Dataset({"x": rng.standard_normal((8, 64)).astype(np.float32),
                                            "c": np.ones(8, bool)}, frozenset({"c"}), False))
     result = PASS(model, ctx)
-    assert not result.modified
-    assert reasons(result).count("inside a subgraph of If") == 2, reasons(result)
+    assert result.modified and result.stats["layers_quantized"] == 2, reasons(result)
+    onnx.checker.check_model(result.model, full_check=True)
+    feed = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    for flag in (True, False):
+        want, got = run_ort(model, {**feed, "c": np.array(flag)})[0], run_ort(result.model, {**feed, "c": np.array(flag)})[0]
+        assert float(np.sum(want * got) / np.linalg.norm(want) / np.linalg.norm(got)) > 0.999
+    looped = build(
+        """g (float[N,64] x, int64 n, bool c) => (float[N,64] y) {
+          y = Loop (n, c, x) <body = b (int64 i, bool cond, float[N,64] h) => (bool out, float[N,64] next) {
+              out = Identity(cond)
+              next = MatMul(h, w) }>
+        }""",
+        w=weight(rng, 64, 64),
+    )
+    result = PASS(looped, PassContext(calibration=Dataset({"x": rng.standard_normal((8, 64)).astype(np.float32),
+                                                           "n": np.full(8, 2, np.int64), "c": np.ones(8, bool)},
+                                                          frozenset({"n", "c"}), False)))
+    assert not result.modified and "inside a Loop body: its tensors change per iteration" in reasons(result)
 
 
 def test_units_narrow_to_the_selected_layers(rng: np.random.Generator) -> None:
