@@ -21,6 +21,8 @@ saving optimised graphs); OpenVINO reads the same pattern, TensorRT wants its ow
   movement), as long as the region leads on to a quantized layer. A region is what its layers make it: leave a layer
   in float and the ops it fed fall back to float with it.
 - Layers too small for int8 to pay (K or N below ``min_dim``, Convs with few channels) are left in float.
+- Layers inside an ``If`` branch are placed by the same rules within the branch (``find_parts``): onnxruntime fuses
+  QDQ inside subgraphs too. A ``Loop``/``Scan`` body's layers stay float.
 
 Those are the ``ort-cpu`` rules. ``place`` takes a ``TargetRules`` (``_qdq_targets``, which documents each target):
 for ``tensorrt`` only the layers' inputs get pairs, read by the quantized layers alone (no results, no
