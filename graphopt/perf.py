@@ -2,7 +2,8 @@
 
 Models are measured interleaved (one run of each per round, in a new seeded random order every round, so that no
 model always runs first or after the same other one) so that drifts of the machine hit all of them alike; compare
-them as ratios from one call, never across calls. ``time_interleaved`` is that loop for any runtime (``graphopt.openvino`` times OpenVINO with it).
+them as ratios from one call, never across calls. ``time_interleaved`` is that loop for any runtime
+(``graphopt.openvino`` times OpenVINO with it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import onnxruntime as ort
 
 from graphopt.runtime import RuntimeConfig, create_session
 
-__all__ = ["Latency", "measure_latency", "time_interleaved"]
+__all__ = ["Latency", "creation_order", "measure_latency", "pooled_latencies", "time_interleaved"]
 
 
 @dataclass(frozen=True)
@@ -52,24 +53,33 @@ def measure_latency(
     they spread by 6–10% made once each in order.
     """
     config = RuntimeConfig(intra_op_threads=1, graph_optimization=graph_optimization)
-    balanced = len(models) > 1 and sum(m.ByteSize() for m in models) <= BALANCED_BYTES
-    order = [*range(len(models)), *reversed(range(len(models)))] if balanced else list(range(len(models)))
-    sessions = [(i, create_session(models[i], config)) for i in order]
+    order = creation_order(models)
+    sessions = [create_session(models[i], config) for i in order]
     feeds = dict(feed)
 
     def runner(session: ort.InferenceSession) -> Callable[[], object]:
         outputs = [o.name for o in session.get_outputs()]
         return lambda: session.run(outputs, feeds)
 
-    times = time_interleaved([runner(s) for _, s in sessions], runs=runs, warmup=warmup, budget_s=budget_s,
-                             raw=True)
-    pooled = [np.concatenate([t for (i, _), t in zip(sessions, times, strict=True) if i == k])
-              for k in range(len(models))]
-    return [_latency(t) for t in pooled]
+    times = time_interleaved([runner(s) for s in sessions], runs=runs, warmup=warmup, budget_s=budget_s, raw=True)
+    return pooled_latencies(order, times, len(models))
 
 
 BALANCED_BYTES = 512 * 2**20
 """Models up to this size in all are timed in two sessions each (``measure_latency``)."""
+
+
+def creation_order(models: Sequence[onnx.ModelProto]) -> list[int]:
+    """The order to load ``models`` in for timing, by index: each twice, in list order and then in reverse, up to
+    ``BALANCED_BYTES`` in all (see ``measure_latency``); else once each."""
+    balanced = len(models) > 1 and sum(m.ByteSize() for m in models) <= BALANCED_BYTES
+    return [*range(len(models)), *reversed(range(len(models)))] if balanced else list(range(len(models)))
+
+
+def pooled_latencies(order: Sequence[int], times: Sequence[np.ndarray], count: int) -> list[Latency]:
+    """Each of ``count`` models' latency from the runs of every session loaded for it (``order``: the model of each
+    session, as ``creation_order`` gives it; ``times``: each session's times in seconds)."""
+    return [_latency(np.concatenate([t for i, t in zip(order, times, strict=True) if i == k])) for k in range(count)]
 
 
 def _latency(seconds: np.ndarray) -> Latency:

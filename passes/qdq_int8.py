@@ -243,8 +243,10 @@ class QdqInt8Pass(PassBase):
                 if not selected:
                     continue
                 placement = plan.place(part.graph, part.scope, selected, self.rules, self._fusions(model))
-                if any(tq.source not in state.ranges for tq in placement.tensors.values()):
-                    why = f"in an If branch ({part.graph.name}) that no calibration sample took: no ranges"
+                unmeasured = sorted({tq.source for tq in placement.tensors.values()} - state.ranges.keys())
+                if unmeasured:
+                    why = (f"in an If branch ({part.graph.name}) that no calibration sample took" if part is not parts[0]
+                           else f"no calibration sample gave '{unmeasured[0]}' a value")
                     skipped += [Skip(layer.name, why) for layer in selected]
                     continue
                 shifts = self._shifts(model, placement, part.layers, grids, state, context) if correct else {}
