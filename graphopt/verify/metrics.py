@@ -16,7 +16,7 @@ every tolerance, as a non-finite mismatch does; the other metrics are computed o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
@@ -432,11 +432,12 @@ class Comparison:
     the next ones) and summed up at any point (``stats`` of the samples so far): a search screens a candidate on
     its first samples, and its full verdict goes on from there instead of comparing them again. Samples are
     compared in blocks of ``BLOCK_ELEMENTS`` values; what is kept per sample (a few numbers) and the spaced
-    absolute errors (``KEPT_ERRORS``) are all that grows. ``nonnegative`` (``None``: read from ``reference``) says
-    whether the reference's scores are all ≥ 0, probabilities, whose top-1 margins are taken in log-scores."""
+    absolute errors (``KEPT_ERRORS``) are all that grows. ``nonnegative`` (``None``: read from ``reference``; a
+    function: asked only where a class axis is judged) says whether the reference's scores are all ≥ 0,
+    probabilities, whose top-1 margins are taken in log-scores."""
 
     def __init__(self, reference: Stacked, rtol: float = 0.0, class_axis: ClassAxis = HEURISTIC,
-                 mask_threshold: float | None = None, nonnegative: bool | None = None) -> None:
+                 mask_threshold: float | None = None, nonnegative: bool | Callable[[], bool] | None = None) -> None:
         self.reference, self.rtol = _rows(reference), rtol
         self.exact = not np.issubdtype(reference.dtype, np.inexact)
         self.axis = _class_axis(reference, class_axis)
@@ -446,8 +447,9 @@ class Comparison:
         self._dot, self._ref_squares, self._got_squares, self._peaks, self._errors = (np.zeros(n) for _ in range(5))
         self._top1: np.ndarray | None = np.zeros(n) if self.axis is not None else None
         self._margin: np.ndarray | None = np.zeros(n) if self.axis is not None else None
-        if self.axis is not None and nonnegative is None:
-            nonnegative = all_nonnegative(self.reference)
+        if self.axis is not None:  # read only where top-1 is judged: a whole pass over the reference
+            nonnegative = all_nonnegative(self.reference) if nonnegative is None else (
+                nonnegative() if callable(nonnegative) else nonnegative)
         self._in_logs = self.axis is not None and bool(nonnegative)
         self._masks = (np.zeros(n, bool), np.zeros(n, bool), np.zeros(n)) if self.threshold is not None else None
         self._nonfinite = 0

@@ -12,6 +12,7 @@ memory with the number of samples.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -192,7 +193,7 @@ class CandidateRun:
                 if stacked(reference):
                     self._comparisons[name] = Comparison(
                         reference, tolerance.for_output(name).rtol, kind.class_axis if kind else HEURISTIC,
-                        kind.mask_threshold if kind else None, verifier.nonnegative(name))
+                        kind.mask_threshold if kind else None, functools.partial(verifier.nonnegative, name))
 
     def first(self, samples: int) -> Outputs:
         """The outputs on the first ``samples`` verification samples (all of them, at most)."""

@@ -337,3 +337,20 @@ def test_finite_values_whose_sum_overflows_are_not_taken_for_non_finite_ones() -
         s = error_stats(big, big * 0.5)
         assert s.nonfinite_mismatch == 0 and s.max_abs == pytest.approx(0.5e308)
         assert error_stats(big, with_nan).nonfinite_mismatch == 1
+
+
+def test_the_reference_sign_is_asked_for_only_where_top1_is_judged(rng: np.random.Generator) -> None:
+    """Whether the reference holds probabilities decides how top-1 margins are read; finding out reads the whole
+    reference, so a comparison that judges no class axis never asks."""
+    probabilities = rng.dirichlet(np.ones(10), size=50)
+    asked: list[int] = []
+
+    def nonnegative() -> bool:
+        asked.append(1)
+        return True
+
+    metrics.Comparison(probabilities, class_axis=None, nonnegative=nonnegative).add(probabilities)
+    assert asked == []
+    judged = metrics.Comparison(probabilities, class_axis=-1, nonnegative=nonnegative)
+    judged.add(probabilities)
+    assert asked == [1] and judged.stats().top1 == 1.0
