@@ -105,3 +105,33 @@ def figure(check: object, key: str) -> float:
     value = check.metrics[key]  # type: ignore[attr-defined]
     assert value is not None, (check.name, key)  # type: ignore[attr-defined]
     return float(value)
+
+
+DETECTOR = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,16,16,16] x) => (float[N,32,8,8] y) {
+  c1 = Conv <pads = [1,1,1,1]> (x, w1, b1)
+  s1 = Sigmoid(c1)
+  a1 = Mul(c1, s1)
+  c2 = Conv <pads = [1,1,1,1]> (a1, w2, b2)
+  s2 = Sigmoid(c2)
+  a2 = Mul(c2, s2)
+  p = MaxPool <kernel_shape = [3,3], pads = [1,1,1,1]> (a2)
+  cat = Concat <axis = 1> (a1, p)
+  d = MaxPool <kernel_shape = [2,2], strides = [2,2]> (cat)
+  u = Resize <mode = "MODE"> (d, roi, scales)
+  t = Add(cat, u)
+  y = Conv <pads = [1,1,1,1], strides = [2,2]> (t, w3, b3)
+}"""
+"""A YOLO-style block: SiLU (Sigmoid · Mul) after each Conv, an SPP-style MaxPool, a Concat of two branches, a
+downsample and a Resize back up added to the Concat."""
+
+
+def detector(rng: np.random.Generator, mode: str = "nearest") -> onnx.ModelProto:
+    """``DETECTOR`` with seeded weights (scaled by fan-in) and its Resize in ``mode``."""
+    def weight(*shape: int) -> np.ndarray:
+        fan_in = np.prod(shape[1:]) if len(shape) > 1 else shape[0]
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return text_model(DETECTOR.replace("MODE", mode), w1=weight(16, 16, 3, 3), b1=weight(16),
+                      w2=weight(16, 16, 3, 3), b2=weight(16), w3=weight(32, 32, 3, 3), b3=weight(32),
+                      roi=np.zeros(0, np.float32), scales=np.array([1, 1, 2, 2], np.float32))

@@ -26,7 +26,7 @@ from types import ModuleType
 import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLES
+from helpers import EXAMPLES, detector, random_feeds
 
 import graphopt
 import graphopt.openvino
@@ -276,19 +276,6 @@ def test_target_openvino_is_verified_in_openvino(digits: tuple[onnx.ModelProto, 
     assert verification["outputs"]["logits"]["cosine"] == pytest.approx(in_openvino.cosine, abs=1e-12)
 
 
-DETECTOR = """<ir_version: 8, opset_import: ["" : 17]>
-g (float[N,8,16,16] x) => (float[N,16,8,8] y) {
-  c1 = Conv <pads = [1,1,1,1]> (x, w1, b1)
-  s1 = Sigmoid(c1)
-  a1 = Mul(c1, s1)
-  c2 = Conv <pads = [1,1,1,1]> (a1, w2, b2)
-  s2 = Sigmoid(c2)
-  a2 = Mul(c2, s2)
-  cat = Concat <axis = 1> (a1, a2)
-  y = Conv <pads = [1,1,1,1], strides = [2,2]> (cat, w3, b3)
-}"""
-
-
 class _DriftingOpenVino(graphopt.openvino.CompiledSession):
     """OpenVINO's CPU plugin, with its int8 outputs moved off the QDQ model's meaning by a seeded per-sample
     distortion (as its low-precision transformations may): a float model's outputs are left as they are."""
@@ -309,13 +296,8 @@ def test_a_detector_that_leaves_the_budget_in_openvino_is_not_kept(monkeypatch: 
     """A detector-like block whose int8 model holds the budget in onnxruntime but not in OpenVINO: for
     ``target=openvino`` no layer survives narrowing; verified in onnxruntime (``target=ort-cpu``, or OpenVINO missing)
     the same int8 model is kept."""
-    from helpers import random_feeds, text_model
-
     rng = np.random.default_rng(0)
-    shapes = {"w1": (8, 8, 3, 3), "b1": (8,), "w2": (8, 8, 3, 3), "b2": (8,), "w3": (16, 16, 3, 3), "b3": (16,)}
-    weights = {name: (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]) if len(shape) > 1 else 8)
-                      ).astype(np.float32) for name, shape in shapes.items()}
-    model = text_model(DETECTOR, **weights)
+    model = detector(rng)
     data = Dataset(random_feeds(model, 128, rng), frozenset(), True)
     monkeypatch.setattr(graphopt.openvino, "CompiledSession", _DriftingOpenVino)
     pipeline = "qdq-int8{target=TARGET,speed_check=off}"

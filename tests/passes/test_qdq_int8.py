@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import EXAMPLES, run_ort, text_model
+from helpers import EXAMPLES, detector, run_ort, text_model
 from helpers import calibration as context
 from helpers import random_feeds as feeds
 from onnx import numpy_helper
@@ -134,30 +134,6 @@ def test_conv_relu_maxpool_conv_shares_scales_and_fuses(rng: np.random.Generator
     fused = fused_ops(q, tmp_path)
     assert fused["QLinearConv"] == 2 and fused["Conv"] == 0
     assert fused["DequantizeLinear"] == 1, "only the model output is dequantized: Relu, MaxPool run on uint8"
-
-
-DETECTOR = """g (float[N,16,16,16] x) => (float[N,32,8,8] y) {
-  c1 = Conv <pads = [1,1,1,1]> (x, w1, b1)
-  s1 = Sigmoid(c1)
-  a1 = Mul(c1, s1)
-  c2 = Conv <pads = [1,1,1,1]> (a1, w2, b2)
-  s2 = Sigmoid(c2)
-  a2 = Mul(c2, s2)
-  p = MaxPool <kernel_shape = [3,3], pads = [1,1,1,1]> (a2)
-  cat = Concat <axis = 1> (a1, p)
-  d = MaxPool <kernel_shape = [2,2], strides = [2,2]> (cat)
-  u = Resize <mode = "MODE"> (d, roi, scales)
-  t = Add(cat, u)
-  y = Conv <pads = [1,1,1,1], strides = [2,2]> (t, w3, b3)
-}"""
-"""A YOLO-style block: SiLU (Sigmoid · Mul) after each Conv, an SPP-style MaxPool, a Concat of two branches, a
-downsample and a Resize back up added to the Concat."""
-
-
-def detector(rng: np.random.Generator, mode: str = "nearest") -> onnx.ModelProto:
-    return build(DETECTOR.replace("MODE", mode), w1=weight(rng, 16, 16, 3, 3), b1=weight(rng, 16),
-                 w2=weight(rng, 16, 16, 3, 3), b2=weight(rng, 16), w3=weight(rng, 32, 32, 3, 3), b3=weight(rng, 32),
-                 roi=np.zeros(0, np.float32), scales=np.array([1, 1, 2, 2], np.float32))
 
 
 def test_a_detector_block_runs_in_int8_from_its_first_conv_to_its_last(rng: np.random.Generator,
