@@ -1,10 +1,10 @@
 """Fast PRelu: rewrite ``PRelu(x, slope)`` as ``Relu(x) + slope · Min(x, 0)``, the same function to the bit.
 
 onnxruntime's CPU ``PRelu`` kernel broadcasts its slope element by element: on a [1, 32, 46, 46] activation with a
-per-channel slope it takes 285 µs, where ``Relu``, ``Min``, ``Mul`` and ``Add`` take 38 µs together (onnxruntime
-1.32, one thread, AVX-512 Xeon; 330 µs against 57 µs in the NHWC layout its int8 kernels use). PRelu CNNs (MTCNN,
-face and landmark models exported from Keras and Caffe) spend a fifth to half of their time there, before int8 and
-more after it.
+per-channel slope it takes 276 µs, where ``Relu``, ``Min``, ``Mul`` and ``Add`` take 52 µs together (onnxruntime
+1.32, one thread, AVX-512 Xeon; 293 µs against 66 µs in the NHWC layout its int8 kernels use;
+``benchmarks/bench_prelu.py``). PRelu CNNs (MTCNN, face and landmark models exported from Keras and Caffe) spend a
+fifth to half of their time there, before int8 and more after it.
 
 The rewrite rounds as PRelu does: where ``x ≥ 0`` the sum is ``x + slope · 0 = x``, and where ``x < 0`` it is
 ``0 + slope · x``, one product rounded once, as PRelu computes it. The speed gate keeps it only where onnxruntime
