@@ -30,7 +30,7 @@ from graphopt.modelio import (
     save_model,
 )
 from graphopt.normalize import DropInferredShapesPass, NormalizePass
-from graphopt.outcome import PipelineResult
+from graphopt.outcome import PassOutcome, PipelineResult
 from graphopt.pass_base import PassBase, PassContext
 from graphopt.pipeline import build_pipeline, describe_pipeline
 from graphopt.progress import NULL_PROGRESS, Progress
@@ -210,7 +210,8 @@ def optimize(
                           progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
                           kinds=kinds)
     final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
-    stamp_provenance(final, Provenance(describe_pipeline(pipeline), data_digest(dataset), calibration_fraction))
+    ran = describe_pipeline(_as_run(pipeline, result.outcomes))
+    stamp_provenance(final, Provenance(ran, data_digest(dataset), calibration_fraction))
 
     output_path = report_file = html_file = None
     if output is not None:
@@ -222,6 +223,20 @@ def optimize(
     if html is not None:
         html_file = save_bytes(optimize_page(record).encode(), html, protect=_others(protect, html))
     return OptimizeResult(final, record, result, output_path, report_file, html_file)
+
+
+def _as_run(pipeline: Sequence[PassBase], outcomes: Sequence[PassOutcome]) -> list[PassBase]:
+    """``pipeline`` with each pass's options as it ran: the speed gate may have kept one of its speed variants
+    (``qdq-int8{regions=off}``), which is what a refit must repeat. ``outcomes`` are in pipeline order, the
+    framework's own passes among them."""
+    ran: list[PassBase] = []
+    pending = iter(outcomes)
+    for pass_ in pipeline:
+        outcome = next((o for o in pending if o.pass_name == pass_.name), None)
+        options = dict(outcome.options) if outcome is not None else None
+        same = options is None or options == asdict(pass_.options)
+        ran.append(pass_ if same else type(pass_)(type(pass_.options)(**options)))  # type: ignore[arg-type]
+    return ran
 
 
 def _read(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, LoadedModel | None]:

@@ -20,6 +20,7 @@ from graphopt.gates import SpeedCheck, judge_speed, resolve
 from graphopt.outcome import Status
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult
 from graphopt.perf import Latency
+from graphopt.provenance import read_provenance
 
 
 class FasterRows(RowNoise):
@@ -115,6 +116,8 @@ def test_the_fastest_verified_variant_is_kept_with_its_options(mlp_files: tuple[
     assert any(n.startswith("test-varied-rows{scale=50.0} not timed: ") for n in record.notes)
     assert ("test-varied-rows{scale=0.5} timed in onnxruntime: 0.600× the clean latency (single thread, batch 1); "
             "the fastest of 2 verified candidates (test-varied-rows 0.800×)") in record.notes
+    provenance = read_provenance(result.model)
+    assert provenance is not None and provenance.pipeline == "test-varied-rows{scale=0.5}", "a refit repeats the kept one"
 
 
 def test_the_default_qdq_gate_with_narrowing_times_once(monkeypatch: pytest.MonkeyPatch) -> None:
