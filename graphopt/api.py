@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import onnx
 
 from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
 from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
+from graphopt.goal import GOALS, GoalCandidate, GoalName, choose, goal_plans
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.manager import PassManager
@@ -120,6 +122,8 @@ def optimize(
     metric: str | Metric | None = None,
     max_drop: float = 0.01,
     output_kinds: Mapping[str, OutputKind | str] | None = None,
+    goal: str | None = None,
+    time_budget: float | None = None,
 ) -> OptimizeResult:
     """Optimise ``model`` with ``passes``, verifying each against the original on held-out ``data``.
 
@@ -145,14 +149,22 @@ def optimize(
             bound, at the tolerance's confidence).
         output_kinds: how named outputs are judged where the graph does not say (``{"logits": "classes:-1"}``,
             ``"mask:0.3"``, ``"values"``; see ``graphopt.verify.output_kinds``); the others are read from the graph.
+        goal: ``"latency"`` or ``"size"`` instead of ``passes``: graphopt tries a plan per pass setting that serves
+            the goal, each verified under the budget, compares the results once and keeps the best, or the original
+            when none beats it (``graphopt.goal``; the report's ``goal`` lists every plan).
+        time_budget: with ``goal``, the seconds after which no further plan is started.
 
     The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so
     ``validate`` can tell held-out samples from calibration ones and re-run the pipeline on folds.
     """
     if not 0.0 < calibration_fraction < 1.0:  # NaN fails this too
         raise UsageError(f"calibration fraction must be between 0 and 1, got {calibration_fraction!r}")
+    if goal is not None and (passes is not None or goal not in GOALS):
+        raise UsageError(f"--goal takes one of {', '.join(GOALS)}, got {goal!r}" if goal not in GOALS else
+                         "--goal chooses the passes itself: give --goal or --passes, not both")
+    check_number("time_budget", time_budget, low=0.0)
     pipeline = build_pipeline(passes if passes is not None else default_pipeline())
-    lossy = [p.name for p in pipeline if not p.lossless]
+    lossy = [p.name for p in pipeline if not p.lossless] + ([f"--goal {goal}"] if goal is not None else [])
     synthetic = data.synthetic if isinstance(data, Dataset) else str(data) == RANDOM
     if synthetic and lossy:
         raise PipelineError(f"{', '.join(lossy)} {'is' if len(lossy) == 1 else 'are'} lossy and must be verified on "
@@ -190,25 +202,33 @@ def optimize(
                         f"{dataset.n_samples} samples give {verification.n_samples}; give at least {needed} (or "
                         "--confidence 0 to judge the means)")
 
-    record = Report(
-        graphopt_version=graphopt_version(),
-        input_path=str(input_path) if input_path else None,
-        data={
-            "source": dataset.source,
-            "synthetic": dataset.synthetic,
-            "samples": dataset.n_samples,
-            "calibration_samples": calibration.n_samples if calibration else 0,
-            "verification_samples": verification.n_samples,
-        },
-        runtime=asdict(runtime),
-        tolerance=tolerance.to_dict(),
-        lossless_tolerance=lossless_tolerance.to_dict(),
-        outputs={name: kind.to_dict() for name, kind in kinds.items()},
-    )
-    result = run_pipeline(original, pipeline, calibration, verification, tolerance=tolerance,
-                          lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
-                          progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
-                          kinds=kinds)
+    def run(plan: Sequence[PassBase], speed_gate: bool = True) -> tuple[Report, PipelineResult]:
+        record = Report(
+            graphopt_version=graphopt_version(),
+            input_path=str(input_path) if input_path else None,
+            data={
+                "source": dataset.source,
+                "synthetic": dataset.synthetic,
+                "samples": dataset.n_samples,
+                "calibration_samples": calibration.n_samples if calibration else 0,
+                "verification_samples": verification.n_samples,
+            },
+            runtime=asdict(runtime),
+            tolerance=tolerance.to_dict(),
+            lossless_tolerance=lossless_tolerance.to_dict(),
+            outputs={name: kind.to_dict() for name, kind in kinds.items()},
+        )
+        result = run_pipeline(original, plan, calibration, verification, tolerance=tolerance,
+                              lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
+                              progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
+                              kinds=kinds, speed_gate=speed_gate)
+        return record, result
+
+    if goal is None:
+        record, result = run(pipeline)
+    else:
+        wanted: GoalName = "latency" if goal == "latency" else "size"
+        record, result, pipeline = _search_goal(wanted, run, pipeline, original, verification, time_budget)
     final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
     ran = describe_pipeline(_as_run(pipeline, result.outcomes))
     stamp_provenance(final, Provenance(ran, data_digest(dataset), calibration_fraction))
@@ -223,6 +243,47 @@ def optimize(
     if html is not None:
         html_file = save_bytes(optimize_page(record).encode(), html, protect=_others(protect, html))
     return OptimizeResult(final, record, result, output_path, report_file, html_file)
+
+
+def _search_goal(goal: GoalName, run: Callable[[Sequence[PassBase], bool], tuple[Report, PipelineResult]],
+                 prelude: list[PassBase], original: onnx.ModelProto, verification: Dataset,
+                 time_budget: float | None) -> tuple[Report, PipelineResult, list[PassBase]]:
+    """Run the lossless ``prelude`` alone and then every plan for ``goal`` (``graphopt.goal``) while the time budget
+    lasts, compare the verified results once and return the winner's report (with the goal verdict in it), result
+    and pipeline, or the prelude's when the original is best."""
+    start = time.monotonic()
+    plans = [prelude, *goal_plans(goal, prelude, available_passes())]
+    runs: list[tuple[GoalCandidate, list[PassBase], Report, PipelineResult]] = []
+    tried: list[GoalCandidate] = []
+    for index, plan in enumerate(plans):
+        name = describe_pipeline(plan) or "(no pass)"
+        if index and time_budget is not None and time.monotonic() - start >= time_budget:
+            tried.append(GoalCandidate(name, "not run", f"the time budget ({time_budget:g} s) was spent"))
+            continue
+        began = time.monotonic()
+        log.info("goal %s: plan %d of %d: %s", goal, index + 1, len(plans), name)
+        record, result = run(plan, goal == "latency")  # for size, int8 that is not faster still counts
+        own = {q.name for q in (plan[len(prelude):] if index else plan)}  # what this plan adds to the prelude
+        records = [p for p in record.passes if p.name in own]
+        changed = [p for p in records if p.status in ("applied", "narrowed")]
+        cosines = [p.worst["cosine"] for p in record.passes if p.worst and p.worst.get("cosine") is not None]
+        if changed:
+            candidate = GoalCandidate(name, "verified", ", ".join(f"{p.name} {p.status}" for p in changed),
+                                      cosine=cosines[-1] if cosines else None, seconds=time.monotonic() - began)
+        else:
+            why = "; ".join(f"{p.name} {p.status}: {p.reason}" if p.reason else f"{p.name} {p.status}"
+                            for p in records) or "nothing to change"
+            candidate = GoalCandidate(name, "unchanged", why, seconds=time.monotonic() - began)
+        tried.append(candidate)
+        runs.append((candidate, plan, record, result))
+    verified = [entry for entry in runs if entry[0].status == "verified"]
+    feed = next(verification.batches(1, per_sample=True))[0]
+    verdict, best = choose(goal, original, [(c, r.model) for c, _, _, r in verified], feed)
+    scored = {c.plan: c for c in verdict.candidates}
+    verdict = replace(verdict, candidates=tuple(scored.get(c.plan, c) for c in tried))
+    _, plan, record, result = verified[best] if best is not None else runs[0]
+    record.goal = verdict.to_dict()
+    return record, result, plan
 
 
 def _as_run(pipeline: Sequence[PassBase], outcomes: Sequence[PassOutcome]) -> list[PassBase]:

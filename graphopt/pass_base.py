@@ -211,6 +211,12 @@ class PassBase(abc.ABC):
         """How the manager times this pass's final candidate when it serves latency; off unless overridden."""
         return SpeedCheck()
 
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[PassBase, ...]:
+        """The settings of this pass that ``--goal`` tries for ``goal`` (each alone after the lossless passes, under
+        the whole budget); none unless overridden: a pass joins the goal search by naming them."""
+        return ()
+
     def verified_in(self) -> str:
         """The runtime whose outputs judge this pass's candidates: ``onnxruntime``, or ``openvino`` for a result
         meant for OpenVINO (its CPU plugin, when installed here; otherwise onnxruntime, and the report says so).

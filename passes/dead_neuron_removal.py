@@ -20,7 +20,7 @@ import onnx
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, editing, import_graph
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
 
@@ -74,6 +74,11 @@ class DeadNeuronRemovalPass(PassBase):
     def __init__(self, options: DeadNeuronRemovalPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[dict[str, dict[int, float]], list[Skip]]] = PlanCache()
+
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[DeadNeuronRemovalPass, ...]:
+        """Removing constant channels: faster and smaller."""
+        return (cls(),)
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer with dead channels."""

@@ -96,6 +96,11 @@ class Float16Pass(PassBase):
         super().__init__(options)
         self._plans: PlanCache[_Plan] = PlanCache()
 
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[Float16Pass, ...]:
+        """Float16 compute for latency, float16 storage for size."""
+        return (cls(cls.Options(mode="compute" if goal == "latency" else "weights")),)
+
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         return tuple(self._plan(model, context).convertible.values())
 

@@ -36,7 +36,7 @@ from graphopt.activations import reduce_activations
 from graphopt.errors import PassError
 from graphopt.graph import Names, copy_model, label, overridable_initializers, subgraph_reads
 from graphopt.opset import ensure_opset
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math import block_quant as bq
 from graphopt_passes._math.low_rank import Gram, accumulate_gram
 
@@ -98,6 +98,11 @@ class Int4WeightsPass(PassBase):
     def __init__(self, options: Int4WeightsPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[list[_Plan], list[Skip]]] = PlanCache()
+
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[Int4WeightsPass, ...]:
+        """Size only: on this CPU int4 saves size, not time."""
+        return (cls(),) if goal == "size" else ()
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer; its sensitivity is the relative layer-output error of its int4 weight."""

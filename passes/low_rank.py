@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import Scope, constant_array, copy_model, editing, import_graph, label, overridable_initializers
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt_passes._math import low_rank as lr
 
 __all__ = ["LowRankPass"]
@@ -107,6 +107,11 @@ class LowRankPass(PassBase):
     def __init__(self, options: LowRankPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[list[_Split], list[Skip]]] = PlanCache()
+
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[LowRankPass, ...]:
+        """The default split: fewer multiply-adds and fewer weights."""
+        return (cls(),)
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer to split (per layer and level with ``levels``); its sensitivity is its relative

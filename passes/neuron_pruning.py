@@ -30,7 +30,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, editing, import_graph, label
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
 from graphopt_passes._math import pruning
@@ -142,6 +142,11 @@ class NeuronPruningPass(PassBase):
     def __init__(self, options: NeuronPruningPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[_Measured] = PlanCache()
+
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[NeuronPruningPass, ...]:
+        """The default pruning: fewer channels are both faster and smaller."""
+        return (cls(),)
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer and ratio; its sensitivity is the readers' relative output error after the refit."""

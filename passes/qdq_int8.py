@@ -137,6 +137,13 @@ class QdqInt8Pass(PassBase):
         """The operators this onnxruntime runs in int8 between layers at ``model``'s opset, where regions are on."""
         return int8_fusions(default_opset(model)) if self.rules.regions else {}
 
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[QdqInt8Pass, ...]:
+        """Static and dynamic int8 for latency (whichever this CPU runs faster), static for size."""
+        if goal == "latency":
+            return cls(), cls(cls.Options(mode="dynamic"))
+        return (cls(),)
+
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer that can run in int8; the manager measures each one's damage."""
         graph = import_graph(model)

@@ -30,7 +30,7 @@ from graphopt.activations import reduce_activations
 from graphopt.errors import CalibrationError, PassError, first_line
 from graphopt.graph import Names, copy_model, default_opset, overridable_initializers
 from graphopt.opset import ensure_opset
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt_passes._math.clustering import Clustering, cluster, compensated
 from graphopt_passes._math.pruning import AugmentedGram, accumulate
 
@@ -120,6 +120,11 @@ class WeightClusteringPass(PassBase):
     def __init__(self, options: WeightClusteringPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[list[_Clustered], list[Skip]]] = PlanCache()
+
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[WeightClusteringPass, ...]:
+        """Size only: onnxruntime folds the codebook at load, so the speed is the same."""
+        return (cls(),) if goal == "size" else ()
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per tensor (per tensor and codebook size with ``levels``); sensitivity = its relative

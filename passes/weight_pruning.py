@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, label, nested_graphs, overridable_initializers, subgraph_reads
-from graphopt.pass_base import PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt_passes._math import pruning as pr
 from graphopt_passes._math.patches import ConvGeometry, patches
 from graphopt_passes._math.sparse_storage import choose_storage, coo_decode, coo_encode
@@ -137,6 +137,11 @@ class WeightPruningPass(PassBase):
     def __init__(self, options: WeightPruningPass.Options | None = None) -> None:
         super().__init__(options)
         self._plans: PlanCache[tuple[list[_Pruned], list[Skip]]] = PlanCache()
+
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[WeightPruningPass, ...]:
+        """Size only: sparse storage, dense kernels."""
+        return (cls(),) if goal == "size" else ()
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer (per layer and level with ``levels``); its sensitivity is the relative layer-output

@@ -49,6 +49,8 @@ class Report:
     outputs: dict[str, Any] = field(default_factory=dict)
     """How each output is judged: ``{name: {class_axis, reason}}`` (``graphopt.verify.output_kinds``)."""
     passes: list[PassRecord] = field(default_factory=list)
+    goal: dict[str, Any] | None = None
+    """With ``--goal``: every plan tried, how each compared, and why the winner won (``graphopt.goal``)."""
 
     def record(self, name: str) -> PassRecord:
         """The record of the pass called ``name`` (the first, if it ran twice)."""

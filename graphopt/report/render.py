@@ -156,4 +156,17 @@ def render_table(report: Report) -> str:
             f"size {format_bytes(before['size_bytes'])} → {format_bytes(after['size_bytes'])}, "
             f"nodes {before['nodes']} → {after['nodes']}"
         )
+    if report.goal:
+        out += ["", f"goal {report.goal['goal']}: {report.goal['why']}", *_goal_table(report.goal)]
     return "\n".join(out)
+
+
+def _goal_table(goal: dict[str, Any]) -> list[str]:
+    """One row per plan ``--goal`` tried: status, the compared figure, worst cosine, time, why."""
+    rows = []
+    for c in goal["candidates"]:
+        figure = c["latency_ratio"] if goal["goal"] == "latency" else c["size_ratio"]
+        rows.append((c["plan"], c["status"], "-" if figure is None else f"{figure:.3f}×",
+                     "-" if c["cosine"] is None else f"cos {c['cosine']:.5f}", f"{c['seconds']:.1f}s",
+                     c["reason"] if len(c["reason"]) <= 60 else c["reason"][:57] + "..."))
+    return _columns(("plan", "status", goal["goal"], "worst vs original", "time", "why"), rows)

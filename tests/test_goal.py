@@ -1,0 +1,119 @@
+"""``--goal latency|size``: graphopt tries a plan per pass setting that serves the goal, each verified under the
+budget, compares the results once against the original and keeps the best, or says the original is best."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import EXAMPLES, digits
+
+import graphopt
+from graphopt import perf
+from graphopt.cli import main
+from graphopt.errors import UsageError
+from graphopt.perf import Latency
+from graphopt.provenance import read_provenance
+
+
+def _int8(model: onnx.ModelProto) -> bool:
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+
+
+def _timer(int8_ratio: float, other_ratio: float, calls: list[int]):
+    """Fixed latencies: the first model 1 ms, int8 models ``int8_ratio`` ms, any other ``other_ratio`` ms."""
+    def timer(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], **_: object) -> list[Latency]:
+        calls.append(len(models))
+        times = [1.0, *(int8_ratio if _int8(m) else other_ratio for m in models[1:])]
+        return [Latency(t, t, 20) for t in times]
+    return timer
+
+
+def test_latency_keeps_the_plan_that_times_fastest_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 plan times fastest: it wins, the report lists every plan with its ratio from one final timing, and
+    the model records the winning plan."""
+    calls: list[int] = []
+    monkeypatch.setattr(perf, "measure_latency", _timer(0.5, 0.9, calls))
+    model, data = digits(400)
+    result = graphopt.optimize(model, data, goal="latency")
+    goal = result.report.goal
+    assert goal is not None and goal["winner"] == "fast-prelu,zero-weight-elimination,qdq-int8", goal["why"]
+    assert _int8(result.model)
+    provenance = read_provenance(result.model)
+    assert provenance is not None and provenance.pipeline == goal["winner"]
+    plans = {c["plan"]: c for c in goal["candidates"]}
+    assert plans[goal["winner"]]["latency_ratio"] == 0.5 and plans[goal["winner"]]["status"] == "verified"
+    verified = [c for c in goal["candidates"] if c["status"] == "verified"]
+    assert len(verified) >= 3 and all(c["latency_ratio"] is not None for c in verified)
+    assert all(c["latency_ratio"] is None for c in goal["candidates"] if c["status"] != "verified")
+    assert calls[-1] == 1 + len(verified), "the finals are timed together, once, with the original"
+    assert "ahead of" in goal["why"]
+
+
+def test_latency_says_float_is_best_when_nothing_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plan within 3% of the original (timing noise) or slower: the original is best, and no lossy pass is in
+    the model."""
+    monkeypatch.setattr(perf, "measure_latency", _timer(1.2, 0.98, []))
+    model, data = digits(400)
+    result = graphopt.optimize(model, data, goal="latency")
+    goal = result.report.goal
+    assert goal is not None and goal["winner"] is None
+    assert goal["why"].startswith("float is best: no verified plan was 3% or more faster than the original")
+    assert not _int8(result.model)
+    assert [p.name for p in result.report.passes if not p.lossless] == []
+
+
+def test_size_is_compared_exactly_without_the_speed_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For size the smallest verified model wins; int8 that is slower still counts (no speed gate)."""
+    monkeypatch.setattr(perf, "measure_latency", _timer(1.5, 1.5, []))
+    model, data = digits(400)
+    result = graphopt.optimize(model, data, goal="size")
+    goal = result.report.goal
+    assert goal is not None and goal["winner"]
+    verified = [c for c in goal["candidates"] if c["status"] == "verified"]
+    assert min(verified, key=lambda c: c["size_ratio"])["plan"] == goal["winner"]
+    assert result.model.ByteSize() / model.ByteSize() == pytest.approx(
+        next(c["size_ratio"] for c in verified if c["plan"] == goal["winner"]), abs=0.005)  # + provenance
+    assert next(c for c in verified if c["plan"].endswith(",qdq-int8"))["size_ratio"] < 0.5
+
+
+def test_the_time_budget_stops_starting_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(perf, "measure_latency", _timer(0.5, 0.5, []))
+    model, data = digits(400)
+    result = graphopt.optimize(model, data, goal="latency", time_budget=0)
+    goal = result.report.goal
+    assert goal is not None
+    first, *rest = goal["candidates"]
+    assert first["plan"] == "fast-prelu,zero-weight-elimination" and first["status"] == "verified"
+    assert rest and all(c["status"] == "not run" and "time budget (0 s)" in c["reason"] for c in rest)
+    assert goal["winner"] == first["plan"]
+
+
+def test_goal_and_passes_exclude_each_other(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, data = digits(400)
+    with pytest.raises(UsageError, match="give --goal or --passes, not both"):
+        graphopt.optimize(model, data, goal="latency", passes="qdq-int8")
+    with pytest.raises(UsageError, match="--goal takes one of latency, size"):
+        graphopt.optimize(model, data, goal="speed")
+    code = main(["optimize", str(EXAMPLES / "digits_cnn.onnx"), "--data", str(EXAMPLES / "digits.npz"), "-o",
+                 str(tmp_path / "o.onnx"), "--goal", "latency", "--passes", "qdq-int8"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "not both" in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_goal_prints_the_plans_and_writes_them_in_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(perf, "measure_latency", _timer(0.5, 0.99, []))
+    out = tmp_path / "o.onnx"
+    code = main(["optimize", str(EXAMPLES / "digits_cnn.onnx"), "--data", str(EXAMPLES / "digits.npz"), "-o",
+                 str(out), "--goal", "latency"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "goal latency: fast-prelu,zero-weight-elimination,qdq-int8: 0.500×" in stdout
+    report = json.loads((tmp_path / "o.report.json").read_text())
+    assert report["goal"]["winner"] == "fast-prelu,zero-weight-elimination,qdq-int8"
+    onnx.checker.check_model(str(out), full_check=True)
