@@ -340,17 +340,19 @@ def run_pipeline(
     task: TaskBudget | None = None,
     kinds: Mapping[str, OutputKind] | None = None,
     speed_gate: bool = True,
+    budgets: Mapping[PassBase, Tolerance] | None = None,
 ) -> PipelineResult:
     """The manager's run of ``pipeline`` (after normalisation), fitting on ``calibration`` and verifying on
     ``verification`` against ``original``, each output judged by its kind (default: read from the graph): the one
-    code path of ``optimize`` and of ``validate``'s fold refits (which judge accuracy only: ``speed_gate`` off)."""
+    code path of ``optimize`` and of ``validate``'s fold refits (which judge accuracy only: ``speed_gate`` off).
+    ``budgets`` holds passes to a share of the budget (``PassManager.run``)."""
     verifier = Verifier(original, verification, runtime, progress, task, kinds)
     context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
     manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments), speed_gate=speed_gate)
     if not normalize:
-        return manager.run(original, list(pipeline))
+        return manager.run(original, list(pipeline), budgets)
     inferred = DropInferredShapesPass(frozenset(v.name for v in original.graph.value_info))
-    return manager.run(original, [NormalizePass(), *pipeline, inferred])
+    return manager.run(original, [NormalizePass(), *pipeline, inferred], budgets)
 
 
 SECTIONS = ("held_out", "folds", "shifts", "environments", "performance")

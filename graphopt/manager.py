@@ -104,7 +104,11 @@ class PassManager:
     speed_gate: bool = True
     """Time latency passes' results (``graphopt.gates``); off where only the accuracy verdict matters."""
 
-    def run(self, model: onnx.ModelProto, passes: Sequence[PassBase]) -> PipelineResult:
+    def run(self, model: onnx.ModelProto, passes: Sequence[PassBase],
+            budgets: Mapping[PassBase, Tolerance] | None = None) -> PipelineResult:
+        """Run ``passes`` in order on ``model``; a pass in ``budgets`` is held to its own tolerance against the
+        original (a share of the budget, ``Tolerance.share``, so that the passes after it find some left), the rest
+        to ``tolerance``."""
         for instrument in self.instruments:
             instrument.before_pipeline(model)
         outcomes = []
@@ -113,7 +117,8 @@ class PassManager:
             for instrument in self.instruments:
                 instrument.before_pass(pass_, model)
             started = time.perf_counter()
-            outcome, outputs = self._run_pass(pass_, model, previous)
+            runner = replace(self, tolerance=budgets[pass_]) if budgets and pass_ in budgets else self
+            outcome, outputs = runner._run_pass(pass_, model, previous)
             outcome = replace(outcome, seconds=time.perf_counter() - started)
             log.info("%s: %s %s", pass_.name, outcome.status.value, outcome.reason)
             for instrument in self.instruments:

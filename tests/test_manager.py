@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 import graphopt
 from graphopt import manager
+from graphopt.api import run_pipeline
 from graphopt.data import Dataset, input_specs, load_data
 from graphopt.errors import DataError, PipelineError, PreconditionError
 from graphopt.instrument import Instrument
@@ -572,3 +573,24 @@ def test_a_stronger_level_is_scaled_from_its_mildest_level_not_measured(mlp_file
     assert units["w2@1"].reason.startswith("fails alone")
     assert units["w2@2"].reason == "not tried: it goes further than w2@1, which was not kept"
     assert {u.name for u in outcome.units if u.applied} == {"w1@1", "w1@2", "b1@1", "b1@2", "b2@1", "b2@2"}
+
+
+def test_a_pass_held_to_a_share_of_the_budget_leaves_the_rest_to_the_next(mlp_files: tuple[Path, Path]) -> None:
+    """The building block of ``--goal``'s split budgets: a pass in ``budgets`` is judged against the original by its
+    share, so it keeps fewer units; the pass after it is judged by the whole budget."""
+    budget = graphopt.Tolerance(cosine=0.9)
+    model_path, data_path = mlp_files
+    original = onnx.load(model_path)
+    calibration, verification = load_data(data_path, input_specs(original)).split(0.5)
+    whole, shared, after = RowNoise(), RowNoise(), Perturb(Perturb.Options(noise=0.01))
+    runs = {}
+    for label, first, budgets in (("whole", whole, None), ("shared", shared, {shared: budget.share(0.3)})):
+        runs[label] = run_pipeline(
+            original, [first, after], calibration, verification, tolerance=budget,
+            lossless_tolerance=graphopt.Tolerance.lossless(), runtime=graphopt.RuntimeConfig(), normalize=False,
+            budgets=budgets)
+    kept = {label: sum(u.applied for u in run.outcomes[0].units) for label, run in runs.items()}
+    assert 0 < kept["shared"] < kept["whole"], kept
+    first_check = runs["shared"].outcomes[0].verifications[-1]
+    assert first_check.tolerance.cosine == pytest.approx(0.97)
+    assert runs["shared"].outcomes[1].verifications[-1].tolerance.cosine == 0.9

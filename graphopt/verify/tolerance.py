@@ -90,6 +90,24 @@ class Tolerance:
             return t if t.confidence is None else replace(t, confidence=confidence)
         return replace(one(self), per_output={k: one(v) for k, v in self.per_output.items()})
 
+    def share(self, fraction: float) -> Tolerance:
+        """A ``fraction`` (in (0, 1]) of this budget, for one pass of several that must fit in it together: every
+        bound's allowed error scaled by ``fraction`` (1 − cosine, 1 − top-1, 1 − IoU, ``atol``; the SNR's noise
+        power, so ``snr_db`` rises by 10·log10(1/fraction)), each output's too; the confidence stays."""
+        check_number("fraction", fraction, low=0.0, high=1.0, optional=False)
+        if fraction == 0.0:
+            raise ToleranceError("a budget share must be above 0")
+
+        def tighter(bound: float | None) -> float | None:
+            return None if bound is None else 1.0 - fraction * (1.0 - bound)
+
+        def one(t: Tolerance) -> Tolerance:
+            return replace(t, atol=None if t.atol is None else t.atol * fraction, cosine=tighter(t.cosine),
+                           top1=tighter(t.top1), iou=tighter(t.iou),
+                           snr_db=None if t.snr_db is None else t.snr_db + 10.0 * math.log10(1.0 / fraction),
+                           per_output={k: one(v) for k, v in t.per_output.items()})
+        return one(self)
+
     def to_dict(self) -> dict[str, Any]:
         fields = {k: getattr(self, k) for k in ("atol", "rtol", "cosine", "snr_db", "top1", "iou", "confidence")}
         if self.per_output:

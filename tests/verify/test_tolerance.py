@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,16 @@ def test_confidence_is_checked() -> None:
         with pytest.raises(ToleranceError, match="confidence"):
             Tolerance(confidence=value)
     assert Tolerance().confidence == Tolerance.budget().confidence == 0.95
+
+
+def test_a_share_of_the_budget_scales_every_allowed_error() -> None:
+    budget = Tolerance(cosine=0.99, top1=0.98, iou=0.9, snr_db=20.0, atol=1e-3, confidence=0.9,
+                       per_output={"boxes": Tolerance(cosine=0.95)})
+    half = budget.share(0.5)
+    assert half.cosine == pytest.approx(0.995) and half.top1 == pytest.approx(0.99) and half.iou == pytest.approx(0.95)
+    assert half.snr_db == pytest.approx(20.0 + 10 * math.log10(2)) and half.atol == pytest.approx(5e-4)
+    assert half.per_output["boxes"].cosine == pytest.approx(0.975) and half.confidence == 0.9
+    assert budget.share(1.0) == budget
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ToleranceError):
+            budget.share(bad)
