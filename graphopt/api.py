@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import onnx
 
 from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
 from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
-from graphopt.goal import GOALS, GoalCandidate, GoalName, choose, goal_plans
+from graphopt.goal import GOALS, GoalName
+from graphopt.goal import search as search_goal
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
 from graphopt.manager import PassManager
@@ -202,7 +202,8 @@ def optimize(
                         f"{dataset.n_samples} samples give {verification.n_samples}; give at least {needed} (or "
                         "--confidence 0 to judge the means)")
 
-    def run(plan: Sequence[PassBase], speed_gate: bool = True) -> tuple[Report, PipelineResult]:
+    def run(plan: Sequence[PassBase], speed_gate: bool = True,
+            budgets: Mapping[PassBase, Tolerance] | None = None) -> tuple[Report, PipelineResult]:
         record = Report(
             graphopt_version=graphopt_version(),
             input_path=str(input_path) if input_path else None,
@@ -221,14 +222,16 @@ def optimize(
         result = run_pipeline(original, plan, calibration, verification, tolerance=tolerance,
                               lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
                               progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
-                              kinds=kinds, speed_gate=speed_gate)
+                              kinds=kinds, speed_gate=speed_gate, budgets=budgets)
         return record, result
 
     if goal is None:
         record, result = run(pipeline)
     else:
         wanted: GoalName = "latency" if goal == "latency" else "size"
-        record, result, pipeline = _search_goal(wanted, run, pipeline, original, verification, time_budget)
+        feed = next(verification.batches(1, per_sample=True))[0]
+        record, result, pipeline = search_goal(wanted, run, pipeline, available_passes(), original, feed, tolerance,
+                                               time_budget)
     final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
     ran = describe_pipeline(_as_run(pipeline, result.outcomes))
     stamp_provenance(final, Provenance(ran, data_digest(dataset), calibration_fraction))
@@ -243,47 +246,6 @@ def optimize(
     if html is not None:
         html_file = save_bytes(optimize_page(record).encode(), html, protect=_others(protect, html))
     return OptimizeResult(final, record, result, output_path, report_file, html_file)
-
-
-def _search_goal(goal: GoalName, run: Callable[[Sequence[PassBase], bool], tuple[Report, PipelineResult]],
-                 prelude: list[PassBase], original: onnx.ModelProto, verification: Dataset,
-                 time_budget: float | None) -> tuple[Report, PipelineResult, list[PassBase]]:
-    """Run the lossless ``prelude`` alone and then every plan for ``goal`` (``graphopt.goal``) while the time budget
-    lasts, compare the verified results once and return the winner's report (with the goal verdict in it), result
-    and pipeline, or the prelude's when the original is best."""
-    start = time.monotonic()
-    plans = [prelude, *goal_plans(goal, prelude, available_passes())]
-    runs: list[tuple[GoalCandidate, list[PassBase], Report, PipelineResult]] = []
-    tried: list[GoalCandidate] = []
-    for index, plan in enumerate(plans):
-        name = describe_pipeline(plan) or "(no pass)"
-        if index and time_budget is not None and time.monotonic() - start >= time_budget:
-            tried.append(GoalCandidate(name, "not run", f"the time budget ({time_budget:g} s) was spent"))
-            continue
-        began = time.monotonic()
-        log.info("goal %s: plan %d of %d: %s", goal, index + 1, len(plans), name)
-        record, result = run(plan, goal == "latency")  # for size, int8 that is not faster still counts
-        own = {q.name for q in (plan[len(prelude):] if index else plan)}  # what this plan adds to the prelude
-        records = [p for p in record.passes if p.name in own]
-        changed = [p for p in records if p.status in ("applied", "narrowed")]
-        cosines = [p.worst["cosine"] for p in record.passes if p.worst and p.worst.get("cosine") is not None]
-        if changed:
-            candidate = GoalCandidate(name, "verified", ", ".join(f"{p.name} {p.status}" for p in changed),
-                                      cosine=cosines[-1] if cosines else None, seconds=time.monotonic() - began)
-        else:
-            why = "; ".join(f"{p.name} {p.status}: {p.reason}" if p.reason else f"{p.name} {p.status}"
-                            for p in records) or "nothing to change"
-            candidate = GoalCandidate(name, "unchanged", why, seconds=time.monotonic() - began)
-        tried.append(candidate)
-        runs.append((candidate, plan, record, result))
-    verified = [entry for entry in runs if entry[0].status == "verified"]
-    feed = next(verification.batches(1, per_sample=True))[0]
-    verdict, best = choose(goal, original, [(c, r.model) for c, _, _, r in verified], feed)
-    scored = {c.plan: c for c in verdict.candidates}
-    verdict = replace(verdict, candidates=tuple(scored.get(c.plan, c) for c in tried))
-    _, plan, record, result = verified[best] if best is not None else runs[0]
-    record.goal = verdict.to_dict()
-    return record, result, plan
 
 
 def _as_run(pipeline: Sequence[PassBase], outcomes: Sequence[PassOutcome]) -> list[PassBase]:

@@ -3,21 +3,28 @@
 A *plan* is the lossless passes of the default pipeline followed by one setting of one lossy pass that serves the
 goal (``PassBase.goal_variants``: qdq-int8 static and dynamic, neuron-pruning, low-rank, … for latency; clustering,
 int4, pruning with sparse storage, … for size). Each plan runs as a pipeline under the whole budget, narrowed where
-it breaks it (``api.run_pipeline``), until the time budget is spent; a plan is not started once it is. Then the
-verified results are compared once, together with the original: for ``latency`` timed in one interleaved call
+it breaks it (``api.run_pipeline``), until the time budget is spent; a plan is not started once it is. The
+verified results are then compared once, together with the original: for ``latency`` timed in one interleaved call
 (single thread, batch 1, ``perf.measure_latency``), never from timings taken during the search; for ``size`` by
-their serialised size, exactly. The winner is the fastest (smallest) one that beats the original by ``MIN_GAIN``
-at least; when none does, the verdict says "float is best" and the model is the lossless passes' (the prelude alone,
-verified like the rest).
+their serialised size, exactly.
 
-Not yet: plans that combine passes under a split budget, and per-layer choices across passes.
+Then one *combined* plan: the best plan that changes the graph's structure (``goal_stage`` 0: pruning, low-rank)
+followed by the best that changes its numbers (stage 1: int8, float16, codebooks), the first held to a share of the
+budget in proportion to the damage each did alone (``Tolerance.share``) so that the second finds some left; the
+second is judged against the original by the whole budget, as every pass is. If both change the model, the
+combination and the best single plan are compared again, with the original, in one more call, which decides.
+
+The winner is the fastest (smallest) result that beats the original by ``MIN_GAIN`` at least; when none does, the
+verdict says "float is best" and the model is the lossless passes' (the prelude alone, verified like the rest).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
@@ -25,8 +32,16 @@ import onnx
 from graphopt import perf
 from graphopt.pass_base import PassBase
 from graphopt.perf import Latency
+from graphopt.pipeline import describe_pipeline
+from graphopt.verify.tolerance import Tolerance
 
-__all__ = ["GOALS", "MIN_GAIN", "GoalCandidate", "GoalName", "GoalVerdict", "choose", "goal_plans"]
+if TYPE_CHECKING:
+    from graphopt.outcome import PipelineResult
+    from graphopt.report.model import Report
+
+__all__ = ["GOALS", "MIN_GAIN", "GoalCandidate", "GoalName", "GoalVerdict", "Run", "choose", "goal_plans", "search"]
+
+log = logging.getLogger(__name__)
 
 GOALS = ("latency", "size")
 MIN_GAIN = 0.03
@@ -34,6 +49,8 @@ MIN_GAIN = 0.03
 interleaved run of sub-millisecond models (``perf.measure_latency``), so a smaller gain is not one."""
 GoalName = Literal["latency", "size"]
 Timer = Callable[..., list[Latency]]
+Run = Callable[[Sequence[PassBase], bool, "Mapping[PassBase, Tolerance] | None"], "tuple[Report, PipelineResult]"]
+"""Runs a plan as a verified pipeline: (plan, speed gate on, per-pass budgets) → its report and result."""
 
 
 @dataclass(frozen=True)
@@ -107,3 +124,113 @@ def choose(goal: GoalName, original: onnx.ModelProto, finals: Sequence[tuple[Goa
     why = f"{scored[best].plan}: {figure}" + (f", ahead of {', '.join(others)}" if others else "")
     return GoalVerdict(goal, tuple(scored), scored[best].plan, why, measured), best
 
+
+
+@dataclass(frozen=True)
+class _Tried:
+    candidate: GoalCandidate
+    plan: list[PassBase]
+    record: Report | None = None
+    result: PipelineResult | None = None
+
+
+def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[str, type[PassBase]],
+           original: onnx.ModelProto, feed: Mapping[str, np.ndarray], tolerance: Tolerance,
+           time_budget: float | None) -> tuple[Report, PipelineResult, list[PassBase]]:
+    """Run the lossless ``prelude`` alone, every plan for ``goal`` and one combined plan while the time budget
+    lasts, compare the verified results and return the winner's report (with the goal verdict in it), result and
+    plan, or the prelude's when the original is best."""
+    start = time.monotonic()
+
+    def spent() -> bool:
+        return time_budget is not None and time.monotonic() - start >= time_budget
+
+    def attempt(plan: list[PassBase], own: Sequence[PassBase], budgets: Mapping[PassBase, Tolerance] | None = None,
+                note: str = "", every: bool = True) -> _Tried:
+        name = describe_pipeline(plan) or "(no pass)"
+        if plan is not prelude and spent():
+            return _Tried(GoalCandidate(name, "not run", f"the time budget ({time_budget:g} s) was spent"), plan)
+        began = time.monotonic()
+        log.info("goal %s: %s", goal, name)
+        record, result = run(plan, goal == "latency", budgets)  # for size, int8 that is not faster still counts
+        return _Tried(_judged(name, record, {p.name for p in own}, time.monotonic() - began, note, every), plan,
+                      record, result)
+
+    tried = [attempt(prelude, prelude, every=False)]
+    tried += [attempt(plan, plan[len(prelude):]) for plan in goal_plans(goal, prelude, passes)]
+    singles = [t for t in tried if t.candidate.status == "verified"]
+    verdict, best = choose(goal, original, [(t.candidate, _model(t)) for t in singles], feed)
+    tried = _rescored(tried, verdict)
+    winner = _find(tried, singles[best]) if best is not None else None
+    combination = _combination(goal, tried, len(prelude))
+    if combination is not None:
+        first, second, share = combination
+        held = f"{first.name} held to {share:.0%} of the budget"
+        combined = attempt([*prelude, first, second], [first, second], {first: tolerance.share(share)}, held)
+        tried.append(combined)
+        if combined.candidate.status == "verified":
+            finals = [t for t in (winner, combined) if t is not None]
+            final, best = choose(goal, original, [(t.candidate, _model(t)) for t in finals], feed)
+            tried = _rescored(tried, final)
+            winner = _find(tried, finals[best]) if best is not None else None
+            verdict = replace(final, why=f"{final.why} (compared again with the combined plan)")
+    verdict = replace(verdict, candidates=tuple(t.candidate for t in tried), winner=winner.candidate.plan
+                      if winner is not None else "")
+    chosen = winner if winner is not None else tried[0]
+    assert chosen.record is not None and chosen.result is not None
+    chosen.record.goal = verdict.to_dict()
+    return chosen.record, chosen.result, chosen.plan
+
+
+def _judged(name: str, record: Report, own: set[str], seconds: float, note: str, every: bool) -> GoalCandidate:
+    """A plan's candidate from its report: ``verified`` when every pass it adds (``own``; with ``every`` off, any
+    of them) changed the model within the budget, else ``unchanged`` with each one's status."""
+    records = [p for p in record.passes if p.name in own]
+    changed = [p for p in records if p.status in ("applied", "narrowed")]
+    cosines = [p.worst["cosine"] for p in record.passes if p.worst and p.worst.get("cosine") is not None]
+    said = "; ".join(f"{p.name} {p.status}: {p.reason}" if p.reason and p.status not in ("applied", "narrowed")
+                     else f"{p.name} {p.status}" for p in records) or "nothing to change"
+    said = f"{note}; {said}" if note else said
+    if changed and (len(changed) == len(own) or not every):
+        return GoalCandidate(name, "verified", said, cosine=cosines[-1] if cosines else None, seconds=seconds)
+    return GoalCandidate(name, "unchanged", said, seconds=seconds)
+
+
+def _model(tried: _Tried) -> onnx.ModelProto:
+    assert tried.result is not None
+    return tried.result.model
+
+
+def _rescored(tried: list[_Tried], verdict: GoalVerdict) -> list[_Tried]:
+    """``tried`` with the candidates ``verdict`` measured replaced by their scored copies."""
+    scored = {c.plan: c for c in verdict.candidates}
+    return [replace(t, candidate=scored.get(t.candidate.plan, t.candidate)) for t in tried]
+
+
+def _find(tried: list[_Tried], wanted: _Tried) -> _Tried:
+    return next(t for t in tried if t.candidate.plan == wanted.candidate.plan)
+
+
+def _combination(goal: GoalName, tried: Sequence[_Tried], prelude: int) -> tuple[PassBase, PassBase, float] | None:
+    """The best verified single plan of each stage that beats the original (structure first, numbers second), and
+    the first one's share of the budget: in proportion to the damage (1 − worst cosine) each did alone, kept within
+    [0.25, 0.75]; ``None`` when a stage has no such plan."""
+    def key(c: GoalCandidate) -> float | None:
+        return c.latency_ratio if goal == "latency" else c.size_ratio
+
+    best: dict[int, _Tried] = {}
+    for t in tried:
+        if len(t.plan) != prelude + 1 or t.candidate.status != "verified":
+            continue
+        figure, stage = key(t.candidate), t.plan[-1].goal_stage
+        if figure is None or figure >= 1.0:
+            continue
+        held = best.get(stage)
+        if held is None or figure < (key(held.candidate) or 1.0):
+            best[stage] = t
+    if 0 not in best or 1 not in best:
+        return None
+    cosines = [best[stage].candidate.cosine for stage in (0, 1)]
+    damages = [1.0 - c if c is not None else 0.0 for c in cosines]
+    share = damages[0] / sum(damages) if sum(damages) > 0 else 0.5
+    return best[0].plan[-1], best[1].plan[-1], min(0.75, max(0.25, share))

@@ -170,6 +170,9 @@ class PassBase(abc.ABC):
     """
 
     name: ClassVar[str]
+    goal_stage: ClassVar[int] = 1
+    """Where the pass goes in a ``--goal`` plan that combines two: 0 changes the graph's structure (pruning,
+    low-rank), 1 its numbers (int8, float16, codebooks); a combined plan takes one of each, stage 0 first."""
     lossless: ClassVar[bool] = False
     same_rounding: ClassVar[bool] = True
     needs_data: ClassVar[bool] = False

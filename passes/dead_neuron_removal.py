@@ -57,6 +57,7 @@ class DeadNeuronRemovalPass(PassBase):
     """Remove channels that are constant on all calibration samples, folding the constant into the next layers."""
 
     name = "dead-neuron-removal"
+    goal_stage = 0
     lossless = False
     needs_data = True
 

@@ -65,6 +65,7 @@ class LowRankPass(PassBase):
     """Split MatMul/Gemm/1×1-Conv weights into two low-rank factors fitted to calibration activations."""
 
     name = "low-rank"
+    goal_stage = 0
     lossless = False
     needs_data = True
 

@@ -106,6 +106,7 @@ class NeuronPruningPass(PassBase):
     """Remove the least important channels of each layer and refit the next layer by least squares on data."""
 
     name = "neuron-pruning"
+    goal_stage = 0
     lossless = False
     needs_data = True
 

@@ -89,6 +89,7 @@ class WeightPruningPass(PassBase):
     """Zero the least important weights (magnitude or |W|·‖X‖, unstructured or N:M) and refit the kept ones."""
 
     name = "weight-pruning"
+    goal_stage = 0
     lossless = False
     needs_data = True
 

@@ -24,11 +24,17 @@ def _int8(model: onnx.ModelProto) -> bool:
     return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
 
 
-def _timer(int8_ratio: float, other_ratio: float, calls: list[int]):
-    """Fixed latencies: the first model 1 ms, int8 models ``int8_ratio`` ms, any other ``other_ratio`` ms."""
+def _elements(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+
+
+def _timer(int8_ratio: float, other_ratio: float, calls: list[int], smaller: float = 1.0, pruned: int = 0):
+    """Fixed latencies: the first model 1 ms, int8 models ``int8_ratio`` ms, any other ``other_ratio`` ms, each times
+    ``smaller`` when it has fewer than ``pruned`` weights."""
     def timer(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], **_: object) -> list[Latency]:
         calls.append(len(models))
-        times = [1.0, *(int8_ratio if _int8(m) else other_ratio for m in models[1:])]
+        times = [1.0, *((int8_ratio if _int8(m) else other_ratio) * (smaller if _elements(m) < pruned else 1.0)
+                        for m in models[1:])]
         return [Latency(t, t, 20) for t in times]
     return timer
 
@@ -50,8 +56,29 @@ def test_latency_keeps_the_plan_that_times_fastest_once(monkeypatch: pytest.Monk
     verified = [c for c in goal["candidates"] if c["status"] == "verified"]
     assert len(verified) >= 3 and all(c["latency_ratio"] is not None for c in verified)
     assert all(c["latency_ratio"] is None for c in goal["candidates"] if c["status"] != "verified")
-    assert calls[-1] == 1 + len(verified), "the finals are timed together, once, with the original"
+    singles = [c for c in verified if "held to" not in c["reason"]]
+    assert 1 + len(singles) in calls, "the single plans are timed together, once, with the original"
     assert "ahead of" in goal["why"]
+
+
+def test_a_combined_plan_splits_the_budget_and_wins_when_it_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 halves the latency and pruning takes a further fifth: the best structural plan and int8 together, the
+    first held to its share of the budget, the second to the whole budget against the original, beat both."""
+    calls: list[int] = []
+    model, data = digits(400)
+    lossless = graphopt.optimize(model, data).model  # zero-weight elimination removes the model's zero channels
+    monkeypatch.setattr(perf, "measure_latency", _timer(0.5, 0.9, calls, 0.8, int(0.95 * _elements(lossless))))
+    result = graphopt.optimize(model, data, goal="latency")
+    goal = result.report.goal
+    assert goal is not None and goal["winner"].endswith(",qdq-int8") and goal["winner"].count(",") == 3, goal["why"]
+    combined = next(c for c in goal["candidates"] if c["plan"] == goal["winner"])
+    assert "held to" in combined["reason"] and combined["latency_ratio"] == pytest.approx(0.4)
+    assert calls[-1] == 3, "the combination is compared with the best single plan and the original in one call"
+    assert _int8(result.model) and _elements(result.model) < 0.95 * _elements(lossless)
+    first, second = (p for p in result.report.passes if not p.lossless)
+    (shared,), (whole,) = first.verifications, second.verifications
+    assert shared["against"] == whole["against"] == "original" and shared["passed"] and whole["passed"]
+    assert shared["tolerance"]["cosine"] > 0.99 and whole["tolerance"]["cosine"] == 0.99
 
 
 def test_latency_says_float_is_best_when_nothing_pays(monkeypatch: pytest.MonkeyPatch) -> None:
