@@ -150,8 +150,9 @@ def optimize(
         output_kinds: how named outputs are judged where the graph does not say (``{"logits": "classes:-1"}``,
             ``"mask:0.3"``, ``"values"``; see ``graphopt.verify.output_kinds``); the others are read from the graph.
         goal: ``"latency"`` or ``"size"`` instead of ``passes``: graphopt tries a plan per pass setting that serves
-            the goal, each verified under the budget, compares the results once and keeps the best, or the original
-            when none beats it (``graphopt.goal``; the report's ``goal`` lists every plan).
+            the goal and one combination of two under a split budget, each verified under the budget, compares the
+            results and keeps the best, or the original when none beats it (``graphopt.goal``; the report's
+            ``goal`` lists every plan).
         time_budget: with ``goal``, the seconds after which no further plan is started.
 
     The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so

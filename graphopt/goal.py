@@ -55,9 +55,10 @@ Run = Callable[[Sequence[PassBase], bool, "Mapping[PassBase, Tolerance] | None"]
 
 @dataclass(frozen=True)
 class GoalCandidate:
-    """One plan's outcome: ``status`` ``verified`` (it changed the model within the budget), ``unchanged``,
-    ``failed`` or ``not run`` (the time budget was spent), with ``reason``; ``latency_ratio``/``size_ratio`` against
-    the original from the final comparison; ``cosine`` the lowest mean cosine of any output against the original."""
+    """One plan's outcome: ``status`` ``verified`` (its passes changed the model within the budget), ``unchanged``
+    or ``not run`` (the time budget was spent), with ``reason``; ``latency_ratio``/``size_ratio`` against the
+    original from its latest comparison; ``cosine`` the worst output's mean cosine against the original after the
+    plan's last pass that changed the model."""
 
     plan: str
     status: str
@@ -123,7 +124,6 @@ def choose(goal: GoalName, original: onnx.ModelProto, finals: Sequence[tuple[Goa
     others = [f"{scored[i].plan} {key[i]:.3f}×" for i in better if i != best]
     why = f"{scored[best].plan}: {figure}" + (f", ahead of {', '.join(others)}" if others else "")
     return GoalVerdict(goal, tuple(scored), scored[best].plan, why, measured), best
-
 
 
 @dataclass(frozen=True)
