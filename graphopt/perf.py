@@ -44,13 +44,12 @@ def measure_latency(
 
     ``budget_s`` caps the timed runs so that they take about that long (at least 20 rounds), judged from warm-up.
 
-    A session's speed depends on when it was made: of four sessions of one int8 model, made one after another and
-    timed interleaved, each ran faster than the one before (silero-vad 16 kHz: 0.0710, 0.0681, 0.0674, 0.0664 ms,
-    stable across repeats and whatever the timing order), so a model listed later would look faster. Up to
+    A session's speed depends on when it was made: sessions of one model made one after another and timed
+    interleaved ran at different, stable speeds, so a model listed later could look faster. Up to
     ``BALANCED_BYTES`` of models, each model therefore runs in two sessions, made in list order and then in reverse
-    (every model's mean creation rank the same), and its times are the two sessions' runs pooled. With the random
-    order of ``time_interleaved``, four sessions of that model then measure within 0.9–1.7% of each other, where
-    they spread by 6–10% made once each in order.
+    (every model's mean creation rank the same), and its times are the two sessions' runs pooled. Four copies of
+    silero-vad 16 kHz then measure 1.6% apart, where one session each made in a row spread by 4.1%
+    (``benchmarks/bench_timing.py``).
     """
     config = RuntimeConfig(intra_op_threads=1, graph_optimization=graph_optimization)
     order = creation_order(models)
