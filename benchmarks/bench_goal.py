@@ -44,7 +44,7 @@ PEERS = ("ort static", "ort static reduce_range", "ort dynamic")
 def build(w: Workload, calibration: Dataset) -> list[Candidate]:
     start = time.perf_counter()
     try:
-        result = graphopt.optimize(w.model, w.data, goal="latency")
+        result = graphopt.optimize(w.model, w.data, goal="latency", output_kinds=w.output_kinds)
     except Exception as e:  # noqa: BLE001 - a crash is a result to report, not a reason to stop
         goal = Candidate(GOAL, None, time.perf_counter() - start, error_text(e))
     else:

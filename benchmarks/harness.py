@@ -157,7 +157,8 @@ def graphopt_variant(w: Workload, label: str, passes: str | Sequence[str | PassB
     ``normalize``/``drop-inferred-shapes``), or summarise every pass when the pipeline has several."""
     start = time.perf_counter()
     try:
-        result = graphopt.optimize(w.model, w.data, passes=passes, tolerance=None if verified else Tolerance())
+        result = graphopt.optimize(w.model, w.data, passes=passes, tolerance=None if verified else Tolerance(),
+                                   output_kinds=w.output_kinds)
     except Exception as e:  # noqa: BLE001 - a crash is a result to report, not a reason to stop
         return Candidate(label, None, time.perf_counter() - start, error_text(e), verified=verified)
     seconds = time.perf_counter() - start
