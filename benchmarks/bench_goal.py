@@ -25,15 +25,13 @@ import time
 
 from harness import ORIGINAL, Candidate, ModelResult, Row, error_text, graphopt_variant, run_benchmark
 from peers import ort_quantizers
-from workloads import Workload
+from workloads import LATENCY_RUNS, Workload
 
 import graphopt
 from graphopt.data import Dataset
 
 MODELS = ("digits", "cnn32", "onet", "silero16k", "silero", "ddddocr", "ddddocr_det", "minilm", "magika",
           "ppocr_det", "ppocr_rec")
-DEFAULT_RUNS = {"digits": 3000, "cnn32": 500, "onet": 2000, "silero16k": 2000, "silero": 2000, "ddddocr": 300,
-                "ddddocr_det": 60, "minilm": 200, "magika": 500, "ppocr_det": 100, "ppocr_rec": 200}
 GOAL = "graphopt --goal latency"
 SINGLES = {"qdq-int8": "fast-prelu,zero-weight-elimination,qdq-int8",
            "qdq-int8 dynamic": "fast-prelu,zero-weight-elimination,qdq-int8{mode=dynamic}",
@@ -92,4 +90,4 @@ def summary(results: list[ModelResult]) -> list[str]:
 
 if __name__ == "__main__":
     run_benchmark("goal", "graphopt --goal latency vs the best single pass and onnxruntime", __doc__, build,
-                  models=MODELS, default_runs=DEFAULT_RUNS, summary=summary)
+                  models=MODELS, default_runs=LATENCY_RUNS, summary=summary)

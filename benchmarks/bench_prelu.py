@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
-from workloads import machine
+from workloads import machine_line
 
 from graphopt.pass_base import PassContext
 from graphopt.perf import measure_latency
@@ -43,10 +43,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    facts = machine()
-    print(f"machine: {facts['cpu']}, {facts['cores']} cores; "
-          + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in facts["flags"].items())
-          + f"; onnxruntime {ort.__version__}")
+    print(f"machine: {machine_line()}")
     print("| activation | PRelu µs | fast-prelu µs | ratio | one Mul µs | same bits |")
     print("|---|---:|---:|---:|---:|---|")
     for label, (shape, slope_shape) in SHAPES.items():

@@ -41,7 +41,7 @@ from __future__ import annotations
 import onnx
 from harness import Candidate, Column, ModelResult, Row, graphopt_variant, run_benchmark
 from peers import int8_layers, ort_quantizers
-from workloads import Workload, feed
+from workloads import LATENCY_RUNS, Workload, feed
 
 from graphopt.data import Dataset
 from graphopt.openvino import measure_latency, openvino_reason, unavailable
@@ -53,8 +53,6 @@ from graphopt.verify.tolerance import Tolerance, judge
 
 MODELS = ("digits", "minilm", "magika", "silero", "silero16k", "cnn32", "onet", "ddddocr_det", "ddddocr",
           "ppocr_det", "ppocr_rec")
-DEFAULT_RUNS = {"digits": 3000, "minilm": 200, "magika": 500, "silero": 2000, "silero16k": 2000, "cnn32": 500,
-                "onet": 2000, "ddddocr_det": 60, "ddddocr": 300, "ppocr_det": 100, "ppocr_rec": 200}
 OPENVINO_TARGET = "graphopt qdq-int8 target openvino"
 PIPELINES = {"graphopt qdq-int8": "fast-prelu,qdq-int8",
              "graphopt qdq-int8 layers only": "fast-prelu,qdq-int8{regions=off}",
@@ -116,6 +114,6 @@ def _layers(row: Row, _: Row) -> str:
 
 if __name__ == "__main__":
     run_benchmark("qdq", "graphopt qdq-int8 vs onnxruntime quantization", __doc__, build, models=MODELS,
-                  default_runs=DEFAULT_RUNS, extra=[Column("int8 layers", _layers),
+                  default_runs=LATENCY_RUNS, extra=[Column("int8 layers", _layers),
                                                     Column("in OpenVINO vs original", _openvino)],
                   after=in_openvino)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from workloads import feed, load_workloads, machine
+from workloads import feed, load_workloads, machine_line
 
 from graphopt.perf import measure_latency, time_interleaved
 from graphopt.runtime import RuntimeConfig, create_session
@@ -32,10 +32,7 @@ def main() -> None:
     parser.add_argument("--models", default="silero16k,cnn32")
     parser.add_argument("--runs", type=int, default=2000)
     args = parser.parse_args()
-    facts = machine()
-    print(f"machine: {facts['cpu']}, {facts['cores']} cores; "
-          + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in facts["flags"].items())
-          + f"; onnxruntime {facts['onnxruntime']}")
+    print(f"machine: {machine_line()}")
     print("| model | method | medians of four identical copies (ms) | spread |")
     print("|---|---|---|---:|")
     config = RuntimeConfig(intra_op_threads=1, graph_optimization="all")

@@ -61,8 +61,8 @@ from graphopt.modelio import load_model
 from graphopt.perf import measure_latency
 
 __all__ = [
-    "CACHE", "CTC", "LOADERS", "MAP_THRESHOLD", "PROBABILITY_MAP", "ROOT", "Unavailable", "Workload", "feed",
-    "held_out_indices", "latency_ratios", "load_workloads", "machine",
+    "CACHE", "CTC", "LATENCY_RUNS", "LOADERS", "MAP_THRESHOLD", "PROBABILITY_MAP", "ROOT", "Unavailable", "Workload",
+    "feed", "held_out_indices", "latency_ratios", "load_workloads", "machine", "machine_line",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -440,6 +440,18 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": datetime.date.today().isoformat(),
     }
+
+
+def machine_line(info: dict[str, Any] | None = None) -> str:
+    """``machine`` as the one line every benchmark prints above its table: CPU, cores, ISA flags, onnxruntime."""
+    info = info or machine()
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["flags"].items())
+    return f"{info['cpu']}, {info['cores']} cores; {flags}; onnxruntime {info['onnxruntime']}"
+
+
+LATENCY_RUNS = {"digits": 3000, "minilm": 200, "magika": 500, "silero": 2000, "silero16k": 2000, "cnn32": 500,
+                "onet": 2000, "ddddocr_det": 60, "ddddocr": 300, "ppocr_det": 100, "ppocr_rec": 200}
+"""Timed rounds per model for the int8 and goal benchmarks: about a second or two of runs each."""
 
 
 def load_workloads(names: str, skipped: dict[str, str] | None = None) -> Iterator[Workload]:
