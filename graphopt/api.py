@@ -203,6 +203,8 @@ def optimize(
                         f"{dataset.n_samples} samples give {verification.n_samples}; give at least {needed} (or "
                         "--confidence 0 to judge the means)")
 
+    verifier = Verifier(original, verification, runtime, progress, task, kinds)  # --goal's plans share its reference
+
     def run(plan: Sequence[PassBase], speed_gate: bool = True,
             budgets: Mapping[PassBase, Tolerance] | None = None) -> tuple[Report, PipelineResult]:
         record = Report(
@@ -223,7 +225,7 @@ def optimize(
         result = run_pipeline(original, plan, calibration, verification, tolerance=tolerance,
                               lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
                               progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
-                              kinds=kinds, speed_gate=speed_gate, budgets=budgets)
+                              kinds=kinds, speed_gate=speed_gate, budgets=budgets, verifier=verifier)
         return record, result
 
     if goal is None:
@@ -304,12 +306,14 @@ def run_pipeline(
     kinds: Mapping[str, OutputKind] | None = None,
     speed_gate: bool = True,
     budgets: Mapping[PassBase, Tolerance] | None = None,
+    verifier: Verifier | None = None,
 ) -> PipelineResult:
     """The manager's run of ``pipeline`` (after normalisation), fitting on ``calibration`` and verifying on
     ``verification`` against ``original``, each output judged by its kind (default: read from the graph): the one
     code path of ``optimize`` and of ``validate``'s fold refits (which judge accuracy only: ``speed_gate`` off).
-    ``budgets`` holds passes to a share of the budget (``PassManager.run``)."""
-    verifier = Verifier(original, verification, runtime, progress, task, kinds)
+    ``budgets`` holds passes to a share of the budget (``PassManager.run``). ``verifier``, when given, is one made
+    for the same original and samples by an earlier run (its reference outputs are kept, not computed again)."""
+    verifier = verifier or Verifier(original, verification, runtime, progress, task, kinds)
     context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
     manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments), speed_gate=speed_gate)
     if not normalize:
