@@ -139,7 +139,7 @@ def render_table(report: Report) -> str:
         status = p.status + (f" ({p.reason})" if p.reason and p.status != "applied" else "")
         rows.append((
             p.name,
-            status if len(status) <= 60 else status[:57] + "...",
+            _clip(status),
             _changes(p.stats),
             f"{_count(p.params_before)} → {_count(p.params_after)}",
             f"{format_bytes(p.size_before)} → {format_bytes(p.size_after)}",
@@ -161,6 +161,11 @@ def render_table(report: Report) -> str:
     return "\n".join(out)
 
 
+def _clip(text: str, width: int = 60) -> str:
+    """``text`` cut to ``width`` characters for a table cell, with "..." where it was cut."""
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _goal_table(goal: dict[str, Any]) -> list[str]:
     """One row per plan ``--goal`` tried: status, the compared figure, worst cosine, time, why."""
     rows = []
@@ -168,5 +173,5 @@ def _goal_table(goal: dict[str, Any]) -> list[str]:
         figure = c["latency_ratio"] if goal["goal"] == "latency" else c["size_ratio"]
         rows.append((c["plan"], c["status"], "-" if figure is None else f"{figure:.3f}×",
                      "-" if c["cosine"] is None else f"cos {c['cosine']:.5f}", f"{c['seconds']:.1f}s",
-                     c["reason"] if len(c["reason"]) <= 60 else c["reason"][:57] + "..."))
+                     _clip(c["reason"])))
     return _columns(("plan", "status", goal["goal"], "worst vs original", "time", "why"), rows)
