@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import cast
 
 import onnx
 
@@ -149,10 +150,10 @@ def optimize(
             bound, at the tolerance's confidence).
         output_kinds: how named outputs are judged where the graph does not say (``{"logits": "classes:-1"}``,
             ``"mask:0.3"``, ``"values"``; see ``graphopt.verify.output_kinds``); the others are read from the graph.
-        goal: ``"latency"`` or ``"size"`` instead of ``passes``: graphopt tries a plan per pass setting that serves
-            the goal and one combination of two under a split budget, each verified under the budget, compares the
-            results and keeps the best, or the original when none beats it (``graphopt.goal``; the report's
-            ``goal`` lists every plan).
+        goal: ``"latency"``, ``"size"`` or ``"latency,size"`` (their product) instead of ``passes``: graphopt
+            tries a plan per pass setting that serves the goal and combinations of two under a split budget, each
+            verified under the budget, compares the results and keeps the best, or the original when none beats it
+            (``graphopt.goal``; the report's ``goal`` lists every plan).
         time_budget: with ``goal``, the seconds after which no further plan is started.
 
     The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so
@@ -231,10 +232,9 @@ def optimize(
     if goal is None:
         record, result = run(pipeline)
     else:
-        wanted: GoalName = "latency" if goal == "latency" else "size"
         feed = next(verification.batches(1, per_sample=True))[0]
-        record, result, pipeline = search_goal(wanted, run, pipeline, available_passes(), original, feed, tolerance,
-                                               time_budget)
+        record, result, pipeline = search_goal(cast(GoalName, goal), run, pipeline, available_passes(), original,
+                                               feed, tolerance, time_budget, progress)
     final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
     ran = describe_pipeline(_as_run(pipeline, result.outcomes))
     stamp_provenance(final, Provenance(ran, data_digest(dataset), calibration_fraction))

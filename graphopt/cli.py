@@ -84,8 +84,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", required=True, help="where to write the optimised model")
     run.add_argument("--data", default="random", help=".npz file or folder of samples, or 'random' (lossless only)")
     run.add_argument("--passes", default=None, help="pipeline, e.g. 'zero-weight-elimination' (default: lossless)")
-    run.add_argument("--goal", default=None, help="instead of --passes: latency or size; graphopt tries a plan per "
-                     "pass setting that serves it, verifies each and keeps the best (or the original)")
+    run.add_argument("--goal", default=None, help="instead of --passes: latency, size or latency,size (their "
+                     "product); graphopt tries a plan per pass setting that serves it, verifies each and keeps the "
+                     "best (or the original)")
     run.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                      help="with --goal: start no further plan after this many seconds")
     run.add_argument("--report", default=None, help="JSON report path (default: <output stem>.report.json)")

@@ -1,21 +1,25 @@
-"""``--goal latency|size``: graphopt chooses the passes, each plan verified like any pipeline, the winner measured.
+"""``--goal latency|size|latency,size``: graphopt chooses the passes, each plan verified like any pipeline, the
+winner measured.
 
 A *plan* is the lossless passes of the default pipeline followed by one setting of one lossy pass that serves the
 goal (``PassBase.goal_variants``: qdq-int8 static and dynamic, neuron-pruning, low-rank, … for latency; clustering,
-int4, pruning with sparse storage, … for size). Each plan runs as a pipeline under the whole budget, narrowed where
-it breaks it (``api.run_pipeline``), until the time budget is spent; a plan is not started once it is. The
-verified results are then compared once, together with the original: for ``latency`` timed in one interleaved call
-(single thread, batch 1, ``perf.measure_latency``), never from timings taken during the search; for ``size`` by
-their serialised size, exactly.
+int4, pruning with sparse storage, … for size; both sets for the trade-off). Each plan runs as a pipeline under the
+whole budget, narrowed where it breaks it (``api.run_pipeline``), until the time budget is spent; a plan is not
+started once it is. The verified results are then compared once, together with the original: latency timed in one
+interleaved call (single thread, batch 1, ``perf.measure_latency``), never from timings taken during the search;
+size by the serialised model, exactly. ``latency,size`` scores a plan by the product of the two ratios (halving
+either counts the same).
 
-Then one *combined* plan: the best plan that changes the graph's structure (``goal_stage`` 0: pruning, low-rank)
-followed by the best that changes its numbers (stage 1: int8, float16, codebooks), the first held to a share of the
-budget in proportion to the damage each did alone (``Tolerance.share``) so that the second finds some left; the
-second is judged against the original by the whole budget, as every pass is. If both change the model, the
-combination and the best single plan are compared again, with the original, in one more call, which decides.
+Then the *combined* plans: each of the two best plans that change the graph's structure (``goal_stage`` 0: pruning,
+low-rank) followed by the best that changes its numbers (stage 1: int8, float16, codebooks), the first held to a
+share of the budget in proportion to the damage each did alone (``Tolerance.share``) so that the second finds some
+left; the second is judged against the original by the whole budget, as every pass is. The verified combinations
+and the best single plan are compared again, with the original, in one more call, which decides: the search never
+returns a plan that measured slower than the best single plan in that call.
 
-The winner is the fastest (smallest) result that beats the original by ``MIN_GAIN`` at least; when none does, the
-verdict says "float is best" and the model is the lossless passes' (the prelude alone, verified like the rest).
+The winner is the plan with the best figure that beats the original by ``MIN_GAIN`` at least; when none does, the
+verdict says "float is best" and the model is the lossless passes' (the prelude alone, verified like the rest). The
+verdict marks the plans on the latency–size frontier (no other plan, nor the original, is as good in both).
 """
 
 from __future__ import annotations
@@ -30,25 +34,27 @@ import numpy as np
 import onnx
 
 from graphopt import perf
-from graphopt.pass_base import PassBase
+from graphopt.pass_base import Goal, PassBase
 from graphopt.perf import Latency
 from graphopt.pipeline import describe_pipeline
+from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.verify.tolerance import Tolerance
 
 if TYPE_CHECKING:
     from graphopt.outcome import PipelineResult
     from graphopt.report.model import Report
 
-__all__ = ["GOALS", "MIN_GAIN", "GoalCandidate", "GoalName", "GoalVerdict", "Run", "choose", "goal_plans", "search"]
+__all__ = ["GOALS", "MIN_GAIN", "GoalCandidate", "GoalName", "GoalVerdict", "Run", "choose", "figure", "frontier",
+           "goal_plans", "search"]
 
 log = logging.getLogger(__name__)
 
-GOALS = ("latency", "size")
+GOALS = ("latency", "size", "latency,size")
 MIN_GAIN = 0.03
 """A plan wins only by beating the original by this share: identical sub-millisecond models measure up to 1.6%
 apart in one interleaved run (``benchmarks/bench_timing.py``) and 2–3% in the benchmark tables, so a smaller gain is
 not one."""
-GoalName = Literal["latency", "size"]
+GoalName = Literal["latency", "size", "latency,size"]
 Timer = Callable[..., list[Latency]]
 Run = Callable[[Sequence[PassBase], bool, "Mapping[PassBase, Tolerance] | None"], "tuple[Report, PipelineResult]"]
 """Runs a plan as a verified pipeline: (plan, speed gate on, per-pass budgets) → its report and result."""
@@ -59,7 +65,8 @@ class GoalCandidate:
     """One plan's outcome: ``status`` ``verified`` (its passes changed the model within the budget), ``unchanged``
     or ``not run`` (the time budget was spent), with ``reason``; ``latency_ratio``/``size_ratio`` against the
     original from its latest comparison; ``cosine`` the worst output's mean cosine against the original after the
-    plan's last pass that changed the model."""
+    plan's last pass that changed the model; ``frontier`` whether no other measured plan, nor the original, is at
+    least as fast and as small and better in one."""
 
     plan: str
     status: str
@@ -68,10 +75,12 @@ class GoalCandidate:
     size_ratio: float | None = None
     cosine: float | None = None
     seconds: float = 0.0
+    frontier: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"plan": self.plan, "status": self.status, "reason": self.reason, "latency_ratio": self.latency_ratio,
-                "size_ratio": self.size_ratio, "cosine": self.cosine, "seconds": round(self.seconds, 3)}
+                "size_ratio": self.size_ratio, "cosine": self.cosine, "seconds": round(self.seconds, 3),
+                "frontier": self.frontier}
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,27 @@ class GoalVerdict:
 def goal_plans(goal: GoalName, prelude: Sequence[PassBase], passes: Mapping[str, type[PassBase]]
                ) -> list[list[PassBase]]:
     """The plans for ``goal``: ``prelude`` (the lossless passes) then one goal variant of each registered pass
-    (``passes``, by name) that offers one, in registry order."""
-    return [[*prelude, variant] for cls in passes.values() for variant in cls.goal_variants(goal)]
+    (``passes``, by name) that offers one, in registry order; for ``latency,size`` the variants for either goal,
+    each setting once."""
+    plans: dict[str, list[PassBase]] = {}
+    for cls in passes.values():
+        for part in _parts(goal):
+            for variant in cls.goal_variants(part):
+                plans.setdefault(repr(variant), [*prelude, variant])
+    return list(plans.values())
+
+
+def _parts(goal: GoalName) -> tuple[Goal, ...]:
+    return ("latency", "size") if goal == "latency,size" else (goal,)
+
+
+def figure(goal: GoalName, latency_ratio: float | None, size_ratio: float | None) -> float | None:
+    """What ``goal`` minimises: the latency ratio, the size ratio, or for ``latency,size`` their product."""
+    if goal == "latency":
+        return latency_ratio
+    if goal == "size":
+        return size_ratio
+    return None if latency_ratio is None or size_ratio is None else latency_ratio * size_ratio
 
 
 def choose(goal: GoalName, original: onnx.ModelProto, finals: Sequence[tuple[GoalCandidate, onnx.ModelProto]],
@@ -103,28 +131,49 @@ def choose(goal: GoalName, original: onnx.ModelProto, finals: Sequence[tuple[Goa
     into ``finals``, or ``None`` when the original is best. Latency is timed for all of them in one call of
     ``timer`` (``perf.measure_latency`` by default); size is each model's serialised size."""
     base_size = original.ByteSize()
-    sizes = [model.ByteSize() / base_size for _, model in finals]
+    sizes = [round(model.ByteSize() / base_size, 4) for _, model in finals]
     ratios: list[float | None] = [None] * len(finals)
     measured: dict[str, Any] = {}
-    if goal == "latency" and finals:
+    if "latency" in _parts(goal) and finals:
         timer = timer or perf.measure_latency  # looked up per call: tests replace it
         original_time, *timed = timer([original, *(model for _, model in finals)], feed, runs=runs)
         ratios = [round(t.median_ms / original_time.median_ms, 3) for t in timed]
         measured = {"original_ms": original_time.median_ms, "runs": original_time.runs}
-    scored = [replace(c, latency_ratio=r, size_ratio=round(s, 4)) for (c, _), r, s in zip(finals, ratios, sizes,
-                                                                                            strict=True)]
-    key = [r if goal == "latency" else s for r, s in zip(ratios, sizes, strict=True)]
+    scored = [replace(c, latency_ratio=r, size_ratio=s) for (c, _), r, s in zip(finals, ratios, sizes, strict=True)]
+    key = [figure(goal, r, s) for r, s in zip(ratios, sizes, strict=True)]
     better = [i for i, k in enumerate(key) if k is not None and k <= 1.0 - MIN_GAIN]
     if not better:
-        word = "faster" if goal == "latency" else "smaller"
+        word = {"latency": "faster", "size": "smaller"}.get(goal, "faster × smaller")
         why = (f"float is best: no verified plan was {MIN_GAIN:.0%} or more {word} than the original" if finals else
                "float is best: no plan changed the model within the budget")
         return GoalVerdict(goal, tuple(scored), "", why, measured), None
     best = min(better, key=lambda i: key[i])  # type: ignore[arg-type, return-value]
-    figure = f"{key[best]:.3f}× the original's {'latency' if goal == 'latency' else 'size'}"
     others = [f"{scored[i].plan} {key[i]:.3f}×" for i in better if i != best]
-    why = f"{scored[best].plan}: {figure}" + (f", ahead of {', '.join(others)}" if others else "")
+    why = f"{scored[best].plan}: {_figure_text(goal, scored[best])}" + (
+        f", ahead of {', '.join(others)}" if others else "")
     return GoalVerdict(goal, tuple(scored), scored[best].plan, why, measured), best
+
+
+def _figure_text(goal: GoalName, c: GoalCandidate) -> str:
+    if goal == "latency":
+        return f"{c.latency_ratio:.3f}× the original's latency"
+    if goal == "size":
+        return f"{c.size_ratio:.3f}× the original's size"
+    return (f"{c.latency_ratio:.3f}× the original's latency and {c.size_ratio:.3f}× its size (product "
+            f"{figure(goal, c.latency_ratio, c.size_ratio):.3f}×)")
+
+
+def frontier(candidates: Sequence[GoalCandidate]) -> tuple[GoalCandidate, ...]:
+    """``candidates`` with ``frontier`` set on those measured for latency and size that no other one, nor the
+    original (1×, 1×), matches in both figures and beats in one."""
+    points = [(c.latency_ratio, c.size_ratio) for c in candidates
+              if c.latency_ratio is not None and c.size_ratio is not None]
+
+    def dominated(lat: float, size: float) -> bool:
+        return any(a <= lat and b <= size and (a < lat or b < size) for a, b in [(1.0, 1.0), *points])
+
+    return tuple(replace(c, frontier=c.latency_ratio is not None and c.size_ratio is not None
+                         and not dominated(c.latency_ratio, c.size_ratio)) for c in candidates)
 
 
 @dataclass(frozen=True)
@@ -137,23 +186,29 @@ class _Tried:
 
 def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[str, type[PassBase]],
            original: onnx.ModelProto, feed: Mapping[str, np.ndarray], tolerance: Tolerance,
-           time_budget: float | None) -> tuple[Report, PipelineResult, list[PassBase]]:
-    """Run the lossless ``prelude`` alone, every plan for ``goal`` and one combined plan while the time budget
+           time_budget: float | None, progress: Progress = NULL_PROGRESS
+           ) -> tuple[Report, PipelineResult, list[PassBase]]:
+    """Run the lossless ``prelude`` alone, every plan for ``goal`` and the combined plans while the time budget
     lasts, compare the verified results and return the winner's report (with the goal verdict in it), result and
-    plan, or the prelude's when the original is best."""
+    plan, or the prelude's when the original is best. ``progress`` shows the plan being tried."""
     start = time.monotonic()
+    count = 0
 
     def spent() -> bool:
         return time_budget is not None and time.monotonic() - start >= time_budget
 
     def attempt(plan: list[PassBase], own: Sequence[PassBase], budgets: Mapping[PassBase, Tolerance] | None = None,
                 note: str = "", every: bool = True) -> _Tried:
+        nonlocal count
         name = describe_pipeline(plan) or "(no pass)"
         if plan is not prelude and spent():
             return _Tried(GoalCandidate(name, "not run", f"the time budget ({time_budget:g} s) was spent"), plan)
-        began = time.monotonic()
+        began, count = time.monotonic(), count + 1
         log.info("goal %s: %s", goal, name)
-        record, result = run(plan, goal == "latency", budgets)  # for size, int8 that is not faster still counts
+        with progress.task(f"--goal {goal}, plan {count}: {name}", 1) as advance:
+            # for size, int8 that is not faster still counts, and the trade-off weighs speed itself
+            record, result = run(plan, goal == "latency", budgets)
+            advance(1)
         return _Tried(_judged(name, record, {p.name for p in own}, time.monotonic() - began, note, every), plan,
                       record, result)
 
@@ -163,20 +218,19 @@ def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[st
     verdict, best = choose(goal, original, [(t.candidate, _model(t)) for t in singles], feed)
     tried = _rescored(tried, verdict)
     winner = _find(tried, singles[best]) if best is not None else None
-    combination = _combination(goal, tried, len(prelude))
-    if combination is not None:
-        first, second, share = combination
-        held = f"{first.name} held to {share:.0%} of the budget"
-        combined = attempt([*prelude, first, second], [first, second], {first: tolerance.share(share)}, held)
-        tried.append(combined)
-        if combined.candidate.status == "verified":
-            finals = [t for t in (winner, combined) if t is not None]
-            final, best = choose(goal, original, [(t.candidate, _model(t)) for t in finals], feed)
-            tried = _rescored(tried, final)
-            winner = _find(tried, finals[best]) if best is not None else None
-            verdict = replace(final, why=f"{final.why} (compared again with the combined plan)")
-    verdict = replace(verdict, candidates=tuple(t.candidate for t in tried), winner=winner.candidate.plan
-                      if winner is not None else "")
+    combined = [attempt([*prelude, first, second], [first, second], {first: tolerance.share(share)},
+                        f"{first.name} held to {share:.0%} of the budget")
+                for first, second, share in _combinations(goal, tried, len(prelude))]
+    tried += combined
+    verified = [t for t in combined if t.candidate.status == "verified"]
+    if verified:
+        finals = [t for t in (winner, *verified) if t is not None]
+        final, best = choose(goal, original, [(t.candidate, _model(t)) for t in finals], feed)
+        tried = _rescored(tried, final)
+        winner = _find(tried, finals[best]) if best is not None else None
+        verdict = replace(final, why=f"{final.why} (compared again with the combined plans)")
+    verdict = replace(verdict, candidates=frontier([t.candidate for t in tried]),
+                      winner=winner.candidate.plan if winner is not None else "")
     chosen = winner if winner is not None else tried[0]
     assert chosen.record is not None and chosen.result is not None
     chosen.record.goal = verdict.to_dict()
@@ -212,26 +266,28 @@ def _find(tried: list[_Tried], wanted: _Tried) -> _Tried:
     return next(t for t in tried if t.candidate.plan == wanted.candidate.plan)
 
 
-def _combination(goal: GoalName, tried: Sequence[_Tried], prelude: int) -> tuple[PassBase, PassBase, float] | None:
-    """The best verified single plan of each stage that beats the original (structure first, numbers second), and
-    the first one's share of the budget: in proportion to the damage (1 − worst cosine) each did alone, kept within
-    [0.25, 0.75]; ``None`` when a stage has no such plan."""
-    def key(c: GoalCandidate) -> float | None:
-        return c.latency_ratio if goal == "latency" else c.size_ratio
+COMBINED = 2
+"""How many structural plans are each combined with the best numeric one."""
 
-    best: dict[int, _Tried] = {}
+
+def _combinations(goal: GoalName, tried: Sequence[_Tried], prelude: int) -> list[tuple[PassBase, PassBase, float]]:
+    """The ``COMBINED`` best verified single plans that change the structure (stage 0), each followed by the best
+    that changes the numbers (stage 1), all beating the original; with each first pass's share of the budget: in
+    proportion to the damage (1 − worst cosine) it and the second did alone, kept within [0.25, 0.75]. Empty when
+    a stage has no such plan."""
+    stages: dict[int, list[tuple[float, _Tried]]] = {0: [], 1: []}
     for t in tried:
         if len(t.plan) != prelude + 1 or t.candidate.status != "verified":
             continue
-        figure, stage = key(t.candidate), t.plan[-1].goal_stage
-        if figure is None or figure >= 1.0:
-            continue
-        held = best.get(stage)
-        if held is None or figure < (key(held.candidate) or 1.0):
-            best[stage] = t
-    if 0 not in best or 1 not in best:
-        return None
-    cosines = [best[stage].candidate.cosine for stage in (0, 1)]
-    damages = [1.0 - c if c is not None else 0.0 for c in cosines]
-    share = damages[0] / sum(damages) if sum(damages) > 0 else 0.5
-    return best[0].plan[-1], best[1].plan[-1], min(0.75, max(0.25, share))
+        score = figure(goal, t.candidate.latency_ratio, t.candidate.size_ratio)
+        if score is not None and score < 1.0 and t.plan[-1].goal_stage in stages:
+            stages[t.plan[-1].goal_stage].append((score, t))
+    if not stages[0] or not stages[1]:
+        return []
+    second = min(stages[1], key=lambda st: st[0])[1]
+    pairs = []
+    for _, first in sorted(stages[0], key=lambda st: st[0])[:COMBINED]:
+        damages = [1.0 - c if c is not None else 0.0 for c in (first.candidate.cosine, second.candidate.cosine)]
+        share = damages[0] / sum(damages) if sum(damages) > 0 else 0.5
+        pairs.append((first.plan[-1], second.plan[-1], min(0.75, max(0.25, share))))
+    return pairs

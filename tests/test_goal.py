@@ -3,8 +3,10 @@ budget, compares the results once against the original and keeps the best, or sa
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +15,15 @@ import pytest
 from helpers import EXAMPLES, digits
 
 import graphopt
-from graphopt import perf
+from graphopt import perf, registry
 from graphopt.cli import main
 from graphopt.errors import UsageError
+from graphopt.goal import GoalCandidate, frontier
+from graphopt.pass_base import Goal
 from graphopt.perf import Latency
 from graphopt.provenance import read_provenance
+from graphopt.report.html import optimize_page
+from graphopt_passes.qdq_int8 import QdqInt8Pass
 
 
 def _int8(model: onnx.ModelProto) -> bool:
@@ -73,7 +79,10 @@ def test_a_combined_plan_splits_the_budget_and_wins_when_it_is_faster(monkeypatc
     assert goal is not None and goal["winner"].endswith(",qdq-int8") and goal["winner"].count(",") == 3, goal["why"]
     combined = next(c for c in goal["candidates"] if c["plan"] == goal["winner"])
     assert "held to" in combined["reason"] and combined["latency_ratio"] == pytest.approx(0.4)
-    assert calls[-1] == 3, "the combination is compared with the best single plan and the original in one call"
+    combinations = [c for c in goal["candidates"] if "held to" in c["reason"]]
+    assert len(combinations) == 2, "each of the two best structural plans is combined with int8"
+    verified = [c for c in combinations if c["status"] == "verified"]
+    assert calls[-1] == 2 + len(verified), "the combinations, the best single plan and the original in one call"
     assert _int8(result.model) and _elements(result.model) < 0.95 * _elements(lossless)
     first, second = (p for p in result.report.passes if not p.lossless)
     (shared,), (whole,) = first.verifications, second.verifications
@@ -144,3 +153,98 @@ def test_cli_goal_prints_the_plans_and_writes_them_in_the_report(tmp_path: Path,
     report = json.loads((tmp_path / "o.report.json").read_text())
     assert report["goal"]["winner"] == "fast-prelu,zero-weight-elimination,qdq-int8"
     onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_latency_and_size_trade_off_by_the_product_and_mark_the_frontier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``latency,size`` tries the plans of both goals (each setting once), times and sizes them, and keeps the
+    smallest product of the two ratios; the frontier holds exactly the plans no other plan (nor the original)
+    matches in both."""
+    monkeypatch.setattr(perf, "measure_latency", _timer(0.9, 0.95, []))
+    model, data = digits(400)
+    result = graphopt.optimize(model, data, goal="latency,size")
+    goal = result.report.goal
+    assert goal is not None and goal["goal"] == "latency,size"
+    plans = [c["plan"] for c in goal["candidates"]]
+    assert len(plans) == len(set(plans)), "a setting serving both goals is tried once"
+    assert any("weight-clustering" in p for p in plans) and any(p.endswith(",neuron-pruning") for p in plans)
+    measured = [c for c in goal["candidates"] if c["latency_ratio"] is not None]
+    products = {c["plan"]: c["latency_ratio"] * c["size_ratio"] for c in measured}
+    assert goal["winner"] == min(products, key=products.__getitem__)
+    assert "its size (product" in goal["why"]
+    for c in measured:
+        beaten = any(o["latency_ratio"] <= c["latency_ratio"] and o["size_ratio"] <= c["size_ratio"]
+                     and (o["latency_ratio"], o["size_ratio"]) != (c["latency_ratio"], c["size_ratio"])
+                     for o in measured)
+        assert c["frontier"] == (not beaten), c
+    page = optimize_page(result.report)
+    assert 'aria-label="Plans tried: latency and size against the original"' in page
+    assert page.count("<circle") >= len(measured)
+
+
+def test_the_frontier_leaves_out_what_the_original_or_another_plan_beats() -> None:
+    def plan(name: str, latency: float | None, size: float | None) -> GoalCandidate:
+        return GoalCandidate(name, "verified", latency_ratio=latency, size_ratio=size)
+
+    marked = frontier([plan("fast", 0.5, 0.9), plan("small", 0.8, 0.3), plan("worse", 0.8, 0.95),
+                       plan("slower than float", 1.2, 0.2), plan("bigger than float", 0.4, 1.1),
+                       plan("unmeasured", None, 0.1), plan("same as float", 1.0, 1.0)])
+    assert {c.plan for c in marked if c.frontier} == {"fast", "small", "slower than float", "bigger than float"}
+
+
+class VendorInt8(QdqInt8Pass):
+    """A third party's pass: it joins ``--goal`` through its entry point by naming its settings for a goal."""
+
+    name = "vendor-int8"
+
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[QdqInt8Pass, ...]:
+        return (cls(cls.Options(min_dim=8)),) if goal == "latency" else ()
+
+
+@pytest.fixture
+def vendor_pass(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    installed = registry.entry_points(group=registry.ENTRY_POINT_GROUP)
+    vendor = EntryPoint("vendor-int8", f"{__name__}:VendorInt8", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*installed, vendor])
+    registry.available_passes.cache_clear()
+    yield
+    registry.available_passes.cache_clear()
+
+
+@pytest.mark.usefixtures("vendor_pass")
+def test_a_third_party_pass_joins_the_search_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin's setting is one more plan, verified like the others; it wins when it times fastest (here: the
+    only int8 model whose first layer, too small for qdq-int8's default, reads int8)."""
+    def first_layer_int8(model: onnx.ModelProto) -> bool:
+        inputs = {i.name for i in model.graph.input}
+        return any(n.op_type == "QuantizeLinear" and n.input[0] in inputs for n in model.graph.node)
+
+    def timer(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], **_: object) -> list[Latency]:
+        times = [1.0, *(0.4 if first_layer_int8(m) else 0.9 for m in models[1:])]
+        return [Latency(t, t, 20) for t in times]
+
+    monkeypatch.setattr(perf, "measure_latency", timer)
+    model, data = digits(400)
+    goal = graphopt.optimize(model, data, goal="latency").report.goal
+    assert goal is not None
+    vendor = next(c for c in goal["candidates"] if c["plan"].endswith(",vendor-int8{min_dim=8}"))
+    assert vendor["status"] == "verified", vendor
+    assert goal["winner"] == vendor["plan"], goal["why"]
+
+
+def test_progress_names_each_plan_as_it_is_tried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(perf, "measure_latency", _timer(0.5, 0.9, []))
+    labels: list[str] = []
+
+    class Recorder:
+        @contextlib.contextmanager
+        def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+            labels.append(label)
+            yield lambda n: None
+
+    model, data = digits(400)
+    goal = graphopt.optimize(model, data, goal="latency", progress=Recorder()).report.goal
+    assert goal is not None
+    named = [label for label in labels if label.startswith("--goal latency, plan ")]
+    run = [c["plan"] for c in goal["candidates"] if c["status"] != "not run"]
+    assert [label.split(": ", 1)[1] for label in named] == run

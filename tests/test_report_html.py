@@ -71,7 +71,15 @@ def optimize_report() -> Report:
                     size_before=1_900_000, size_after=1_900_000, seconds=0.0,
                     skipped=[{"target": f"{EVIL}W{i}", "reason": "no zeros"} for i in range(12)]),
         ],
+        goal={"goal": "latency", "winner": "lossless,low-rank", "why": "lossless,low-rank: 0.500× the original's",
+              "candidates": [_plan("lossless", 0.98, 0.9, False), _plan("lossless,low-rank", 0.5, 0.4, True),
+                             _plan(f"lossless,{EVIL}", 0.7, 0.2, True), _plan("lossless,int4", None, None, False)]},
     )
+
+
+def _plan(plan: str, latency: float | None, size: float | None, edge: bool) -> dict[str, object]:
+    return {"plan": plan, "status": "verified" if latency else "unchanged", "reason": "", "latency_ratio": latency,
+            "size_ratio": size, "cosine": 0.999 if latency else None, "seconds": 1.0, "frontier": edge}
 
 
 def _held_out() -> Section:
@@ -220,7 +228,8 @@ def test_optimize_page_structure_and_escaping() -> None:
     page = optimize_page(optimize_report())
     parsed = parse(page)
     text = "".join(parsed.text)
-    assert sum(parsed.plots.values()) == 4 == len(parsed.plot_titles), "timeline, sizes, two passes with units"
+    assert sum(parsed.plots.values()) == 5 == len(parsed.plot_titles), "goal, timeline, sizes, 2 passes' units"
+    assert "Goal: latency" in text and "low-rank" in parsed.text and text.count(EVIL) >= 2, "plot label and row"
     assert parsed.unlabelled == 0
     assert parsed.tags["blink"] == 0 and parsed.tags["tiny"] == 0 and parsed.tags["script"] == 1
     assert "models/<tiny>&net.onnx" in text and "/encoder/layer.1/MatMul<1>&W" in text and EVIL in text

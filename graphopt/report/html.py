@@ -18,6 +18,7 @@ from graphopt.report.svg import (
     Bar,
     Column,
     Mark,
+    Point,
     PointRow,
     Row,
     Series,
@@ -26,6 +27,7 @@ from graphopt.report.svg import (
     hbar_chart,
     line_chart,
     point_plot,
+    scatter_plot,
 )
 from graphopt.validation.model import Check, Section, ValidationReport
 
@@ -179,6 +181,7 @@ def optimize_page(report: Report) -> str:
     """The page of one ``graphopt optimize`` run: what went in and out, then each pass as table, bars and units."""
     name = report.input_path or "model"
     body = [f"<h1>graphopt optimize: <code>{_e(name)}</code></h1>", _run_facts(report),
+            *(_goal_section(report.goal) if report.goal else []),
             "<h2>Passes</h2>", _pass_table(report) if report.passes else '<p class="note">no pass ran</p>']
     if report.passes:
         body.append(_plots([_timeline(report.passes), _size_bars(report.passes)]))
@@ -187,6 +190,45 @@ def optimize_page(report: Report) -> str:
             body.append(_units(record))
     body.append(_pass_details(report.passes))
     return _page(f"graphopt optimize: {name}", body, report.graphopt_version)
+
+
+def _goal_section(goal: dict[str, Any]) -> list[str]:
+    """``--goal``'s plans: the verdict, latency against size with the frontier (when the plans were timed; the
+    plans on it are labelled, the others named on hover), and a row per plan."""
+    candidates = goal["candidates"]
+    out = [f"<h2>Goal: {_e(goal['goal'])}</h2>", f'<p>{_e(goal["why"])}</p>']
+    timed = [c for c in candidates if finite(c["latency_ratio"]) is not None and finite(c["size_ratio"]) is not None]
+    if timed:
+        def colour(c: dict[str, Any]) -> str:
+            return GREEN if c["plan"] == goal["winner"] else BLUE if c.get("frontier") else LIGHT
+
+        points = [Point(_plan_label(c["plan"], candidates[0]["plan"]), c["latency_ratio"], c["size_ratio"], colour(c),
+                        f"{c['plan']}: latency {c['latency_ratio']:.3f}×, size {c['size_ratio']:.3f}×",
+                        ringed=c["plan"] == goal["winner"], labelled=bool(c.get("frontier")))
+                  for c in timed]
+        edge = [(c["latency_ratio"], c["size_ratio"]) for c in timed if c.get("frontier")]
+        out.append(_plots([scatter_plot(points, title="Plans tried: latency and size against the original",
+                                        x_label="latency (× the original's, single thread, batch 1)",
+                                        y_label="size (× the original's)", frontier=edge, reference=(1.0, 1.0),
+                                        legend=[("chosen", GREEN), ("on the frontier", BLUE), ("dominated", LIGHT)])]))
+    rows = [[_e(c["plan"]), _badge(c["status"], "applied" if c["status"] == "verified" else "skipped"),
+             _e(_ratio(c["latency_ratio"])), _e(_ratio(c["size_ratio"])), "yes" if c.get("frontier") else "",
+             _e("–" if finite(c["cosine"]) is None else f"{c['cosine']:.5f}"), _e(f"{c['seconds']:.1f} s"), _e(c["reason"] or "–")] for c in candidates]
+    out.append(_table(("plan", "status", "latency", "size", "frontier", "worst cosine", "time", "why"), rows,
+                      numeric=(2, 3, 5, 6)))
+    return out
+
+
+def _plan_label(plan: str, prelude: str) -> str:
+    """A plan without the lossless passes every plan starts with (``prelude``, the first plan): what sets it
+    apart."""
+    if plan == prelude:
+        return "lossless passes"
+    return plan[len(prelude) + 1:] if plan.startswith(prelude + ",") else plan
+
+
+def _ratio(value: Any) -> str:
+    return "–" if finite(value) is None else f"{value:.3f}×"
 
 
 def _run_facts(report: Report) -> str:

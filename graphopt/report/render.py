@@ -167,11 +167,12 @@ def _clip(text: str, width: int = 60) -> str:
 
 
 def _goal_table(goal: dict[str, Any]) -> list[str]:
-    """One row per plan ``--goal`` tried: status, the compared figure, worst cosine, time, why."""
+    """One row per plan ``--goal`` tried: status, latency and size against the original (``*`` on the frontier),
+    worst cosine, time, why."""
     rows = []
     for c in goal["candidates"]:
-        figure = c["latency_ratio"] if goal["goal"] == "latency" else c["size_ratio"]
-        rows.append((c["plan"], c["status"], "-" if figure is None else f"{figure:.3f}×",
+        ratios = ["-" if c[key] is None else f"{c[key]:.3f}×" for key in ("latency_ratio", "size_ratio")]
+        rows.append((c["plan"], c["status"], *ratios, "*" if c.get("frontier") else "",
                      "-" if c["cosine"] is None else f"cos {c['cosine']:.5f}", f"{c['seconds']:.1f}s",
                      _clip(c["reason"])))
-    return _columns(("plan", "status", goal["goal"], "worst vs original", "time", "why"), rows)
+    return _columns(("plan", "status", "latency", "size", "frontier", "worst vs original", "time", "why"), rows)

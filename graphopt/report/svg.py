@@ -17,6 +17,7 @@ __all__ = [
     "Bar",
     "Column",
     "Mark",
+    "Point",
     "PointRow",
     "Row",
     "Scale",
@@ -29,6 +30,7 @@ __all__ = [
     "log_ticks",
     "nice_ticks",
     "point_plot",
+    "scatter_plot",
     "tick_text",
     "wants_log",
 ]
@@ -413,4 +415,59 @@ def line_chart(series: Sequence[Series], *, title: str, threshold: float | None 
             ring = f' stroke="{THRESHOLD}" stroke-width="2" r="5"' if bad else ' r="3"'
             body.append(f'<circle cx="{x_scale(x):.1f}" cy="{y_scale(y):.1f}"{ring} fill="{escape(s.colour)}">'
                         f"<title>{escape(s.name)} at {x:g}: {y:.6g}{' (fails)' if bad else ''}</title></circle>")
+    return _frame(width, height, title, body)
+
+
+@dataclass(frozen=True)
+class Point:
+    """A point of a scatter plot, labelled on the plot when ``labelled`` (else by its hover text only); ``ringed``
+    draws it larger with a dark ring (the chosen one)."""
+
+    label: str
+    x: float | None
+    y: float | None
+    colour: str
+    tip: str = ""
+    ringed: bool = False
+    labelled: bool = True
+
+
+def scatter_plot(points: Sequence[Point], *, title: str, x_label: str, y_label: str,
+                 frontier: Sequence[tuple[float, float]] = (), reference: tuple[float, float] | None = None,
+                 legend: Sequence[tuple[str, str]] = (), width: float = WIDTH, height: float = 360) -> str:
+    """Points over two numeric axes, each labelled; ``frontier`` joins its points with a dashed step line (lower is
+    better on both axes) and ``reference`` draws a cross-hair (the original). Points without both figures are
+    left out."""
+    shown = [p for p in points if finite(p.x) is not None and finite(p.y) is not None]
+    xs = [float(p.x) for p in shown] + ([reference[0]] if reference else [])  # type: ignore[arg-type]
+    ys = [float(p.y) for p in shown] + ([reference[1]] if reference else [])  # type: ignore[arg-type]
+    left, right, top = 56, width - 16, 44 if legend else 30
+    bottom = height - 42
+    x_lo, x_hi = _domain(xs, False, floor_zero=False)
+    y_lo, y_hi = _domain(ys, False, floor_zero=False)
+    x_scale, y_scale = Scale(x_lo, x_hi, left, right), Scale(y_lo, y_hi, bottom, top)
+    body = _legend(legend, left, 12) if legend else []
+    body += _y_axis(y_scale, left, right, y_label, top)
+    body += _x_axis(x_scale, top, bottom, x_label)
+    if reference is not None:
+        rx, ry = x_scale(reference[0]), y_scale(reference[1])
+        body.append(f'<path d="M{rx:.1f} {top:.1f}V{bottom:.1f}M{left:.1f} {ry:.1f}H{right:.1f}" stroke="{MUTED}" '
+                    f'stroke-dasharray="2 3" fill="none"><title>the original</title></path>')
+    steps = sorted(frontier)
+    if steps:
+        path = [f"M{x_scale(steps[0][0]):.1f} {y_scale(steps[0][1]):.1f}"]
+        for x1, y1 in steps[1:]:
+            path.append(f"H{x_scale(x1):.1f}V{y_scale(y1):.1f}")
+        body.append(f'<path d="{"".join(path)}" stroke="{INK}" stroke-dasharray="5 3" fill="none">'
+                    "<title>frontier</title></path>")
+    for p in shown:
+        cx, cy = x_scale(float(p.x)), y_scale(float(p.y))  # type: ignore[arg-type]
+        ring = f' r="7" stroke="{INK}" stroke-width="2"' if p.ringed else ' r="4.5" stroke="white"'
+        body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}"{ring} fill="{escape(p.colour)}" fill-opacity="0.9">'
+                    f"<title>{escape(p.tip or p.label)}</title></circle>")
+        if not p.labelled:
+            continue
+        anchor = "end" if cx > (left + right) / 2 else "start"
+        body.append(_text(cx + (-9 if anchor == "end" else 9), cy - 6, clip(p.label, 40), anchor=anchor, size=10,
+                          tip=p.tip or p.label))
     return _frame(width, height, title, body)
