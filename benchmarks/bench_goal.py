@@ -1,4 +1,5 @@
-"""``--goal latency`` against the best single pass and onnxruntime's quantizers, on real models, in one run.
+"""``--goal latency`` and ``--goal size`` against the best single pass and onnxruntime's quantizers, on real models,
+in one run.
 
 Usage:
     python benchmarks/bench_goal.py                       # every model whose packages are installed
@@ -7,15 +8,19 @@ Usage:
 Per model, on the samples graphopt splits (half calibration, half held out, seed 0), the variants are:
 
 - ``graphopt --goal latency``: ``graphopt.optimize(model, data, goal="latency")``, which tries a plan per pass
-  setting and one combination under a split budget, verified, and keeps the fastest in its own timing;
-- the single passes a user would otherwise pick, each after the lossless passes, verified by graphopt:
-  ``qdq-int8`` (static), ``qdq-int8{mode=dynamic}``, ``neuron-pruning``;
+  setting and combinations under a split budget, verified, and keeps the fastest in its own timing;
+- ``graphopt --goal size``: likewise, keeping the smallest;
+- the single passes a user would otherwise pick, each after the lossless passes, verified by graphopt: for
+  latency ``qdq-int8`` (static), ``qdq-int8{mode=dynamic}``, ``neuron-pruning``; for size ``weight-clustering``,
+  ``int4-weights``, ``float16{mode=weights}`` and static ``qdq-int8`` kept even where it is slower
+  (``speed_check=note``), as ``--goal size`` keeps it;
 - onnxruntime's ``quantize_static`` (plain and ``reduce_range``) and ``quantize_dynamic`` (``peers.py``).
 
 Every variant is then timed in one interleaved run with the original (single thread, batch 1, the harness's
 ``latency_ratios``) and judged on the held-out half by graphopt's default budget. The summary gives, per model,
-``--goal``'s latency against the fastest single pass within budget and against onnxruntime's fastest within budget,
-and the geometric mean of best single ÷ goal over the models. Not part of CI: timings belong here.
+``--goal latency``'s latency against the fastest single pass within budget and against onnxruntime's fastest within
+budget, and ``--goal size``'s size against the smallest single size pass within budget, with the geometric means of
+best single ÷ goal over the models. Not part of CI: timings belong here.
 """
 
 from __future__ import annotations
@@ -33,31 +38,43 @@ from graphopt.data import Dataset
 MODELS = ("digits", "cnn32", "onet", "silero16k", "silero", "ddddocr", "ddddocr_det", "minilm", "magika",
           "ppocr_det", "ppocr_rec")
 GOAL = "graphopt --goal latency"
-SINGLES = {"qdq-int8": "fast-prelu,zero-weight-elimination,qdq-int8",
-           "qdq-int8 dynamic": "fast-prelu,zero-weight-elimination,qdq-int8{mode=dynamic}",
-           "neuron-pruning": "fast-prelu,zero-weight-elimination,neuron-pruning"}
+SIZE_GOAL = "graphopt --goal size"
+LOSSLESS = "fast-prelu,zero-weight-elimination"
+SINGLES = {"qdq-int8": f"{LOSSLESS},qdq-int8",
+           "qdq-int8 dynamic": f"{LOSSLESS},qdq-int8{{mode=dynamic}}",
+           "neuron-pruning": f"{LOSSLESS},neuron-pruning"}
+SIZE_SINGLES = {"weight-clustering": f"{LOSSLESS},weight-clustering",
+                "int4-weights": f"{LOSSLESS},int4-weights",
+                "float16 weights": f"{LOSSLESS},float16{{mode=weights}}",
+                "qdq-int8 for size": f"{LOSSLESS},qdq-int8{{speed_check=note}}"}
 PEERS = ("ort static", "ort static reduce_range", "ort dynamic")
 
 
-def build(w: Workload, calibration: Dataset) -> list[Candidate]:
+def _goal(w: Workload, goal: str, label: str) -> Candidate:
     start = time.perf_counter()
     try:
-        result = graphopt.optimize(w.model, w.data, goal="latency", output_kinds=w.output_kinds)
+        result = graphopt.optimize(w.model, w.data, goal=goal, output_kinds=w.output_kinds)
     except Exception as e:  # noqa: BLE001 - a crash is a result to report, not a reason to stop
-        goal = Candidate(GOAL, None, time.perf_counter() - start, error_text(e))
-    else:
-        verdict = result.report.goal or {}
-        goal = Candidate(GOAL, result.model, time.perf_counter() - start, status=verdict.get("why", ""),
-                         notes=[f"{c['plan']}: {c['status']}, {c['reason']}" for c in verdict.get("candidates", [])])
+        return Candidate(label, None, time.perf_counter() - start, error_text(e))
+    verdict = result.report.goal or {}
+    return Candidate(label, result.model, time.perf_counter() - start, status=verdict.get("why", ""),
+                     notes=[f"{c['plan']}: {c['status']}, {c['reason']}" for c in verdict.get("candidates", [])])
+
+
+def build(w: Workload, calibration: Dataset) -> list[Candidate]:
     singles = [graphopt_variant(w, label, pipeline, record=pipeline.rsplit(",", 1)[1].split("{")[0])
-               for label, pipeline in SINGLES.items()]
-    return [goal, *singles, *ort_quantizers(w, calibration)]
+               for label, pipeline in {**SINGLES, **SIZE_SINGLES}.items()]
+    return [_goal(w, "latency", GOAL), _goal(w, "size", SIZE_GOAL), *singles, *ort_quantizers(w, calibration)]
 
 
-def _fastest(rows: list[Row], labels: tuple[str, ...] | list[str]) -> Row | None:
-    fair = [r for r in rows if r.variant in labels and r.ok and r.within_budget and math.isfinite(r.latency_ratio)
+def _fastest(rows: list[Row], labels: tuple[str, ...] | list[str], key: str = "latency_ratio") -> Row | None:
+    fair = [r for r in rows if r.variant in labels and r.ok and r.within_budget and math.isfinite(getattr(r, key))
             and r.variant != ORIGINAL]
-    return min(fair, key=lambda r: r.latency_ratio, default=None)
+    return min(fair, key=lambda r: getattr(r, key), default=None)
+
+
+def _geomean(gains: list[float]) -> float:
+    return math.exp(sum(math.log(g) for g in gains) / len(gains))
 
 
 def summary(results: list[ModelResult]) -> list[str]:
@@ -83,11 +100,31 @@ def summary(results: list[ModelResult]) -> list[str]:
                      f"| {choice} | {f'{single.variant} {single.latency_ratio:.3f}×' if single else 'none'} "
                      f"| {gain:.2f}× | {f'{peer.variant} {peer.latency_ratio:.3f}×' if peer else 'none'} |")
     if gains:
-        geomean = math.exp(sum(math.log(g) for g in gains) / len(gains))
-        lines += ["", f"Geometric mean of the gain over {len(gains)} models: **{geomean:.2f}×**."]
+        lines += ["", f"Geometric mean of the gain over {len(gains)} models: **{_geomean(gains):.2f}×**."]
+    return [*lines, "", *_size_summary(results)]
+
+
+def _size_summary(results: list[ModelResult]) -> list[str]:
+    lines = ["Size as a ratio to the original's serialised model. *gain*: best single size pass ÷ `--goal size`.", "",
+             "| model | `--goal size` | its choice | best single size pass | gain |", "|---|---:|---|---|---:|"]
+    gains = []
+    for r in results:
+        goal = r.row(SIZE_GOAL)
+        if goal is None or not goal.ok:
+            lines.append(f"| {r.title} | error | | | |")
+            continue
+        single = _fastest(r.rows, list(SIZE_SINGLES), key="size_ratio")
+        best = single.size_ratio if single is not None and single.size_ratio < 1.0 else 1.0
+        gains.append(best / goal.size_ratio)
+        choice = goal.status if len(goal.status) <= 90 else goal.status[:89] + "…"
+        lines.append(f"| {r.title} | {goal.size_ratio:.3f} ({'within budget' if goal.within_budget else '**out**'}) "
+                     f"| {choice} | {f'{single.variant} {single.size_ratio:.3f}' if single else 'none'} "
+                     f"| {gains[-1]:.2f}× |")
+    if gains:
+        lines += ["", f"Geometric mean of the size gain over {len(gains)} models: **{_geomean(gains):.2f}×**."]
     return [*lines, ""]
 
 
 if __name__ == "__main__":
-    run_benchmark("goal", "graphopt --goal latency vs the best single pass and onnxruntime", __doc__, build,
+    run_benchmark("goal", "graphopt --goal latency|size vs the best single pass and onnxruntime", __doc__, build,
                   models=MODELS, default_runs=LATENCY_RUNS, summary=summary)

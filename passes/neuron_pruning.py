@@ -146,8 +146,10 @@ class NeuronPruningPass(PassBase):
 
     @classmethod
     def goal_variants(cls, goal: Goal) -> tuple[NeuronPruningPass, ...]:
-        """The default pruning: fewer channels are both faster and smaller."""
-        return (cls(),)
+        """Up to half of each layer's channels in five steps (narrowing keeps each layer's largest step that
+        verifies): fewer channels are both faster and smaller, and the default's 30% leaves speed unclaimed where the
+        budget allows more (cnn32 with int8 after it: 0.278× the original's latency against 0.322×)."""
+        return (cls(cls.Options(ratio=0.5, steps=5)),)
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer and ratio; its sensitivity is the readers' relative output error after the refit."""

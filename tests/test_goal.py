@@ -166,7 +166,7 @@ def test_latency_and_size_trade_off_by_the_product_and_mark_the_frontier(monkeyp
     assert goal is not None and goal["goal"] == "latency,size"
     plans = [c["plan"] for c in goal["candidates"]]
     assert len(plans) == len(set(plans)), "a setting serving both goals is tried once"
-    assert any("weight-clustering" in p for p in plans) and any(p.endswith(",neuron-pruning") for p in plans)
+    assert any("weight-clustering" in p for p in plans) and any(",neuron-pruning{" in p for p in plans)
     measured = [c for c in goal["candidates"] if c["latency_ratio"] is not None]
     products = {c["plan"]: c["latency_ratio"] * c["size_ratio"] for c in measured}
     assert goal["winner"] == min(products, key=products.__getitem__)
