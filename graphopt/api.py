@@ -18,7 +18,7 @@ import onnx
 
 from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
 from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
-from graphopt.goal import GOALS, GoalName
+from graphopt.goal import DEFAULT_TIME_BUDGET, GOALS, GoalName
 from graphopt.goal import search as search_goal
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
@@ -154,7 +154,8 @@ def optimize(
             tries a plan per pass setting that serves the goal and combinations of two under a split budget, each
             verified under the budget, compares the results and keeps the best, or the original when none beats it
             (``graphopt.goal``; the report's ``goal`` lists every plan).
-        time_budget: with ``goal``, the seconds after which no further plan is started.
+        time_budget: with ``goal``, the seconds of search (default ``graphopt.goal.DEFAULT_TIME_BUDGET``, 240):
+            then the running plan's narrowing keeps the units verified so far and no further plan is started.
 
     The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so
     ``validate`` can tell held-out samples from calibration ones and re-run the pipeline on folds.
@@ -206,8 +207,8 @@ def optimize(
 
     verifier = Verifier(original, verification, runtime, progress, task, kinds)  # --goal's plans share its reference
 
-    def run(plan: Sequence[PassBase], speed_gate: bool = True,
-            budgets: Mapping[PassBase, Tolerance] | None = None) -> tuple[Report, PipelineResult]:
+    def run(plan: Sequence[PassBase], speed_gate: bool = True, budgets: Mapping[PassBase, Tolerance] | None = None,
+            deadline: float | None = None) -> tuple[Report, PipelineResult]:
         record = Report(
             graphopt_version=graphopt_version(),
             input_path=str(input_path) if input_path else None,
@@ -226,7 +227,8 @@ def optimize(
         result = run_pipeline(original, plan, calibration, verification, tolerance=tolerance,
                               lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
                               progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
-                              kinds=kinds, speed_gate=speed_gate, budgets=budgets, verifier=verifier)
+                              kinds=kinds, speed_gate=speed_gate, budgets=budgets, verifier=verifier,
+                              deadline=deadline)
         return record, result
 
     if goal is None:
@@ -234,7 +236,8 @@ def optimize(
     else:
         feed = next(verification.batches(1, per_sample=True))[0]
         record, result, pipeline = search_goal(cast(GoalName, goal), run, pipeline, available_passes(), original,
-                                               feed, tolerance, time_budget, progress)
+                                               feed, tolerance,
+                                               DEFAULT_TIME_BUDGET if time_budget is None else time_budget, progress)
     final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
     ran = describe_pipeline(_as_run(pipeline, result.outcomes))
     stamp_provenance(final, Provenance(ran, data_digest(dataset), calibration_fraction))
@@ -307,6 +310,7 @@ def run_pipeline(
     speed_gate: bool = True,
     budgets: Mapping[PassBase, Tolerance] | None = None,
     verifier: Verifier | None = None,
+    deadline: float | None = None,
 ) -> PipelineResult:
     """The manager's run of ``pipeline`` (after normalisation), fitting on ``calibration`` and verifying on
     ``verification`` against ``original``, each output judged by its kind (default: read from the graph): the one

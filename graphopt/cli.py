@@ -88,7 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
                      "product); graphopt tries a plan per pass setting that serves it, verifies each and keeps the "
                      "best (or the original)")
     run.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                     help="with --goal: start no further plan after this many seconds")
+                     help="with --goal: seconds of search (default 240); then the running plan keeps what it "
+                     "verified so far and no further plan starts")
     run.add_argument("--report", default=None, help="JSON report path (default: <output stem>.report.json)")
     budget = Tolerance.budget()
     lossless = Tolerance.lossless()

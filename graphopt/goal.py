@@ -4,11 +4,11 @@ winner measured.
 A *plan* is the lossless passes of the default pipeline followed by one setting of one lossy pass that serves the
 goal (``PassBase.goal_variants``: qdq-int8 static and dynamic, neuron-pruning, low-rank, … for latency; clustering,
 int4, pruning with sparse storage, … for size; both sets for the trade-off). Each plan runs as a pipeline under the
-whole budget, narrowed where it breaks it (``api.run_pipeline``), until the time budget is spent; a plan is not
-started once it is. The verified results are then compared once, together with the original: latency timed in one
-interleaved call (single thread, batch 1, ``perf.measure_latency``), never from timings taken during the search;
-size by the serialised model, exactly. ``latency,size`` scores a plan by the product of the two ratios (halving
-either counts the same).
+whole budget, narrowed where it breaks it (``api.run_pipeline``), until the time budget is spent: then the running
+plan's narrowing keeps the units it verified so far and no further plan starts. The verified results are then
+compared once, together with the original: latency timed in one interleaved call (single thread, batch 1,
+``perf.measure_latency``), never from timings taken during the search; size by the serialised model, exactly.
+``latency,size`` scores a plan by the product of the two ratios (halving either counts the same).
 
 Then the *combined* plans: each of the two best plans that change the graph's structure (``goal_stage`` 0: pruning,
 low-rank) followed by the best that changes its numbers (stage 1: int8, float16, codebooks), the first held to a
@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from graphopt.outcome import PipelineResult
     from graphopt.report.model import Report
 
-__all__ = ["GOALS", "MIN_GAIN", "GoalCandidate", "GoalName", "GoalVerdict", "Run", "choose", "figure", "frontier",
-           "goal_plans", "search"]
+__all__ = ["DEFAULT_TIME_BUDGET", "GOALS", "MIN_GAIN", "GoalCandidate", "GoalName", "GoalVerdict", "Run", "choose",
+           "figure", "frontier", "goal_plans", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,14 @@ apart in one interleaved run (``benchmarks/bench_timing.py``) and 2–3% in the 
 not one."""
 GoalName = Literal["latency", "size", "latency,size"]
 Timer = Callable[..., list[Latency]]
-Run = Callable[[Sequence[PassBase], bool, "Mapping[PassBase, Tolerance] | None"], "tuple[Report, PipelineResult]"]
-"""Runs a plan as a verified pipeline: (plan, speed gate on, per-pass budgets) → its report and result."""
+Run = Callable[[Sequence[PassBase], bool, "Mapping[PassBase, Tolerance] | None", "float | None"],
+              "tuple[Report, PipelineResult]"]
+"""Runs a plan as a verified pipeline: (plan, speed gate on, per-pass budgets, deadline) → its report and result;
+after the deadline (a ``time.monotonic()``) narrowing makes no further trial."""
+DEFAULT_TIME_BUDGET = 240.0
+"""Seconds of search by default: then the running plan's narrowing stops with the units verified so far, no plan
+starts, and the verified results are timed once (measured in ``README.md``: a 90 MB MiniLM in under 5 minutes on
+2 cores)."""
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,11 @@ class GoalVerdict:
 def goal_plans(goal: GoalName, prelude: Sequence[PassBase], passes: Mapping[str, type[PassBase]]
                ) -> list[list[PassBase]]:
     """The plans for ``goal``: ``prelude`` (the lossless passes) then one goal variant of each registered pass
-    (``passes``, by name) that offers one, in registry order; for ``latency,size`` the variants for either goal,
-    each setting once."""
+    (``passes``, by name) that offers one; for ``latency,size`` the variants for either goal, each setting once.
+    The passes that change the numbers come first (``goal_stage`` 1: int8, float16, codebooks), as they pay most
+    often, so that a time budget cuts the others; registry order within a stage."""
     plans: dict[str, list[PassBase]] = {}
-    for cls in passes.values():
+    for cls in sorted(passes.values(), key=lambda c: -c.goal_stage):
         for part in _parts(goal):
             for variant in cls.goal_variants(part):
                 plans.setdefault(repr(variant), [*prelude, variant])
@@ -192,10 +199,11 @@ def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[st
     lasts, compare the verified results and return the winner's report (with the goal verdict in it), result and
     plan, or the prelude's when the original is best. ``progress`` shows the plan being tried."""
     start = time.monotonic()
+    deadline = None if time_budget is None else start + time_budget
     count = 0
 
     def spent() -> bool:
-        return time_budget is not None and time.monotonic() - start >= time_budget
+        return deadline is not None and time.monotonic() >= deadline
 
     def attempt(plan: list[PassBase], own: Sequence[PassBase], budgets: Mapping[PassBase, Tolerance] | None = None,
                 note: str = "", every: bool = True) -> _Tried:
@@ -207,7 +215,7 @@ def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[st
         log.info("goal %s: %s", goal, name)
         with progress.task(f"--goal {goal}, plan {count}: {name}", 1) as advance:
             # for size, int8 that is not faster still counts, and the trade-off weighs speed itself
-            record, result = run(plan, goal == "latency", budgets)
+            record, result = run(plan, goal == "latency", budgets, None if plan is prelude else deadline)
             advance(1)
         return _Tried(_judged(name, record, {p.name for p in own}, time.monotonic() - began, note, every), plan,
                       record, result)

@@ -103,6 +103,12 @@ class PassManager:
     timers: Mapping[str, tuple[str, Timer]] = field(default_factory=lambda: dict(TIMERS))
     speed_gate: bool = True
     """Time latency passes' results (``graphopt.gates``); off where only the accuracy verdict matters."""
+    deadline: float | None = None
+    """A ``time.monotonic()`` after which a narrowing search makes no further trial and keeps the largest set of
+    units verified so far (``--goal``'s time budget)."""
+
+    def _late(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def run(self, model: onnx.ModelProto, passes: Sequence[PassBase],
             budgets: Mapping[PassBase, Tolerance] | None = None) -> PipelineResult:
@@ -324,7 +330,7 @@ class PassManager:
         budget = min(self.max_trials, search_trials(len(order)))
         judge = self._selection_tolerance(ranked + budget)
         low, high = 0, len(order)
-        while low < high and len(trials) < budget:
+        while low < high and len(trials) < budget and not self._late():
             middle = (low + high + 1) // 2
             if attempt(frozenset(order[:middle])).passed:
                 low = middle
@@ -340,6 +346,8 @@ class PassManager:
                                  "the budget with fewer units kept")
             elif len(trials) >= budget:
                 reasons[name] = f"not tried: the search's {budget} trials were spent"
+            elif self._late():
+                reasons[name] = "not tried: the time budget was spent"
             elif attempt(frozenset([*chosen, name])).passed:
                 chosen.append(name)
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from graphopt.api import run_pipeline
 from graphopt.data import Dataset, input_specs, load_data
 from graphopt.errors import DataError, PipelineError, PreconditionError
 from graphopt.instrument import Instrument
-from graphopt.outcome import Status
+from graphopt.outcome import PipelineResult, Status
 from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit, nested_levels
 from graphopt.verify.tolerance import selection_confidence
 from graphopt.verify.verifier import Verification, Verifier
@@ -594,3 +595,47 @@ def test_a_pass_held_to_a_share_of_the_budget_leaves_the_rest_to_the_next(mlp_fi
     first_check = runs["shared"].outcomes[0].verifications[-1]
     assert first_check.tolerance.cosine == pytest.approx(0.97)
     assert runs["shared"].outcomes[1].verifications[-1].tolerance.cosine == 0.9
+
+
+class _Clock:
+    """``time`` for the manager: ``monotonic`` advances a second per call (one per narrowing step checked)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    perf_counter = staticmethod(time.perf_counter)
+
+
+@pytest.mark.parametrize("seconds", [0, 3])
+def test_a_deadline_stops_narrowing_with_the_units_verified_so_far(mlp_files: tuple[Path, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    seconds: int) -> None:
+    """``--goal``'s time budget: past the deadline a search makes no further trial; what it keeps was verified,
+    and every unit it did not try says why."""
+    model_path, data_path = mlp_files
+    original = onnx.load(model_path)
+    calibration, verification = load_data(data_path, input_specs(original)).split(0.5)
+    budget = graphopt.Tolerance(cosine=0.98)
+
+    def narrowed(deadline: float | None) -> tuple[PipelineResult, int]:
+        result = run_pipeline(original, [RowNoise()], calibration, verification, tolerance=budget,
+                              lossless_tolerance=graphopt.Tolerance.lossless(), runtime=graphopt.RuntimeConfig(),
+                              normalize=False, deadline=deadline)
+        return result, result.outcomes[0].trials
+
+    unhurried, trials = narrowed(None)
+    clock = _Clock()
+    monkeypatch.setattr(manager, "time", clock)
+    hurried, cut = narrowed(clock.now + seconds)
+    (outcome,) = hurried.outcomes
+    assert cut < trials and unhurried.outcomes[0].status is Status.NARROWED
+    late = [u for u in outcome.units if u.reason == "not tried: the time budget was spent"]
+    assert late and not any(u.applied for u in late)
+    if outcome.status is Status.NARROWED:
+        assert seconds and all(v.passed for v in outcome.verifications)
+    else:
+        assert outcome.status is Status.ROLLED_BACK and hurried.model.graph == original.graph
