@@ -316,10 +316,12 @@ def run_pipeline(
     ``verification`` against ``original``, each output judged by its kind (default: read from the graph): the one
     code path of ``optimize`` and of ``validate``'s fold refits (which judge accuracy only: ``speed_gate`` off).
     ``budgets`` holds passes to a share of the budget (``PassManager.run``). ``verifier``, when given, is one made
-    for the same original and samples by an earlier run (its reference outputs are kept, not computed again)."""
+    for the same original and samples by an earlier run (its reference outputs are kept, not computed again).
+    After ``deadline`` (a ``time.monotonic()``) narrowing makes no further trial."""
     verifier = verifier or Verifier(original, verification, runtime, progress, task, kinds)
     context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
-    manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments), speed_gate=speed_gate)
+    manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments), speed_gate=speed_gate,
+                          deadline=deadline)
     if not normalize:
         return manager.run(original, list(pipeline), budgets)
     inferred = DropInferredShapesPass(frozenset(v.name for v in original.graph.value_info))
