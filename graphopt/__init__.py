@@ -10,6 +10,7 @@ command can answer Ctrl-C during start-up with one line instead of a traceback f
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
     from graphopt.runtime import RuntimeConfig
     from graphopt.verify.tolerance import Tolerance
+
+try:
+    __version__ = version("graphopt")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Dataset",

@@ -10,12 +10,12 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import cast
 
 import onnx
 
+import graphopt
 from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
 from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
 from graphopt.goal import DEFAULT_TIME_BUDGET, GOALS, GoalName
@@ -59,6 +59,7 @@ from graphopt.verify.tolerance import MIN_BOUNDED_SAMPLES, Tolerance, check_numb
 from graphopt.verify.verifier import Verifier
 
 __all__ = [
+    "DEFAULT_PIPELINE",
     "SECTIONS",
     "OptimizeResult",
     "ValidationResult",
@@ -87,15 +88,17 @@ class OptimizeResult:
 
 
 def graphopt_version() -> str:
-    try:
-        return version("graphopt")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return graphopt.__version__
+
+
+DEFAULT_PIPELINE = ("fast-prelu", "zero-weight-elimination")
+"""The passes run when none are named: graphopt's own lossless passes, in this order. A pass from another package
+runs only when named (``--passes``), so installing a plugin never changes what a run does."""
 
 
 def default_pipeline() -> list[str]:
-    """The passes run when none are named: every registered lossless pass (safe on any data)."""
-    return [name for name, cls in available_passes().items() if cls.lossless]
+    """``DEFAULT_PIPELINE`` as a list."""
+    return list(DEFAULT_PIPELINE)
 
 
 def report_path_for(output: str | Path) -> Path:
@@ -132,7 +135,7 @@ def optimize(
         model: a path to an ONNX file or a loaded ``ModelProto`` (never modified).
         data: an ``.npz`` file or folder of samples, a ``Dataset``, or ``"random"`` (lossless passes only).
         passes: a pipeline string (``"a,b{k=v}"``) or a list of names and ``PassBase`` instances; ``None`` runs
-            every registered lossless pass.
+            ``DEFAULT_PIPELINE`` (graphopt's lossless passes; a plugin's passes run only when named).
         output: where to save the optimised model (atomically, never over the input); ``None`` saves nothing.
         report: where to write the JSON report; defaults to ``<output stem>.report.json`` when ``output`` is set.
         tolerance: the budget every pass is held to against the original model (default cosine ≥ 0.99, top-1

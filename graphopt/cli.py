@@ -13,11 +13,14 @@ import argparse
 import contextlib
 import json
 import logging
+import platform
+import shutil
 import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn, TextIO
+from importlib import metadata
+from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -29,10 +32,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+import graphopt
 from graphopt import api
 from graphopt.errors import GraphoptError, OutputKindError, UsageError
-from graphopt.pipeline import option_fields
-from graphopt.report.render import format_bytes, render_table, render_validation_table, to_json, validation_json
+from graphopt.pipeline import option_choices, option_fields, option_text, option_type
+from graphopt.report.render import (
+    DEFAULT_WIDTH,
+    format_bytes,
+    render_table,
+    render_validation_table,
+    to_json,
+    validation_json,
+    wrap,
+)
 from graphopt.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeConfig
 from graphopt.verify.output_kinds import OutputKind, parse_output_kind
 from graphopt.verify.tolerance import DEFAULT_CONFIDENCE, Tolerance
@@ -43,9 +55,36 @@ INTERRUPTED = 130
 TERMINATED = 143
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that ends each flag's line with its default, where it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default in (None, False, [], "", argparse.SUPPRESS)
+        if quiet or not action.option_strings or "%(default)" in text or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"graphopt: error: {message} (see --help)\n")
+
+
+def _version_line() -> str:
+    """graphopt's version and the versions a bug report needs beside it."""
+    def of(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (f"graphopt {graphopt.__version__} (onnxruntime {of('onnxruntime')}, onnx {of('onnx')}, numpy "
+            f"{of('numpy')}, Python {platform.python_version()})")
 
 
 class TerminalProgress:
@@ -76,6 +115,7 @@ class TerminalProgress:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graphopt", description="Compress ONNX models with verified passes.")
+    parser.add_argument("--version", action="version", version=_version_line())
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -83,7 +123,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", help="input ONNX model (never modified)")
     run.add_argument("-o", "--output", required=True, help="where to write the optimised model")
     run.add_argument("--data", default="random", help=".npz file or folder of samples, or 'random' (lossless only)")
-    run.add_argument("--passes", default=None, help="pipeline, e.g. 'zero-weight-elimination' (default: lossless)")
+    run.add_argument("--passes", default=None, help="pipeline, e.g. 'zero-weight-elimination,qdq-int8' (default: "
+                     f"{','.join(api.DEFAULT_PIPELINE)}, lossless)")
     run.add_argument("--goal", default=None, help="instead of --passes: latency, size or latency,size (their "
                      "product); graphopt tries a plan per pass setting that serves it, verifies each and keeps the "
                      "best (or the original)")
@@ -219,10 +260,15 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(to_json(result.report))
     else:
-        out.write(render_table(result.report) + "\n")
+        out.write(render_table(result.report, _width()) + "\n")
         written = [p for p in (result.output_path, result.report_path, result.html_path) if p]
-        out.write(f"wrote {', '.join(map(str, written))}\n")
+        out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", _width(), "  "))
     return 0
+
+
+def _width() -> int:
+    """The terminal's columns (``COLUMNS`` when set), or ``DEFAULT_WIDTH`` when the output is not a terminal."""
+    return max(shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns, 40)
 
 
 class _NotShippable(GraphoptError):
@@ -256,9 +302,10 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(validation_json(result.report))
     else:
-        out.write(render_validation_table(result.report) + "\n")
+        out.write(render_validation_table(result.report, _width()) + "\n")
         written = [p for p in (result.report_path, result.html_path) if p]
-        out.write(f"wrote {', '.join(map(str, written))}\n" if written else "")
+        if written:
+            out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", _width(), "  "))
     if not result.report.passed:
         failed = ", ".join(s.title for s in result.report.sections if s.passed is False)
         raise _NotShippable(f"validation failed: {failed}")
@@ -272,19 +319,23 @@ def _passes(args: argparse.Namespace, out: TextIO) -> int:
             name: {
                 "summary": cls.summary(),
                 "lossless": cls.lossless,
-                "options": {f.name: {"type": str(t), "default": f.default, "help": f.metadata.get("help", "")}
+                "options": {f.name: {"type": option_type(t), "default": f.default, "help": f.metadata.get("help", ""),
+                                     **({"choices": list(option_choices(t))} if option_choices(t) else {})}
                             for f, t in option_fields(cls)},
             }
             for name, cls in passes.items()
         }
         out.write(json.dumps(listing, indent=2, default=str) + "\n")
         return 0
-    width = max((len(n) for n in passes), default=0)
+    width = _width()
     for name, cls in passes.items():
-        kind = "lossless" if cls.lossless else "lossy"
-        out.write(f"{name:<{width}}  {kind:<8}  {cls.summary()}\n")
-        out.writelines(f"{'':<{width}}  {'':<8}    {f.name}={f.default!r} ({getattr(t, '__name__', t)}): "
-                       f"{f.metadata.get('help', '')}\n" for f, t in option_fields(cls))
+        out.writelines(f"{line}\n" for line in wrap(f"{name} ({'lossless' if cls.lossless else 'lossy'}): "
+                                                    f"{cls.summary()}", width, "    "))
+        for f, t in option_fields(cls):
+            choices = option_choices(t)
+            kind = f"one of {', '.join(choices)}" if choices else option_type(t)
+            text = f"{f.name}={option_text(f.default)} ({kind}): {f.metadata.get('help', '')}".rstrip(": ")
+            out.writelines(f"{line}\n" for line in wrap(text, width, "      ", first="    "))
     return 0
 
 

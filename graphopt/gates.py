@@ -94,7 +94,7 @@ def judge_speed(check: SpeedCheck, before: onnx.ModelProto, after: onnx.ModelPro
     ``decline`` or ``note``). A runtime that cannot run the models is a reason to decline in ``decline`` mode: the
     candidate would be handed to that runtime."""
     name, timer = timers[check.runtime]
-    keeps_anyway = "speed_check=note keeps it anyway"
+    keeps_anyway = "speed_check=note would keep it"
     try:
         first, *timed = timer([before, after, *(model for _, model in alternatives)], feed, runs=RUNS, warmup=WARMUP,
                               budget_s=BUDGET_S)
@@ -114,7 +114,8 @@ def judge_speed(check: SpeedCheck, before: onnx.ModelProto, after: onnx.ModelPro
         note += f"; the fastest of {len(ratios)} verified candidates ({others})"
     chosen = "" if fastest == 0 else chosen
     if ratio >= 1.0 and check.mode == "decline":
-        return SpeedVerdict(ratio, note, f"{labels[fastest]} is not faster in {name} here: {measured}; "
-                            f"{keeps_anyway}", chosen)
+        verdict = f"{ratio:.2f}× slower" if round(ratio, 2) > 1.0 else "no faster"
+        return SpeedVerdict(ratio, note, f"{labels[fastest]} {verdict} here ({name}: {measured}); {keeps_anyway}",
+                            chosen)
     return SpeedVerdict(ratio, note, chosen=chosen)
 

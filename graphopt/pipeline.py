@@ -18,7 +18,8 @@ from graphopt.errors import PipelineError
 from graphopt.pass_base import PassBase
 from graphopt.registry import pass_class
 
-__all__ = ["PassSpec", "build_pipeline", "describe_pipeline", "option_fields", "parse_pipeline"]
+__all__ = ["PassSpec", "build_pipeline", "describe_pipeline", "option_choices", "option_fields", "option_text",
+           "option_type", "parse_pipeline"]
 
 _ITEM = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.-]+)\s*(?:\{(?P<options>[^{}]*)\})?\s*$")
 
@@ -65,6 +66,31 @@ def option_fields(cls: type[PassBase]) -> list[tuple[dataclasses.Field[Any], Any
     """The pass's options as (field, resolved type) pairs."""
     hints = typing.get_type_hints(cls.Options)
     return [(f, hints[f.name]) for f in dataclasses.fields(cls.Options)]
+
+
+def option_type(kind: Any) -> str:
+    """An option's type as a user writes it: ``int``, ``float | None``, ``tuple of float``, ``choice``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else option_type(a) for a in args)
+    if origin is typing.Literal:
+        return "choice"
+    if origin is tuple:
+        return f"tuple of {option_type(args[0])}" if args else "tuple"
+    return getattr(kind, "__name__", str(kind))
+
+
+def option_choices(kind: Any) -> tuple[str, ...]:
+    """The values a choice option (a ``Literal``, possibly optional) allows; empty for any other type."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(c for a in args for c in option_choices(a))
+    return tuple(map(str, args)) if origin is typing.Literal else ()
+
+
+def option_text(value: Any) -> str:
+    """An option value as the pipeline syntax writes it (``true``, ``none``, ``0.9;0.75``)."""
+    return _text(value)
 
 
 def build_pipeline(passes: str | Sequence[str | PassBase]) -> list[PassBase]:

@@ -63,8 +63,8 @@ def test_the_final_narrowed_candidate_is_timed_once(mlp_files: tuple[Path, Path]
         assert any(u.applied for u in outcome.units) and any(not u.applied for u in outcome.units)
     else:
         assert outcome.model_after is outcome.model_before and result.model.graph == outcome.model_before.graph
-        assert outcome.reason == f"the noisy model is not faster in onnxruntime here: {measured}; speed_check=note " \
-                                 "keeps it anyway"
+        assert outcome.reason == f"the noisy model {ratio:.2f}× slower here (onnxruntime: {measured}); " \
+                                 "speed_check=note would keep it"
 
 
 class VariedRows(FasterRows):
@@ -138,7 +138,7 @@ def test_the_default_qdq_gate_with_narrowing_times_once(monkeypatch: pytest.Monk
     assert outcome.trials > 0 and calls == [2], (outcome.trials, calls)
     ratio = result.report.record("qdq-int8").stats.get("latency_ratio")
     if outcome.status is Status.DECLINED:
-        assert "int8 is not faster in onnxruntime here" in outcome.reason and "×" in outcome.reason
+        assert outcome.reason.startswith("int8 ") and " here (onnxruntime: " in outcome.reason, outcome.reason
     else:
         assert outcome.status is Status.NARROWED and ratio is not None and ratio < 1, (outcome.status, ratio)
 
@@ -167,7 +167,9 @@ def test_judge_speed_words_each_verdict() -> None:
     faster = judge_speed(SpeedCheck("decline"), model, model, feed, timers(0.5))
     assert (faster.ratio, faster.declined) == (0.5, "")
     slower = judge_speed(SpeedCheck("decline"), model, model, feed, timers(1.0))
-    assert slower.ratio == 1.0 and slower.declined.startswith("the result is not faster in onnxruntime here: 1.000×")
+    assert slower.ratio == 1.0 and slower.declined.startswith("the result no faster here (onnxruntime: 1.000×")
+    later = judge_speed(SpeedCheck("decline"), model, model, feed, timers(1.12))
+    assert later.declined.startswith("the result 1.12× slower here (onnxruntime: 1.120×"), later
     assert judge_speed(SpeedCheck("note"), model, model, feed, timers(1.5)).declined == ""
     broken = judge_speed(SpeedCheck("decline"), model, model, feed, timers(None))
     assert broken.ratio is None and broken.declined.startswith("onnxruntime could not time the models: cannot compile")

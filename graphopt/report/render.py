@@ -1,15 +1,28 @@
-"""Renderings of a ``Report`` and a ``ValidationReport``: JSON for machines, plain-text tables for terminals."""
+"""Renderings of a ``Report`` and a ``ValidationReport``: JSON for machines, plain-text tables for terminals.
+
+A table fits the width it is given (the terminal's, ``COLUMNS`` when set; ``DEFAULT_WIDTH`` otherwise): each row
+is one line of short figures in aligned columns, followed by its details (why a pass was not applied, what it
+changed, the worst output) wrapped below it, indented, so a long reason reads whole instead of being cut or
+stretching the table. Free text around the tables is wrapped to the same width. No colour or markup: the text is
+the same on a terminal, in a pipe and in a CI log.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 from graphopt.report.model import Report
 from graphopt.validation.model import Check, ValidationReport
 
-__all__ = ["format_bytes", "render_table", "render_validation_table", "to_json", "validation_json"]
+__all__ = ["DEFAULT_WIDTH", "format_bytes", "format_count", "format_number", "render_table",
+           "render_validation_table", "to_json", "validation_json", "wrap"]
+
+DEFAULT_WIDTH = 100
+"""Columns of a table when the caller does not say (a pipe, a log file)."""
 
 
 def to_json(report: Report) -> str:
@@ -31,8 +44,70 @@ def format_bytes(size: int | None) -> str:
     return f"{value:.1f} GB"
 
 
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 10_000 else str(n)
+def format_count(n: int | None) -> str:
+    """A count the way the tables print them: ``6775``, ``38.3k``, ``1.57M``, ``2.10G``."""
+    if n is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale * (10 if suffix == "k" else 1):
+            return f"{n / scale:.{1 if suffix == 'k' else 2}f}{suffix}"
+    return str(n)
+
+
+def format_number(value: float) -> str:
+    """A statistic: a whole number as a count (``format_count``), anything else to four significant digits without
+    exponent notation where it can be avoided (``0.0123``, ``153.4``), never ``1.541e+05``."""
+    if not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer():
+        return format_count(int(value))
+    if abs(value) >= 1e4:
+        return format_count(round(value))
+    return f"{value:.4g}" if abs(value) >= 1e-4 else f"{value:.1e}"
+
+
+def wrap(text: str, width: int | None = None, indent: str = "", first: str = "") -> list[str]:
+    """``text`` as lines of at most ``width`` characters, the first indented by ``first`` and the others by
+    ``indent``; a word longer than a line (a path) is broken rather than let past the edge."""
+    return textwrap.wrap(text, width or DEFAULT_WIDTH, initial_indent=first, subsequent_indent=indent,
+                         break_on_hyphens=False) or [""]
+
+
+Row = tuple[Sequence[str], Sequence[str]]
+"""A table row: its short cells, then its detail lines (each wrapped to the width below the row)."""
+
+GAP = "  "
+DETAIL = "    "
+
+
+def _table(header: Sequence[str], rows: Sequence[Row], width: int | None, right: Sequence[int] = ()) -> list[str]:
+    """``rows`` under ``header`` in aligned columns of at most ``width`` characters, each row's details wrapped
+    below it. Where the columns are wider than ``width``, the first column (a name) wraps to make room."""
+    width = width or DEFAULT_WIDTH
+    widths = [max(len(cells[i]) for cells in [header, *(r for r, _ in rows)]) for i in range(len(header))]
+    excess = sum(widths) + len(GAP) * (len(widths) - 1) - width
+    if excess > 0:
+        widths[0] = max(widths[0] - excess, 8)
+
+    def lines(cells: Sequence[str]) -> list[str]:
+        first = wrap_word(cells[0], widths[0])
+        out = []
+        for k, head in enumerate(first):
+            row = [head, *(c if k == 0 else "" for c in cells[1:])]
+            out.append(GAP.join(c.rjust(w) if i in right else c.ljust(w)
+                                for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+        return out
+
+    out = [*lines(header), "─" * min(sum(widths) + len(GAP) * (len(widths) - 1), width)]
+    for cells, details in rows:
+        out += lines(cells)
+        out += [line for detail in details if detail for line in wrap(detail, width, DETAIL, first=DETAIL)]
+    return out
+
+
+def wrap_word(text: str, width: int) -> list[str]:
+    """A name cut into lines of ``width`` characters (names have no spaces to wrap at)."""
+    return [text[i:i + width] for i in range(0, len(text), width)] or [""]
 
 
 def _bound(low: float | None, mean: float, digits: int) -> str:
@@ -52,14 +127,7 @@ def _worst(worst: dict[str, Any] | None) -> str:
 
 
 def _changes(stats: dict[str, int | float]) -> str:
-    return ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in stats.items() if v) or "-"
-
-
-def _columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
-           "  ".join("-" * w for w in widths)]
-    return out + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return ", ".join(f"{k.replace('_', ' ')} {format_number(v)}" for k, v in stats.items() if v) or "-"
 
 
 _VERDICT = {True: "pass", False: "FAIL", None: "info"}
@@ -100,8 +168,9 @@ def _per_fold(checks: Sequence[Check]) -> list[tuple[str, str, str, str]]:
     return [(f"{checks[0].group} ({len(checks)} folds)", "info", " ".join(parts) or "-", detail)]
 
 
-def _rows(checks: Sequence[Check], collapse: bool) -> list[tuple[str, str, str, str]]:
-    """Table rows; with ``collapse``, the informational per-fold checks of a series become one row."""
+def _rows(checks: Sequence[Check], collapse: bool) -> list[Row]:
+    """Table rows (check, verdict; its figures and detail below); with ``collapse``, the informational per-fold
+    checks of a series become one row."""
     rows: list[tuple[str, str, str, str]] = []
     series: dict[str, list[Check]] = {}
     for c in checks:
@@ -110,69 +179,71 @@ def _rows(checks: Sequence[Check], collapse: bool) -> list[tuple[str, str, str, 
         else:
             rows.append((c.name, _VERDICT[c.passed], _figures(c), c.detail))
     collapsed = [row for group in series.values() for row in _per_fold(group)]
-    return [(n[:48], v, f, d if len(d) <= 70 else d[:67] + "...") for n, v, f, d in collapsed + rows]
+    return [((name, verdict), (figures if figures != "-" else "", detail)) for name, verdict, figures, detail
+            in collapsed + rows]
 
 
-def render_validation_table(report: ValidationReport) -> str:
-    """One block per section: its verdict, then each check's verdict, headline figures and detail (per-fold rows
-    gathered into one per series; the JSON and HTML keep every fold)."""
+def render_validation_table(report: ValidationReport, width: int | None = None) -> str:
+    """One block per section: its verdict, then each check's verdict with its headline figures and detail below
+    it (per-fold rows gathered into one per series; the JSON and HTML keep every fold), in at most ``width``
+    columns."""
+    width = width or DEFAULT_WIDTH
     out = []
     for section in report.sections:
         verdict = "SKIPPED" if section.skipped else _VERDICT[section.passed].upper()
-        out.append(f"{section.title}: {verdict}" + (f" ({section.skipped})" if section.skipped else ""))
+        out += wrap(f"{section.title}: {verdict}" + (f" ({section.skipped})" if section.skipped else ""), width,
+                    "  ")
         rows = _rows(section.checks, collapse=section.name == "folds")
         if rows:
-            out += ["  " + line for line in _columns(("check", "verdict", "figures", "detail"), rows)]
-        out += [f"  note: {n}" for n in section.notes]
+            out += ["  " + line for line in _table(("check", "verdict"), rows, width - 2)]
+        out += [line for n in section.notes for line in wrap(f"note: {n}", width, "    ", first="  ")]
         out.append("")
-    out.append("verdict: " + ("can ship: every check within the tolerance" if report.passed
-                              else "do not ship: " + ", ".join(s.title for s in report.sections if s.passed is False)
-                              + " failed"))
+    out += wrap("verdict: " + ("can ship: every check within the tolerance" if report.passed
+                               else "do not ship: " + ", ".join(s.title for s in report.sections
+                                                                if s.passed is False) + " failed"), width, "  ")
     return "\n".join(out)
 
 
-def render_table(report: Report) -> str:
-    """The per-pass table: status, changes, params, size, worst output vs the original, time."""
-    header = ("pass", "status", "changes", "params", "size", "worst vs original", "time")
-    rows: list[Sequence[str]] = []
+def render_table(report: Report, width: int | None = None) -> str:
+    """The per-pass table in at most ``width`` columns: status, params, size, the worst output's cosine against
+    the original and time on the row; why (unless applied), what changed and the worst output in full below it;
+    then the model's totals and, with ``--goal``, its plans."""
+    width = width or DEFAULT_WIDTH
+    header = ("pass", "status", "params", "size", "cosine", "time")
+    rows: list[Row] = []
     for p in report.passes:
-        status = p.status + (f" ({p.reason})" if p.reason and p.status != "applied" else "")
-        rows.append((
-            p.name,
-            _clip(status),
-            _changes(p.stats),
-            f"{_count(p.params_before)} → {_count(p.params_after)}",
-            f"{format_bytes(p.size_before)} → {format_bytes(p.size_after)}",
-            _worst(p.worst),
-            f"{p.seconds:.2f}s",
-        ))
-    out = _columns(header, rows)
-    line = out[1]
+        cosine = f"{p.worst['cosine']:.5f}" if p.worst and p.worst.get("cosine") is not None else "-"
+        cells = (p.name, p.status, f"{format_count(p.params_before)} → {format_count(p.params_after)}",
+                 f"{format_bytes(p.size_before)} → {format_bytes(p.size_after)}", cosine, f"{p.seconds:.2f}s")
+        changes = _changes(p.stats)
+        details = (p.reason if p.status != "applied" else "", "" if changes == "-" else changes,
+                   f"worst vs original: {_worst(p.worst)}" if p.worst else "")
+        rows.append((cells, details))
+    out = _table(header, rows, width, right=(4, 5))
     before, after = report.input_summary, report.output_summary
     if before and after:
-        out.append(line)
-        out.append(
-            f"model: params {_count(before['params'])} → {_count(after['params'])}, "
-            f"size {format_bytes(before['size_bytes'])} → {format_bytes(after['size_bytes'])}, "
-            f"nodes {before['nodes']} → {after['nodes']}"
-        )
+        out += wrap(f"model: params {format_count(before['params'])} → {format_count(after['params'])}, "
+                    f"size {format_bytes(before['size_bytes'])} → {format_bytes(after['size_bytes'])}, "
+                    f"nodes {before['nodes']} → {after['nodes']}", width, "  ")
     if report.goal:
-        out += ["", f"goal {report.goal['goal']}: {report.goal['why']}", *_goal_table(report.goal)]
+        out += ["", *wrap(f"goal {report.goal['goal']}: {report.goal['why']}", width, "  "),
+                *_goal_table(report.goal, width)]
     return "\n".join(out)
 
 
-def _clip(text: str, width: int = 60) -> str:
-    """``text`` cut to ``width`` characters for a table cell, with "..." where it was cut."""
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def _goal_table(goal: dict[str, Any]) -> list[str]:
-    """One row per plan ``--goal`` tried: status, latency and size against the original (``*`` on the frontier),
-    worst cosine, time, why."""
-    rows = []
-    for c in goal["candidates"]:
+def _goal_table(goal: dict[str, Any], width: int) -> list[str]:
+    """One row per plan ``--goal`` tried, named by what it adds to the lossless passes (the first plan): status,
+    latency and size against the original (``*`` on the frontier), worst cosine, time; why below it."""
+    candidates = goal["candidates"]
+    prelude = candidates[0]["plan"] if candidates else ""
+    rows: list[Row] = []
+    for c in candidates:
+        plan = c["plan"]
+        named = "lossless passes" if plan == prelude else plan.removeprefix(f"{prelude},")
         ratios = ["-" if c[key] is None else f"{c[key]:.3f}×" for key in ("latency_ratio", "size_ratio")]
-        rows.append((c["plan"], c["status"], *ratios, "*" if c.get("frontier") else "",
-                     "-" if c["cosine"] is None else f"cos {c['cosine']:.5f}", f"{c['seconds']:.1f}s",
-                     _clip(c["reason"])))
-    return _columns(("plan", "status", "latency", "size", "frontier", "worst vs original", "time", "why"), rows)
+        cells = (named, c["status"], *ratios, "*" if c.get("frontier") else "",
+                 "-" if c["cosine"] is None else f"{c['cosine']:.5f}", f"{c['seconds']:.1f}s")
+        rows.append((cells, (c["reason"],)))
+    lines = _table(("plan", "status", "latency", "size", "frontier", "cosine", "time"), rows, width,
+                   right=(2, 3, 5, 6))
+    return [*lines, *wrap(f"lossless passes: {prelude}; every other plan starts with them", width, "  ")]
