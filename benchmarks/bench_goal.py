@@ -78,51 +78,47 @@ def _geomean(gains: list[float]) -> float:
 
 
 def summary(results: list[ModelResult]) -> list[str]:
+    latency, latency_gains = _comparison(results, GOAL, list(SINGLES), "latency_ratio", "×", PEERS)
+    size, size_gains = _comparison(results, SIZE_GOAL, list(SIZE_SINGLES), "size_ratio", "")
     lines = ["## Summary", "",
              ("Latency as a ratio to the original, from the one interleaved run of each model; *within budget*: "
               "graphopt's default budget on the held-out half. *gain*: best single pass ÷ `--goal`."), "",
              "| model | `--goal latency` | its choice | best single pass | gain | onnxruntime's best within budget |",
-             "|---|---:|---|---|---:|---|"]
-    gains = []
-    for r in results:
-        goal = r.row(GOAL)
-        single = _fastest(r.rows, list(SINGLES))
-        peer = _fastest(r.rows, PEERS)
-        if goal is None or not goal.ok:
-            lines.append(f"| {r.title} | error | | | | |")
-            continue
-        # a single pass outside the budget or slower than float is no option: the float model (1.0×) is
-        best = single.latency_ratio if single is not None and single.latency_ratio < 1.0 else 1.0
-        gain = best / goal.latency_ratio
-        gains.append(gain)
-        choice = goal.status if len(goal.status) <= 90 else goal.status[:89] + "…"
-        lines.append(f"| {r.title} | {goal.latency_ratio:.3f}× ({'within budget' if goal.within_budget else '**out**'}) "
-                     f"| {choice} | {f'{single.variant} {single.latency_ratio:.3f}×' if single else 'none'} "
-                     f"| {gain:.2f}× | {f'{peer.variant} {peer.latency_ratio:.3f}×' if peer else 'none'} |")
-    if gains:
-        lines += ["", f"Geometric mean of the gain over {len(gains)} models: **{_geomean(gains):.2f}×**."]
-    return [*lines, "", *_size_summary(results)]
-
-
-def _size_summary(results: list[ModelResult]) -> list[str]:
-    lines = ["Size as a ratio to the original's serialised model. *gain*: best single size pass ÷ `--goal size`.", "",
-             "| model | `--goal size` | its choice | best single size pass | gain |", "|---|---:|---|---|---:|"]
-    gains = []
-    for r in results:
-        goal = r.row(SIZE_GOAL)
-        if goal is None or not goal.ok:
-            lines.append(f"| {r.title} | error | | | |")
-            continue
-        single = _fastest(r.rows, list(SIZE_SINGLES), key="size_ratio")
-        best = single.size_ratio if single is not None and single.size_ratio < 1.0 else 1.0
-        gains.append(best / goal.size_ratio)
-        choice = goal.status if len(goal.status) <= 90 else goal.status[:89] + "…"
-        lines.append(f"| {r.title} | {goal.size_ratio:.3f} ({'within budget' if goal.within_budget else '**out**'}) "
-                     f"| {choice} | {f'{single.variant} {single.size_ratio:.3f}' if single else 'none'} "
-                     f"| {gains[-1]:.2f}× |")
-    if gains:
-        lines += ["", f"Geometric mean of the size gain over {len(gains)} models: **{_geomean(gains):.2f}×**."]
+             "|---|---:|---|---|---:|---|", *latency]
+    if latency_gains:
+        lines += ["", f"Geometric mean of the gain over {len(latency_gains)} models: **{_geomean(latency_gains):.2f}×**."]
+    lines += ["", "Size as a ratio to the original's serialised model. *gain*: best single size pass ÷ `--goal size`.",
+              "", "| model | `--goal size` | its choice | best single size pass | gain |", "|---|---:|---|---|---:|",
+              *size]
+    if size_gains:
+        lines += ["", f"Geometric mean of the size gain over {len(size_gains)} models: **{_geomean(size_gains):.2f}×**."]
     return [*lines, ""]
+
+
+def _comparison(results: list[ModelResult], label: str, singles: list[str], key: str, unit: str,
+                peers: tuple[str, ...] = ()) -> tuple[list[str], list[float]]:
+    """A table row per model: the ``label`` variant's ``key`` figure and choice, the best of ``singles`` within
+    budget (none, or one no better than the original, counts as the original: 1.0), the gain, and with ``peers``
+    their best within budget; and the gains."""
+    rows, gains = [], []
+    for r in results:
+        goal = r.row(label)
+        if goal is None or not goal.ok:
+            rows.append(f"| {r.title} | error | | | |" + (" |" if peers else ""))
+            continue
+        single = _fastest(r.rows, singles, key)
+        figure = getattr(goal, key)
+        best = getattr(single, key) if single is not None and getattr(single, key) < 1.0 else 1.0
+        gains.append(best / figure)
+        choice = goal.status if len(goal.status) <= 90 else goal.status[:89] + "…"
+        row = (f"| {r.title} | {figure:.3f}{unit} ({'within budget' if goal.within_budget else '**out**'}) "
+               f"| {choice} | {f'{single.variant} {getattr(single, key):.3f}{unit}' if single else 'none'} "
+               f"| {gains[-1]:.2f}× |")
+        if peers:
+            peer = _fastest(r.rows, peers, key)
+            row += f" {f'{peer.variant} {getattr(peer, key):.3f}{unit}' if peer else 'none'} |"
+        rows.append(row)
+    return rows, gains
 
 
 if __name__ == "__main__":
