@@ -75,16 +75,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"graphopt: error: {message} (see --help)\n")
 
 
-def _version_line() -> str:
-    """graphopt's version and the versions a bug report needs beside it."""
-    def of(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+class _Version(argparse.Action):
+    """``--version``: graphopt's version and the versions a bug report needs beside it, looked up only when
+    asked."""
 
-    return (f"graphopt {graphopt.__version__} (onnxruntime {of('onnxruntime')}, onnx {of('onnx')}, numpy "
-            f"{of('numpy')}, Python {platform.python_version()})")
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        def of(package: str) -> str:
+            try:
+                return metadata.version(package)
+            except metadata.PackageNotFoundError:
+                return "not installed"
+
+        sys.stdout.write(f"graphopt {graphopt.__version__} (onnxruntime {of('onnxruntime')}, onnx {of('onnx')}, "
+                         f"numpy {of('numpy')}, Python {platform.python_version()})\n")
+        parser.exit()
 
 
 class TerminalProgress:
@@ -115,7 +120,8 @@ class TerminalProgress:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graphopt", description="Compress ONNX models with verified passes.")
-    parser.add_argument("--version", action="version", version=_version_line())
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the versions of graphopt and what it runs "
+                        "on, and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

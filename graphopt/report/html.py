@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from graphopt.report.model import PassRecord, Report
-from graphopt.report.render import format_bytes
+from graphopt.report.render import format_bytes, format_count, plan_label
 from graphopt.report.svg import (
     Bar,
     Column,
@@ -100,9 +100,7 @@ def _num(value: Any) -> str:
 
 
 def _count(n: Any) -> str:
-    if not isinstance(n, int) or isinstance(n, bool):
-        return "–"
-    return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k" if n >= 10_000 else str(n)
+    return format_count(n) if isinstance(n, int) and not isinstance(n, bool) else "–"
 
 
 def _bytes(n: Any) -> str:
@@ -202,7 +200,7 @@ def _goal_section(goal: dict[str, Any]) -> list[str]:
         def colour(c: dict[str, Any]) -> str:
             return GREEN if c["plan"] == goal["winner"] else BLUE if c.get("frontier") else LIGHT
 
-        points = [Point(_plan_label(c["plan"], candidates[0]["plan"]), c["latency_ratio"], c["size_ratio"], colour(c),
+        points = [Point(plan_label(c["plan"], candidates[0]["plan"]), c["latency_ratio"], c["size_ratio"], colour(c),
                         f"{c['plan']}: latency {c['latency_ratio']:.3f}×, size {c['size_ratio']:.3f}×",
                         ringed=c["plan"] == goal["winner"], labelled=bool(c.get("frontier")))
                   for c in timed]
@@ -217,14 +215,6 @@ def _goal_section(goal: dict[str, Any]) -> list[str]:
     out.append(_table(("plan", "status", "latency", "size", "frontier", "worst cosine", "time", "why"), rows,
                       numeric=(2, 3, 5, 6)))
     return out
-
-
-def _plan_label(plan: str, prelude: str) -> str:
-    """A plan without the lossless passes every plan starts with (``prelude``, the first plan): what sets it
-    apart."""
-    if plan == prelude:
-        return "lossless passes"
-    return plan[len(prelude) + 1:] if plan.startswith(prelude + ",") else plan
 
 
 def _ratio(value: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from graphopt.report.model import Report
 from graphopt.validation.model import Check, ValidationReport
 
-__all__ = ["DEFAULT_WIDTH", "format_bytes", "format_count", "format_number", "render_table",
+__all__ = ["DEFAULT_WIDTH", "format_bytes", "format_count", "format_number", "plan_label", "render_table",
            "render_validation_table", "to_json", "validation_json", "wrap"]
 
 DEFAULT_WIDTH = 100
@@ -90,7 +90,7 @@ def _table(header: Sequence[str], rows: Sequence[Row], width: int | None, right:
         widths[0] = max(widths[0] - excess, 8)
 
     def lines(cells: Sequence[str]) -> list[str]:
-        first = wrap_word(cells[0], widths[0])
+        first = _wrap_word(cells[0], widths[0])
         out = []
         for k, head in enumerate(first):
             row = [head, *(c if k == 0 else "" for c in cells[1:])]
@@ -105,7 +105,7 @@ def _table(header: Sequence[str], rows: Sequence[Row], width: int | None, right:
     return out
 
 
-def wrap_word(text: str, width: int) -> list[str]:
+def _wrap_word(text: str, width: int) -> list[str]:
     """A name cut into lines of ``width`` characters (names have no spaces to wrap at)."""
     return [text[i:i + width] for i in range(0, len(text), width)] or [""]
 
@@ -231,6 +231,12 @@ def render_table(report: Report, width: int | None = None) -> str:
     return "\n".join(out)
 
 
+def plan_label(plan: str, prelude: str) -> str:
+    """A ``--goal`` plan without the lossless passes every plan starts with (``prelude``, the first plan tried):
+    what sets it apart."""
+    return "lossless passes" if plan == prelude else plan.removeprefix(f"{prelude},")
+
+
 def _goal_table(goal: dict[str, Any], width: int) -> list[str]:
     """One row per plan ``--goal`` tried, named by what it adds to the lossless passes (the first plan): status,
     latency and size against the original (``*`` on the frontier), worst cosine, time; why below it."""
@@ -238,10 +244,8 @@ def _goal_table(goal: dict[str, Any], width: int) -> list[str]:
     prelude = candidates[0]["plan"] if candidates else ""
     rows: list[Row] = []
     for c in candidates:
-        plan = c["plan"]
-        named = "lossless passes" if plan == prelude else plan.removeprefix(f"{prelude},")
         ratios = ["-" if c[key] is None else f"{c[key]:.3f}×" for key in ("latency_ratio", "size_ratio")]
-        cells = (named, c["status"], *ratios, "*" if c.get("frontier") else "",
+        cells = (plan_label(c["plan"], prelude), c["status"], *ratios, "*" if c.get("frontier") else "",
                  "-" if c["cosine"] is None else f"{c['cosine']:.5f}", f"{c['seconds']:.1f}s")
         rows.append((cells, (c["reason"],)))
     lines = _table(("plan", "status", "latency", "size", "frontier", "cosine", "time"), rows, width,
