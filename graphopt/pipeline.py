@@ -88,11 +88,6 @@ def option_choices(kind: Any) -> tuple[str, ...]:
     return tuple(map(str, args)) if origin is typing.Literal else ()
 
 
-def option_text(value: Any) -> str:
-    """An option value as the pipeline syntax writes it (``true``, ``none``, ``0.9;0.75``)."""
-    return _text(value)
-
-
 def build_pipeline(passes: str | Sequence[str | PassBase]) -> list[PassBase]:
     """Instantiate a pipeline given as text, or as a list of pipeline items and pass instances."""
     items: list[str | PassBase] = list(parse_pipeline(passes)) if isinstance(passes, str) else list(passes)  # type: ignore[arg-type]
@@ -113,8 +108,8 @@ def describe_pipeline(passes: Sequence[PassBase]) -> str:
     that made it (``graphopt validate`` refits it on folds)."""
     items = []
     for pass_ in passes:
-        options = [f"{f.name}={_text(getattr(pass_.options, f.name))}" for f in dataclasses.fields(pass_.Options)
-                   if getattr(pass_.options, f.name) != _default(f)]
+        options = [f"{f.name}={option_text(getattr(pass_.options, f.name))}"
+                   for f in dataclasses.fields(pass_.Options) if getattr(pass_.options, f.name) != _default(f)]
         items.append(pass_.name + (f"{{{','.join(options)}}}" if options else ""))
     return ",".join(items)
 
@@ -125,11 +120,12 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
-def _text(value: Any) -> str:
+def option_text(value: Any) -> str:
+    """An option value as the pipeline syntax writes it (``true``, ``none``, ``0.9;0.75``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
-        return ";".join(map(_text, value))
+        return ";".join(map(option_text, value))
     return "none" if value is None else str(value)
 
 
