@@ -35,7 +35,7 @@ from graphopt.modelio import (
 from graphopt.normalize import DropInferredShapesPass, NormalizePass
 from graphopt.outcome import PassOutcome, PipelineResult
 from graphopt.pass_base import PassBase, PassContext
-from graphopt.pipeline import build_pipeline, describe_pipeline
+from graphopt.pipeline import build_pipeline, describe_pipeline, named_file
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.provenance import Provenance, data_digest, read_provenance, stamp_provenance
 from graphopt.registry import available_passes
@@ -111,7 +111,7 @@ def optimize(
     model: str | Path | onnx.ModelProto,
     data: str | Path | Dataset = "random",
     *,
-    passes: str | Sequence[str | PassBase] | None = None,
+    passes: str | Path | Sequence[str | PassBase] | None = None,
     output: str | Path | None = None,
     report: str | Path | None = None,
     tolerance: Tolerance | None = None,
@@ -134,7 +134,8 @@ def optimize(
     Args:
         model: a path to an ONNX file or a loaded ``ModelProto`` (never modified).
         data: an ``.npz`` file or folder of samples, a ``Dataset``, or ``"random"`` (lossless passes only).
-        passes: a pipeline string (``"a,b{k=v}"``) or a list of names and ``PassBase`` instances; ``None`` runs
+        passes: a pipeline string (``"a,b{k=v}"``), a pipeline file (``.toml``, or an earlier run's ``.json``
+            report: its ``pipeline``), or a list of names and ``PassBase`` instances; ``None`` runs
             ``DEFAULT_PIPELINE`` (graphopt's lossless passes; a plugin's passes run only when named).
         output: where to save the optimised model (atomically, never over the input); ``None`` saves nothing.
         report: where to write the JSON report; defaults to ``<output stem>.report.json`` when ``output`` is set.
@@ -180,6 +181,9 @@ def optimize(
     input_path = None if loaded is None else loaded.files[0]
     report_target = Path(report) if report is not None else report_path_for(output) if output is not None else None
     inputs = _named_inputs(loaded, data, labels)
+    pipeline_path = named_file(passes)
+    if pipeline_path is not None:
+        inputs.append(("the pipeline file", pipeline_path))
     outputs = [(label, Path(p)) for label, p in (("the output model", output), ("the report", report_target),
                                                   ("the HTML page", html)) if p is not None]
     if output is not None:
@@ -242,8 +246,9 @@ def optimize(
                                                feed, tolerance,
                                                DEFAULT_TIME_BUDGET if time_budget is None else time_budget, progress)
     final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
-    ran = describe_pipeline(_as_run(pipeline, result.outcomes))
-    stamp_provenance(final, Provenance(ran, data_digest(dataset), calibration_fraction))
+    as_run = _as_run(pipeline, result.outcomes)
+    record.pipeline = [{"name": p.name, "options": asdict(p.options)} for p in as_run]
+    stamp_provenance(final, Provenance(describe_pipeline(as_run), data_digest(dataset), calibration_fraction))
 
     output_path = report_file = html_file = None
     if output is not None:

@@ -129,7 +129,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", help="input ONNX model (never modified)")
     run.add_argument("-o", "--output", required=True, help="where to write the optimised model")
     run.add_argument("--data", default="random", help=".npz file or folder of samples, or 'random' (lossless only)")
-    run.add_argument("--passes", default=None, help="pipeline, e.g. 'zero-weight-elimination,qdq-int8' (default: "
+    run.add_argument("--passes", default=None, help="pipeline, e.g. 'zero-weight-elimination,qdq-int8', or a file of one "
+                     "(TOML, or an earlier run's JSON report) (default: "
                      f"{','.join(api.DEFAULT_PIPELINE)}, lossless)")
     run.add_argument("--goal", default=None, help="instead of --passes: latency, size or latency,size (their "
                      "product); graphopt tries a plan per pass setting that serves it, verifies each and keeps the "

@@ -1,25 +1,49 @@
 """Pipeline strings: ``"zero-weight-elimination,weight-clustering{clusters=16,per_channel=true}"`` → pass instances.
 
 Option values are converted with the types declared on each pass's ``Options`` dataclass, so the same text works
-on the command line and in the Python API.
+on the command line and in the Python API. A pipeline may also be a file (``pipeline_file``): TOML, or a JSON
+report of an earlier run, each holding a ``pipeline`` list of ``{name, options}`` tables, the schema the report
+writes; its values go through the same conversion.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 reads TOML with the backport
+    import tomli as tomllib
 
 from graphopt.errors import PipelineError
 from graphopt.pass_base import PassBase
 from graphopt.registry import pass_class
 
-__all__ = ["PassSpec", "build_pipeline", "describe_pipeline", "option_choices", "option_fields", "option_text",
-           "option_type", "parse_pipeline"]
+__all__ = [
+    "MAX_PIPELINE_FILE_BYTES",
+    "PassSpec",
+    "build_pipeline",
+    "describe_pipeline",
+    "named_file",
+    "option_choices",
+    "option_fields",
+    "option_text",
+    "option_type",
+    "parse_pipeline",
+    "pipeline_file",
+]
+
+MAX_PIPELINE_FILE_BYTES = 1 << 20
+"""A pipeline file is a few lines; a larger one is refused before it is read."""
 
 _ITEM = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.-]+)\s*(?:\{(?P<options>[^{}]*)\})?\s*$")
 
@@ -88,8 +112,47 @@ def option_choices(kind: Any) -> tuple[str, ...]:
     return tuple(map(str, args)) if origin is typing.Literal else ()
 
 
-def build_pipeline(passes: str | Sequence[str | PassBase]) -> list[PassBase]:
-    """Instantiate a pipeline given as text, or as a list of pipeline items and pass instances."""
+def pipeline_file(path: str | Path) -> list[PassSpec]:
+    """The pipeline in a ``.toml`` file or a ``.json`` report: a ``pipeline`` list of tables, each with a ``name``
+    and optional ``options``; ``PipelineError`` naming what is wrong otherwise."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise PipelineError(f"pipeline file {path} is not a regular file")
+        if path.stat().st_size > MAX_PIPELINE_FILE_BYTES:
+            raise PipelineError(f"pipeline file {path} is over {MAX_PIPELINE_FILE_BYTES >> 20} MB")
+        text = path.read_text(encoding="utf-8")
+        document = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise PipelineError(f"cannot read pipeline file {path}: {e}") from e
+    items = document.get("pipeline") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise PipelineError(f"pipeline file {path} needs a 'pipeline' list of tables with a name and options")
+    specs = []
+    for item in items:
+        name, options = item.get("name"), item.get("options", {})
+        if not isinstance(name, str) or not isinstance(options, dict) or set(item) - {"name", "options"}:
+            raise PipelineError(f"pipeline file {path}: each entry has a 'name' (text) and 'options' (a table), "
+                                f"got {sorted(item)}")
+        specs.append(PassSpec(name, {str(k): option_text(v) for k, v in options.items()}))
+    return specs
+
+
+def named_file(passes: object) -> Path | None:
+    """The pipeline file ``passes`` names (a ``Path``, or text ending in ``.toml`` or ``.json``), if it names one."""
+    if isinstance(passes, Path):
+        return passes
+    if isinstance(passes, str) and passes.strip().endswith((".toml", ".json")):
+        return Path(passes.strip())
+    return None
+
+
+def build_pipeline(passes: str | Path | Sequence[str | PassBase]) -> list[PassBase]:
+    """Instantiate a pipeline given as text, a file (a ``Path``, or text ending in ``.toml`` or ``.json``), or a
+    list of pipeline items and pass instances."""
+    path = named_file(passes)
+    if path is not None:
+        return [_instantiate(spec) for spec in pipeline_file(path)]
     items: list[str | PassBase] = list(parse_pipeline(passes)) if isinstance(passes, str) else list(passes)  # type: ignore[arg-type]
     built: list[PassBase] = []
     for item in items:
@@ -124,7 +187,7 @@ def option_text(value: Any) -> str:
     """An option value as the pipeline syntax writes it (``true``, ``none``, ``0.9;0.75``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ";".join(map(option_text, value))
     return "none" if value is None else str(value)
 

@@ -120,3 +120,55 @@ def test_a_plugin_does_not_change_the_default_pipeline(monkeypatch: pytest.Monke
         assert "plugin-cleanup" in named
     finally:
         registry.available_passes.cache_clear()
+
+
+def test_a_run_repeats_from_its_report_or_a_pipeline_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The report holds the pipeline as it ran, every option's value; ``--passes`` takes that report, or a TOML
+    file of the same ``pipeline`` list, and makes the same model."""
+    model, data = str(EXAMPLES / "digits_cnn.onnx"), str(EXAMPLES / "digits.npz")
+    code, _, _ = call(capsys, "optimize", model, "--data", data, "-o", str(tmp_path / "a.onnx"), "--passes",
+                      "zero-weight-elimination,weight-clustering{clusters=8,levels=16;8}")
+    report = json.loads((tmp_path / "a.report.json").read_text())
+    assert code == 0 and [p["name"] for p in report["pipeline"]] == ["zero-weight-elimination", "weight-clustering"]
+    clustering = report["pipeline"][1]["options"]
+    assert clustering["clusters"] == 8 and clustering["levels"] == [16, 8] and "min_size" in clustering
+    lines = []
+    for entry in report["pipeline"]:
+        lines += ["[[pipeline]]", f'name = "{entry["name"]}"', "[pipeline.options]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in entry["options"].items() if value is not None]
+    (tmp_path / "pipeline.toml").write_text("\n".join(lines) + "\n")
+    for source, out in ((tmp_path / "pipeline.toml", "b.onnx"), (tmp_path / "a.report.json", "c.onnx")):
+        code, _, err = call(capsys, "optimize", model, "--data", data, "-o", str(tmp_path / out), "--passes",
+                            str(source))
+        assert code == 0, err
+        assert onnx.load(tmp_path / out).graph == onnx.load(tmp_path / "a.onnx").graph
+        repeated = json.loads((tmp_path / out.replace(".onnx", ".report.json")).read_text())
+        assert repeated["pipeline"] == report["pipeline"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[pipeline]]\nname = "qdq-int8"\n[pipeline.options]\nmode = "fast"\n', "qdq-int8.mode must be one of"),
+    ('[[pipeline]]\nname = "qdq-int8"\n[pipeline.options]\nspeed = 1\n', "has no option 'speed'"),
+    ('[[pipeline]]\nname = "no-such-pass"\n', "unknown pass 'no-such-pass'"),
+    ("pipeline = 3\n", "needs a 'pipeline' list"),
+    ('[[pipeline]]\nname = "qdq-int8"\nextra = 1\n', "each entry has a 'name'"),
+    ("[[pipeline]\n", "cannot read pipeline file"),
+])
+def test_a_bad_pipeline_file_is_one_line_with_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                                     message: str) -> None:
+    (tmp_path / "p.toml").write_text(text)
+    code, _, err = call(capsys, "optimize", str(EXAMPLES / "digits_cnn.onnx"), "--data", str(EXAMPLES / "digits.npz"),
+                        "-o", str(tmp_path / "o.onnx"), "--passes", str(tmp_path / "p.toml"))
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_the_pipeline_file_is_an_input_never_written_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Repeating a run from ``out.report.json`` into ``out.onnx`` would write the new report over it: refused."""
+    model, data = str(EXAMPLES / "digits_cnn.onnx"), str(EXAMPLES / "digits.npz")
+    assert call(capsys, "optimize", model, "--data", data, "-o", str(tmp_path / "out.onnx"))[0] == 0
+    before = (tmp_path / "out.report.json").read_bytes()
+    code, _, err = call(capsys, "optimize", model, "--data", data, "-o", str(tmp_path / "out.onnx"), "--passes",
+                        str(tmp_path / "out.report.json"))
+    assert code == 4 and "it is the pipeline file" in err and err.count("\n") == 1
+    assert (tmp_path / "out.report.json").read_bytes() == before

@@ -51,6 +51,9 @@ class Report:
     passes: list[PassRecord] = field(default_factory=list)
     goal: dict[str, Any] | None = None
     """With ``--goal``: every plan tried, how each compared, and why the winner won (``graphopt.goal``)."""
+    pipeline: list[dict[str, Any]] = field(default_factory=list)
+    """The pipeline as it ran, ``[{name, options}]`` with every option's value: ``--passes`` takes this report
+    (or a TOML file of the same ``pipeline`` list) to repeat the run."""
 
     def record(self, name: str) -> PassRecord:
         """The record of the pass called ``name`` (the first, if it ran twice)."""
