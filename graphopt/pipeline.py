@@ -42,8 +42,9 @@ __all__ = [
     "pipeline_file",
 ]
 
-MAX_PIPELINE_FILE_BYTES = 1 << 20
-"""A pipeline file is a few lines; a larger one is refused before it is read."""
+MAX_PIPELINE_FILE_BYTES = 64 << 20
+"""A TOML pipeline is a few lines and a report's JSON rarely reaches a few MB (a unit per layer per pass); a file
+larger than this is refused before it is read."""
 
 _ITEM = re.compile(r"^\s*(?P<name>[A-Za-z0-9_.-]+)\s*(?:\{(?P<options>[^{}]*)\})?\s*$")
 

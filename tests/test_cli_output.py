@@ -172,3 +172,15 @@ def test_the_pipeline_file_is_an_input_never_written_over(tmp_path: Path, capsys
                         str(tmp_path / "out.report.json"))
     assert code == 4 and "it is the pipeline file" in err and err.count("\n") == 1
     assert (tmp_path / "out.report.json").read_bytes() == before
+
+
+def test_a_pipeline_file_over_the_limit_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(graphopt.pipeline, "MAX_PIPELINE_FILE_BYTES", 16)
+    (tmp_path / "p.toml").write_text('[[pipeline]]\nname = "zero-weight-elimination"\n')
+    code, _, err = call(capsys, "optimize", str(EXAMPLES / "digits_cnn.onnx"), "-o", str(tmp_path / "o.onnx"),
+                        "--passes", str(tmp_path / "p.toml"))
+    assert code == 2 and "is over" in err and err.count("\n") == 1
+    monkeypatch.setattr(graphopt.pipeline, "MAX_PIPELINE_FILE_BYTES", 1 << 20)
+    assert call(capsys, "optimize", str(EXAMPLES / "digits_cnn.onnx"), "-o", str(tmp_path / "o.onnx"), "--passes",
+                str(tmp_path / "p.toml"))[0] == 0
