@@ -33,7 +33,7 @@ from rich.progress import (
 )
 
 import graphopt
-from graphopt import api
+from graphopt import api, progress
 from graphopt.errors import GraphoptError, OutputKindError, UsageError
 from graphopt.pipeline import option_choices, option_fields, option_text, option_type
 from graphopt.report.render import (
@@ -123,6 +123,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version, nargs=0, help="show the versions of graphopt and what it runs "
                         "on, and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress and no table: errors only (--json "
+                        "still prints the report; the files are written as always)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("optimize", help="run a pipeline of passes, verifying each one")
@@ -255,7 +257,7 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
         runtime=_runtime(args),
         calibration_fraction=args.calibration_fraction,
         normalize=not args.no_normalize,
-        progress=TerminalProgress(),
+        progress=_progress(args),
         html=args.html,
         labels=args.labels,
         metric=args.metric,
@@ -266,11 +268,16 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
     )
     if args.json:
         out.write(to_json(result.report))
-    else:
+    elif not args.quiet:
         out.write(render_table(result.report, _width()) + "\n")
         written = [p for p in (result.output_path, result.report_path, result.html_path) if p]
         out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", _width(), "  "))
     return 0
+
+
+def _progress(args: argparse.Namespace) -> progress.Progress:
+    """Progress bars on a terminal, none with ``--quiet``."""
+    return progress.NULL_PROGRESS if args.quiet else TerminalProgress()
 
 
 def _width() -> int:
@@ -304,11 +311,11 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
         seed=args.seed,
         report=args.report,
         html=args.html,
-        progress=TerminalProgress(),
+        progress=_progress(args),
     )
     if args.json:
         out.write(validation_json(result.report))
-    else:
+    elif not args.quiet:
         out.write(render_validation_table(result.report, _width()) + "\n")
         written = [p for p in (result.report_path, result.html_path) if p]
         if written:

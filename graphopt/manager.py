@@ -124,7 +124,9 @@ class PassManager:
                 instrument.before_pass(pass_, model)
             started = time.perf_counter()
             runner = replace(self, tolerance=budgets[pass_]) if budgets and pass_ in budgets else self
-            outcome, outputs = runner._run_pass(pass_, model, previous)
+            with self.verifier.progress.task(f"pass {pass_.name}", 1) as done:  # names the pass above its steps
+                outcome, outputs = runner._run_pass(pass_, model, previous)
+                done(1)
             outcome = replace(outcome, seconds=time.perf_counter() - started)
             log.info("%s: %s %s", pass_.name, outcome.status.value, outcome.reason)
             for instrument in self.instruments:
@@ -214,7 +216,10 @@ class PassManager:
             alternatives = [(label, alt.result.model) for label, (_, alt) in variants.items()
                             if alt.result is not None]
             labelled = replace(check, candidate=repr(pass_)) if alternatives else check
-            verdict = judge_speed(labelled, model, trial.result.model, feed, self.timers, alternatives)
+            with self.verifier.progress.task(f"time {pass_.name} against its input ({len(alternatives) + 2} "
+                                             "models)", 1) as done:
+                verdict = judge_speed(labelled, model, trial.result.model, feed, self.timers, alternatives)
+                done(1)
             if verdict.chosen:
                 ran, chosen_trial = variants[verdict.chosen]
             ratio, declined = verdict.ratio, verdict.declined

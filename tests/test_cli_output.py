@@ -3,8 +3,9 @@ defaults, a readable pass listing, and a default pipeline that a plugin cannot c
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -184,3 +185,31 @@ def test_a_pipeline_file_over_the_limit_is_refused_before_it_is_read(tmp_path: P
     monkeypatch.setattr(graphopt.pipeline, "MAX_PIPELINE_FILE_BYTES", 1 << 20)
     assert call(capsys, "optimize", str(EXAMPLES / "digits_cnn.onnx"), "-o", str(tmp_path / "o.onnx"), "--passes",
                 str(tmp_path / "p.toml"))[0] == 0
+
+
+def test_quiet_prints_nothing_and_writes_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = call(capsys, "-q", "optimize", str(EXAMPLES / "digits_cnn.onnx"), "--data",
+                             str(EXAMPLES / "digits.npz"), "-o", str(tmp_path / "o.onnx"))
+    assert code == 0 and stdout == "" and err == ""
+    assert (tmp_path / "o.onnx").exists() and (tmp_path / "o.report.json").exists()
+
+
+def test_progress_names_the_running_pass_and_its_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass opens a task named after it; its calibration, verification, trials and timing open theirs inside
+    it, so a terminal shows which pass is running and what it is doing."""
+    monkeypatch.setattr(perf, "measure_latency", _int8_slower)
+    opened: list[str] = []
+
+    class Recorder:
+        @contextlib.contextmanager
+        def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+            opened.append(label)
+            yield lambda n: None
+
+    graphopt.optimize(onnx.load(EXAMPLES / "digits_cnn.onnx"), str(EXAMPLES / "digits.npz"),
+                      passes="zero-weight-elimination,qdq-int8", progress=Recorder())
+    passes = [label for label in opened if label.startswith("pass ")]
+    assert passes == ["pass normalize", "pass zero-weight-elimination", "pass qdq-int8", "pass drop-inferred-shapes"]
+    after = opened[opened.index("pass qdq-int8"):opened.index("pass drop-inferred-shapes")]
+    assert any(label.startswith("time qdq-int8 against its input (") for label in after), after
+    assert any(label.startswith("verify qdq-int8") for label in after), after
