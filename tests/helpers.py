@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,24 @@ def detector(rng: np.random.Generator, mode: str = "nearest") -> onnx.ModelProto
     return text_model(DETECTOR.replace("MODE", mode), w1=weight(16, 16, 3, 3), b1=weight(16),
                       w2=weight(16, 16, 3, 3), b2=weight(16), w3=weight(32, 32, 3, 3), b3=weight(32),
                       roi=np.zeros(0, np.float32), scales=np.array([1, 1, 2, 2], np.float32))
+
+
+class RecordedProgress:
+    """Every progress task opened, in order, with its total and how far it was advanced."""
+
+    def __init__(self) -> None:
+        self.tasks: list[list] = []
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for label, _, _ in self.tasks]
+
+    @contextlib.contextmanager
+    def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        record = [label, total, 0]
+        self.tasks.append(record)
+
+        def advance(n: int) -> None:
+            record[2] += n
+
+        yield advance

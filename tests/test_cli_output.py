@@ -3,16 +3,15 @@ defaults, a readable pass listing, and a default pipeline that a plugin cannot c
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLES
+from helpers import EXAMPLES, RecordedProgress
 
 import graphopt
 from graphopt import perf, registry
@@ -198,16 +197,10 @@ def test_progress_names_the_running_pass_and_its_steps(monkeypatch: pytest.Monke
     """Each pass opens a task named after it; its calibration, verification, trials and timing open theirs inside
     it, so a terminal shows which pass is running and what it is doing."""
     monkeypatch.setattr(perf, "measure_latency", _int8_slower)
-    opened: list[str] = []
-
-    class Recorder:
-        @contextlib.contextmanager
-        def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-            opened.append(label)
-            yield lambda n: None
-
+    progress = RecordedProgress()
     graphopt.optimize(onnx.load(EXAMPLES / "digits_cnn.onnx"), str(EXAMPLES / "digits.npz"),
-                      passes="zero-weight-elimination,qdq-int8", progress=Recorder())
+                      passes="zero-weight-elimination,qdq-int8", progress=progress)
+    opened = progress.labels
     passes = [label for label in opened if label.startswith("pass ")]
     assert passes == ["pass normalize", "pass zero-weight-elimination", "pass qdq-int8", "pass drop-inferred-shapes"]
     after = opened[opened.index("pass qdq-int8"):opened.index("pass drop-inferred-shapes")]

@@ -3,16 +3,15 @@ budget, compares the results once against the original and keeps the best, or sa
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLES, digits
+from helpers import EXAMPLES, RecordedProgress, digits
 
 import graphopt
 from graphopt import perf, registry
@@ -234,17 +233,10 @@ def test_a_third_party_pass_joins_the_search_through_its_entry_point(monkeypatch
 
 def test_progress_names_each_plan_as_it_is_tried(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(perf, "measure_latency", _timer(0.5, 0.9, []))
-    labels: list[str] = []
-
-    class Recorder:
-        @contextlib.contextmanager
-        def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-            labels.append(label)
-            yield lambda n: None
-
+    progress = RecordedProgress()
     model, data = digits(400)
-    goal = graphopt.optimize(model, data, goal="latency", progress=Recorder()).report.goal
+    goal = graphopt.optimize(model, data, goal="latency", progress=progress).report.goal
     assert goal is not None
-    named = [label for label in labels if label.startswith("--goal latency, plan ")]
+    named = [label for label in progress.labels if label.startswith("--goal latency, plan ")]
     run = [c["plan"] for c in goal["candidates"] if c["status"] != "not run"]
     assert [label.split(": ", 1)[1] for label in named] == run

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import time
 import weakref
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from helpers import digits, mlp
+from helpers import RecordedProgress, digits, mlp
 from onnx import numpy_helper
 
 import graphopt
@@ -443,23 +441,6 @@ def test_a_search_stops_at_its_trials_and_judges_each_at_the_confidence_of_them_
     assert outcome.status is Status.NARROWED
     verifier = Verifier(original, verification)
     assert verifier.against_original(verifier.outputs(outcome.model_after), strict).passed
-
-
-class RecordedProgress:
-    """Every task opened, with its total and how far it was advanced."""
-
-    def __init__(self) -> None:
-        self.tasks: list[list] = []
-
-    @contextlib.contextmanager
-    def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-        record = [label, total, 0]
-        self.tasks.append(record)
-
-        def advance(n: int) -> None:
-            record[2] += n
-
-        yield advance
 
 
 def test_narrowing_reports_trial_k_of_at_most_n(mlp_files: tuple[Path, Path]) -> None:
