@@ -269,9 +269,10 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(to_json(result.report))
     elif not args.quiet:
-        out.write(render_table(result.report, _width()) + "\n")
+        width = _width()
+        out.write(render_table(result.report, width) + "\n")
         written = [p for p in (result.output_path, result.report_path, result.html_path) if p]
-        out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", _width(), "  "))
+        out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", width, "  "))
     return 0
 
 
@@ -316,10 +317,11 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(validation_json(result.report))
     elif not args.quiet:
-        out.write(render_validation_table(result.report, _width()) + "\n")
+        width = _width()
+        out.write(render_validation_table(result.report, width) + "\n")
         written = [p for p in (result.report_path, result.html_path) if p]
         if written:
-            out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", _width(), "  "))
+            out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", width, "  "))
     if not result.report.passed:
         failed = ", ".join(s.title for s in result.report.sections if s.passed is False)
         raise _NotShippable(f"validation failed: {failed}")

@@ -85,9 +85,10 @@ def _table(header: Sequence[str], rows: Sequence[Row], width: int | None, right:
     below it. Where the columns are wider than ``width``, the first column (a name) wraps to make room."""
     width = width or DEFAULT_WIDTH
     widths = [max(len(cells[i]) for cells in [header, *(r for r, _ in rows)]) for i in range(len(header))]
-    excess = sum(widths) + len(GAP) * (len(widths) - 1) - width
-    if excess > 0:
-        widths[0] = max(widths[0] - excess, 8)
+    total = sum(widths) + len(GAP) * (len(widths) - 1)
+    if total > width:
+        shrunk = max(widths[0] - (total - width), 8)
+        total, widths[0] = total - (widths[0] - shrunk), shrunk
 
     def lines(cells: Sequence[str]) -> list[str]:
         first = _wrap_word(cells[0], widths[0])
@@ -98,7 +99,7 @@ def _table(header: Sequence[str], rows: Sequence[Row], width: int | None, right:
                                 for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
         return out
 
-    out = [*lines(header), "─" * min(sum(widths) + len(GAP) * (len(widths) - 1), width)]
+    out = [*lines(header), "─" * min(total, width)]
     for cells, details in rows:
         out += lines(cells)
         out += [line for detail in details if detail for line in wrap(detail, width, DETAIL, first=DETAIL)]
