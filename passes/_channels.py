@@ -7,8 +7,14 @@ depthwise Conv, a provable Flatten/Reshape, GELU's product of two chain tensors)
 flattens into) downstream, so removing it means slicing the producer's weights, each per-channel parameter of the
 chain and the matching input rows of every consumer. When the removed channel carried a known constant, the
 consumers add its contribution to their bias, which keeps the rewrite exact; a lossy rewrite (pruning) instead
-hands each consumer a refit of its weights. Anything the analysis cannot prove (a residual Add, a Concat, a graph
-output, a subgraph reader) refuses the whole group with a ``Skip``. Zero-weight elimination, dead-neuron removal and
+hands each consumer a refit of its weights. Anything the analysis cannot prove (a Concat, a graph output, a
+subgraph reader) refuses the whole group with a ``Skip``.
+
+A residual ``Add`` of two chains joins their producers: channel k of one branch is added to channel k of the other,
+so a channel can only leave both. With ``residual=True`` the analysis follows the other operand of such an Add back to
+the layers producing it and traces them as one *residual group* (a dependency group, as Torch-Pruning calls it): every
+block of a ResNet or MobileNet stage writing into one stream. Removing a channel there is never exact, so only a
+caller that refits the consumers (pruning) asks for residual groups. Zero-weight elimination, dead-neuron removal and
 pruning differ only in how they choose the channels and their values. Values assume finite inputs: a zero weight
 times NaN is NaN.
 """
@@ -131,11 +137,19 @@ class Link:
 
 @dataclass(frozen=True, eq=False)
 class ChannelGroup:
-    """One producer's output channels, the channel-preserving ops they pass (in order) and the layers reading them."""
+    """Producers' output channels, the channel-preserving ops they pass (in order) and the layers reading them.
 
-    producer: Producer
+    One producer, or with ``residual=True`` every producer whose output meets the others' at a residual Add: they
+    share channel k, and the group is named after the first in graph order."""
+
+    producers: tuple[Producer, ...]
     ops: tuple[Link, ...]
     consumers: tuple[Link, ...]
+
+    @property
+    def producer(self) -> Producer:
+        """The first producer: the only one outside a residual group."""
+        return self.producers[0]
 
     @property
     def name(self) -> str:
@@ -213,25 +227,102 @@ def constant_channels(producer: Producer) -> dict[int, float]:
     return {}  # a Gemm bias that varies along the batch: no channel is constant
 
 
-def find_channel_groups(graph: gs.Graph, select: Callable[[Producer], bool] | None = None) -> list[ChannelGroup | Skip]:
-    """Every producer's group (only those ``select`` accepts), or a ``Skip`` saying why it cannot be followed."""
+def find_channel_groups(graph: gs.Graph, select: Callable[[Producer], bool] | None = None,
+                        residual: bool = False) -> list[ChannelGroup | Skip]:
+    """Every producer's group (only those ``select`` accepts), or a ``Skip`` saying why it cannot be followed.
+
+    With ``residual``, producers joined by residual Adds form one group, listed once at its first producer; a
+    partner that ``select`` refuses, or that is not a producer, refuses the group."""
     scope, found = Scope.of(graph), list[ChannelGroup | Skip]()
+    grouped: set[int] = set()
     for node in graph.nodes:
         producer = match_producer(node)
-        if producer is None or (select is not None and not select(producer)):
+        if producer is None or id(node) in grouped or (select is not None and not select(producer)):
             continue
+        producers = [producer]
         try:
-            found.append(_trace(producer, scope))
+            group = _trace_residual(producers, scope, select) if residual else _trace(producers, scope)
         except _Refuse as e:
-            found.append(Skip(label(node), str(e)))
+            grouped.update(id(p.node) for p in producers)
+            stream = f" (a residual stream written by {len(producers)} layers)" if len(producers) > 1 else ""
+            found.append(Skip(label(node), f"{e}{stream}"))
+            continue
+        grouped.update(id(p.node) for p in group.producers)
+        found.append(group)
     return found
 
 
-def _trace(producer: Producer, scope: Scope) -> ChannelGroup:
+def _trace_residual(producers: list[Producer], scope: Scope, select: Callable[[Producer], bool] | None
+                    ) -> ChannelGroup:
+    """Trace from ``producers``; while a binary op waits for an operand no producer of the group reaches, add the
+    producers behind that operand to the list and trace again (each round adds at least one, so it ends)."""
+    producer = producers[0]
+    while True:
+        try:
+            return _trace(producers, scope)
+        except _Waiting as waiting:
+            try:
+                partners = _producers_behind(waiting.tensor, scope)
+            except _Refuse as e:
+                raise _Refuse(f"{waiting.where} adds the channels to {e}") from None
+            for partner in partners:
+                if partner.channels != producer.channels:
+                    raise _Refuse(f"{waiting.where} adds {partner.channels} channels of '{label(partner.node)}' to "
+                                  f"{producer.channels}") from None
+                if select is not None and not select(partner):
+                    raise _Refuse(f"{waiting.where} joins it to '{label(partner.node)}', which is not selected") from None
+            known = {id(p.node) for p in producers}
+            new = [p for p in partners if id(p.node) not in known]
+            if not new:
+                raise _Refuse(f"{waiting.where} combines the channels with a tensor that is not a per-channel "
+                              "constant") from None
+            producers += new
+
+
+_PASS_BACK = {*_UNARY, "Identity", "Clip", "PRelu", "BatchNormalization", *_POOLS}
+
+
+def _producers_behind(tensor: gs.Tensor, scope: Scope) -> list[Producer]:
+    """The producers whose channels reach ``tensor`` through channel-preserving ops and residual Adds, in graph
+    order; a refusal naming what else writes into it. The forward trace then checks every op on the way."""
+    found: dict[int, Producer] = {}
+    pending, seen = [tensor], set[int]()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        node = current.inputs[0] if len(current.inputs) == 1 else None
+        if node is None or not _standard(node) or id(node) not in scope.nodes:
+            raise _Refuse(f"'{current.name}', which no layer computes")
+        producer = match_producer(node)
+        if producer is not None:
+            found[id(node)] = producer
+        elif node.op in _BINARY and len(node.inputs) == 2:
+            variable = [t for t in node.inputs if constant_array(t) is None]
+            pending += variable
+        elif node.op in _PASS_BACK or (node.op == "Conv" and _depthwise(node, node.attrs.get("group", 1))):
+            pending.append(node.inputs[0])
+        else:
+            raise _Refuse(f"{node.op} '{label(node)}', which the channel analysis cannot prune with them")
+    order = {id(n): i for i, n in enumerate(scope.graph.nodes)}
+    return sorted(found.values(), key=lambda p: order.get(id(p.node), 0))
+
+
+class _Waiting(_Refuse):
+    """A binary op of the chain whose other operand no producer of the group reaches (yet): ``tensor``."""
+
+    def __init__(self, where: str, tensor: gs.Tensor) -> None:
+        super().__init__(f"{where} combines the channels with a tensor that is not a per-channel constant")
+        self.where, self.tensor = where, tensor
+
+
+def _trace(producers: list[Producer], scope: Scope) -> ChannelGroup:
     ops: list[Link] = []
     consumers: list[Link] = []
-    pending = [(producer.node.outputs[0], producer.layout)]
-    halves: dict[int, tuple[gs.Node, Layout]] = {}  # binary ops whose other input is not reached yet
+    channels = producers[0].channels
+    pending = [(p.node.outputs[0], p.layout) for p in producers]
+    halves: dict[int, tuple[gs.Node, Layout, gs.Tensor]] = {}  # binary ops whose other input is not reached yet
     while pending:
         tensor, layout = pending.pop(0)
         if id(tensor) in scope.outputs:
@@ -244,9 +335,9 @@ def _trace(producer: Producer, scope: Scope) -> ChannelGroup:
             if _standard(node) and node.op in _BINARY and len(node.inputs) == 2 and _const(node, 1 - uses[0]) is None:
                 if any(link.node is node for link in ops):
                     continue  # reached through its second input slot of the same tensor
-                half = halves.pop(id(node), None) if len(uses) == 1 else (node, layout)
+                half = halves.pop(id(node), None) if len(uses) == 1 else (node, layout, tensor)
                 if half is None:
-                    halves[id(node)] = (node, layout)
+                    halves[id(node)] = (node, layout, node.inputs[1 - uses[0]])
                     continue
                 if (half[1].axis, half[1].block) != (layout.axis, layout.block):
                     raise _Refuse(f"{where} combines the channels in two different layouts")
@@ -257,17 +348,17 @@ def _trace(producer: Producer, scope: Scope) -> ChannelGroup:
             if len(uses) != 1 or not _standard(node):
                 raise _Refuse(f"{where} reads '{tensor.name}' in a way the channel analysis cannot follow")
             link = Link(node, layout, uses[0])
-            if node.op in _CONSUMERS and not _depthwise(node, producer.channels * layout.block):
-                _check_consumer(link, producer.channels, where)
+            if node.op in _CONSUMERS and not _depthwise(node, channels * layout.block):
+                _check_consumer(link, channels, where)
                 consumers.append(link)
             else:
-                pending.append((node.outputs[0], _check_op(link, producer.channels, scope, where)))
+                pending.append((node.outputs[0], _check_op(link, channels, scope, where)))
                 ops.append(link)
-    for node, _ in halves.values():
-        raise _Refuse(f"{node.op} '{label(node)}' combines the channels with a tensor that is not a per-channel constant")
+    for node, _, other in halves.values():
+        raise _Waiting(f"{node.op} '{label(node)}'", other)
     if not consumers:
         raise _Refuse("its output reaches no layer")
-    return ChannelGroup(producer, tuple(ops), tuple(consumers))
+    return ChannelGroup(tuple(producers), tuple(ops), tuple(consumers))
 
 
 def _check_consumer(link: Link, channels: int, where: str) -> None:
@@ -423,7 +514,10 @@ def _out_block(link: Link) -> int:
 
 
 def consumer_values(group: ChannelGroup, values: Mapping[int, float]) -> list[Values]:
-    """Follow each channel's value at the producer's output through the chain to every consumer's input."""
+    """Follow each channel's value at the producer's output through the chain to every consumer's input (a single
+    producer's group: a residual group's branches carry a value each)."""
+    if len(group.producers) > 1:
+        raise ValueError(f"residual group '{group.name}' has no single value per channel")
     at: dict[int, Values] = {id(group.producer.node.outputs[0]): {k: np.array([float(v)]) for k, v in values.items()}}
     with np.errstate(all="ignore"):
         for link in group.ops:
@@ -477,24 +571,27 @@ def remove_channels(
     network) sees its output channels removed before its input channels and bias are changed. Weights are never
     edited in place: every changed constant is a new tensor, so a weight shared with another node stays intact.
     With ``refit``, the consumers take the weights and bias change it returns instead of folding the values (a
-    lossy rewrite such as pruning: the values are then ignored; ConvTranspose readers are not supported).
+    lossy rewrite such as pruning: the values are then ignored; ConvTranspose readers are not supported). A residual
+    group needs ``refit``: its channels have no single value.
     """
     scope = Scope.of(graph)
-    seen = [consumer_values(group, values) for group, values in removals]
+    seen = [consumer_values(group, values) if refit is None else [] for group, values in removals]
     lost = [v for at in seen for vals in at for v in vals.values() if isinstance(v, Lost)]
-    if lost and refit is None:
+    if lost:
         raise ValueError(f"a removed channel has no constant value at a consumer: {lost[0].reason}")
     for group, values in removals:
         keep = [k for k in range(group.producer.channels) if k not in values]
-        _slice_producer(group.producer, keep, scope)
+        for producer in group.producers:
+            _slice_producer(producer, keep, scope)
         for link in group.ops:
             _slice_op(link, group.producer.channels, keep, scope)
     for (group, values), at in zip(removals, seen):
         keep = [k for k in range(group.producer.channels) if k not in values]
-        for link, vals in zip(group.consumers, at):
-            if refit is not None:
+        if refit is not None:
+            for link in group.consumers:
                 _refit_consumer(link, keep, refit, scope)
-                continue
+            continue
+        for link, vals in zip(group.consumers, at, strict=True):
             gone = sorted(values)
             removed = np.concatenate([vals[k] for k in gone]) if gone else np.zeros(0)  # type: ignore[misc]
             _slice_consumer(link, keep, link.layout.rows(gone), removed, scope)

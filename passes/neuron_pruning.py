@@ -59,6 +59,13 @@ class ChannelPlan:
     error_dropped: float
     error_refit: float
     params: int = 0
+    producers: int = 1
+
+    @property
+    def change(self) -> str:
+        """``24 → 20 channels``, and in a residual group how many layers write the stream."""
+        stream = f" of a residual stream written by {self.producers} layers" if self.producers > 1 else ""
+        return f"{self.channels} → {self.channels - len(self.removed)} channels{stream}"
 
 
 @dataclass
@@ -123,6 +130,8 @@ class NeuronPruningPass(PassBase):
         align: int = field(default=4, metadata={"help": "keep Conv channel counts a multiple of this (odd counts "
                                                         "defeat onnxruntime's blocked NCHWc kernels)"})
         max_features: int = field(default=4096, metadata={"help": "widest reader input (rows or patch size) to fit"})
+        residual: bool = field(default=True, metadata={"help": "prune residual streams: the layers whose outputs "
+                                                               "meet at residual Adds lose the same channels"})
 
         def __post_init__(self) -> None:
             if not 0 < self.ratio < 1:
@@ -156,7 +165,7 @@ class NeuronPruningPass(PassBase):
         measured = self._measure(model, context)
         refit = self.options.reconstruct != "none"
         return nested_levels((Unit(plan.unit, plan.error_refit if refit else plan.error_dropped,
-                                   f"{plan.channels} → {plan.channels - len(plan.removed)} channels",
+                                   plan.change,
                                    max(plan.params, 1)), layer, len(plan.removed))
                              for layer, plans in measured.plans.items() for plan in plans)
 
@@ -172,13 +181,13 @@ class NeuronPruningPass(PassBase):
         if not chosen:
             return PassResult(copy_model(model), False, empty, tuple(measured.skipped))
         with editing(model) as edit:
-            groups = {g.name: g for g in channels.find_channel_groups(edit.graph)
+            groups = {g.name: g for g in channels.find_channel_groups(edit.graph, residual=self.options.residual)
                       if isinstance(g, channels.ChannelGroup) and g.name in chosen}
             removals = [(groups[name], dict.fromkeys(plan.removed, 0.0)) for name, plan in chosen.items()]
             removed = channels.remove_channels(edit.graph, removals, self._refit(groups, measured))
         stats = {"channels_removed": removed, "channels_eligible": eligible,
                  "params_removed": count_params(model) - count_params(edit.model), "layers_pruned": len(chosen)}
-        notes = tuple(f"{plan.layer}: {plan.channels} → {plan.channels - len(plan.removed)} channels; next-layer "
+        notes = tuple(f"{plan.layer}: {plan.change}; next-layer "
                       f"relative error {plan.error_dropped:.3g} dropped → {plan.error_refit:.3g} refitted "
                       f"({self.options.reconstruct})" for plan in chosen.values())
         return PassResult(edit.model, True, stats, tuple(measured.skipped), notes)
@@ -213,7 +222,7 @@ class NeuronPruningPass(PassBase):
         assert context.calibration is not None
         measured = _Measured()
         groups = []
-        for found in channels.find_channel_groups(import_graph(model)):
+        for found in channels.find_channel_groups(import_graph(model), residual=self.options.residual):
             why = _refusal(found, self.options.max_features) if isinstance(found, channels.ChannelGroup) else ""
             if isinstance(found, Skip) or why:
                 measured.skipped.append(found if isinstance(found, Skip) else Skip(found.name, why))
@@ -236,6 +245,7 @@ class NeuronPruningPass(PassBase):
 
     def _plan(self, group: channels.ChannelGroup, measured: _Measured) -> list[ChannelPlan]:
         producer, options = group.producer, self.options
+        weights = [channels.constant_input(p.node, 1) for p in group.producers]
         readers, skipped = measured.readers[group.name], measured.skipped
         matrices = [_matrix(link.node) for link in group.consumers]
         grams = [reader.gram for reader in readers]
@@ -243,13 +253,15 @@ class NeuronPruningPass(PassBase):
             skipped.append(Skip(group.name, "no calibration rows reached its readers"))
             return []
         if options.score == "magnitude":
-            scores = pruning.channel_norms(channels.constant_input(producer.node, 1), producer.weight_axis)
+            scores = np.sqrt(sum(pruning.channel_norms(w, p.weight_axis) ** 2
+                                 for w, p in zip(weights, group.producers, strict=True)))
         else:
             scores = np.sqrt(sum(pruning.block_energy_scores(gram, m, reader.block,  # type: ignore[arg-type]
                                                              centered=options.reconstruct != "none") ** 2
                                  for gram, m, reader in zip(grams, matrices, readers, strict=True)))
-        align = options.align if producer.node.op in ("Conv", "ConvTranspose") else 1
-        per_channel = (channels.constant_input(producer.node, 1).size // producer.channels
+        convs = any(p.node.op in ("Conv", "ConvTranspose") for p in group.producers)
+        align = options.align if convs else 1
+        per_channel = (sum(w.size for w in weights) // producer.channels
                        + sum(reader.block * m.shape[1] for reader, m in zip(readers, matrices, strict=True)))
         plans: list[ChannelPlan] = []
         for ratio in options.ratios:
@@ -267,7 +279,8 @@ class NeuronPruningPass(PassBase):
                 new, delta = measured.fit(reader, m, rows, self._fit)  # the runs that prune this layer reuse it
                 refit = max(refit, pruning.output_error(gram, m, None, rows, new, delta))  # type: ignore[arg-type]
             plans.append(ChannelPlan(group.name, ratio, unit, producer.channels, tuple(int(k) for k in removed),
-                                     math.sqrt(dropped), math.sqrt(refit), removed.size * per_channel))
+                                     math.sqrt(dropped), math.sqrt(refit), removed.size * per_channel,
+                                     len(group.producers)))
         return plans
 
 

@@ -19,7 +19,7 @@ import graphopt_zoo as zoo
 from graphopt.data import input_specs, load_data
 from graphopt.errors import PreconditionError
 from graphopt.graph import infer_shapes
-from graphopt.pass_base import PassContext
+from graphopt.pass_base import PassContext, Skip
 from graphopt_passes import _channels
 from graphopt_passes.neuron_pruning import NeuronPruningPass
 
@@ -197,7 +197,9 @@ def test_residual_and_transposed_readers_are_skipped_with_the_reason(rng: np.ran
                           w2=rng.standard_normal((16, 16)).astype(np.float32))
     result = prune()(residual, calibration(residual, rng))
     assert not result.modified
-    assert any("not a per-channel constant" in s.reason for s in result.skipped), result.skipped
+    assert "Add 's' adds the channels to 'x', which no layer computes" in [s.reason for s in result.skipped]
+    alone = prune(residual=False)(residual, calibration(residual, rng))
+    assert any("not a per-channel constant" in s.reason for s in alone.skipped), alone.skipped
     deconv = text_model(DECONV, k1=rng.standard_normal((8, 4, 1, 1)).astype(np.float32),
                         k2=rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
     result = prune()(deconv, calibration(deconv, rng))
@@ -269,3 +271,69 @@ def test_depthwise_convs_are_part_of_the_chain(rng: np.random.Generator) -> None
     depthwise = [n for n in result.model.graph.node if n.op_type == "Conv"][1]
     assert [a.i for a in depthwise.attribute if a.name == "group"] == [4]
     assert relative_error(result.model, model, random_feeds(model, 8, np.random.default_rng(2))) < 1e-4
+
+
+RESIDUAL_STREAM = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,3,8,8] x) => (float[N,5] y) {
+  s = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3]> (x, w0, b0)
+  r0 = Relu(s)
+  a = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3]> (r0, wa, ba)
+  ar = Relu(a)
+  a2 = Conv <kernel_shape = [1, 1]> (ar, wa2, ba2)
+  s1 = Add(r0, a2)
+  r1 = Relu(s1)
+  b = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3]> (r1, wb, bb)
+  br = Relu(b)
+  b2 = Conv <kernel_shape = [1, 1]> (br, wb2, bb2)
+  s2 = Add(b2, r1)
+  r2 = Relu(s2)
+  p = GlobalAveragePool(r2)
+  f = Flatten(p)
+  y = Gemm(f, wg, bg)
+}"""
+
+
+def residual_net(rng: np.random.Generator) -> onnx.ModelProto:
+    """Two residual blocks on an 8-channel stream written by the stem and both blocks' last Conv. Stream channels
+    4–7 are half-scaled copies of 0–3 in all three writers (ReLU keeps the relation through each Add), and every
+    reader gives them little weight: the stream can lose them, and the readers' refit takes their share exactly."""
+    def normal(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    arrays = {"w0": normal(8, 3, 3, 3), "b0": normal(8), "wa": normal(6, 8, 3, 3), "ba": normal(6),
+              "wa2": normal(8, 6, 1, 1), "ba2": normal(8), "wb": normal(6, 8, 3, 3), "bb": normal(6),
+              "wb2": normal(8, 6, 1, 1), "bb2": normal(8), "wg": normal(8, 5), "bg": normal(5)}
+    for writer in ("w0", "b0", "wa2", "ba2", "wb2", "bb2"):
+        arrays[writer][4:] = 0.5 * arrays[writer][:4]
+    for reader in ("wa", "wb"):
+        arrays[reader][:, 4:] *= 0.1
+    arrays["wg"][4:] *= 0.1
+    return infer_shapes(text_model(RESIDUAL_STREAM, **arrays))
+
+
+def test_residual_streams_are_one_group_pruned_in_every_writer(rng: np.random.Generator) -> None:
+    model = residual_net(rng)
+    graph = gs.import_onnx(model)
+    alone = {g.target: g.reason for g in _channels.find_channel_groups(graph) if isinstance(g, Skip)}
+    assert alone["s"] == "Add 's1' combines the channels with a tensor that is not a per-channel constant"
+    found = {g.name: g for g in _channels.find_channel_groups(graph, residual=True)
+             if isinstance(g, _channels.ChannelGroup)}
+    stream = found["s"]
+    assert [p.node.outputs[0].name for p in stream.producers] == ["s", "a2", "b2"]
+    assert sorted(link.node.outputs[0].name for link in stream.consumers) == ["a", "b", "y"]
+    assert "a2" not in found and "b2" not in found, "a writer of the stream is in its group only"
+    with pytest.raises(ValueError, match="no single value"):
+        _channels.remove_channels(graph, [(stream, {7: 0.0})])
+
+    ctx = calibration(model, rng, count=128)
+    pruner = prune(ratio=0.5, steps=1, ridge=0.0)
+    units = {u.name: u for u in pruner.units(model, ctx)}
+    assert units["s"].detail == "8 → 4 channels of a residual stream written by 3 layers"
+    result = pruner(model, ctx.with_units(frozenset({"s"})))
+    assert result.stats["channels_removed"] == 4 and result.stats["layers_pruned"] == 1
+    onnx.checker.check_model(result.model, full_check=True)
+    shapes = {t.name: tuple(t.dims) for t in result.model.graph.initializer}
+    assert [shapes[n][:2] for n in ("w0", "wa2", "wb2", "wa", "wb")] == [(4, 3), (4, 6), (4, 6), (6, 4), (6, 4)]
+    assert shapes["wg"] == (4, 5) and shapes["b0"] == shapes["ba2"] == shapes["bb2"] == (4,)
+    assert relative_error(result.model, model, random_feeds(model, 16, np.random.default_rng(5))) < 1e-4
+    assert {u.name for u in prune(ratio=0.5, steps=1, residual=False).units(model, ctx)} == {"a", "b"}
