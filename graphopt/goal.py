@@ -15,11 +15,13 @@ low-rank) followed by the best that changes its numbers (stage 1: int8, float16,
 share of the budget in proportion to the damage each did alone (``Tolerance.share``) so that the second finds some
 left; the second is judged against the original by the whole budget, as every pass is. The verified combinations
 and the best single plan are compared again, with the original, in one more call, which decides: the search never
-returns a plan that measured slower than the best single plan in that call.
+returns a plan that measured slower than the best single plan in that call by more than the timing can tell.
 
-The winner is the plan with the best figure that beats the original by ``MIN_GAIN`` at least; when none does, the
-verdict says "float is best" and the model is the lossless passes' (the prelude alone, verified like the rest). The
-verdict marks the plans on the latency–size frontier (no other plan, nor the original, is as good in both).
+The winner is the plan with the best figure that beats the original by ``MIN_GAIN`` at least, and of plans timed
+within ``MIN_GAIN`` of the fastest (a tie: the timing cannot tell them apart) the one whose outputs stay closest to
+the original's (its worst cosine), which is usually the one with fewer lossy passes. When none beats the original,
+the verdict says "float is best" and the model is the lossless passes' (the prelude alone, verified like the rest).
+The verdict marks the plans on the latency–size frontier (no other plan, nor the original, is as good in both).
 """
 
 from __future__ import annotations
@@ -148,15 +150,22 @@ def choose(goal: GoalName, original: onnx.ModelProto, finals: Sequence[tuple[Goa
         measured = {"original_ms": original_time.median_ms, "runs": original_time.runs}
     scored = [replace(c, latency_ratio=r, size_ratio=s) for (c, _), r, s in zip(finals, ratios, sizes, strict=True)]
     key = [figure(goal, r, s) for r, s in zip(ratios, sizes, strict=True)]
-    better = [i for i, k in enumerate(key) if k is not None and k <= 1.0 - MIN_GAIN]
+    better = {i: k for i, k in enumerate(key) if k is not None and k <= 1.0 - MIN_GAIN}
     if not better:
         word = {"latency": "faster", "size": "smaller"}.get(goal, "faster × smaller")
         why = (f"float is best: no verified plan was {MIN_GAIN:.0%} or more {word} than the original" if finals else
                "float is best: no plan changed the model within the budget")
         return GoalVerdict(goal, tuple(scored), "", why, measured), None
-    best = min(better, key=lambda i: key[i])  # type: ignore[arg-type, return-value]
-    others = [f"{scored[i].plan} {key[i]:.3f}×" for i in better if i != best]
-    why = f"{scored[best].plan}: {_figure_text(goal, scored[best])}" + (
+    best = min(better, key=better.__getitem__)
+    tie = ""
+    if "latency" in _parts(goal):  # sizes are exact; latencies within MIN_GAIN of each other are a tie
+        ties = [i for i, k in better.items() if k <= better[best] * (1 + MIN_GAIN)]
+        closest = max(ties, key=lambda i: (scored[i].cosine or 0.0, -better[i]))
+        if closest != best:
+            best, tie = closest, (f" (within {MIN_GAIN:.0%} of the fastest, a tie the timing cannot break: the plan "
+                                  "that keeps the outputs closest)")
+    others = [f"{scored[i].plan} {better[i]:.3f}×" for i in better if i != best]
+    why = f"{scored[best].plan}: {_figure_text(goal, scored[best])}{tie}" + (
         f", ahead of {', '.join(others)}" if others else "")
     return GoalVerdict(goal, tuple(scored), scored[best].plan, why, measured), best
 
