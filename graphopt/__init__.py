@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from graphopt.api import OptimizeResult, ValidationResult, inspect, list_passes, optimize, validate
+    from graphopt.benchmark import BenchResult, bench
     from graphopt.data import Dataset, load_data
     from graphopt.errors import GraphoptError
     from graphopt.pass_base import PassBase, PassContext, PassResult, Skip, Unit
@@ -27,6 +28,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "BenchResult",
     "Dataset",
     "GraphoptError",
     "OptimizeResult",
@@ -38,6 +40,7 @@ __all__ = [
     "Tolerance",
     "Unit",
     "ValidationResult",
+    "bench",
     "inspect",
     "list_passes",
     "load_data",
@@ -48,6 +51,7 @@ __all__ = [
 _HOMES = {
     **dict.fromkeys(("OptimizeResult", "ValidationResult", "inspect", "list_passes", "optimize", "validate"),
                     "graphopt.api"),
+    **dict.fromkeys(("BenchResult", "bench"), "graphopt.benchmark"),
     **dict.fromkeys(("Dataset", "load_data"), "graphopt.data"),
     "GraphoptError": "graphopt.errors",
     **dict.fromkeys(("PassBase", "PassContext", "PassResult", "Skip", "Unit"), "graphopt.pass_base"),

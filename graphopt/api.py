@@ -6,6 +6,7 @@ The CLI is a thin layer over these functions; every CLI flag is a parameter here
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from graphopt.modelio import (
     LoadedModel,
     NamedPath,
     check_destinations,
+    logging_to,
     model_sidecar,
     read_model,
     save_bytes,
@@ -128,6 +130,8 @@ def optimize(
     output_kinds: Mapping[str, OutputKind | str] | None = None,
     goal: str | None = None,
     time_budget: float | None = None,
+    log_file: str | Path | None = None,
+    log_level: int = logging.INFO,
 ) -> OptimizeResult:
     """Optimise ``model`` with ``passes``, verifying each against the original on held-out ``data``.
 
@@ -160,6 +164,9 @@ def optimize(
             (``graphopt.goal``; the report's ``goal`` lists every plan).
         time_budget: with ``goal``, the seconds of search (default ``graphopt.goal.DEFAULT_TIME_BUDGET``, 240):
             then the running plan's narrowing keeps the units verified so far and no further plan is started.
+        log_file: write graphopt's log (records at ``log_level`` and above) to this file instead of where logging
+            goes otherwise; it is an output like the others (never an input or another output), replaced whole when
+            the run ends, however it ends.
 
     The optimised model records the pipeline, a digest of the data and the calibration share in its metadata, so
     ``validate`` can tell held-out samples from calibration ones and re-run the pipeline on folds.
@@ -185,81 +192,90 @@ def optimize(
     if pipeline_path is not None:
         inputs.append(("the pipeline file", pipeline_path))
     outputs = [(label, Path(p)) for label, p in (("the output model", output), ("the report", report_target),
-                                                  ("the HTML page", html)) if p is not None]
+                                                  ("the HTML page", html), ("the log", log_file)) if p is not None]
     if output is not None:
         outputs.insert(1, ("the output model's external data", model_sidecar(output)))
     check_destinations(outputs, inputs)
     protect = tuple(p for _, p in (*inputs, *outputs))
-    runtime = runtime or RuntimeConfig()
-    check_providers(runtime)
-    tolerance = tolerance or Tolerance.budget()
-    lossless_tolerance = lossless_tolerance or Tolerance.lossless()
-    check_number("max_drop", max_drop, low=0.0, optional=False)
-    task = None
-    if metric is not None:
-        name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
-        task = TaskBudget(name, load_metric(metric) if isinstance(metric, str) else metric, max_drop)
-    specs = input_specs(original)
-    dataset = data if isinstance(data, Dataset) else load_data(data, specs, labels)
-    if task is not None and dataset.labels is None:
-        raise UsageError(f"the task metric {task.name} needs labels: give --labels (an array of the data file or an "
-                         ".npy file)")
-    calibration, verification = _split(dataset, calibration_fraction)
-    if lossy and tolerance.confidence is not None and verification.n_samples < MIN_BOUNDED_SAMPLES:
-        needed = math.ceil(MIN_BOUNDED_SAMPLES / (1 - calibration_fraction))
-        raise DataError(f"too few samples to decide: lossy passes are judged on the {tolerance.confidence:.0%} lower "
-                        f"confidence bound over at least {MIN_BOUNDED_SAMPLES} verification samples, and "
-                        f"{dataset.n_samples} samples give {verification.n_samples}; give at least {needed} (or "
-                        "--confidence 0 to judge the means)")
+    with _logging(log_file, log_level, protect):
+        runtime = runtime or RuntimeConfig()
+        check_providers(runtime)
+        tolerance = tolerance or Tolerance.budget()
+        lossless_tolerance = lossless_tolerance or Tolerance.lossless()
+        check_number("max_drop", max_drop, low=0.0, optional=False)
+        task = None
+        if metric is not None:
+            name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
+            task = TaskBudget(name, load_metric(metric) if isinstance(metric, str) else metric, max_drop)
+        specs = input_specs(original)
+        dataset = data if isinstance(data, Dataset) else load_data(data, specs, labels)
+        if task is not None and dataset.labels is None:
+            raise UsageError(f"the task metric {task.name} needs labels: give --labels (an array of the data file or an "
+                             ".npy file)")
+        calibration, verification = _split(dataset, calibration_fraction)
+        if lossy and tolerance.confidence is not None and verification.n_samples < MIN_BOUNDED_SAMPLES:
+            needed = math.ceil(MIN_BOUNDED_SAMPLES / (1 - calibration_fraction))
+            raise DataError(f"too few samples to decide: lossy passes are judged on the {tolerance.confidence:.0%} lower "
+                            f"confidence bound over at least {MIN_BOUNDED_SAMPLES} verification samples, and "
+                            f"{dataset.n_samples} samples give {verification.n_samples}; give at least {needed} (or "
+                            "--confidence 0 to judge the means)")
 
-    verifier = Verifier(original, verification, runtime, progress, task, kinds)  # --goal's plans share its reference
+        verifier = Verifier(original, verification, runtime, progress, task, kinds)  # --goal's plans share its reference
 
-    def run(plan: Sequence[PassBase], speed_gate: bool = True, budgets: Mapping[PassBase, Tolerance] | None = None,
-            deadline: float | None = None) -> tuple[Report, PipelineResult]:
-        record = Report(
-            graphopt_version=graphopt_version(),
-            input_path=str(input_path) if input_path else None,
-            data={
-                "source": dataset.source,
-                "synthetic": dataset.synthetic,
-                "samples": dataset.n_samples,
-                "calibration_samples": calibration.n_samples if calibration else 0,
-                "verification_samples": verification.n_samples,
-            },
-            runtime=asdict(runtime),
-            tolerance=tolerance.to_dict(),
-            lossless_tolerance=lossless_tolerance.to_dict(),
-            outputs={name: kind.to_dict() for name, kind in kinds.items()},
-        )
-        result = run_pipeline(original, plan, calibration, verification, tolerance=tolerance,
-                              lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
-                              progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
-                              kinds=kinds, speed_gate=speed_gate, budgets=budgets, verifier=verifier,
-                              deadline=deadline)
-        return record, result
+        def run(plan: Sequence[PassBase], speed_gate: bool = True, budgets: Mapping[PassBase, Tolerance] | None = None,
+                deadline: float | None = None) -> tuple[Report, PipelineResult]:
+            record = Report(
+                graphopt_version=graphopt_version(),
+                input_path=str(input_path) if input_path else None,
+                data={
+                    "source": dataset.source,
+                    "synthetic": dataset.synthetic,
+                    "samples": dataset.n_samples,
+                    "calibration_samples": calibration.n_samples if calibration else 0,
+                    "verification_samples": verification.n_samples,
+                },
+                runtime=asdict(runtime),
+                tolerance=tolerance.to_dict(),
+                lossless_tolerance=lossless_tolerance.to_dict(),
+                outputs={name: kind.to_dict() for name, kind in kinds.items()},
+            )
+            result = run_pipeline(original, plan, calibration, verification, tolerance=tolerance,
+                                  lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
+                                  progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
+                                  kinds=kinds, speed_gate=speed_gate, budgets=budgets, verifier=verifier,
+                                  deadline=deadline)
+            return record, result
 
-    if goal is None:
-        record, result = run(pipeline)
-    else:
-        feed = next(verification.batches(1, per_sample=True))[0]
-        record, result, pipeline = search_goal(cast(GoalName, goal), run, pipeline, available_passes(), original,
-                                               feed, tolerance,
-                                               DEFAULT_TIME_BUDGET if time_budget is None else time_budget, progress)
-    final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
-    as_run = _as_run(pipeline, result.outcomes)
-    record.pipeline = [{"name": p.name, "options": asdict(p.options)} for p in as_run]
-    stamp_provenance(final, Provenance(describe_pipeline(as_run), data_digest(dataset), calibration_fraction))
+        if goal is None:
+            record, result = run(pipeline)
+        else:
+            feed = next(verification.batches(1, per_sample=True))[0]
+            record, result, pipeline = search_goal(cast(GoalName, goal), run, pipeline, available_passes(), original,
+                                                   feed, tolerance,
+                                                   DEFAULT_TIME_BUDGET if time_budget is None else time_budget, progress)
+        final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
+        as_run = _as_run(pipeline, result.outcomes)
+        record.pipeline = [{"name": p.name, "options": asdict(p.options)} for p in as_run]
+        stamp_provenance(final, Provenance(describe_pipeline(as_run), data_digest(dataset), calibration_fraction))
 
-    output_path = report_file = html_file = None
-    if output is not None:
-        output_path = save_model(final, output, protect=_others(protect, output, model_sidecar(output)),
-                                 runtime=runtime)
-        record.output_path = str(output_path)
-    if report_target is not None:
-        report_file = save_bytes(to_json(record).encode(), report_target, protect=_others(protect, report_target))
-    if html is not None:
-        html_file = save_bytes(optimize_page(record).encode(), html, protect=_others(protect, html))
-    return OptimizeResult(final, record, result, output_path, report_file, html_file)
+        output_path = report_file = html_file = None
+        if output is not None:
+            output_path = save_model(final, output, protect=_others(protect, output, model_sidecar(output)),
+                                     runtime=runtime)
+            record.output_path = str(output_path)
+        if report_target is not None:
+            report_file = save_bytes(to_json(record).encode(), report_target, protect=_others(protect, report_target))
+        if html is not None:
+            html_file = save_bytes(optimize_page(record).encode(), html, protect=_others(protect, html))
+        return OptimizeResult(final, record, result, output_path, report_file, html_file)
+
+
+def _logging(log_file: str | Path | None, level: int, protect: tuple[Path, ...]
+             ) -> contextlib.AbstractContextManager[object]:
+    """The run's log into ``log_file`` (``modelio.logging_to``), or the logging as the caller set it up."""
+    if log_file is None:
+        return contextlib.nullcontext()
+    return logging_to(log_file, level, protect=_others(protect, log_file))
 
 
 def _as_run(pipeline: Sequence[PassBase], outcomes: Sequence[PassOutcome]) -> list[PassBase]:
@@ -367,6 +383,8 @@ def validate(
     html: str | Path | None = None,
     progress: Progress = NULL_PROGRESS,
     output_kinds: Mapping[str, OutputKind | str] | None = None,
+    log_file: str | Path | None = None,
+    log_level: int = logging.INFO,
 ) -> ValidationResult:
     """Answer "can I ship ``optimized`` in place of ``original``?" with evidence, section by section.
 
@@ -384,6 +402,9 @@ def validate(
         tolerance: the budget every comparison is held to (default cosine ≥ 0.99, top-1 ≥ 0.99).
         report, html: where to write the JSON report and the HTML page.
         output_kinds: how named outputs are judged where the graph does not say (as ``optimize`` takes them).
+        log_file: write graphopt's log (records at ``log_level`` and above) to this file instead of where logging
+            goes otherwise; it is an output like the others (never an input or another output), replaced whole when
+            the run ends, however it ends.
     """
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -395,45 +416,47 @@ def validate(
     candidate, loaded_candidate = _read(optimized)
     inputs = [*_named_inputs(loaded_reference, data, labels, role="the original model"),
               *_named_inputs(loaded_candidate, "random", role="the optimised model")]
-    outputs = [(label, Path(p)) for label, p in (("the report", report), ("the HTML page", html)) if p is not None]
+    outputs = [(label, Path(p)) for label, p in (("the report", report), ("the HTML page", html),
+                                                  ("the log", log_file)) if p is not None]
     check_destinations(outputs, inputs)
     protect = tuple(p for _, p in (*inputs, *outputs))
-    specs = input_specs(reference)
-    if input_specs(candidate) != specs or _outputs(candidate) != _outputs(reference):
-        raise ValidationSetupError("the two models differ in their inputs or outputs; validate compares a model "
-                                   "with its own optimised version")
-    dataset = data if isinstance(data, Dataset) else load_data(data, specs, labels)
-    if dataset.synthetic:
-        raise ValidationSetupError("validation needs real samples, not --data random")
-    recorded = read_provenance(candidate)
-    held_out, held_note = _held_out(dataset, recorded)
-    pipeline = passes if passes is not None else recorded.pipeline if recorded else None
-    ctx = ValidationContext(reference, candidate, dataset, held_out, tolerance or Tolerance.budget(),
-                            runtime or RuntimeConfig(), pipeline=pipeline, seed=seed, progress=progress,
-                            named_kinds=output_kinds or {})
-    record = ValidationReport(graphopt_version(),
-                              str(loaded_reference.files[0]) if loaded_reference else None,
-                              str(loaded_candidate.files[0]) if loaded_candidate else None,
-                              data={"source": dataset.source, "samples": dataset.n_samples,
-                                    "held_out_samples": held_out.n_samples, "labels": dataset.labels is not None,
-                                    "held_out": held_note, "pipeline": pipeline},
-                              tolerance=ctx.tolerance.to_dict())
-    task = load_metric(metric) if isinstance(metric, str) else metric
-    for name in (s for s in SECTIONS if s in sections):
-        if name == "held_out":
-            record.sections.append(check_held_out(ctx, metric=task, max_accuracy_drop=max_accuracy_drop))
-        elif name == "folds":
-            refit = _refit(reference, pipeline, ctx) if pipeline else None
-            record.sections.append(check_folds(ctx, min(folds, held_out.n_samples), refit))
-        elif name == "shifts":
-            record.sections.append(check_shifts(ctx, shifts))
-        elif name == "environments":
-            record.sections.append(check_environments(ctx))
-        else:
-            record.sections.append(check_performance(ctx))
-    report_file = save_bytes(validation_json(record).encode(), report, protect=_others(protect, report)) if report else None
-    html_file = save_bytes(validation_page(record).encode(), html, protect=_others(protect, html)) if html else None
-    return ValidationResult(record, report_file, html_file)
+    with _logging(log_file, log_level, protect):
+        specs = input_specs(reference)
+        if input_specs(candidate) != specs or _outputs(candidate) != _outputs(reference):
+            raise ValidationSetupError("the two models differ in their inputs or outputs; validate compares a model "
+                                       "with its own optimised version")
+        dataset = data if isinstance(data, Dataset) else load_data(data, specs, labels)
+        if dataset.synthetic:
+            raise ValidationSetupError("validation needs real samples, not --data random")
+        recorded = read_provenance(candidate)
+        held_out, held_note = _held_out(dataset, recorded)
+        pipeline = passes if passes is not None else recorded.pipeline if recorded else None
+        ctx = ValidationContext(reference, candidate, dataset, held_out, tolerance or Tolerance.budget(),
+                                runtime or RuntimeConfig(), pipeline=pipeline, seed=seed, progress=progress,
+                                named_kinds=output_kinds or {})
+        record = ValidationReport(graphopt_version(),
+                                  str(loaded_reference.files[0]) if loaded_reference else None,
+                                  str(loaded_candidate.files[0]) if loaded_candidate else None,
+                                  data={"source": dataset.source, "samples": dataset.n_samples,
+                                        "held_out_samples": held_out.n_samples, "labels": dataset.labels is not None,
+                                        "held_out": held_note, "pipeline": pipeline},
+                                  tolerance=ctx.tolerance.to_dict())
+        task = load_metric(metric) if isinstance(metric, str) else metric
+        for name in (s for s in SECTIONS if s in sections):
+            if name == "held_out":
+                record.sections.append(check_held_out(ctx, metric=task, max_accuracy_drop=max_accuracy_drop))
+            elif name == "folds":
+                refit = _refit(reference, pipeline, ctx) if pipeline else None
+                record.sections.append(check_folds(ctx, min(folds, held_out.n_samples), refit))
+            elif name == "shifts":
+                record.sections.append(check_shifts(ctx, shifts))
+            elif name == "environments":
+                record.sections.append(check_environments(ctx))
+            else:
+                record.sections.append(check_performance(ctx))
+        report_file = save_bytes(validation_json(record).encode(), report, protect=_others(protect, report)) if report else None
+        html_file = save_bytes(validation_page(record).encode(), html, protect=_others(protect, html)) if html else None
+        return ValidationResult(record, report_file, html_file)
 
 
 def _outputs(model: onnx.ModelProto) -> list[str]:

@@ -38,7 +38,9 @@ from graphopt.errors import GraphoptError, OutputKindError, UsageError
 from graphopt.pipeline import option_choices, option_fields, option_text, option_type
 from graphopt.report.render import (
     DEFAULT_WIDTH,
+    bench_json,
     format_bytes,
+    render_bench_table,
     render_table,
     render_validation_table,
     to_json,
@@ -123,6 +125,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version, nargs=0, help="show the versions of graphopt and what it runs "
                         "on, and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    parser.add_argument("--log-file", default=None, metavar="PATH", help="optimize and validate: write the log "
+                        "there instead of stderr (what -v shows, at least info; -vv: debug); an output like the "
+                        "others, never an input's path")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress and no table: errors only (--json "
                         "still prints the report; the files are written as always)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -185,6 +190,29 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--html", default=None, help="write a self-contained HTML page here")
     _add_runtime_flags(check)
     check.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+    timing = commands.add_parser("bench", help="latency, throughput, load time and memory of models, and of what "
+                                 "pipelines make of them, on this CPU, side by side")
+    timing.add_argument("models", nargs="+", metavar="MODEL", help="ONNX models (never modified) taking the same inputs")
+    timing.add_argument("--data", default="random", help=".npz file or folder of samples, or 'random' (no lossy "
+                        "pipeline): sample 1 is the batch-1 feed")
+    timing.add_argument("--passes", default=None, help="pipelines separated by ';', e.g. 'qdq-int8;low-rank': each "
+                        "model is optimised (and verified) with each, and the results benchmarked beside it")
+    timing.add_argument("--threads", default=None, help="intra-op threads for batch-1 latency, comma-separated "
+                        "(default: 1 and all cores)")
+    timing.add_argument("--batch-sizes", default="1,8", help="batches for throughput (with the most threads)")
+    timing.add_argument("--runtime", default=None, help="runtimes, comma-separated (default: every one here: "
+                        "onnxruntime, onnxruntime:<provider> for other CPU providers, openvino when installed)")
+    timing.add_argument("--runs", type=int, default=300, help="timed runs per call (after warm-up)")
+    timing.add_argument("--budget", type=float, default=10.0, metavar="SECONDS",
+                        help="about how long one timing call may take (at least 20 runs)")
+    timing.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a fresh "
+                        "process per model)")
+    timing.add_argument("--labels", default=None, help="label array in the data file, or an .npy file")
+    _add_output_kind_flag(timing)
+    timing.add_argument("--report", default=None, help="write the JSON report (graphopt.bench/1) here")
+    timing.add_argument("--html", default=None, help="write a self-contained HTML page with bar plots here")
+    timing.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
     listing = commands.add_parser("passes", help="list registered passes")
     listing.add_argument("--json", action="store_true", help="machine-readable list")
@@ -265,6 +293,7 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
         output_kinds=_output_kinds(args),
         goal=args.goal,
         time_budget=args.time_budget,
+        **_log_file(args),
     )
     if args.json:
         out.write(to_json(result.report))
@@ -274,6 +303,11 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
         written = [p for p in (result.output_path, result.report_path, result.html_path) if p]
         out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", width, "  "))
     return 0
+
+
+def _log_file(args: argparse.Namespace) -> dict[str, Any]:
+    """``--log-file`` as the API takes it: the path, and info (debug with -vv) as its level."""
+    return {"log_file": args.log_file, "log_level": logging.DEBUG if args.verbose >= 2 else logging.INFO}
 
 
 def _progress(args: argparse.Namespace) -> progress.Progress:
@@ -313,6 +347,7 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
         report=args.report,
         html=args.html,
         progress=_progress(args),
+        **_log_file(args),
     )
     if args.json:
         out.write(validation_json(result.report))
@@ -325,6 +360,35 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     if not result.report.passed:
         failed = ", ".join(s.title for s in result.report.sections if s.passed is False)
         raise _NotShippable(f"validation failed: {failed}")
+    return 0
+
+
+def _counts(text: str | None, flag: str) -> list[int] | None:
+    """A comma-separated list of whole numbers (``--threads 1,2``), or a usage error naming the flag."""
+    if text is None:
+        return None
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes whole numbers separated by commas, got {text!r}") from None
+
+
+def _bench(args: argparse.Namespace, out: TextIO) -> int:
+    from graphopt.benchmark import bench
+
+    result = bench(args.models, args.data, passes=args.passes, threads=_counts(args.threads, "--threads"),
+                   batch_sizes=_counts(args.batch_sizes, "--batch-sizes") or [1],
+                   runtimes=args.runtime.split(",") if args.runtime else None, runs=args.runs,
+                   budget_s=args.budget, memory=not args.no_memory, labels=args.labels,
+                   output_kinds=_output_kinds(args), report=args.report, html=args.html, progress=_progress(args))
+    if args.json:
+        out.write(bench_json(result.report))
+    elif not args.quiet:
+        width = _width()
+        out.write(render_bench_table(result.report, width) + "\n")
+        written = [p for p in (result.report_path, result.html_path) if p]
+        if written:
+            out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", width, "  "))
     return 0
 
 
@@ -404,7 +468,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return int(e.code or 0)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    commands = {"optimize": _optimize, "validate": _validate, "passes": _passes, "inspect": _inspect}
+    commands = {"optimize": _optimize, "validate": _validate, "bench": _bench, "passes": _passes, "inspect": _inspect}
+    if args.log_file is not None and args.command not in ("optimize", "validate"):
+        sys.stderr.write(f"graphopt: error: --log-file applies to optimize and validate, not {args.command}\n")
+        return UsageError.exit_code
     with _terminate_like_interrupt(), warnings.catch_warnings():
         if not args.verbose:  # numpy's overflow/divide warnings on odd data: the NaN rule judges their results
             warnings.simplefilter("ignore", RuntimeWarning)

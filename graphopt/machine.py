@@ -18,7 +18,8 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["VNNI_FLAGS", "cpu_flags", "cpu_model", "has_vnni", "parse_cpu_flags"]
+__all__ = ["FEATURES", "VNNI_FLAGS", "cpu_features", "cpu_flags", "cpu_model", "has_vnni", "parse_cpu_flags",
+           "parse_cpu_model"]
 
 _CPUINFO = Path("/proc/cpuinfo")
 
@@ -51,12 +52,54 @@ def has_vnni() -> bool:
     return bool(cpu_flags() & VNNI_FLAGS)
 
 
+FEATURES: dict[str, tuple[tuple[str, str], ...]] = {
+    "x86": (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX-512 VNNI", "avx512_vnni"), ("AVX-VNNI", "avx_vnni"),
+            ("AVX-512 BF16", "avx512_bf16"), ("AMX-INT8", "amx_int8"), ("F16C", "f16c")),
+    "arm": (("NEON", "asimd"), ("dot product", "asimddp"), ("i8mm", "i8mm"), ("FP16", "asimdhp"), ("BF16", "bf16"),
+            ("SVE", "sve"), ("SVE2", "sve2")),
+}
+"""The instruction-set features that decide int8, bf16 and fp16 speed, per CPU family: (name a reader knows, the
+flag Linux lists in ``/proc/cpuinfo``). Arm's int8 dot product is ``asimddp`` and its int8 matrix multiply
+``i8mm``; x86's are VNNI and AMX."""
+
+_ARM_PARTS = {0xd03: "Cortex-A53", 0xd04: "Cortex-A35", 0xd05: "Cortex-A55", 0xd07: "Cortex-A57",
+              0xd08: "Cortex-A72", 0xd09: "Cortex-A73", 0xd0a: "Cortex-A75", 0xd0b: "Cortex-A76",
+              0xd0c: "Neoverse-N1", 0xd0d: "Cortex-A77", 0xd40: "Neoverse-V1", 0xd41: "Cortex-A78",
+              0xd44: "Cortex-X1", 0xd46: "Cortex-A510", 0xd47: "Cortex-A710", 0xd48: "Cortex-X2",
+              0xd49: "Neoverse-N2", 0xd4f: "Neoverse-V2"}
+"""Arm Ltd's (implementer 0x41) core part numbers, from its technical reference manuals' MIDR values."""
+
+
+def parse_cpu_model(cpuinfo: str) -> str:
+    """The CPU's name from ``/proc/cpuinfo`` text: x86's ``model name``; on Arm, where Linux prints none, the board's
+    ``Model`` line (a Raspberry Pi's) or the core named from its implementer and part number; "" when none."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if fields.get("model name"):
+        return fields["model name"]
+    if fields.get("Model"):
+        return fields["Model"]
+    try:
+        implementer, part = int(fields["CPU implementer"], 16), int(fields["CPU part"], 16)
+    except (KeyError, ValueError):
+        return fields.get("Hardware", "")
+    name = _ARM_PARTS.get(part) if implementer == 0x41 else None
+    return f"Arm {name}" if name else f"Arm CPU (implementer {implementer:#x}, part {part:#x})"
+
+
+def cpu_features(flags: frozenset[str] | None = None) -> dict[str, bool]:
+    """Each of ``FEATURES`` of this CPU's family (``flags``: this CPU's, by default) and whether it has it."""
+    flags = cpu_flags() if flags is None else flags
+    family = "arm" if "asimd" in flags or platform.machine().lower() in ("aarch64", "arm64") else "x86"
+    return {name: flag in flags for name, flag in FEATURES[family]}
+
+
 @functools.cache
 def cpu_model() -> str:
     try:
-        for line in _CPUINFO.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
+        found = parse_cpu_model(_CPUINFO.read_text(errors="replace"))
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        found = ""
+    return found or platform.processor() or platform.machine()

@@ -29,6 +29,7 @@ from graphopt.graph import default_opset, subgraphs
 from graphopt.runtime import RuntimeConfig, create_session
 
 __all__ = [
+    "LOGGERS",
     "MIN_OPSET",
     "LoadedModel",
     "NamedPath",
@@ -36,6 +37,7 @@ __all__ = [
     "check_destinations",
     "check_model",
     "load_model",
+    "logging_to",
     "max_supported_opset",
     "model_sidecar",
     "read_model",
@@ -265,6 +267,43 @@ def save_bytes(data: bytes, path: str | Path, *, protect: Sequence[str | Path] =
         (staging / path.name).write_bytes(data)
         os.replace(staging / path.name, path)
     return path
+
+
+LOGGERS = ("graphopt", "graphopt_passes")
+"""The loggers ``logging_to`` captures: graphopt's modules and the bundled passes."""
+
+
+@contextlib.contextmanager
+def logging_to(path: str | Path, level: int = logging.INFO, *, protect: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Send graphopt's log records at ``level`` and above to ``path`` while the block runs, and only there.
+
+    The log is written to a staging file beside ``path`` and moved into place when the block ends, however it ends
+    (an error is when a log matters most): an existing file is replaced whole, never appended to nor left half
+    written. ``protect`` as for ``save_model``.
+    """
+    path = Path(path)
+    _refuse_protected(path, protect)
+    folder = _writable_folder(path)
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    with _staging_folder(folder) as staging:
+        staged = staging / path.name
+        handler = logging.FileHandler(staged, encoding="utf-8")
+        handler.setLevel(level)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for logger in loggers:
+            logger.addHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = False
+        try:
+            yield path
+        finally:
+            for logger, (old_level, propagate) in zip(loggers, saved, strict=True):
+                logger.removeHandler(handler)
+                logger.setLevel(old_level)
+                logger.propagate = propagate
+            handler.close()
+            os.replace(staged, path)
 
 
 def _write(model: onnx.ModelProto, path: Path) -> list[str]:

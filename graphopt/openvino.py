@@ -121,10 +121,10 @@ def inference_precision(compiled: Any) -> str:
 
 
 def measure_latency(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], *, runs: int = 300,
-                    warmup: int = 30, budget_s: float | None = None) -> list[Latency]:
+                    warmup: int = 30, budget_s: float | None = None, threads: int = 1) -> list[Latency]:
     """Median and p90 latency of each model on ``feed`` (one sample, batch axis included) in OpenVINO's CPU plugin.
 
-    Each model is compiled with ``LATENCY_CONFIG`` for the feed's static shapes (twice, in opposite orders, as
+    Each model is compiled with ``LATENCY_CONFIG`` (``threads`` inference threads) for the feed's static shapes (twice, in opposite orders, as
     ``perf.measure_latency`` loads sessions), warmed up, then the models run interleaved as there (``budget_s`` too). Inputs and outputs are shared with
     the request, not copied: the Python binding's copies into fresh arrays would otherwise double its per-call
     time on small models (0.24 vs 0.11 ms for the digits CNN) and hide the model. Raises whatever OpenVINO raises.
@@ -132,7 +132,8 @@ def measure_latency(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.nda
     feeds = {name: np.ascontiguousarray(array) for name, array in feed.items()}
     shapes = {name: array.shape for name, array in feeds.items()}
     order = creation_order(models)  # each model compiled twice, in opposite orders, as perf.measure_latency loads
-    requests = [compile_cpu(models[i], LATENCY_CONFIG, shapes).create_infer_request() for i in order]
+    config = {**LATENCY_CONFIG, "INFERENCE_NUM_THREADS": threads}
+    requests = [compile_cpu(models[i], config, shapes).create_infer_request() for i in order]
 
     def runner(request: Any) -> Any:
         return lambda: request.infer(feeds, share_inputs=True, share_outputs=True)

@@ -29,7 +29,7 @@ from graphopt.runtime import RuntimeConfig
 if TYPE_CHECKING:
     from graphopt.data import Dataset
 
-__all__ = ["Goal", "PassBase", "PassContext", "PassResult", "PlanCache", "Skip", "SpeedCheck", "Unit", "nested_levels"]
+__all__ = ["Goal", "PassBase", "PassContext", "PassResult", "PlanCache", "Skip", "SpeedCheck", "Unit", "level_unit", "nested_levels"]
 
 T = TypeVar("T")
 
@@ -65,6 +65,11 @@ class Unit:
     detail: str = ""
     gain: float | None = None
     extends: str | None = None
+
+
+def level_unit(target: str, fraction: float) -> str:
+    """The unit of ``target`` at a level given as a fraction (a ratio, a sparsity): ``conv1@53.3%``."""
+    return f"{target}@{100 * fraction:.3g}%"
 
 
 def nested_levels(units: Iterable[tuple[Unit, str, float]]) -> tuple[Unit, ...]:

@@ -23,7 +23,17 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import Scope, constant_array, copy_model, editing, import_graph, label, overridable_initializers
-from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
+from graphopt.pass_base import (
+    Goal,
+    PassBase,
+    PassContext,
+    PassResult,
+    PlanCache,
+    Skip,
+    Unit,
+    level_unit,
+    nested_levels,
+)
 from graphopt_passes._math import low_rank as lr
 
 __all__ = ["LowRankPass"]
@@ -185,9 +195,9 @@ def _make_plan(
                 choice = lr.choose(fit, method=options.method, energy=options.energy, ratio=level,
                                    max_error=options.max_error, refit_svd=options.refit, min_saving=options.min_saving)
             except lr.NoRank as e:
-                skipped.append(Skip(layer.name if level is None else f"{layer.name}@{level:g}", str(e)))
+                skipped.append(Skip(layer.name if level is None else level_unit(layer.name, level), str(e)))
                 continue
-            unit = layer.name if not options.levels else f"{layer.name}@{level:g}"
+            unit = layer.name if level is None or not options.levels else level_unit(layer.name, level)
             splits.append(_Split(layer, choice, int(positions * (k * n - choice.rank * (k + n))), unit))
     return splits, skipped
 

@@ -30,7 +30,17 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, editing, import_graph, label
-from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
+from graphopt.pass_base import (
+    Goal,
+    PassBase,
+    PassContext,
+    PassResult,
+    PlanCache,
+    Skip,
+    Unit,
+    level_unit,
+    nested_levels,
+)
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
 from graphopt_passes._math import pruning
@@ -265,7 +275,7 @@ class NeuronPruningPass(PassBase):
                        + sum(reader.block * m.shape[1] for reader, m in zip(readers, matrices, strict=True)))
         plans: list[ChannelPlan] = []
         for ratio in options.ratios:
-            unit = group.name if len(options.ratios) == 1 else f"{group.name}@{ratio:g}"
+            unit = group.name if len(options.ratios) == 1 else level_unit(group.name, ratio)
             removed = pruning.channels_to_remove(scores, ratio, align=align, minimum=1)
             if removed.size == 0 or (plans and len(plans[-1].removed) == removed.size):
                 skipped.append(Skip(unit, f"removes no channel{' beyond the larger ratio' if plans else ''} "

@@ -32,7 +32,17 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, label, nested_graphs, overridable_initializers, subgraph_reads
-from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
+from graphopt.pass_base import (
+    Goal,
+    PassBase,
+    PassContext,
+    PassResult,
+    PlanCache,
+    Skip,
+    Unit,
+    level_unit,
+    nested_levels,
+)
 from graphopt_passes._math import pruning as pr
 from graphopt_passes._math.patches import ConvGeometry, patches
 from graphopt_passes._math.sparse_storage import choose_storage, coo_decode, coo_encode
@@ -187,7 +197,7 @@ def _make_plan(
     for layer in layers:
         why, todo = _ineligible(layer, options), []
         for level in [] if why else sorted(options.levels) or [options.sparsity]:
-            unit = f"{layer.name}@{level:g}" if options.levels else layer.name
+            unit = level_unit(layer.name, level) if options.levels else layer.name
             short = "" if options.nm else _short(layer, level)
             skipped += [Skip(unit, short)] if short else []
             todo += [] if short else [(unit, level)]

@@ -206,3 +206,36 @@ def test_progress_names_the_running_pass_and_its_steps(monkeypatch: pytest.Monke
     after = opened[opened.index("pass qdq-int8"):opened.index("pass drop-inferred-shapes")]
     assert any(label.startswith("time qdq-int8 against its input (") for label in after), after
     assert any(label.startswith("verify qdq-int8") for label in after), after
+
+
+def test_log_file_takes_the_log_and_replaces_an_old_one_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    log = tmp_path / "run.log"
+    log.write_text("an earlier run's log\n")
+    code, _, err = call(capsys, "-v", "--log-file", str(log), "optimize", str(EXAMPLES / "digits_cnn.onnx"), "-o",
+                        str(tmp_path / "o.onnx"))
+    text = log.read_text()
+    assert code == 0 and "an earlier run's log" not in text
+    assert f"INFO graphopt.modelio: wrote {tmp_path / 'o.onnx'}" in text and "INFO" not in err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".graphopt-")] == [], "no staging left behind"
+    code, _, err = call(capsys, "--log-file", str(log), "optimize", str(EXAMPLES / "digits_cnn.onnx"), "--data",
+                        str(tmp_path / "missing.npz"), "-o", str(tmp_path / "o2.onnx"))
+    assert code == 5 and err.count("\n") == 1 and log.exists(), "a failed run keeps its log"
+    assert not (tmp_path / "o2.onnx").exists()
+
+
+def test_log_file_is_never_an_input_nor_another_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes((EXAMPLES / "digits_cnn.onnx").read_bytes())
+    before = model.read_bytes()
+    for log, what in ((model, "it is the input model"), (tmp_path / "o.onnx", "it is the output model"),
+                      (tmp_path / "o.report.json", "it is the report"), (EXAMPLES / "digits.npz", "a data file")):
+        code, _, err = call(capsys, "--log-file", str(log), "optimize", str(model), "--data",
+                            str(EXAMPLES / "digits.npz"), "-o", str(tmp_path / "o.onnx"))
+        assert code == 4 and what in err and err.count("\n") == 1, err
+    assert model.read_bytes() == before and not (tmp_path / "o.onnx").exists()
+    code, _, err = call(capsys, "--log-file", str(tmp_path / "v.log"), "validate", str(model), str(model), "--data",
+                        str(model))
+    assert code != 0 and err.count("\n") == 1 and model.read_bytes() == before
+    code, _, err = call(capsys, "--log-file", str(tmp_path / "p.log"), "passes")
+    assert code == 2 and "applies to optimize and validate" in err and not (tmp_path / "p.log").exists()

@@ -4,11 +4,13 @@ in headless Chromium (skipped when it is not installed) proving the page's scrip
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import subprocess
 from collections import Counter
 from dataclasses import replace
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,9 @@ def _shifts() -> Section:
         section.checks.append(Check(f"brightness {level:+g}σ", True, {"fidelity_cosine": 0.9998,
                                     "original_stability_cosine": None, "optimized_stability_cosine": float("nan")},
                                     group="brightness", level=level))
+    for group in ("contrast", "scale"):
+        section.checks += [Check(f"{group} ×{level:g}", True, {"fidelity_cosine": 0.9997}, group=group, level=level)
+                           for level in (0.8, 1.25)]
     section.notes.append("fidelity: optimised vs original on the shifted samples")
     return section
 
@@ -170,7 +175,7 @@ def skipped_report() -> ValidationReport:
                                               "fill 5 folds <&>"), Section("held_out", "Held-out samples")])
 
 
-EXPECTED_PLOTS = {"held_out": 3, "folds": 2, "shifts": 2, "environments": 1, "performance": 1, "custom<&>": 0}
+EXPECTED_PLOTS = {"held_out": 3, "folds": 2, "shifts": 4, "environments": 1, "performance": 1, "custom<&>": 0}
 
 
 class _Page(HTMLParser):
@@ -258,6 +263,18 @@ def test_validation_page_structure_and_escaping() -> None:
     assert "×0.396" in text and "1.8 MB" in text and "–" in text
 
 
+def test_pages_print_values_as_a_reader_writes_them() -> None:
+    """No Python reprs, intervals beside their figure (the held-out table fits the page), one label per axis."""
+    text = "".join(parse(validation_page(validation_report())).text)
+    assert "cosine [interval]" in text and "0.99962[0.9995, 0.99971]" in text and "cosine low" not in text
+    assert "accuracy optimized [interval]" in text and "0.905[0.88, 0.93]" in text and "accuracy low" not in text
+    assert "data: labelsyes" in text and "True" not in text
+    assert "contrast factor" in text and "scale factor" in text and "offset (σ)" in text
+    text = "".join(parse(optimize_page(optimize_report())).text)
+    assert "providers CPUExecutionProvider; intra op threads 1; graph optimization all" in text
+    assert "['" not in text and "('" not in text and "max|Δ| 0.002" in text
+
+
 def test_skipped_and_empty_sections_render() -> None:
     parsed = parse(validation_page(skipped_report()))
     text = "".join(parsed.text)
@@ -320,6 +337,27 @@ def test_chromium_reports_a_script_error(tmp_path: Path) -> None:
     done = _run_chromium(tmp_path, "--dump-dom", path.as_uri())
     errors = _page_errors(done.stderr, path)
     assert "data-rendered" not in done.stdout and any("boom" in e for e in errors) and any("Uncaught" in e for e in errors)
+
+
+_MEASURE = """<script>
+const wide = [...document.querySelectorAll("section")].filter(
+  s => [...s.querySelectorAll(".wrap")].some(w => w.scrollWidth > w.clientWidth + 1)).map(s => s.dataset.section);
+const narrow = [...document.querySelectorAll("svg.plot")].filter(
+  p => p.getBoundingClientRect().width < 0.45 * p.parentElement.clientWidth).length;
+document.body.dataset.layout = JSON.stringify({wide, narrow});
+</script></body>"""
+
+
+def test_tables_fit_and_plots_fill_the_page_in_chromium(tmp_path: Path) -> None:
+    """At 1280 pixels the held-out table needs no horizontal scroll, and no plot is left at less than half of its
+    row's width (plots grow to fill their row, two to a row at most)."""
+    path = tmp_path / "page.html"
+    path.write_text(validation_page(validation_report()).replace("</body>", _MEASURE, 1), encoding="utf-8")
+    done = _run_chromium(tmp_path, "--window-size=1280,2400", "--dump-dom", path.as_uri())
+    found = re.search(r'data-layout="([^"]*)"', done.stdout)
+    assert done.returncode == 0 and found, done.stderr[-2000:]
+    layout = json.loads(unescape(found.group(1)))
+    assert "held_out" not in layout["wide"] and layout["narrow"] == 0, layout
 
 
 def test_screenshot(tmp_path: Path) -> None:

@@ -12,8 +12,15 @@ from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from typing import Any
 
-from graphopt.report.model import PassRecord, Report
-from graphopt.report.render import format_bytes, format_count, plan_label
+from graphopt.report.model import BenchReport, BenchRow, PassRecord, Report
+from graphopt.report.render import (
+    format_bytes,
+    format_count,
+    format_duration,
+    format_number,
+    machine_lines,
+    plan_label,
+)
 from graphopt.report.svg import (
     Bar,
     Column,
@@ -31,7 +38,7 @@ from graphopt.report.svg import (
 )
 from graphopt.validation.model import Check, Section, ValidationReport
 
-__all__ = ["optimize_page", "validation_page"]
+__all__ = ["bench_page", "optimize_page", "validation_page"]
 
 GREEN, AMBER, RED, GREY, BLUE, LIGHT = "#15803d", "#d97706", "#b91c1c", "#6b7280", "#2563eb", "#9ca3af"
 STATUS_COLOURS = {"applied": GREEN, "narrowed": AMBER, "rolled back": RED, "declined": GREY, "skipped": GREY,
@@ -54,7 +61,7 @@ th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid var(--
 th { background: #eef0f3; font-weight: 600; }
 td.num, th.num { text-align: right; }
 td.num { white-space: nowrap; }
-td:last-child { min-width: 14rem; }
+td:last-child { min-width: 10rem; }
 tbody tr:nth-child(even) { background: var(--zebra); }
 .wrap { overflow-x: auto; }
 .badge { display: inline-block; padding: .05rem .45rem; border-radius: .25rem; font-size: .75rem; font-weight: 600;
@@ -71,7 +78,8 @@ dl.facts dt { color: var(--muted); }
 dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 svg.plot { display: block; max-width: 100%; height: auto; margin: .75rem 0; }
 .plots { display: flex; flex-wrap: wrap; gap: 0 1.5rem; align-items: flex-start; }
-.plots svg.plot { flex: 0 1 auto; }
+.plots svg.plot { flex: 1 1 auto; max-width: 100%; }
+.interval { display: block; color: var(--muted); font-size: .75rem; }
 details { margin: .5rem 0; }
 summary { cursor: pointer; color: #374151; }
 .muted, .note { color: var(--muted); font-size: .85rem; }
@@ -96,7 +104,23 @@ def _e(value: object) -> str:
 
 def _num(value: Any) -> str:
     number = finite(value)
-    return "–" if number is None else f"{number:.6g}"
+    if number is None:
+        return "–"
+    return f"{number:.6g}" if number == 0 or abs(number) >= 1e-4 else f"{number:.2e}"  # 8.11e-06, not 8.10623e-06
+
+
+def _text(value: Any) -> str:
+    """A setting or statistic as a reader writes it: ``yes``/``no``, a list joined by commas, a number in the
+    tables' format (``format_number``), "–" for nothing; never a Python repr such as ``('CPUExecutionProvider',)``."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(v) for v in value) or "–"
+    if isinstance(value, float):
+        return format_number(value)
+    return str(value)
 
 
 def _count(n: Any) -> str:
@@ -154,10 +178,9 @@ def _plots(svgs: Sequence[str]) -> str:
 
 
 def _tolerance_text(tolerance: dict[str, Any]) -> str:
-    shown = [f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
-             for k, v in tolerance.items() if v is not None and k != "per_output"]
+    shown = [f"{k.replace('_', ' ')} {_text(v)}" for k, v in tolerance.items() if v is not None and k != "per_output"]
     if tolerance.get("per_output"):
-        shown.append("per output: " + ", ".join(map(str, tolerance["per_output"])))
+        shown.append("per output: " + _text(tolerance["per_output"]))
     return ", ".join(shown) or "–"
 
 
@@ -245,7 +268,7 @@ def _run_facts(report: Report) -> str:
         ("passes kept", ", ".join(kept) or "none"),
     ]
     if report.runtime:
-        facts.append(("runtime", ", ".join(f"{k} {v}" for k, v in report.runtime.items())))
+        facts.append(("runtime", "; ".join(f"{k.replace('_', ' ')} {_text(v)}" for k, v in report.runtime.items())))
     return _facts(facts)
 
 
@@ -265,7 +288,8 @@ def _pass_table(report: Report) -> str:
     rows = []
     for p in report.passes:
         options = ", ".join(f"{k}={v}" for k, v in p.options.items())
-        changes = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in p.stats.items() if finite(v)) or "–"
+        changes = ", ".join(f"{k.replace('_', ' ')} {format_number(v)}" for k, v in p.stats.items()
+                            if finite(v) is not None) or "–"
         rows.append([
             _e(p.name) + (f'<div class="options">{_e(options)}</div>' if options else ""),
             _badge(p.status, p.status),
@@ -356,7 +380,7 @@ def validation_page(report: ValidationReport) -> str:
     else:
         banner = f'<div class="banner fail">do not ship<small>failed: {_e(", ".join(failed))}</small></div>'
     facts = [("original", report.original_path or "–"), ("optimised", report.optimized_path or "–"),
-             *((f"data: {k.replace('_', ' ')}", "–" if v is None else str(v)) for k, v in report.data.items()),
+             *((f"data: {k.replace('_', ' ')}", _text(v)) for k, v in report.data.items()),
              ("tolerance", _tolerance_text(report.tolerance))]
     nav = "<nav><ul>" + "".join(
         f'<li><a href="#section-{_slug(s.name)}">{_e(s.title)}</a> {_section_badge(s)}</li>' for s in report.sections
@@ -394,24 +418,41 @@ def _metric_text(check: Check, key: str, value: float | None) -> str:
         return "–"
     if key in ("original", "optimized") and check.name.endswith("_bytes"):
         return _bytes(number)
-    return f"×{number:.3f}" if key == "ratio" else f"{number:.6g}"
+    return f"×{number:.3f}" if key == "ratio" else _num(number)
 
 
 def _check_table(section: Section) -> str:
+    """One row per check. A figure with an interval (``cosine`` with ``cosine_low`` and ``cosine_high``; accuracy's
+    goes with the optimised model's) shows it under the figure in the same cell, so the table fits the page
+    instead of scrolling."""
     keys = list(dict.fromkeys(k for c in section.checks for k in c.metrics))
+    intervals = {}
+    for key in keys:
+        base = key.removesuffix("_low")
+        if key.endswith("_low") and f"{base}_high" in keys:
+            owner = base if base in keys else f"{base}_optimized"
+            if owner in keys:
+                intervals[owner] = (key, f"{base}_high")
+    hidden = {k for pair in intervals.values() for k in pair}
+    shown = [k for k in keys if k not in hidden]
     grouped = any(c.group for c in section.checks)
     levelled = any(c.level is not None for c in section.checks)
     header = ["check", "verdict", *(["group"] if grouped else []), *(["level"] if levelled else []),
-              *(k.replace("_", " ") for k in keys), "detail"]
+              *(k.replace("_", " ") + (" [interval]" if k in intervals else "") for k in shown), "detail"]
     rows = []
     for c in section.checks:
         row = [_e(c.name), _verdict(c.passed)]
         row += [_e(c.group)] if grouped else []
         row += [_e(_num(c.level))] if levelled else []
-        row += [_e(_metric_text(c, k, c.metrics.get(k))) for k in keys]
+        for k in shown:
+            cell = _e(_metric_text(c, k, c.metrics.get(k)))
+            low, high = (finite(c.metrics.get(b)) for b in intervals.get(k, ("", "")))
+            if low is not None and high is not None:
+                cell += f'<span class="interval">[{_e(_num(low))}, {_e(_num(high))}]</span>'
+            row.append(cell)
         rows.append([*row, _e(c.detail)])
     start = 2 + grouped + levelled
-    return _table(header, rows, numeric=tuple(range(start - levelled, start + len(keys))))
+    return _table(header, rows, numeric=tuple(range(start - levelled, start + len(shown))))
 
 
 def _tol(tolerance: dict[str, Any], key: str) -> float | None:
@@ -473,7 +514,7 @@ def _fold_plots(checks: Sequence[Check], tolerance: dict[str, Any]) -> list[str]
     return plots
 
 
-_SHIFT_AXES = {"noise": "SNR (dB)", "brightness": "offset (σ)", "contrast": "factor", "scale": "factor",
+_SHIFT_AXES = {"noise": "SNR (dB)", "brightness": "offset (σ)", "contrast": "contrast factor", "scale": "scale factor",
                "token_dropout": "drop rate", "truncation": "kept fraction"}
 _SHIFT_SERIES = (("fidelity_cosine", "fidelity", BLUE, False), ("original_stability_cosine", "original stability",
                  GREY, True), ("optimized_stability_cosine", "optimised stability", AMBER, True))
@@ -517,3 +558,82 @@ _SECTION_PLOTS: dict[str, Callable[[Sequence[Check], dict[str, Any]], list[str]]
     "environments": _environment_plots,
     "performance": _performance_plots,
 }
+
+
+# --- graphopt bench ----------------------------------------------------------------------------------------------
+
+
+def bench_page(report: BenchReport) -> str:
+    """The page of ``graphopt bench``: the machine, bars of latency and throughput per runtime, and every figure
+    in a table."""
+    threads = report.settings.get("threads") or [1]
+    facts = [("machine", line) for line in machine_lines(report.machine)]
+    facts += [("settings", (f"threads {_text(threads)}; batch sizes {_text(report.settings.get('batch_sizes'))}; "
+                           f"at most {report.settings.get('runs')} runs per call; data {report.settings.get('data')}"))]
+    body = ["<h1>graphopt bench</h1>", _facts(facts)]
+    for runtime in dict.fromkeys(r.runtime for r in report.rows):
+        rows = [r for r in report.rows if r.runtime == runtime]
+        body.append(f"<h2>{_e(runtime)}</h2>")
+        body.append(_plots([_latency_bars(rows, threads), *_throughput_bars(rows)]))
+        body.append(_bench_table(report, rows, threads))
+    if report.notes:
+        body.append(_items(report.notes, "notes"))
+    return _page("graphopt bench", body, report.graphopt_version)
+
+
+def _bench_label(row: BenchRow) -> str:
+    return row.model if row.variant == "original" else f"{row.model}: {row.variant}"
+
+
+def _latency_bars(rows: Sequence[BenchRow], threads: Sequence[int]) -> str:
+    colours = [BLUE, AMBER, GREEN, GREY]
+    bars = [Row(_bench_label(r), tuple(
+        Bar(t.median_ms if (t := r.timing(count)) else None, colours[i % len(colours)],
+            "–" if t is None or t.median_ms is None else format_duration(t.median_ms),
+            f"{_bench_label(r)}, {count} thread(s): median {_num(t.median_ms if t else None)} ms")
+        for i, count in enumerate(threads))) for r in rows]
+    return hbar_chart(bars, title="Latency at batch 1: median per run (lower is better)", x_label="milliseconds",
+                      legend=[(f"{count} thread{'s' if count > 1 else ''}", colours[i % len(colours)])
+                              for i, count in enumerate(threads)])
+
+
+def _throughput_bars(rows: Sequence[BenchRow]) -> list[str]:
+    batches = sorted({t.batch for r in rows for t in r.timings if t.batch > 1})
+    if not batches:
+        return []
+    most = max(t.threads for r in rows for t in r.timings)
+    colours = [GREEN, BLUE, AMBER, GREY]
+    bars = [Row(_bench_label(r), tuple(
+        Bar(t.throughput if (t := r.timing(most, b)) else None, colours[i % len(colours)],
+            "–" if t is None or t.throughput is None else f"{format_number(round(t.throughput))}/s")
+        for i, b in enumerate(batches))) for r in rows]
+    return [hbar_chart(bars, title=f"Throughput with {most} thread{'s' if most > 1 else ''}: samples per second "
+                                   "(higher is better)", x_label="samples per second",
+                       legend=[(f"batch {b}", colours[i % len(colours)]) for i, b in enumerate(batches)])]
+
+
+def _bench_table(report: BenchReport, rows: Sequence[BenchRow], threads: Sequence[int]) -> str:
+    batches = sorted({t.batch for r in rows for t in r.timings if t.batch > 1})
+    header = ["model", "size", *(f"{n} thread{'s' if n > 1 else ''}: p50 / p90 / p99" for n in threads),
+              "ratio", *(f"batch {b} (samples/s)" for b in batches), "load", "peak memory", "vs the original",
+              "what the pipeline did"]
+    cells = []
+    for r in rows:
+        spread = []
+        for n in threads:
+            t = r.timing(n)
+            spread.append("–" if t is None or t.median_ms is None else
+                          " / ".join(format_duration(v) for v in (t.median_ms, t.p90_ms, t.p99_ms)))
+        throughput = []
+        for b in batches:
+            t = next((t for t in r.timings if t.batch == b), None)
+            throughput.append("–" if t is None or t.throughput is None else format_number(round(t.throughput)))
+        ratio = report.ratio(r, threads[0])
+        fidelity = "–" if r.variant == "original" or r.cosine is None else (
+            f"cos {r.cosine:.5f}" + (f", top-1 {r.top1:.4f}" if r.top1 is not None else ""))
+        cells.append([_e(_bench_label(r)), _e(_bytes(r.size_bytes)), *(_e(x) for x in spread),
+                      _e(_ratio(ratio)), *(_e(x) for x in throughput),
+                      _e("–" if r.load_ms is None else format_duration(r.load_ms)),
+                      _e(_bytes(r.peak_memory_bytes)), _e(fidelity),
+                      _e("; ".join(x for x in (r.status if r.variant != "original" else "", r.error) if x) or "–")])
+    return _table(header, cells, numeric=tuple(range(1, 6 + len(threads) + len(batches))))

@@ -1,13 +1,16 @@
-"""The report's data model. ``Report.to_dict`` is the JSON schema documented in the README (``graphopt.report/1``)."""
+"""The reports' data models. ``Report.to_dict`` is the JSON schema documented in the README (``graphopt.report/1``);
+``BenchReport.to_dict`` is ``graphopt bench``'s (``graphopt.bench/1``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SCHEMA", "PassRecord", "Report"]
+__all__ = ["BENCH_SCHEMA", "SCHEMA", "BenchReport", "BenchRow", "PassRecord", "Report", "Timing"]
 
 SCHEMA = "graphopt.report/1"
+BENCH_SCHEMA = "graphopt.bench/1"
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,82 @@ class Report:
             "passes_failed": [p.name for p in self.passes if p.status == "failed"],
         }
         return {"schema": SCHEMA, **body}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall time per run of one model with ``threads`` intra-op threads on a batch of ``batch`` samples (runs
+    interleaved with the other models of the same call): milliseconds; ``None`` where it could not run."""
+
+    threads: int
+    batch: int
+    median_ms: float | None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    runs: int = 0
+
+    @property
+    def throughput(self) -> float | None:
+        """Samples per second at this batch size."""
+        return self.batch * 1e3 / self.median_ms if self.median_ms else None
+
+
+@dataclass
+class BenchRow:
+    """One model (``variant``: ``original``, or the pipeline that made it) in one runtime: its figures, what its
+    pipeline did (``status``), its fidelity against the original (the worst output's mean cosine and top-1, as
+    verified by ``optimize``) and why a figure is missing (``error``)."""
+
+    model: str
+    variant: str
+    runtime: str
+    size_bytes: int | None = None
+    status: str = ""
+    error: str = ""
+    load_ms: float | None = None
+    peak_memory_bytes: int | None = None
+    timings: list[Timing] = field(default_factory=list)
+    cosine: float | None = None
+    top1: float | None = None
+
+    def timing(self, threads: int, batch: int = 1) -> Timing | None:
+        return next((t for t in self.timings if (t.threads, t.batch) == (threads, batch)), None)
+
+
+@dataclass
+class BenchReport:
+    """What ``graphopt bench`` measured: the machine (CPU, its int8/bf16/fp16 features, cores, runtimes and their
+    versions), how (threads, batch sizes, runs), and a row per model, variant and runtime."""
+
+    graphopt_version: str
+    machine: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    rows: list[BenchRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def original(self, row: BenchRow) -> BenchRow | None:
+        """The original model's row in ``row``'s runtime."""
+        return next((r for r in self.rows if (r.model, r.runtime, r.variant) == (row.model, row.runtime, "original")),
+                    None)
+
+    def ratio(self, row: BenchRow, threads: int = 1) -> float | None:
+        """``row``'s median latency at batch 1 over its original's, from the same interleaved call."""
+        base, this = self.original(row), row.timing(threads)
+        first = base.timing(threads) if base is not None else None
+        if first is None or this is None or not first.median_ms or this.median_ms is None:
+            return None
+        return this.median_ms / first.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": BENCH_SCHEMA, **_finite(asdict(self))}
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as ``null``: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -15,11 +15,25 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from graphopt.report.model import Report
+from graphopt.report.model import BenchReport, BenchRow, Report, Timing
 from graphopt.validation.model import Check, ValidationReport
 
-__all__ = ["DEFAULT_WIDTH", "format_bytes", "format_count", "format_number", "plan_label", "render_table",
-           "render_validation_table", "to_json", "validation_json", "wrap"]
+__all__ = [
+    "DEFAULT_WIDTH",
+    "bench_json",
+    "format_bytes",
+    "format_count",
+    "format_duration",
+    "format_number",
+    "machine_lines",
+    "plan_label",
+    "render_bench_table",
+    "render_table",
+    "render_validation_table",
+    "to_json",
+    "validation_json",
+    "wrap",
+]
 
 DEFAULT_WIDTH = 100
 """Columns of a table when the caller does not say (a pipe, a log file)."""
@@ -252,3 +266,76 @@ def _goal_table(goal: dict[str, Any], width: int) -> list[str]:
     lines = _table(("plan", "status", "latency", "size", "frontier", "cosine", "time"), rows, width,
                    right=(2, 3, 5, 6))
     return [*lines, *wrap(f"lossless passes: {prelude}; every other plan starts with them", width, "  ")]
+
+
+def bench_json(report: BenchReport) -> str:
+    return json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+def machine_lines(machine: dict[str, Any]) -> list[str]:
+    """The machine as ``graphopt bench`` prints it above its table: CPU, cores and features; runtimes and OS."""
+    features = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in machine.get("features", {}).items())
+    runtimes = f"onnxruntime {machine.get('onnxruntime')}" + (
+        f", openvino {machine['openvino']}" if machine.get("openvino") else "")
+    return [f"{machine.get('cpu')} ({machine.get('arch')}), {machine.get('cores')} cores; {features}",
+            f"{runtimes}; {machine.get('os')}; Python {machine.get('python')}; graphopt {machine.get('graphopt')}"]
+
+
+def format_duration(ms: float | None) -> str:
+    """A time given in milliseconds, in the unit that reads best: ``15.2 µs``, ``1.315 ms``, ``2.41 s``."""
+    if ms is None or not math.isfinite(ms):
+        return "-"
+    if ms < 1:
+        return f"{ms * 1e3:.3g} µs"
+    return f"{format_number(ms)} ms" if ms < 1e4 else f"{ms / 1e3:.3g} s"
+
+
+def _ms(timing: Timing | None) -> str:
+    return "-" if timing is None else format_duration(timing.median_ms)
+
+
+def _threads(count: int) -> str:
+    return f"{count} thread{'s' if count > 1 else ''}"
+
+
+def _bench_details(report: BenchReport, row: BenchRow) -> tuple[str, ...]:
+    """Below a row: the latency spread, throughput and memory; fidelity and what the pipeline did; an error."""
+    figures = [f"{_threads(t.threads)}: p90 {format_duration(t.p90_ms)}, p99 {format_duration(t.p99_ms)}"
+               for t in row.timings if t.batch == 1 and t.p90_ms is not None and t.p99_ms is not None]
+    batched = [t for t in row.timings if t.batch > 1 and t.throughput is not None]
+    if batched:
+        figures.append(f"throughput with {_threads(batched[0].threads)}: "
+                       + ", ".join(f"batch {t.batch} {format_number(round(t.throughput or 0))}/s" for t in batched))
+    if row.peak_memory_bytes is not None:
+        figures.append(f"peak memory {format_bytes(row.peak_memory_bytes)}")
+    fidelity = ""
+    if row.variant != "original" and row.cosine is not None:
+        fidelity = f"vs the original: cos {row.cosine:.5f}" + (f", top-1 {row.top1:.4f}" if row.top1 is not None
+                                                                 else "") + f"; {row.status}"
+    elif row.variant != "original":
+        fidelity = row.status
+    return "; ".join(figures), fidelity, f"error: {row.error}" if row.error else ""
+
+
+def render_bench_table(report: BenchReport, width: int | None = None) -> str:
+    """The machine, then per runtime a row per model and variant: size, median latency at batch 1 per thread
+    count, the ratio to the original (fewest threads, same call) and load time; p90/p99, throughput, memory and
+    the fidelity of a pipeline's model below it."""
+    width = width or DEFAULT_WIDTH
+    threads = report.settings.get("threads") or [1]
+    out = [line for text in machine_lines(report.machine) for line in wrap(text, width, "  ")]
+    header = ("model", "size", *(_threads(t) for t in threads), "ratio", "load")
+    for runtime in dict.fromkeys(r.runtime for r in report.rows):
+        rows: list[Row] = []
+        for row in (r for r in report.rows if r.runtime == runtime):
+            ratio = report.ratio(row, threads[0])
+            cells = (row.model if row.variant == "original" else f"{row.model}: {row.variant}",
+                     format_bytes(row.size_bytes), *(_ms(row.timing(t)) for t in threads),
+                     "-" if ratio is None else f"{ratio:.3f}×",
+                     format_duration(row.load_ms))
+            rows.append((cells, _bench_details(report, row)))
+        out += ["", f"{runtime}:", *_table(header, rows, width, right=tuple(range(1, 4 + len(threads))))]
+    notes = [(f"latency: median per run at batch 1, the models of a runtime interleaved in one call per thread "
+             f"count ({report.settings.get('runs')} runs at most); ratio: to the original in the same runtime"),
+             *report.notes]
+    return "\n".join([*out, *(line for n in notes for line in wrap(f"note: {n}", width, "    ", first="  "))])

@@ -41,7 +41,9 @@ MUTED = "#6b7280"
 GRID = "#e5e7eb"
 INK = "#1f2937"
 THRESHOLD = "#b91c1c"
-WIDTH = 760
+WIDTH = 1040
+"""Drawn width of a full-row chart: the page's content width (``max-width`` 1120 px less padding), so a chart shows
+at about the size it is drawn and its text at the page's size."""
 
 
 def finite(value: float | None) -> float | None:
@@ -153,11 +155,20 @@ def _text(x: float, y: float, text: str, *, anchor: str = "start", size: int = F
             f"{escape(text)}{hover}</text>")
 
 
+TITLE_HEIGHT = 24
+"""Room above a chart for its title, drawn in the chart so that it travels with it (and prints with it)."""
+
+
 def _frame(width: float, height: float, title: str, body: Sequence[str]) -> str:
+    """The chart's ``body`` (drawn for a ``width`` × ``height`` box) under its visible title."""
     label = escape(title)
-    return (f'<svg class="plot" role="img" aria-label="{label}" viewBox="0 0 {width:.0f} {height:.0f}" '
-            f'width="{width:.0f}" height="{height:.0f}" preserveAspectRatio="xMinYMin meet" '
-            f'font-family="system-ui, sans-serif"><title>{label}</title>' + "".join(body) + "</svg>")
+    total = height + TITLE_HEIGHT
+    heading = (f'<text x="4" y="16" font-size="{FONT + 1}" font-weight="600" fill="{INK}">'
+               f"{escape(clip(title, int(width / 7.5)))}</text>")
+    return (f'<svg class="plot" role="img" aria-label="{label}" viewBox="0 0 {width:.0f} {total:.0f}" '
+            f'width="{width:.0f}" height="{total:.0f}" preserveAspectRatio="xMinYMin meet" '
+            f'font-family="system-ui, sans-serif"><title>{label}</title>{heading}'
+            f'<g transform="translate(0,{TITLE_HEIGHT})">' + "".join(body) + "</g></svg>")
 
 
 def _legend(items: Sequence[tuple[str, str]], x: float, y: float) -> list[str]:

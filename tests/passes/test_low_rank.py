@@ -174,16 +174,16 @@ def test_levels_give_one_unit_per_layer_and_level_and_apply_the_deepest_selected
     ctx = context(model, rng)
     pass_ = LowRankPass(LowRankPass.Options(min_size=1000, levels=(0.25, 0.5, 0.75)))
     units = pass_.units(model, ctx)
-    assert [u.name for u in units] == ["y@0.75", "y@0.5", "y@0.25"]
+    assert [u.name for u in units] == ["y@75%", "y@50%", "y@25%"]
     errors = [u.sensitivity or 0.0 for u in units]
     assert errors == sorted(errors) and errors[0] < errors[-1], "milder levels rank first"
     ranks = {}
-    for chosen in (["y@0.75"], ["y@0.75", "y@0.5"], ["y@0.5"], ["y@0.75", "y@0.5", "y@0.25"]):
+    for chosen in (["y@75%"], ["y@75%", "y@50%"], ["y@50%"], ["y@75%", "y@50%", "y@25%"]):
         result = pass_(model, ctx.with_units(frozenset(chosen)))
         first = next(t for t in result.model.graph.initializer if "low_rank_a" in t.name)
         ranks[tuple(chosen)] = first.dims[1]
-    assert ranks[("y@0.75",)] == 24 > ranks[("y@0.75", "y@0.5")] == ranks[("y@0.5",)] == 16
-    assert ranks[("y@0.75", "y@0.5", "y@0.25")] == 8
+    assert ranks[("y@75%",)] == 24 > ranks[("y@75%", "y@50%")] == ranks[("y@50%",)] == 16
+    assert ranks[("y@75%", "y@50%", "y@25%")] == 8
     assert next(t for t in pass_(model, ctx).model.graph.initializer if "low_rank_a" in t.name).dims[1] == 8
 
 

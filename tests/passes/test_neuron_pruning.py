@@ -158,10 +158,10 @@ def test_ratios_are_units_and_the_largest_selected_ratio_applies(rng: np.random.
     ctx = calibration(model, rng, count=128)
     pruner = prune(ratio=0.5, steps=2)
     units = pruner.units(model, ctx)
-    assert [u.name for u in units] == ["fc1@0.5", "fc1@0.25"]
+    assert [u.name for u in units] == ["fc1@50%", "fc1@25%"]
     assert units[0].sensitivity > units[1].sensitivity  # type: ignore[operator]
     assert [pruner(model, ctx.with_units(frozenset(chosen))).stats["channels_removed"]
-            for chosen in (["fc1@0.25"], ["fc1@0.25", "fc1@0.5"], [])] == [4, 8, 0]
+            for chosen in (["fc1@25%"], ["fc1@25%", "fc1@50%"], [])] == [4, 8, 0]
 
 
 def test_a_later_run_reuses_the_refit_and_rewrites_the_same_model(rng: np.random.Generator,
@@ -179,9 +179,9 @@ def test_a_later_run_reuses_the_refit_and_rewrites_the_same_model(rng: np.random
     pruner = prune(ratio=0.5, steps=2)
     pruner.units(model, ctx)
     planned = len(solves)
-    first, again = (pruner(model, ctx.with_units(frozenset(["fc1@0.25"]))).model for _ in range(2))
+    first, again = (pruner(model, ctx.with_units(frozenset(["fc1@25%"]))).model for _ in range(2))
     assert planned == 2 and len(solves) == planned, "the plan's two refits serve every later run"
-    fresh = prune(ratio=0.5, steps=2)(model, ctx.with_units(frozenset(["fc1@0.25"]))).model
+    fresh = prune(ratio=0.5, steps=2)(model, ctx.with_units(frozenset(["fc1@25%"]))).model
     assert first.SerializeToString() == again.SerializeToString() == fresh.SerializeToString()
 
 

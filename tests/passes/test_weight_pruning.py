@@ -322,16 +322,16 @@ def test_levels_give_one_unit_per_layer_and_level_and_apply_the_deepest_selected
     ctx = context(model, rng)
     pass_ = pruner(levels=(0.5, 0.25, 0.75))
     units = pass_.units(model, ctx)
-    assert [u.name for u in units] == ["y@0.25", "y@0.5", "y@0.75"]
+    assert [u.name for u in units] == ["y@25%", "y@50%", "y@75%"]
     errors = [u.sensitivity or 0.0 for u in units]
     assert 0 < errors[0] < errors[1] < errors[2], "milder levels rank first"
-    for chosen, zeros in ((["y@0.25"], 16), (["y@0.25", "y@0.5"], 32), (["y@0.5"], 32), ([u.name for u in units], 48)):
+    for chosen, zeros in ((["y@25%"], 16), (["y@25%", "y@50%"], 32), (["y@50%"], 32), ([u.name for u in units], 48)):
         result = pass_(model, ctx.with_units(frozenset(chosen)))
         assert result.stats["layers_pruned"] == 1 and np.all(zeros_per_output(weights(result.model)["w"]) == zeros)
-    half = pass_(model, ctx.with_units(frozenset({"y@0.5"}))).model
+    half = pass_(model, ctx.with_units(frozenset({"y@50%"}))).model
     again = pass_(half, ctx)
-    assert "y@0.25: already 25% sparse in every output | y@0.5: already 50% sparse in every output" in reasons(again)
-    assert [u.name for u in pass_.units(half, ctx)] == ["y@0.75"]
+    assert "y@25%: already 25% sparse in every output | y@50%: already 50% sparse in every output" in reasons(again)
+    assert [u.name for u in pass_.units(half, ctx)] == ["y@75%"]
     with pytest.raises(ValueError, match="levels"):
         Options(levels=(0.5,), pattern="2:4")
 
@@ -348,6 +348,6 @@ def test_end_to_end_narrowing_keeps_each_layer_at_the_level_the_budget_allows(rn
     record = result.report.record("weight-pruning")
     assert record.status == "narrowed", record
     applied = {u["name"] for u in record.units if u["applied"]}
-    assert {"h@0.75", "y@0.1"} <= applied and "y@0.75" not in applied, record.units
+    assert {"h@75%", "y@10%"} <= applied and "y@75%" not in applied, record.units
     assert np.all(zeros_per_output(weights(result.model)["w1"]) == 48)
     assert np.all(zeros_per_output(weights(result.model)["w2"]) == 6)

@@ -9,8 +9,9 @@ import pytest
 from helpers import digits, figure
 
 from graphopt.data import Dataset
+from graphopt.perf import peak_memory_bytes
 from graphopt.validation.context import ValidationContext
-from graphopt.validation.performance import check_performance, peak_memory_bytes
+from graphopt.validation.performance import check_performance
 
 NAMES = ["size_bytes", "load_ms", "latency_median_ms", "latency_p90_ms", "peak_memory_bytes"]
 
