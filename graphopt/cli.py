@@ -20,6 +20,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
@@ -295,14 +296,23 @@ def _optimize(args: argparse.Namespace, out: TextIO) -> int:
         time_budget=args.time_budget,
         **_log_file(args),
     )
+    _show(args, out, lambda: to_json(result.report), lambda width: render_table(result.report, width),
+          result.output_path, result.report_path, result.html_path)
+    return 0
+
+
+def _show(args: argparse.Namespace, out: TextIO, as_json: Callable[[], str], table: Callable[[int], str],
+          *written: Path | None) -> None:
+    """A command's result: its JSON with ``--json``; else, unless ``--quiet``, its table at the terminal's width
+    and the files it wrote."""
     if args.json:
-        out.write(to_json(result.report))
+        out.write(as_json())
     elif not args.quiet:
         width = _width()
-        out.write(render_table(result.report, width) + "\n")
-        written = [p for p in (result.output_path, result.report_path, result.html_path) if p]
-        out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", width, "  "))
-    return 0
+        out.write(table(width) + "\n")
+        paths = [str(p) for p in written if p]
+        if paths:
+            out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(paths)}", width, "  "))
 
 
 def _log_file(args: argparse.Namespace) -> dict[str, Any]:
@@ -349,14 +359,8 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
         progress=_progress(args),
         **_log_file(args),
     )
-    if args.json:
-        out.write(validation_json(result.report))
-    elif not args.quiet:
-        width = _width()
-        out.write(render_validation_table(result.report, width) + "\n")
-        written = [p for p in (result.report_path, result.html_path) if p]
-        if written:
-            out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", width, "  "))
+    _show(args, out, lambda: validation_json(result.report),
+          lambda width: render_validation_table(result.report, width), result.report_path, result.html_path)
     if not result.report.passed:
         failed = ", ".join(s.title for s in result.report.sections if s.passed is False)
         raise _NotShippable(f"validation failed: {failed}")
@@ -381,14 +385,8 @@ def _bench(args: argparse.Namespace, out: TextIO) -> int:
                    runtimes=args.runtime.split(",") if args.runtime else None, runs=args.runs,
                    budget_s=args.budget, memory=not args.no_memory, labels=args.labels,
                    output_kinds=_output_kinds(args), report=args.report, html=args.html, progress=_progress(args))
-    if args.json:
-        out.write(bench_json(result.report))
-    elif not args.quiet:
-        width = _width()
-        out.write(render_bench_table(result.report, width) + "\n")
-        written = [p for p in (result.report_path, result.html_path) if p]
-        if written:
-            out.writelines(f"{line}\n" for line in wrap(f"wrote {', '.join(map(str, written))}", width, "  "))
+    _show(args, out, lambda: bench_json(result.report), lambda width: render_bench_table(result.report, width),
+          result.report_path, result.html_path)
     return 0
 
 

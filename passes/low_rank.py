@@ -23,17 +23,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import Scope, constant_array, copy_model, editing, import_graph, label, overridable_initializers
-from graphopt.pass_base import (
-    Goal,
-    PassBase,
-    PassContext,
-    PassResult,
-    PlanCache,
-    Skip,
-    Unit,
-    level_unit,
-    nested_levels,
-)
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, level_unit, nested_levels
 from graphopt_passes._math import low_rank as lr
 
 __all__ = ["LowRankPass"]

@@ -30,17 +30,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, editing, import_graph, label
-from graphopt.pass_base import (
-    Goal,
-    PassBase,
-    PassContext,
-    PassResult,
-    PlanCache,
-    Skip,
-    Unit,
-    level_unit,
-    nested_levels,
-)
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, level_unit, nested_levels
 from graphopt.summary import count_params
 from graphopt_passes import _channels as channels
 from graphopt_passes._math import pruning

@@ -32,17 +32,7 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, label, nested_graphs, overridable_initializers, subgraph_reads
-from graphopt.pass_base import (
-    Goal,
-    PassBase,
-    PassContext,
-    PassResult,
-    PlanCache,
-    Skip,
-    Unit,
-    level_unit,
-    nested_levels,
-)
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, level_unit, nested_levels
 from graphopt_passes._math import pruning as pr
 from graphopt_passes._math.patches import ConvGeometry, patches
 from graphopt_passes._math.sparse_storage import choose_storage, coo_decode, coo_encode

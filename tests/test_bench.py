@@ -21,8 +21,8 @@ from graphopt.errors import UsageError
 from graphopt.report.render import format_duration
 
 # The first CPU of this project's AVX-512 kind (AMD EPYC, Zen 4), as /proc/cpuinfo printed it (bugs and power lines
-# dropped); then two Arm machines as Linux prints them: an AWS Graviton2 (Neoverse-N1: no "model name" line, the
-# core only by its part number) and a Raspberry Pi 4 (Cortex-A72, named by the board's "Model" line).
+# dropped); then two Arm machines as Linux prints them (first CPU): an AWS Graviton2 (Neoverse-N1: no "model name"
+# line, the core only by its part number) and a Raspberry Pi 4 (Cortex-A72, named by the board's "Model" line).
 EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD
 cpu family\t: 25
@@ -42,15 +42,6 @@ umip avx512_vbmi2 gfni vaes vpclmulqdq avx512_vnni avx512_bitalg avx512_vpopcntd
 bogomips\t: 5192.25
 """
 GRAVITON2 = """processor\t: 0
-BogoMIPS\t: 243.75
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
-CPU implementer\t: 0x41
-CPU architecture: 8
-CPU variant\t: 0x3
-CPU part\t: 0xd0c
-CPU revision\t: 1
-
-processor\t: 1
 BogoMIPS\t: 243.75
 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
 CPU implementer\t: 0x41
