@@ -134,8 +134,9 @@ def bench(
         raise UsageError("threads, batch sizes and runs must be at least 1, and the budget positive")
     for pipeline in pipelines:
         build_pipeline(pipeline)  # an unknown pass or option fails here, before any work
-    loaded = [(m, None) if isinstance(m, onnx.ModelProto) else (read_model(m).model, Path(m)) for m in models]
-    inputs = [("a model", p) for _, p in loaded if p is not None]
+    read = [m if isinstance(m, onnx.ModelProto) else read_model(m) for m in models]
+    loaded = [(r, None) if isinstance(r, onnx.ModelProto) else (r.model, r.files[0]) for r in read]
+    inputs = [("a model", f) for r in read if not isinstance(r, onnx.ModelProto) for f in r.files]  # external data too
     if not isinstance(data, Dataset):
         inputs += [("a data file", f) for f in data_files(data, labels)]
     outputs = [(label, Path(p)) for label, p in (("the report", report), ("the HTML page", html)) if p is not None]
