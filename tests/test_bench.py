@@ -136,6 +136,15 @@ def test_bench_api_on_a_loaded_model_and_random_data() -> None:
     assert result.report_path is None and result.html_path is None
 
 
+def test_bench_json_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", str(EXAMPLES / "digits_cnn.onnx"), "--threads", "1", "--batch-sizes", "1", "--runtime",
+                 "onnxruntime", "--runs", "20", "--budget", "0.2", "--no-memory", "--json"])
+    body = json.loads(capsys.readouterr().out)
+    assert code == 0 and body["schema"] == "graphopt.bench/1" and body["settings"]["data"] == "random"
+    (row,) = body["rows"]
+    assert row["timings"][0]["median_ms"] > 0 and row["peak_memory_bytes"] is None
+
+
 def test_a_model_that_cannot_run_costs_only_its_own_figures() -> None:
     """One call times every model; when it fails, each model is timed alone and the one that fails says why."""
     good, bad = onnx.ModelProto(), onnx.ModelProto()
