@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from helpers import EXAMPLES, digits
-from test_report_html import parse
+from test_report_html import _run_chromium, parse
 
 import graphopt
 from graphopt import benchmark, machine
@@ -123,6 +123,21 @@ def test_bench_times_models_and_pipelines_side_by_side(tmp_path: Path, capsys: p
     text = "".join(parsed.text)
     assert sum(parsed.plots.values()) == 2 and parsed.unlabelled == 0, "latency and throughput bars"
     assert "graphopt bench" in text and ("AVX" in text or "NEON" in text)
+    assert "cos 0.99" in text and "kept weight-clustering" in text
+
+
+def test_the_bench_page_fits_the_window_in_chromium(tmp_path: Path) -> None:
+    """Every figure of the bench table is visible at 1280 pixels: no table scrolls sideways."""
+    page = tmp_path / "bench.html"
+    model, data = digits(400)
+    result = graphopt.bench([model], data, passes="weight-clustering{clusters=16,min_size=64}", threads=[1, 2],
+                            batch_sizes=[1, 8], runtimes=["onnxruntime"], runs=20, budget_s=0.2, html=page)
+    assert result.report.rows[1].status.startswith("kept weight-clustering"), result.report.rows[1]
+    measure = ('<script>document.body.dataset.wide = String([...document.querySelectorAll(".wrap")].filter('
+               "w => w.scrollWidth > w.clientWidth + 1).length);</script></body>")
+    page.write_text(page.read_text().replace("</body>", measure, 1))
+    done = _run_chromium(tmp_path, "--window-size=1280,1600", "--dump-dom", page.as_uri())
+    assert done.returncode == 0 and 'data-wide="0"' in done.stdout, done.stderr[-2000:]
 
 
 def test_bench_api_on_a_loaded_model_and_random_data() -> None:

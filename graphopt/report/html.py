@@ -62,6 +62,7 @@ th { background: #eef0f3; font-weight: 600; }
 td.num, th.num { text-align: right; }
 td.num { white-space: nowrap; }
 td:last-child { min-width: 10rem; }
+td:first-child { overflow-wrap: anywhere; }
 tbody tr:nth-child(even) { background: var(--zebra); }
 .wrap { overflow-x: auto; }
 .badge { display: inline-block; padding: .05rem .45rem; border-radius: .25rem; font-size: .75rem; font-weight: 600;
@@ -587,12 +588,15 @@ def _bench_label(row: BenchRow) -> str:
 
 def _latency_bars(rows: Sequence[BenchRow], threads: Sequence[int]) -> str:
     colours = [BLUE, AMBER, GREEN, GREY]
+    medians = [t.median_ms for r in rows for t in r.timings if t.median_ms is not None]
+    micro = bool(medians) and max(medians) < 1.0  # a sub-millisecond model reads in µs
+    scale, unit = (1e3, "microseconds") if micro else (1.0, "milliseconds")
     bars = [Row(_bench_label(r), tuple(
-        Bar(t.median_ms if (t := r.timing(count)) else None, colours[i % len(colours)],
-            "–" if t is None or t.median_ms is None else format_duration(t.median_ms),
-            f"{_bench_label(r)}, {count} thread(s): median {_num(t.median_ms if t else None)} ms")
+        Bar(t.median_ms * scale if (t := r.timing(count)) and t.median_ms is not None else None,
+            colours[i % len(colours)], "–" if t is None else format_duration(t.median_ms),
+            f"{_bench_label(r)}, {count} thread(s): median {format_duration(t.median_ms if t else None)}")
         for i, count in enumerate(threads))) for r in rows]
-    return hbar_chart(bars, title="Latency at batch 1: median per run (lower is better)", x_label="milliseconds",
+    return hbar_chart(bars, title="Latency at batch 1: median per run (lower is better)", x_label=unit,
                       legend=[(f"{count} thread{'s' if count > 1 else ''}", colours[i % len(colours)])
                               for i, count in enumerate(threads)])
 
@@ -613,27 +617,27 @@ def _throughput_bars(rows: Sequence[BenchRow]) -> list[str]:
 
 
 def _bench_table(report: BenchReport, rows: Sequence[BenchRow], threads: Sequence[int]) -> str:
+    """Every figure of ``rows``: the median per thread count with p90 / p99 under it, the ratio, throughput per
+    batch, load, memory, and what a pipeline kept with its fidelity (or why a figure is missing)."""
     batches = sorted({t.batch for r in rows for t in r.timings if t.batch > 1})
-    header = ["model", "size", *(f"{n} thread{'s' if n > 1 else ''}: p50 / p90 / p99" for n in threads),
-              "ratio", *(f"batch {b} (samples/s)" for b in batches), "load", "peak memory", "vs the original",
-              "what the pipeline did"]
+    header = ["model", "size", *(f"{n} thread{'s' if n > 1 else ''} (p90 / p99)" for n in threads), "ratio",
+              *(f"batch {b} (samples/s)" for b in batches), "load", "peak memory", "pipeline, vs the original"]
     cells = []
     for r in rows:
         spread = []
         for n in threads:
             t = r.timing(n)
             spread.append("–" if t is None or t.median_ms is None else
-                          " / ".join(format_duration(v) for v in (t.median_ms, t.p90_ms, t.p99_ms)))
+                          _e(format_duration(t.median_ms)) + '<span class="interval">'
+                          + _e(f"{format_duration(t.p90_ms)} / {format_duration(t.p99_ms)}") + "</span>")
         throughput = []
         for b in batches:
             t = next((t for t in r.timings if t.batch == b), None)
             throughput.append("–" if t is None or t.throughput is None else format_number(round(t.throughput)))
-        ratio = report.ratio(r, threads[0])
-        fidelity = "–" if r.variant == "original" or r.cosine is None else (
-            f"cos {r.cosine:.5f}" + (f", top-1 {r.top1:.4f}" if r.top1 is not None else ""))
-        cells.append([_e(_bench_label(r)), _e(_bytes(r.size_bytes)), *(_e(x) for x in spread),
-                      _e(_ratio(ratio)), *(_e(x) for x in throughput),
-                      _e("–" if r.load_ms is None else format_duration(r.load_ms)),
-                      _e(_bytes(r.peak_memory_bytes)), _e(fidelity),
-                      _e("; ".join(x for x in (r.status if r.variant != "original" else "", r.error) if x) or "–")])
-    return _table(header, cells, numeric=tuple(range(1, 6 + len(threads) + len(batches))))
+        fidelity = "" if r.variant == "original" or r.cosine is None else (
+            f"cos {r.cosine:.5f}" + (f", top-1 {r.top1:.4f}" if r.top1 is not None else "") + "; ")
+        said = "; ".join(x for x in (r.status if r.variant != "original" else "", r.error) if x)
+        cells.append([_e(_bench_label(r)), _e(_bytes(r.size_bytes)), *spread, _e(_ratio(report.ratio(r, threads[0]))),
+                      *(_e(x) for x in throughput), _e(format_duration(r.load_ms).replace("-", "–")),
+                      _e(_bytes(r.peak_memory_bytes)), _e(fidelity + said) or "–"])
+    return _table(header, cells, numeric=tuple(range(1, 5 + len(threads) + len(batches))))
