@@ -299,8 +299,7 @@ def _producers_behind(tensor: gs.Tensor, scope: Scope) -> list[Producer]:
         if producer is not None:
             found[id(node)] = producer
         elif node.op in _BINARY and len(node.inputs) == 2:
-            variable = [t for t in node.inputs if constant_array(t) is None]
-            pending += variable
+            pending += [t for t in node.inputs if constant_array(t) is None]
         elif node.op in _PASS_BACK or (node.op == "Conv" and _depthwise(node, node.attrs.get("group", 1))):
             pending.append(node.inputs[0])
         else:

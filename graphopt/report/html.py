@@ -18,6 +18,7 @@ from graphopt.report.render import (
     format_count,
     format_duration,
     format_number,
+    format_threads,
     machine_lines,
     plan_label,
 )
@@ -582,22 +583,18 @@ def bench_page(report: BenchReport) -> str:
     return _page("graphopt bench", body, report.graphopt_version)
 
 
-def _bench_label(row: BenchRow) -> str:
-    return row.model if row.variant == "original" else f"{row.model}: {row.variant}"
-
-
 def _latency_bars(rows: Sequence[BenchRow], threads: Sequence[int]) -> str:
     colours = [BLUE, AMBER, GREEN, GREY]
     medians = [t.median_ms for r in rows for t in r.timings if t.median_ms is not None]
     micro = bool(medians) and max(medians) < 1.0  # a sub-millisecond model reads in µs
     scale, unit = (1e3, "microseconds") if micro else (1.0, "milliseconds")
-    bars = [Row(_bench_label(r), tuple(
+    bars = [Row(r.label, tuple(
         Bar(t.median_ms * scale if (t := r.timing(count)) and t.median_ms is not None else None,
             colours[i % len(colours)], "–" if t is None else format_duration(t.median_ms),
-            f"{_bench_label(r)}, {count} thread(s): median {format_duration(t.median_ms if t else None)}")
+            f"{r.label}, {count} thread(s): median {format_duration(t.median_ms if t else None)}")
         for i, count in enumerate(threads))) for r in rows]
     return hbar_chart(bars, title="Latency at batch 1: median per run (lower is better)", x_label=unit,
-                      legend=[(f"{count} thread{'s' if count > 1 else ''}", colours[i % len(colours)])
+                      legend=[(format_threads(count), colours[i % len(colours)])
                               for i, count in enumerate(threads)])
 
 
@@ -607,11 +604,11 @@ def _throughput_bars(rows: Sequence[BenchRow]) -> list[str]:
         return []
     most = max(t.threads for r in rows for t in r.timings)
     colours = [GREEN, BLUE, AMBER, GREY]
-    bars = [Row(_bench_label(r), tuple(
+    bars = [Row(r.label, tuple(
         Bar(t.throughput if (t := r.timing(most, b)) else None, colours[i % len(colours)],
             "–" if t is None or t.throughput is None else f"{format_number(round(t.throughput))}/s")
         for i, b in enumerate(batches))) for r in rows]
-    return [hbar_chart(bars, title=f"Throughput with {most} thread{'s' if most > 1 else ''}: samples per second "
+    return [hbar_chart(bars, title=f"Throughput with {format_threads(most)}: samples per second "
                                    "(higher is better)", x_label="samples per second",
                        legend=[(f"batch {b}", colours[i % len(colours)]) for i, b in enumerate(batches)])]
 
@@ -620,7 +617,7 @@ def _bench_table(report: BenchReport, rows: Sequence[BenchRow], threads: Sequenc
     """Every figure of ``rows``: the median per thread count with p90 / p99 under it, the ratio, throughput per
     batch, load, memory, and what a pipeline kept with its fidelity (or why a figure is missing)."""
     batches = sorted({t.batch for r in rows for t in r.timings if t.batch > 1})
-    header = ["model", "size", *(f"{n} thread{'s' if n > 1 else ''} (p90 / p99)" for n in threads), "ratio",
+    header = ["model", "size", *(f"{format_threads(n)} (p90 / p99)" for n in threads), "ratio",
               *(f"batch {b} (samples/s)" for b in batches), "load", "peak memory", "pipeline, vs the original"]
     cells = []
     for r in rows:
@@ -637,7 +634,7 @@ def _bench_table(report: BenchReport, rows: Sequence[BenchRow], threads: Sequenc
         fidelity = "" if r.variant == "original" or r.cosine is None else (
             f"cos {r.cosine:.5f}" + (f", top-1 {r.top1:.4f}" if r.top1 is not None else "") + "; ")
         said = "; ".join(x for x in (r.status if r.variant != "original" else "", r.error) if x)
-        cells.append([_e(_bench_label(r)), _e(_bytes(r.size_bytes)), *spread, _e(_ratio(report.ratio(r, threads[0]))),
-                      *(_e(x) for x in throughput), _e(format_duration(r.load_ms).replace("-", "–")),
+        cells.append([_e(r.label), _e(_bytes(r.size_bytes)), *spread, _e(_ratio(report.ratio(r, threads[0]))),
+                      *(_e(x) for x in throughput), _e("–" if r.load_ms is None else format_duration(r.load_ms)),
                       _e(_bytes(r.peak_memory_bytes)), _e(fidelity + said) or "–"])
     return _table(header, cells, numeric=tuple(range(1, 5 + len(threads) + len(batches))))

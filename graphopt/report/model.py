@@ -116,6 +116,11 @@ class BenchRow:
     cosine: float | None = None
     top1: float | None = None
 
+    @property
+    def label(self) -> str:
+        """``model``, or ``model: pipeline`` for what a pipeline made of it."""
+        return self.model if self.variant == "original" else f"{self.model}: {self.variant}"
+
     def timing(self, threads: int, batch: int = 1) -> Timing | None:
         return next((t for t in self.timings if (t.threads, t.batch) == (threads, batch)), None)
 

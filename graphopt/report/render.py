@@ -25,6 +25,7 @@ __all__ = [
     "format_count",
     "format_duration",
     "format_number",
+    "format_threads",
     "machine_lines",
     "plan_label",
     "render_bench_table",
@@ -294,17 +295,18 @@ def _ms(timing: Timing | None) -> str:
     return "-" if timing is None else format_duration(timing.median_ms)
 
 
-def _threads(count: int) -> str:
+def format_threads(count: int) -> str:
+    """``1 thread``, ``2 threads``."""
     return f"{count} thread{'s' if count > 1 else ''}"
 
 
 def _bench_details(report: BenchReport, row: BenchRow) -> tuple[str, ...]:
     """Below a row: the latency spread, throughput and memory; fidelity and what the pipeline did; an error."""
-    figures = [f"{_threads(t.threads)}: p90 {format_duration(t.p90_ms)}, p99 {format_duration(t.p99_ms)}"
+    figures = [f"{format_threads(t.threads)}: p90 {format_duration(t.p90_ms)}, p99 {format_duration(t.p99_ms)}"
                for t in row.timings if t.batch == 1 and t.p90_ms is not None and t.p99_ms is not None]
     batched = [t for t in row.timings if t.batch > 1 and t.throughput is not None]
     if batched:
-        figures.append(f"throughput with {_threads(batched[0].threads)}: "
+        figures.append(f"throughput with {format_threads(batched[0].threads)}: "
                        + ", ".join(f"batch {t.batch} {format_number(round(t.throughput or 0))}/s" for t in batched))
     if row.peak_memory_bytes is not None:
         figures.append(f"peak memory {format_bytes(row.peak_memory_bytes)}")
@@ -324,13 +326,12 @@ def render_bench_table(report: BenchReport, width: int | None = None) -> str:
     width = width or DEFAULT_WIDTH
     threads = report.settings.get("threads") or [1]
     out = [line for text in machine_lines(report.machine) for line in wrap(text, width, "  ")]
-    header = ("model", "size", *(_threads(t) for t in threads), "ratio", "load")
+    header = ("model", "size", *(format_threads(t) for t in threads), "ratio", "load")
     for runtime in dict.fromkeys(r.runtime for r in report.rows):
         rows: list[Row] = []
         for row in (r for r in report.rows if r.runtime == runtime):
             ratio = report.ratio(row, threads[0])
-            cells = (row.model if row.variant == "original" else f"{row.model}: {row.variant}",
-                     format_bytes(row.size_bytes), *(_ms(row.timing(t)) for t in threads),
+            cells = (row.label, format_bytes(row.size_bytes), *(_ms(row.timing(t)) for t in threads),
                      "-" if ratio is None else f"{ratio:.3f}×",
                      format_duration(row.load_ms))
             rows.append((cells, _bench_details(report, row)))
