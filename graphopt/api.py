@@ -19,7 +19,7 @@ import onnx
 import graphopt
 from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
 from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
-from graphopt.goal import DEFAULT_TIME_BUDGET, GOALS, GoalName
+from graphopt.goal import DEFAULT_TIME_BUDGET, GOALS, GoalName, Resume
 from graphopt.goal import search as search_goal
 from graphopt.graph import copy_model
 from graphopt.instrument import Instrument
@@ -223,7 +223,7 @@ def optimize(
         verifier = Verifier(original, verification, runtime, progress, task, kinds)  # --goal's plans share its reference
 
         def run(plan: Sequence[PassBase], speed_gate: bool = True, budgets: Mapping[PassBase, Tolerance] | None = None,
-                deadline: float | None = None) -> tuple[Report, PipelineResult]:
+                deadline: float | None = None, resume: Resume | None = None) -> tuple[Report, PipelineResult]:
             record = Report(
                 graphopt_version=graphopt_version(),
                 input_path=str(input_path) if input_path else None,
@@ -239,11 +239,16 @@ def optimize(
                 lossless_tolerance=lossless_tolerance.to_dict(),
                 outputs={name: kind.to_dict() for name, kind in kinds.items()},
             )
-            result = run_pipeline(original, plan, calibration, verification, tolerance=tolerance,
-                                  lossless_tolerance=lossless_tolerance, runtime=runtime, normalize=normalize,
-                                  progress=progress, instruments=[ReportCollector(record), *instruments], task=task,
-                                  kinds=kinds, speed_gate=speed_gate, budgets=budgets, verifier=verifier,
-                                  deadline=deadline)
+            if resume is not None:  # its records up to where this run continues it
+                record.passes = resume.record.passes[:len(resume.record.passes) - (1 if normalize else 0)]
+            result = run_pipeline(original, plan[resume.ran:] if resume else plan, calibration, verification,
+                                  tolerance=tolerance, lossless_tolerance=lossless_tolerance, runtime=runtime,
+                                  normalize=normalize, progress=progress,
+                                  instruments=[ReportCollector(record), *instruments], task=task, kinds=kinds,
+                                  speed_gate=speed_gate, budgets=budgets, verifier=verifier, deadline=deadline,
+                                  after=resume.result if resume else None)
+            if resume is not None:
+                record.input_summary = resume.record.input_summary
             return record, result
 
         if goal is None:
@@ -335,21 +340,30 @@ def run_pipeline(
     budgets: Mapping[PassBase, Tolerance] | None = None,
     verifier: Verifier | None = None,
     deadline: float | None = None,
+    after: PipelineResult | None = None,
 ) -> PipelineResult:
     """The manager's run of ``pipeline`` (after normalisation), fitting on ``calibration`` and verifying on
     ``verification`` against ``original``, each output judged by its kind (default: read from the graph): the one
     code path of ``optimize`` and of ``validate``'s fold refits (which judge accuracy only: ``speed_gate`` off).
     ``budgets`` holds passes to a share of the budget (``PassManager.run``). ``verifier``, when given, is one made
     for the same original and samples by an earlier run (its reference outputs are kept, not computed again).
-    After ``deadline`` (a ``time.monotonic()``) narrowing makes no further trial."""
+    After ``deadline`` (a ``time.monotonic()``) narrowing makes no further trial.
+
+    ``after``, an earlier result of this function for the same original, samples and settings, is continued:
+    ``pipeline`` runs on the model its passes made (before its closing shape drop), which is what running its
+    passes and then ``pipeline`` would give, without running them again; the outcomes are its then the new ones."""
     verifier = verifier or Verifier(original, verification, runtime, progress, task, kinds)
     context = PassContext(calibration=calibration, runtime=runtime, progress=progress)
     manager = PassManager(verifier, context, tolerance, lossless_tolerance, list(instruments), speed_gate=speed_gate,
                           deadline=deadline)
-    if not normalize:
-        return manager.run(original, list(pipeline), budgets)
     inferred = DropInferredShapesPass(frozenset(v.name for v in original.graph.value_info))
-    return manager.run(original, [NormalizePass(), *pipeline, inferred], budgets)
+    closing = [inferred] if normalize else []
+    if after is not None:
+        kept = after.outcomes[:len(after.outcomes) - len(closing)]
+        start = kept[-1].model_after if kept else original
+        result = manager.run(start, [*pipeline, *closing], budgets, previous=verifier.outputs(start))
+        return PipelineResult(result.model, (*kept, *result.outcomes))
+    return manager.run(original, [*([NormalizePass()] if normalize else []), *pipeline, *closing], budgets)
 
 
 SECTIONS = ("held_out", "folds", "shifts", "environments", "performance")

@@ -87,6 +87,7 @@ def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
     exported.graph.doc_string = model.graph.doc_string
     _restore_initializer_inputs(model, exported)
     _restore_output_types(model, exported)
+    _import_node_domains(exported)
     del exported.graph.value_info[:]
     edit.model = infer_shapes(exported)
 
@@ -129,6 +130,14 @@ def _restore_output_types(model: onnx.ModelProto, exported: onnx.ModelProto) -> 
     for value in exported.graph.output:
         if value.name in original:
             value.type.CopyFrom(original[value.name])
+
+
+def _import_node_domains(model: onnx.ModelProto) -> None:
+    """Import, at version 1, every operator domain a node uses that ``model`` does not import yet (a pass that
+    writes a ``com.microsoft`` kernel into a model that had none): graphsurgeon exports the imports it read."""
+    imported = {o.domain for o in model.opset_import} | {"ai.onnx"}
+    used = {n.domain for g in subgraphs(model.graph) for n in g.node if n.domain}
+    model.opset_import.extend(helper.make_opsetid(domain, 1) for domain in sorted(used - imported))
 
 
 def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

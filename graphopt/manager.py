@@ -111,14 +111,15 @@ class PassManager:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def run(self, model: onnx.ModelProto, passes: Sequence[PassBase],
-            budgets: Mapping[PassBase, Tolerance] | None = None) -> PipelineResult:
+            budgets: Mapping[PassBase, Tolerance] | None = None, previous: Outputs | None = None) -> PipelineResult:
         """Run ``passes`` in order on ``model``; a pass in ``budgets`` is held to its own tolerance against the
         original (a share of the budget, ``Tolerance.share``, so that the passes after it find some left), the rest
-        to ``tolerance``."""
+        to ``tolerance``. ``previous`` holds ``model``'s outputs when it is not the original (an earlier run's
+        result, continued): lossless passes are judged against them."""
         for instrument in self.instruments:
             instrument.before_pipeline(model)
         outcomes = []
-        previous = self.verifier.reference
+        previous = self.verifier.reference if previous is None else previous
         for pass_ in passes:
             for instrument in self.instruments:
                 instrument.before_pass(pass_, model)

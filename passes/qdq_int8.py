@@ -70,7 +70,8 @@ class QdqInt8Pass(PassBase):
         mode: Literal["static", "dynamic"] = field(
             default="static",
             metadata={"help": "static: calibrated QDQ pairs; dynamic: weight MatMuls with per-call activation "
-                      "ranges (DynamicQuantizeLinear + MatMulInteger), for models whose static ranges fail"},
+                      "ranges (DynamicQuantizeLinear + MatMulInteger), for models whose static ranges fail, and "
+                      "LSTMs (onnxruntime's DynamicQuantizeLSTM)"},
         )
         target: Literal["ort-cpu", "openvino", "tensorrt"] = field(
             default="ort-cpu",
@@ -148,10 +149,12 @@ class QdqInt8Pass(PassBase):
         """One unit per layer that can run in int8; the manager measures each one's damage."""
         graph = import_graph(model)
         parts, _ = plan.find_parts(graph, Scope.of(graph), min_dim=self.options.min_dim)
-        layers = [layer for part in parts for layer in part.layers]
+        layers: list[plan.Layer | dynamic.Recurrent] = [layer for part in parts for layer in part.layers]
         if self.options.mode == "dynamic":
             layers = [layer for layer in parts[0].layers if layer.op == "MatMul"]
-        return tuple(Unit(layer.name, None, f"{layer.op} {'×'.join(map(str, layer.shape))}") for layer in layers)
+            layers += dynamic.find_recurrent(graph, min_dim=self.options.min_dim)[0]
+        return tuple(Unit(layer.name, None, f"{layer.node.op} {'×'.join(map(str, layer.shape))}")
+                     for layer in layers)
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         empty = {"layers_quantized": 0, "tensors_quantized": 0, "weight_bits": self.weight_bits(context)}
@@ -230,11 +233,16 @@ class QdqInt8Pass(PassBase):
         with editing(model) as edit:
             scope = Scope.of(edit.graph)
             layers, skipped = plan.find_layers(edit.graph, scope, min_dim=self.options.min_dim)
-            skipped += [Skip(layer.name, f"dynamic mode quantizes weight MatMuls only ({layer.op} stays float)")
+            skipped += [Skip(layer.name, f"dynamic mode quantizes weight MatMuls and LSTMs only ({layer.op} stays "
+                                         "float)")
                         for layer in layers if layer.op != "MatMul"]
             chosen = [layer for layer in layers if layer.op == "MatMul" and context.selects(layer.name)]
+            recurrent, recurrent_skips = dynamic.find_recurrent(edit.graph, min_dim=self.options.min_dim)
+            lstms = [layer for layer in recurrent if context.selects(layer.name)]
             dynamic.rewrite_dynamic(edit.graph, scope, chosen, self._weight_params(context))
-        return _Built(edit.model, chosen, len({layer.activation for layer in chosen}), skipped, {})
+            dynamic.rewrite_recurrent(edit.graph, scope, lstms, self.weight_bits(context))
+        return _Built(edit.model, [*chosen, *lstms], len({layer.activation for layer in chosen}) + len(lstms),
+                      skipped + recurrent_skips, {"lstms_quantized": len(lstms)} if recurrent else {})
 
     def _build(self, model: onnx.ModelProto, context: PassContext, state: _Calibration, *, correct: bool) -> _Built:
         """The selected layers of the main graph and of every ``If`` branch quantized, each graph placed on its own."""
@@ -367,7 +375,7 @@ class _Calibration:
 @dataclass
 class _Built:
     model: onnx.ModelProto
-    chosen: list[plan.Layer]
+    chosen: list[plan.Layer | dynamic.Recurrent]
     tensors: int
     skipped: list[Skip]
     counts: dict[str, int]

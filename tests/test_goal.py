@@ -3,22 +3,28 @@ budget, compares the results once against the original and keeps the best, or sa
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLES, RecordedProgress, digits
+from helpers import EXAMPLES, RecordedProgress, digits, random_feeds, text_model
+from onnx import numpy_helper
 
 import graphopt
+import graphopt.api
+import graphopt.goal
 from graphopt import perf, registry
 from graphopt.cli import main
+from graphopt.data import Dataset
 from graphopt.errors import UsageError
 from graphopt.goal import MIN_GAIN, GoalCandidate, choose, frontier
-from graphopt.pass_base import Goal
+from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, Unit
 from graphopt.perf import Latency
 from graphopt.provenance import read_provenance
 from graphopt.report.html import optimize_page
@@ -62,13 +68,16 @@ def test_latency_keeps_the_plan_that_times_fastest_once(monkeypatch: pytest.Monk
     assert len(verified) >= 3 and all(c["latency_ratio"] is not None for c in verified)
     assert all(c["latency_ratio"] is None for c in goal["candidates"] if c["status"] != "verified")
     singles = [c for c in verified if "held to" not in c["reason"]]
-    assert 1 + len(singles) in calls, "the single plans are timed together, once, with the original"
+    structural = [c for c in singles if c["plan"].endswith(("dead-neuron-removal", "low-rank", "}"))]
+    assert structural and 1 + len(singles) - len(structural) in calls, (
+        "the lossless passes and the plans that change the numbers are timed together, once, with the original")
+    assert 2 + len(structural) in calls, "then the structural plans, with the original and the best so far"
     assert "ahead of" in goal["why"]
 
 
-def test_a_combined_plan_splits_the_budget_and_wins_when_it_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
-    """int8 halves the latency and pruning takes a further fifth: the best structural plan and int8 together, the
-    first held to its share of the budget, the second to the whole budget against the original, beat both."""
+def test_a_combined_plan_in_sequence_wins_when_it_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 halves the latency and pruning takes a further fifth: each of the two best structural plans followed by
+    int8, in sequence, both judged by the whole budget against the original, beat either alone."""
     calls: list[int] = []
     model, data = digits(400)
     lossless = graphopt.optimize(model, data).model  # zero-weight elimination removes the model's zero channels
@@ -77,16 +86,169 @@ def test_a_combined_plan_splits_the_budget_and_wins_when_it_is_faster(monkeypatc
     goal = result.report.goal
     assert goal is not None and goal["winner"].endswith(",qdq-int8") and goal["winner"].count(",") == 3, goal["why"]
     combined = next(c for c in goal["candidates"] if c["plan"] == goal["winner"])
-    assert "held to" in combined["reason"] and combined["latency_ratio"] == pytest.approx(0.4)
-    combinations = [c for c in goal["candidates"] if "held to" in c["reason"]]
+    assert combined["reason"].startswith("in sequence") and combined["latency_ratio"] == pytest.approx(0.4)
+    combinations = [c for c in goal["candidates"] if c["reason"].startswith("in sequence")]
     assert len(combinations) == 2, "each of the two best structural plans is combined with int8"
-    verified = [c for c in combinations if c["status"] == "verified"]
+    verified = [c for c in goal["candidates"] if c["status"] == "verified"
+                and (c["reason"].startswith("in sequence") or "held to" in c["reason"])]
     assert calls[-1] == 2 + len(verified), "the combinations, the best single plan and the original in one call"
     assert _int8(result.model) and _elements(result.model) < 0.95 * _elements(lossless)
     first, second = (p for p in result.report.passes if not p.lossless)
-    (shared,), (whole,) = first.verifications, second.verifications
-    assert shared["against"] == whole["against"] == "original" and shared["passed"] and whole["passed"]
-    assert shared["tolerance"]["cosine"] > 0.99 and whole["tolerance"]["cosine"] == 0.99
+    (one,), (other,) = first.verifications, second.verifications
+    assert one["against"] == other["against"] == "original" and one["passed"] and other["passed"]
+    assert one["tolerance"]["cosine"] == other["tolerance"]["cosine"] == 0.99
+
+
+def test_plans_continue_the_runs_they_extend_and_give_what_a_fresh_run_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plan continues the lossless passes' run, and a combination in sequence its lead's: no pass runs twice,
+    the plan's report lists every pass once, and its model is the one the plan gives when run from scratch."""
+    calls: list[int] = []
+    model, data = digits(400)
+    lossless = graphopt.optimize(model, data).model
+    monkeypatch.setattr(perf, "measure_latency", _timer(0.5, 0.9, calls, 0.8, int(0.95 * _elements(lossless))))
+    progress = RecordedProgress()
+    result = graphopt.optimize(model, data, goal="latency", progress=progress)
+    goal = result.report.goal
+    assert goal is not None and goal["winner"].count(",") == 3, goal["why"]
+    names = [p.name for p in result.report.passes]
+    assert names == ["normalize", "fast-prelu", "zero-weight-elimination", *goal["winner"].split(",")[2:],
+                     "drop-inferred-shapes"]
+    structural = next(c for c in goal["candidates"] if c["plan"] == goal["winner"].rsplit(",", 1)[0])
+    ran = [label.removeprefix("pass ") for label in progress.labels if label.startswith("pass ")]
+    assert ran.count("normalize") == 1, "the lossless passes run once, and every plan continues them"
+    assert ran.count(structural["plan"].split(",")[-1].split("{")[0]) == 1, "the sequence continues its lead's run"
+    fresh = graphopt.optimize(model, data, passes=goal["winner"]).model
+    assert _digest(fresh) == _digest(result.model)
+
+
+def _digest(model: onnx.ModelProto) -> bytes:
+    """The graph, as a fresh run must reproduce it (not the provenance metadata)."""
+    return model.graph.SerializeToString(deterministic=True)
+
+
+def _conv_then_lstm(rng: np.random.Generator) -> onnx.ModelProto:
+    """x[N,16,8] → Conv (static int8's) → [8,N,32] → LSTM (dynamic int8's) → y."""
+    return text_model(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[N,16,8] x) => (float[8,1,N,32] y) { c = Conv(x, k)\n t = Transpose <perm = [2, 0, 1]> (c)\n"
+        " y = LSTM <hidden_size = 32> (t, w, r) }",
+        k=(rng.standard_normal((32, 16, 1)) / 4).astype(np.float32),
+        w=(rng.standard_normal((1, 128, 32)) / 6).astype(np.float32),
+        r=(rng.standard_normal((1, 128, 32)) / 6).astype(np.float32))
+
+
+def test_int8_where_static_ranges_hold_then_dynamic_int8_for_the_lstm(monkeypatch: pytest.MonkeyPatch,
+                                                                       rng: np.random.Generator) -> None:
+    """Static int8 runs the Conv, dynamic int8 the LSTM (which has no static kernel): the best plan that changes the
+    numbers, then the next best for what it left float, in sequence under the one budget, beat either alone."""
+    def timer(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], **_: object) -> list[Latency]:
+        def time_of(model: onnx.ModelProto) -> float:
+            kinds = {n.op_type for n in model.graph.node}
+            return {(True, True): 0.5, (True, False): 0.7, (False, True): 0.8}.get(
+                ("QuantizeLinear" in kinds, "DynamicQuantizeLSTM" in kinds), 1.0)
+        return [Latency(t, t, 20) for t in [1.0, *map(time_of, models[1:])]]
+
+    monkeypatch.setattr(perf, "measure_latency", timer)
+    model = _conv_then_lstm(rng)
+    data = Dataset(random_feeds(model, 200, rng), frozenset(), True)
+    result = graphopt.optimize(model, data, goal="latency")
+    goal = result.report.goal
+    assert goal is not None
+    assert goal["winner"] == "fast-prelu,zero-weight-elimination,qdq-int8,qdq-int8{mode=dynamic}", goal["why"]
+    winner = next(c for c in goal["candidates"] if c["plan"] == goal["winner"])
+    assert winner["latency_ratio"] == 0.5 and winner["reason"].startswith("in sequence")
+    kinds = {n.op_type for n in result.model.graph.node}
+    assert {"QuantizeLinear", "DynamicQuantizeLSTM"} <= kinds and "LSTM" not in kinds
+    static, dynamic = (p for p in result.report.passes if p.name == "qdq-int8")
+    assert static.status == dynamic.status == "applied" and "lstms_quantized" in dynamic.stats
+    (first,), (second,) = static.verifications, dynamic.verifications
+    assert first["passed"] and second["passed"] and first["tolerance"] == second["tolerance"]
+
+
+class _Perturbing(PassBase):
+    """A toy lossy pass for the search's budget logic: each of ``UNITS`` units adds its own fixed noise, of relative
+    size ``SCALE``, to the weight ``w``, and records in the model how many it applied (the fake timer reads it)."""
+
+    lossless = False
+    UNITS = 1
+    SCALE = 0.0
+    SEED = 0
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    @classmethod
+    def goal_variants(cls, goal: Goal) -> tuple[PassBase, ...]:
+        return (cls(),) if goal == "latency" else ()
+
+    def serves(self) -> frozenset[Goal]:
+        return frozenset({"latency"})
+
+    def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
+        return tuple(Unit(f"{self.name}-{k}", None) for k in range(self.UNITS))
+
+    def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        weight = numpy_helper.to_array(out.graph.initializer[0])
+        chosen = [k for k in range(self.UNITS) if context.selects(f"{self.name}-{k}")]
+        noise = np.random.default_rng(self.SEED).standard_normal((self.UNITS, *weight.shape)).astype(np.float32)
+        weight = weight + self.SCALE * np.abs(weight).mean() * noise[chosen].sum(axis=0)
+        out.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight.astype(np.float32), "w"))
+        onnx.helper.set_model_props(out, {**{p.key: p.value for p in model.metadata_props}, self.name: str(len(chosen))})
+        return PassResult(out, bool(chosen), {"units": len(chosen)})
+
+
+class _ManySmall(_Perturbing):
+    """Eight units of about an eighth of the budget each: narrowing stops at the budget's edge."""
+
+    name = "many-small"
+    goal_stage = 0
+    UNITS, SCALE, SEED = 8, 0.065, 1
+
+
+class _OneLarge(_Perturbing):
+    """One unit of about a third of the budget that halves the latency: it gains more per share of the budget."""
+
+    name = "one-large"
+    UNITS, SCALE, SEED = 1, 0.1, 2
+
+
+def test_two_passes_that_only_fit_together_with_a_split_budget(monkeypatch: pytest.MonkeyPatch,
+                                                                rng: np.random.Generator) -> None:
+    """In sequence the structural pass narrows to the budget's edge and the one after it is rolled back; the split
+    gives the second the share it used alone (it gains more per share) and holds the first to the rest: both fit,
+    within the budget, and the combination wins."""
+    def timer(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], **_: object) -> list[Latency]:
+        def time_of(model: onnx.ModelProto) -> float:
+            props = {p.key: int(p.value) for p in model.metadata_props if p.key in ("many-small", "one-large")}
+            return (1.0 - 0.05 * props.get("many-small", 0)) * (0.5 if props.get("one-large") else 1.0)
+        return [Latency(t, t, 20) for t in [1.0, *map(time_of, models[1:])]]
+
+    monkeypatch.setattr(perf, "measure_latency", timer)
+    monkeypatch.setattr(graphopt.api, "available_passes", lambda: {"many-small": _ManySmall, "one-large": _OneLarge})
+    model = text_model('<ir_version: 8, opset_import: ["" : 17]>\ng (float[N,32] x) => (float[N,32] y) '
+                       "{ y = MatMul(x, w) }", w=rng.standard_normal((32, 32)).astype(np.float32))
+    data = Dataset(random_feeds(model, 400, rng), frozenset(), True)
+    result = graphopt.optimize(model, data, goal="latency", output_kinds={"y": "values"})
+    goal = result.report.goal
+    assert goal is not None
+    plans = {c["plan"].removeprefix("fast-prelu,zero-weight-elimination,"): c for c in goal["candidates"]}
+    small, large = plans["many-small"], plans["one-large"]
+    assert "narrowed" in small["reason"] and small["budget_used"] > 0.85, small
+    assert "applied" in large["reason"] and 0.2 < large["budget_used"] < 0.5, large
+    chain = plans["many-small,one-large"]
+    assert chain["status"] == "unchanged" and "one-large rolled back" in chain["reason"], chain
+    split = next(c for p, c in plans.items() if p.startswith("many-small,one-large (budget split "))
+    share = 1 - large["budget_used"]
+    assert f"many-small held to {share:.0%} of the budget" in split["reason"], split
+    assert split["status"] == "verified" and split["budget_used"] <= 1.0, split
+    assert goal["winner"] == f"fast-prelu,zero-weight-elimination,{split['plan'].split(',', 2)[2]}", goal["why"]
+    props = {p.key: int(p.value) for p in result.model.metadata_props if p.key in ("many-small", "one-large")}
+    assert props["one-large"] == 1 and 0 < props["many-small"] < _ManySmall.UNITS
+    last = result.report.passes[-2]
+    assert last.name == "one-large" and last.verifications[-1]["passed"]
 
 
 def test_latency_says_float_is_best_when_nothing_pays(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,6 +288,34 @@ def test_the_time_budget_stops_starting_plans(monkeypatch: pytest.MonkeyPatch) -
     assert first["plan"] == "fast-prelu,zero-weight-elimination" and first["status"] == "verified"
     assert rest and all(c["status"] == "not run" and "time budget (0 s)" in c["reason"] for c in rest)
     assert goal["winner"] == first["plan"]
+
+
+def test_no_plan_starts_that_the_time_left_cannot_cover(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each plan takes 30 s on a clock that runs only while plans do: with 100 s, the third plan starts at 60 s
+    (the quickest so far took 30 s); at 90 s none is expected to fit, so the search ends within its budget."""
+    class Clock:
+        now = 0.0
+
+        @staticmethod
+        def monotonic() -> float:
+            return Clock.now
+
+    class Ticking(RecordedProgress):
+        @contextlib.contextmanager
+        def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+            with super().task(label, total) as advance:
+                Clock.now += 30.0 if label.startswith("--goal") else 0.0
+                yield advance
+
+    monkeypatch.setattr(graphopt.goal, "time", Clock)
+    monkeypatch.setattr(perf, "measure_latency", _timer(0.5, 0.9, []))
+    model, data = digits(400)
+    goal = graphopt.optimize(model, data, goal="latency", time_budget=100, progress=Ticking()).report.goal
+    assert goal is not None and Clock.now == 90.0
+    ran = [c for c in goal["candidates"] if c["status"] != "not run"]
+    assert len(ran) == 3 and goal["winner"] == "fast-prelu,zero-weight-elimination,qdq-int8", goal["why"]
+    assert all(c["reason"] == "too little of the time budget (100 s) was left for it"
+               for c in goal["candidates"][3:])
 
 
 def test_goal_and_passes_exclude_each_other(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

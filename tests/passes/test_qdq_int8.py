@@ -319,7 +319,7 @@ def test_dynamic_mode_fuses_into_dynamic_quantize_matmul_and_leaves_convs(rng: n
     result = pass_(model, ctx)
     assert result.modified and result.stats["layers_quantized"] == 2 and result.stats["tensors_quantized"] == 1
     assert ops(result.model)["DynamicQuantizeLinear"] == 1 and ops(result.model)["MatMulInteger"] == 2
-    assert "dynamic mode quantizes weight MatMuls only (Conv stays float)" in reasons(result)
+    assert "dynamic mode quantizes weight MatMuls and LSTMs only (Conv stays float)" in reasons(result)
     onnx.checker.check_model(result.model, full_check=True)
     held_out = feeds(model, 1, np.random.default_rng(3))
     for optimize in (False, True):
@@ -328,6 +328,78 @@ def test_dynamic_mode_fuses_into_dynamic_quantize_matmul_and_leaves_convs(rng: n
     fused = fused_ops(result.model, tmp_path)
     assert fused["DynamicQuantizeMatMul"] + fused["MatMulIntegerToFloat"] == 2 and fused["MatMulInteger"] == 0
     assert pass_(result.model, ctx).modified is False
+
+
+def _lstm(rng: np.random.Generator, direction: str, hidden: int = 32, features: int = 48) -> onnx.ModelProto:
+    """x[T,N,features] → LSTM (with bias, initial state and sequence lengths as inputs) → its three outputs."""
+    directions = 2 if direction == "bidirectional" else 1
+    return build(
+        f"g (float[T,N,{features}] x, int32[N] lengths, float[{directions},N,{hidden}] h0, "
+        f"float[{directions},N,{hidden}] c0) => (float[T,{directions},N,{hidden}] y, "
+        f"float[{directions},N,{hidden}] h, float[{directions},N,{hidden}] c) "
+        f'{{ y, h, c = LSTM <hidden_size = {hidden}, direction = "{direction}"> (x, w, r, b, lengths, h0, c0) }}',
+        w=weight(rng, directions, 4 * hidden, features) / 4, r=weight(rng, directions, 4 * hidden, hidden) / 4,
+        b=(rng.standard_normal((directions, 8 * hidden)) / 10).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_dynamic_mode_runs_lstms_in_int8_as_dynamic_quantize_lstm(rng: np.random.Generator, direction: str) -> None:
+    """An LSTM becomes onnxruntime's DynamicQuantizeLSTM: the same outputs as the float LSTM with the int8 weights
+    written back in float, up to the rounding of the activations it quantizes per step; initial state and sequence
+    lengths kept."""
+    model = _lstm(rng, direction)
+    # 7-bit: the grid that cannot saturate onnxruntime's AVX2 kernels, so that the figures hold on every CPU
+    pass_ = QdqInt8Pass(QdqInt8Pass.Options(mode="dynamic", weight_bits="7", speed_check="off"))
+    ctx = context(model, rng, 4)  # dynamic mode calibrates nothing
+    assert [(u.name, u.detail) for u in pass_.units(model, ctx)] == [
+        ("y", f"LSTM {2 if direction == 'bidirectional' else 1}×128×48")]
+    before = model.SerializeToString()
+    result = pass_(model, ctx)
+    assert model.SerializeToString() == before, "the input model was mutated"
+    assert result.modified and result.stats["layers_quantized"] == 1 and result.stats["lstms_quantized"] == 1
+    onnx.checker.check_model(result.model, full_check=True)
+    (node,) = result.model.graph.node
+    assert (node.op_type, node.domain) == ("DynamicQuantizeLSTM", "com.microsoft")
+    assert any(o.domain == "com.microsoft" for o in result.model.opset_import)
+    assert list(node.input[4:7]) == ["lengths", "h0", "c0"]
+
+    rounded = onnx.ModelProto()
+    rounded.CopyFrom(model)  # the float LSTM with the stored int8 weights dequantized: what the kernel multiplies by
+    for name, stored in (("w", node.input[1]), ("r", node.input[2])):
+        values = initializer(result.model, stored).astype(np.float32).transpose(0, 2, 1)
+        scale = initializer(result.model, node.input[8 if name == "w" else 10])
+        assert initializer(result.model, node.input[9 if name == "w" else 11]).dtype == np.int8
+        at = next(i for i, t in enumerate(rounded.graph.initializer) if t.name == name)
+        rounded.graph.initializer[at].CopyFrom(numpy_helper.from_array(values * scale[..., None], name))
+        original = initializer(model, name)
+        assert np.abs(values * scale[..., None] - original).max() <= scale.max() / 2 + 1e-7  # per gate row grid
+    directions = 2 if direction == "bidirectional" else 1
+    held_out = {"x": rng.standard_normal((6, 3, 48)).astype(np.float32), "lengths": np.array([6, 4, 1], np.int32),
+                "h0": rng.standard_normal((directions, 3, 32)).astype(np.float32) / 2,
+                "c0": rng.standard_normal((directions, 3, 32)).astype(np.float32) / 2}
+    for optimize in (False, True):
+        got = run_ort(result.model, held_out, optimize=optimize)
+        for want_rounded, want_float, out in zip(run_ort(rounded, held_out), run_ort(model, held_out), got,
+                                                 strict=True):
+            assert np.linalg.norm(out - want_rounded) <= 0.005 * np.linalg.norm(want_rounded)
+            assert np.linalg.norm(out - want_float) <= 0.01 * np.linalg.norm(want_float)
+    assert pass_(result.model, ctx).modified is False
+
+
+def test_lstms_dynamic_int8_cannot_run_are_refused_with_reasons(rng: np.random.Generator) -> None:
+    small = _lstm(rng, "forward", hidden=8)
+    pass_ = QdqInt8Pass(QdqInt8Pass.Options(mode="dynamic", speed_check="off"))
+    ctx = context(small, rng, 2)
+    assert "y: too small for int8 to pay off: input 48, hidden 8 (min_dim 16)" in reasons(pass_(small, ctx))
+    computed = build(
+        "g (float[T,N,16] x, float[1,64,16] w) => (float[T,1,N,16] y) { y = LSTM <hidden_size = 16> (x, w, r) }",
+        r=weight(rng, 1, 64, 16))
+    assert "y: LSTM weights W and R are not both constants" in reasons(pass_(computed, ctx))
+    batch_first = build(
+        "g (float[N,T,16] x) => (float[N,T,1,16] y) { y = LSTM <hidden_size = 16, layout = 1> (x, w, r) }",
+        w=weight(rng, 1, 64, 16), r=weight(rng, 1, 64, 16))
+    assert "batch first" in reasons(pass_(batch_first, ctx))
 
 
 def test_float_consumers_of_a_quantized_input_keep_the_float_tensor(rng: np.random.Generator) -> None:
