@@ -101,6 +101,7 @@ class Verifier:
         self._task_reference = (task.metric(in_memory(self.reference), data.labels)
                                 if task and data.labels is not None else None)
         self._nonnegative: dict[str, bool] = {}
+        self._last: tuple[onnx.ModelProto, Outputs] | None = None
 
     def against_original(self, candidate: Outputs, tolerance: Tolerance,
                          known: Mapping[str, ErrorStats] | None = None) -> Verification:
@@ -115,8 +116,11 @@ class Verifier:
         return replace(verification, passed=not failures, failures=failures, task=result)
 
     def outputs(self, model: onnx.ModelProto, label: str = "verify") -> Outputs:
-        """Run ``model`` on the verification samples, laid out like the reference outputs."""
-        return self.candidate(model, label).outputs()
+        """Run ``model`` on the verification samples, laid out like the reference outputs. The last model's
+        outputs are kept (by identity: a ``--goal`` search continues many plans from one model's run)."""
+        if self._last is None or self._last[0] is not model:
+            self._last = (model, self.candidate(model, label).outputs())
+        return self._last[1]
 
     def candidate(self, model: onnx.ModelProto, label: str = "verify",
                   session: Session | None = None, tolerance: Tolerance | None = None) -> CandidateRun:
