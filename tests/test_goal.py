@@ -341,6 +341,12 @@ def test_cli_goal_prints_the_plans_and_writes_them_in_the_report(tmp_path: Path,
     assert code == 0 and "goal latency: fast-prelu,zero-weight-elimination,qdq-int8: 0.500×" in stdout
     report = json.loads((tmp_path / "o.report.json").read_text())
     assert report["goal"]["winner"] == "fast-prelu,zero-weight-elimination,qdq-int8"
+    int8 = next(c for c in report["goal"]["candidates"] if c["plan"] == report["goal"]["winner"])
+    assert 0 <= int8["budget_used"] < 1, "within the budget, and the share it used is said"
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("plan ") and " budget " in line)
+    row = next(line for line in lines[header:] if line.startswith("qdq-int8 "))
+    assert f" {100 * int8['budget_used']:.0f}% " in row, row
     onnx.checker.check_model(str(out), full_check=True)
 
 

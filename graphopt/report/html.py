@@ -14,6 +14,7 @@ from typing import Any
 
 from graphopt.report.model import BenchReport, BenchRow, PassRecord, Report
 from graphopt.report.render import (
+    budget_share,
     format_bytes,
     format_count,
     format_duration,
@@ -236,9 +237,11 @@ def _goal_section(goal: dict[str, Any]) -> list[str]:
                                         legend=[("chosen", GREEN), ("on the frontier", BLUE), ("dominated", LIGHT)])]))
     rows = [[_e(c["plan"]), _badge(c["status"], "applied" if c["status"] == "verified" else "skipped"),
              _e(_ratio(c["latency_ratio"])), _e(_ratio(c["size_ratio"])), "yes" if c.get("frontier") else "",
-             _e("–" if finite(c["cosine"]) is None else f"{c['cosine']:.5f}"), _e(f"{c['seconds']:.1f} s"), _e(c["reason"] or "–")] for c in candidates]
-    out.append(_table(("plan", "status", "latency", "size", "frontier", "worst cosine", "time", "why"), rows,
-                      numeric=(2, 3, 5, 6)))
+             _e("–" if finite(c["cosine"]) is None else f"{c['cosine']:.5f}"),
+             _e(budget_share(finite(c.get("budget_used")), "–")), _e(f"{c['seconds']:.1f} s"),
+             _e(c["reason"] or "–")] for c in candidates]
+    out.append(_table(("plan", "status", "latency", "size", "frontier", "worst cosine", "budget used", "time", "why"),
+                      rows, numeric=(2, 3, 5, 6, 7)))
     return out
 
 

@@ -21,6 +21,7 @@ from graphopt.validation.model import Check, ValidationReport
 __all__ = [
     "DEFAULT_WIDTH",
     "bench_json",
+    "budget_share",
     "format_bytes",
     "format_count",
     "format_duration",
@@ -253,19 +254,27 @@ def plan_label(plan: str, prelude: str) -> str:
     return "lossless passes" if plan == prelude else plan.removeprefix(f"{prelude},")
 
 
+def budget_share(used: float | None, missing: str = "-") -> str:
+    """The share of the budget a plan's outputs use, as a percentage (``missing`` when the budget sets no bound it
+    can be read from)."""
+    return missing if used is None or not math.isfinite(used) else f"{100 * used:.0f}%"
+
+
 def _goal_table(goal: dict[str, Any], width: int) -> list[str]:
     """One row per plan ``--goal`` tried, named by what it adds to the lossless passes (the first plan): status,
-    latency and size against the original (``*`` on the frontier), worst cosine, time; why below it."""
+    latency and size against the original (``*`` on the frontier), worst cosine, share of the budget used, time;
+    why below it."""
     candidates = goal["candidates"]
     prelude = candidates[0]["plan"] if candidates else ""
     rows: list[Row] = []
     for c in candidates:
         ratios = ["-" if c[key] is None else f"{c[key]:.3f}×" for key in ("latency_ratio", "size_ratio")]
         cells = (plan_label(c["plan"], prelude), c["status"], *ratios, "*" if c.get("frontier") else "",
-                 "-" if c["cosine"] is None else f"{c['cosine']:.5f}", f"{c['seconds']:.1f}s")
+                 "-" if c["cosine"] is None else f"{c['cosine']:.5f}", budget_share(c.get("budget_used")),
+                 f"{c['seconds']:.1f}s")
         rows.append((cells, (c["reason"],)))
-    lines = _table(("plan", "status", "latency", "size", "frontier", "cosine", "time"), rows, width,
-                   right=(2, 3, 5, 6))
+    lines = _table(("plan", "status", "latency", "size", "frontier", "cosine", "budget", "time"), rows, width,
+                   right=(2, 3, 5, 6, 7))
     return [*lines, *wrap(f"lossless passes: {prelude}; every other plan starts with them", width, "  ")]
 
 
