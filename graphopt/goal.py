@@ -340,25 +340,29 @@ def _judged(name: str, record: Report, own: Sequence[str], seconds: float, note:
     records = [p for p in record.passes if p.name in own]
     changed = [p for p in records if p.status in ("applied", "narrowed")]
     worst = [p.worst for p in record.passes if p.worst and p.worst.get("cosine") is not None]
+    judged = [v for p in record.passes for v in p.verifications if v.get("against") == "original"]
     said = "; ".join(f"{p.name} {p.status}: {p.reason}" if p.reason and p.status not in ("applied", "narrowed")
                      else f"{p.name} {p.status}" for p in records) or "nothing to change"
     said = f"{note}; {said}" if note else said
     if changed and (len(changed) == len(own) or not every):
         return GoalCandidate(name, "verified", said, cosine=worst[-1]["cosine"] if worst else None, seconds=seconds,
-                             budget_used=_budget_used(worst[-1], record.tolerance) if worst else None)
+                             budget_used=_budget_used(judged[-1], record.tolerance) if judged else None)
     return GoalCandidate(name, "unchanged", said, seconds=seconds)
 
 
-def _budget_used(worst: Mapping[str, Any], tolerance: Mapping[str, Any]) -> float | None:
-    """The largest share of the budget (``tolerance``, as the report writes it) that the worst output uses: its
-    (1 − lower bound) / (1 − bound) for cosine, top-1 and IoU (the mean where no bound was computed), whichever the
-    budget sets; ``None`` when it sets none of them."""
+def _budget_used(verification: Mapping[str, Any], tolerance: Mapping[str, Any]) -> float | None:
+    """The largest share of the budget (``tolerance``, as the report writes it, each output's own where it has one)
+    that an output of ``verification`` (a report's verification against the original) uses: (1 − lower bound) /
+    (1 − bound) for cosine, top-1 and IoU (the mean where no bound was computed), whichever the budget sets;
+    ``None`` when it sets none of them."""
     shares = []
-    for key in ("cosine", "top1", "iou"):
-        bound, value = tolerance.get(key), worst.get(f"{key}_low")
-        value = worst.get(key) if value is None else value
-        if bound is not None and value is not None and bound < 1.0:
-            shares.append((1.0 - value) / (1.0 - bound))
+    for output, stats in verification.get("outputs", {}).items():
+        bounds = {**tolerance, **tolerance.get("per_output", {}).get(output, {})}
+        for key in ("cosine", "top1", "iou"):
+            bound, value = bounds.get(key), stats.get(f"{key}_low")
+            value = stats.get(key) if value is None else value
+            if bound is not None and value is not None and bound < 1.0:
+                shares.append((1.0 - value) / (1.0 - bound))
     return max(shares, default=None)
 
 
