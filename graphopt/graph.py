@@ -41,6 +41,7 @@ __all__ = [
     "editing",
     "free_copies",
     "import_graph",
+    "import_node_domains",
     "infer_shapes",
     "initializer_arrays",
     "label",
@@ -87,7 +88,7 @@ def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
     exported.graph.doc_string = model.graph.doc_string
     _restore_initializer_inputs(model, exported)
     _restore_output_types(model, exported)
-    _import_node_domains(exported)
+    import_node_domains(exported)
     del exported.graph.value_info[:]
     edit.model = infer_shapes(exported)
 
@@ -132,7 +133,7 @@ def _restore_output_types(model: onnx.ModelProto, exported: onnx.ModelProto) -> 
             value.type.CopyFrom(original[value.name])
 
 
-def _import_node_domains(model: onnx.ModelProto) -> None:
+def import_node_domains(model: onnx.ModelProto) -> None:
     """Import, at version 1, every operator domain a node uses that ``model`` does not import yet (a pass that
     writes a ``com.microsoft`` kernel into a model that had none): graphsurgeon exports the imports it read."""
     imported = {o.domain for o in model.opset_import} | {"ai.onnx"}

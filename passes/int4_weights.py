@@ -34,7 +34,7 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PassError
-from graphopt.graph import Names, copy_model, label, overridable_initializers, subgraph_reads
+from graphopt.graph import Names, copy_model, import_node_domains, label, overridable_initializers, subgraph_reads
 from graphopt.opset import ensure_opset
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt_passes._math import block_quant as bq
@@ -330,13 +330,13 @@ def _nbits(graph: onnx.GraphProto, node: onnx.NodeProto, plan: _Plan, names: dic
 
 
 def _finish(model: onnx.ModelProto, form: str) -> None:
-    """Drop initializers nothing reads any more (a Gemm's folded bias), import com.microsoft, need IR 10 (int4)."""
+    """Drop initializers nothing reads any more (a Gemm's folded bias), import com.microsoft (``import_node_domains``),
+    need IR 10 (int4)."""
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     for position in reversed(range(len(model.graph.initializer))):  # in place: re-adding the kept ones copies them
         if model.graph.initializer[position].name not in used:
             del model.graph.initializer[position]
-    if any(n.domain == _MS for n in model.graph.node) and not any(o.domain == _MS for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(_MS, 1))
+    import_node_domains(model)
     model.ir_version = max(model.ir_version, 10)
 
 
