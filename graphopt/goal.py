@@ -11,6 +11,11 @@ results are compared once with the best so far and the original: latency timed i
 thread, batch 1, ``perf.measure_latency``), never from timings taken during the search; size by the serialised
 model, exactly. ``latency,size`` scores a plan by the product of the two ratios (halving either counts the same).
 
+A lossless pass's speed gate times it on the float model, where it may time level or a little slower and still pay
+after int8 (the PRelu rewrite). When the gate declines one for ``latency``, the lossless passes run again with it
+kept (``PassBase.ungated``), and the plans that change the numbers run after both forms; the plans that change the
+structure continue the form the best plan so far starts with.
+
 The *combined* plans (``_combinations``) give each layer the treatment that suits it:
 
 - numbers: the best plan of the stage followed by each of the next best, which treat what it left: int8 where
@@ -258,8 +263,8 @@ def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[st
 
     def attempt(plan: list[PassBase], own: Sequence[PassBase], budgets: Mapping[PassBase, Tolerance] | None = None,
                 note: str = "", every: bool = True, suffix: str = "", after: _Tried | None = None) -> _Tried:
-        """Run ``plan`` (whose passes after the prelude are ``own``) as a verified pipeline, continuing ``after``
-        (a run of its first passes) when given."""
+        """Run ``plan`` (whose passes after the prelude are ``own``; ``every`` off: a form of the prelude itself)
+        as a verified pipeline, continuing ``after`` (a run of its first passes) when given."""
         nonlocal count
         name = (describe_pipeline(plan) or "(no pass)") + suffix
         resume = Resume(after.record, after.result, len(after.plan)) if after and after.record and after.result else None
@@ -275,12 +280,17 @@ def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[st
             record, result = run(plan, goal == "latency", budgets, None if plan is prelude else deadline, resume)
             advance(1)
         took = time.monotonic() - began
-        if len(own) == 1 and plan is not prelude:
+        if len(own) == 1 and every:
             seconds[repr(own[0])] = took
         return _Tried(_judged(name, record, [p.name for p in own], took, note, every), plan, record, result,
                       budgets or {})
 
     tried = [attempt(prelude, prelude, every=False)]
+    ungated = _ungated(prelude, tried[0].record) if goal == "latency" else None
+    if ungated is not None:  # a lossless rewrite slower alone may pay after int8: the stage of numbers tries both
+        kept = [p.name for p, q in zip(prelude, ungated, strict=True) if p is not q]
+        tried.append(attempt(ungated, ungated, every=False, note=f"{', '.join(kept)} kept though slower alone"))
+    bases = [t for t in tried if t.result is not None]  # the forms of the prelude that plans continue
     winner: _Tried | None = None
     verdict: GoalVerdict | None = None
 
@@ -297,28 +307,37 @@ def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[st
             tried[i] = replace(tried[i], candidate=scored)
         winner = tried[at[best]] if best is not None else None
 
+    def base_of(t: _Tried) -> _Tried:
+        """The run of the prelude's form that ``t``'s plan starts with."""
+        return next(b for b in bases if t.plan[:len(prelude)] == b.plan)
+
     def combine(lead: _Tried, rest: _Tried) -> list[_Tried]:
-        """``lead``'s pass then ``rest``'s passes: in sequence, each judged by the whole budget (what the lead
-        damages may overlap what the rest does); when that leaves the rest too little (one of them narrowed or
-        rolled back), also with the lead held to the share ``_lead_share`` gives it, if any."""
-        first = lead.plan[-1]
+        """``lead``'s pass then ``rest``'s passes, after ``lead``'s form of the prelude: in sequence, each judged by
+        the whole budget (what the lead damages may overlap what the rest does); when that leaves the rest too
+        little (one of them narrowed or rolled back), also with the lead held to the share ``_lead_share`` gives
+        it, if any."""
+        first, base = lead.plan[-1], base_of(lead)
         own = [first, *rest.own(len(prelude))]
-        chain = attempt([*prelude, *own], own, rest.budgets, "in sequence, each judged by the whole budget",
+        chain = attempt([*base.plan, *own], own, rest.budgets, "in sequence, each judged by the whole budget",
                         after=lead)  # the lead's own run is the sequence's first part
         share = _lead_share(goal, lead.candidate, rest.candidate)
         if chain.record is None or not _starved(chain.record, own) or share is None:
             return [chain]
-        split = attempt([*prelude, *own], own, {**rest.budgets, first: tolerance.share(share)},
+        split = attempt([*base.plan, *own], own, {**rest.budgets, first: tolerance.share(share)},
                         f"{first.name} held to {share:.0%} of the budget: what follows gains more per share of the "
-                        f"budget it uses", suffix=f" (budget split {share:.0%}/{1 - share:.0%})", after=tried[0])
+                        f"budget it uses", suffix=f" (budget split {share:.0%}/{1 - share:.0%})", after=base)
         return [chain, split]
 
     plans = goal_plans(goal, prelude, passes)
     for stage in sorted({plan[-1].goal_stage for plan in plans}, reverse=True):
-        singles = [attempt(plan, plan[len(prelude):], after=tried[0]) for plan in plans if plan[-1].goal_stage == stage]
+        # the stage of numbers runs after every form of the prelude; structure after the form the best plan so far
+        # starts with (``bases[0]`` when none beats the original)
+        starts = bases if verdict is None else [base_of(winner) if winner is not None else bases[0]]
+        singles = [attempt([*base.plan, *plan[len(prelude):]], plan[len(prelude):], after=base)
+                   for base in starts for plan in plans if plan[-1].goal_stage == stage]
         tried += singles
         if verdict is None:
-            compare([tried[0], *singles])  # the lossless passes alone are a plan too
+            compare([*bases, *singles])  # the lossless passes alone are a plan too
         else:
             compare(singles, "compared again with the next stage's plans")
         combined = [t for lead, rest in _combinations(goal, tried, len(prelude), stage) for t in combine(lead, rest)]
@@ -331,6 +350,14 @@ def search(goal: GoalName, run: Run, prelude: list[PassBase], passes: Mapping[st
     assert chosen.record is not None and chosen.result is not None
     chosen.record.goal = verdict.to_dict()
     return chosen.record, chosen.result, chosen.plan
+
+
+def _ungated(prelude: Sequence[PassBase], record: Report | None) -> list[PassBase] | None:
+    """``prelude`` with each pass whose speed gate declined it in ``record`` (the prelude's run) kept anyway
+    (``PassBase.ungated``), or ``None`` when the gate declined none that can be kept."""
+    declined = {p.name for p in record.passes if p.status == "declined"} if record is not None else set()
+    kept = [(p.ungated() if p.name in declined else None) or p for p in prelude]
+    return kept if any(p is not q for p, q in zip(prelude, kept, strict=True)) else None
 
 
 def _judged(name: str, record: Report, own: Sequence[str], seconds: float, note: str, every: bool
@@ -397,7 +424,11 @@ def _combinations(goal: GoalName, tried: Sequence[_Tried], prelude: int, stage: 
         if t.candidate.status == "verified" and value is not None and value <= 1.0 - MIN_GAIN and t.own(prelude):
             scored.append((value, t))
     ranked = [t for _, t in sorted(scored, key=lambda st: st[0])]
-    singles = [t for t in ranked if len(t.own(prelude)) == 1 and t.plan[-1].goal_stage == stage]
+    settings: dict[str, _Tried] = {}  # each pass setting once, after the form of the prelude it did best after
+    for t in ranked:
+        if len(t.own(prelude)) == 1 and t.plan[-1].goal_stage == stage:
+            settings.setdefault(repr(t.plan[-1]), t)
+    singles = list(settings.values())
     if stage == 0:
         numeric = [t for t in ranked if all(p.goal_stage > 0 for p in t.own(prelude))]
         return [(first, numeric[0]) for first in singles[:COMBINED]] if numeric else []

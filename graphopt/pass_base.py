@@ -219,6 +219,14 @@ class PassBase(abc.ABC):
         """How the manager times this pass's final candidate when it serves latency; off unless overridden."""
         return SpeedCheck()
 
+    def ungated(self) -> PassBase | None:
+        """This pass with its speed check only noting the ratio (its ``speed_check`` option set to ``note``), or
+        ``None`` when it has no such option: what ``--goal`` tries after the gate declined a lossless pass timed
+        alone, whose pay-off may come with the passes after it."""
+        if "speed_check" not in {f.name for f in dataclasses.fields(self.options)}:
+            return None
+        return type(self)(dataclasses.replace(self.options, speed_check="note"))
+
     @classmethod
     def goal_variants(cls, goal: Goal) -> tuple[PassBase, ...]:
         """The settings of this pass that ``--goal`` tries for ``goal`` (each alone after the lossless passes, under

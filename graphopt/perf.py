@@ -30,8 +30,8 @@ import onnxruntime as ort
 from graphopt._proto import save_model_file
 from graphopt.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeConfig, create_session
 
-__all__ = ["LOADS", "Latency", "creation_order", "load_ms", "measure_latency", "peak_memory_bytes", "pooled_latencies",
-           "time_interleaved"]
+__all__ = ["LOADS", "LOAD_BUDGET_S", "MAX_LOADS", "Latency", "creation_order", "load_ms", "measure_latency",
+           "peak_memory_bytes", "pooled_latencies", "time_interleaved"]
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,11 @@ def time_interleaved(calls: Sequence[Callable[[], object]], *, runs: int, warmup
     return list(times) if raw else [_latency(t) for t in times]
 
 
-LOADS = 6
-"""Session creations timed per model: even, so that alternating turns put each model first equally often."""
+LOADS, MAX_LOADS, LOAD_BUDGET_S = 6, 60, 0.5
+"""Session creations timed per model: at least ``LOADS``, and more, up to ``MAX_LOADS``, until the turns have taken
+``LOAD_BUDGET_S`` seconds; always even, so that alternating turns put each model first equally often. Six loads of a
+2 ms model last 12 ms, which one burst of another process's work can fill (in a full test run, two identical
+models' medians once measured 7.7 and 1.5 ms); a half-second of turns outlasts such bursts."""
 _MEMORY_TIMEOUT_S = 300
 
 # Runs in a fresh interpreter: peak RSS after load + one run, minus the RSS after the imports and the feed. Linux's
@@ -165,25 +168,30 @@ session.run(None, feed)
 print(rss("VmHWM") - before)
 """
 
-def load_ms(models: Sequence[onnx.ModelProto], runtime: RuntimeConfig, loads: int = LOADS) -> list[float]:
+def load_ms(models: Sequence[onnx.ModelProto], runtime: RuntimeConfig, loads: int = LOADS,
+            budget_s: float = LOAD_BUDGET_S) -> list[float]:
     """Median wall time of creating an onnxruntime session for each model, in milliseconds, after one untimed
-    load each (onnxruntime's first session pays for its environment); the models take turns, in alternating
-    order, so that neither a drift of the machine nor a cost that falls on the first load of a turn lands on one of
-    them (in a full test run, of two identical models the one loaded first in every turn took 6.7 ms, the other
-    1.3). Python's garbage collector is off while they load (as ``timeit`` does): a full collection in a process
-    holding many objects takes longer than loading a small model."""
+    load each (onnxruntime's first session pays for its environment); at least ``loads`` each, more while the
+    turns have taken less than ``budget_s`` (see ``LOADS``). The models take turns, in alternating order, so that
+    neither a drift of the machine nor a cost that falls on the first load of a turn lands on one of them (in a
+    full test run, of two identical models the one loaded first in every turn took 6.7 ms, the other 1.3).
+    Python's garbage collector is off while they load (as ``timeit`` does): a full collection in a process holding
+    many objects takes longer than loading a small model."""
     for model in models:
         create_session(model, runtime)
     times: list[list[float]] = [[] for _ in models]
     collecting = gc.isenabled()
     gc.disable()
+    began = time.perf_counter()
     try:
-        for turn in range(loads):
+        turn = 0
+        while turn < loads or (turn < MAX_LOADS and (turn % 2 or time.perf_counter() - began < budget_s)):
             pairs = list(zip(models, times, strict=True))
             for model, spent in pairs if turn % 2 == 0 else reversed(pairs):
                 start = time.perf_counter()
                 create_session(model, runtime)
                 spent.append((time.perf_counter() - start) * 1e3)
+            turn += 1
     finally:
         if collecting:
             gc.enable()

@@ -28,7 +28,9 @@ from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, Unit
 from graphopt.perf import Latency
 from graphopt.provenance import read_provenance
 from graphopt.report.html import optimize_page
+from graphopt_passes.fast_prelu import FastPReluPass
 from graphopt_passes.qdq_int8 import QdqInt8Pass
+from graphopt_passes.zero_weight_elimination import ZeroWeightEliminationPass
 
 
 def _int8(model: onnx.ModelProto) -> bool:
@@ -163,6 +165,55 @@ def test_int8_where_static_ranges_hold_then_dynamic_int8_for_the_lstm(monkeypatc
     assert static.status == dynamic.status == "applied" and "lstms_quantized" in dynamic.stats
     (first,), (second,) = static.verifications, dynamic.verifications
     assert first["passed"] and second["passed"] and first["tolerance"] == second["tolerance"]
+
+
+def _conv_prelu_conv(rng: np.random.Generator) -> onnx.ModelProto:
+    """x[N,16,10,10] → Conv → PRelu → Conv → y."""
+    return text_model(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[N,16,10,10] x) => (float[N,32,10,10] y) {\n"
+        " a = Conv <pads = [1, 1, 1, 1]> (x, k)\n p = PRelu(a, slope)\n y = Conv <pads = [1, 1, 1, 1]> (p, k2) }",
+        k=(rng.standard_normal((32, 16, 3, 3)) / 12).astype(np.float32),
+        slope=np.full((32, 1, 1), 0.25, np.float32),
+        k2=(rng.standard_normal((32, 32, 3, 3)) / 17).astype(np.float32))
+
+
+def test_a_lossless_rewrite_declined_alone_is_tried_again_under_int8(monkeypatch: pytest.MonkeyPatch,
+                                                                      rng: np.random.Generator) -> None:
+    """fast-prelu is slower alone, so its speed gate declines it; after static int8 it pays (the PRelu is what int8
+    left float): the plans that change the numbers run after both forms of the lossless passes, and the one that
+    keeps the rewrite wins, named so that ``--passes`` repeats it."""
+    def timer(models: Sequence[onnx.ModelProto], feed: Mapping[str, np.ndarray], **_: object) -> list[Latency]:
+        def time_of(model: onnx.ModelProto) -> float:
+            kinds = {n.op_type for n in model.graph.node}
+            return {(False, True): 1.0, (False, False): 1.05, (True, True): 0.9, (True, False): 0.5}[
+                ("QuantizeLinear" in kinds, "PRelu" in kinds)]
+        return [Latency(t, t, 20) for t in map(time_of, models)]
+
+    monkeypatch.setattr(perf, "measure_latency", timer)
+    model = _conv_prelu_conv(rng)
+    data = Dataset(random_feeds(model, 200, rng), frozenset(), True)
+    result = graphopt.optimize(model, data, goal="latency")
+    goal = result.report.goal
+    assert goal is not None
+    kept = "fast-prelu{speed_check=note},zero-weight-elimination"
+    assert goal["winner"] == f"{kept},qdq-int8", goal["why"]
+    plans = {c["plan"]: c for c in goal["candidates"]}
+    assert "fast-prelu declined" in plans["fast-prelu,zero-weight-elimination"]["reason"]
+    assert plans[kept]["status"] == "verified" and plans[kept]["latency_ratio"] == 1.05
+    assert plans["fast-prelu,zero-weight-elimination,qdq-int8"]["latency_ratio"] == 0.9
+    assert plans[goal["winner"]]["latency_ratio"] == 0.5
+    structural = [c["plan"] for c in goal["candidates"] if c["plan"].endswith(("dead-neuron-removal", "low-rank"))]
+    assert structural and all(p.startswith(f"{kept},") for p in structural), "structure after the winner's form"
+    assert "PRelu" not in {n.op_type for n in result.model.graph.node}
+    fresh = graphopt.optimize(model, data, passes=goal["winner"]).model
+    assert _digest(fresh) == _digest(result.model)
+
+
+def test_only_a_pass_with_a_speed_check_option_can_be_kept_whatever_its_speed() -> None:
+    assert repr(FastPReluPass().ungated()) == "fast-prelu{speed_check=note}"
+    assert repr(QdqInt8Pass().ungated()) == "qdq-int8{speed_check=note}"
+    assert ZeroWeightEliminationPass().ungated() is None
 
 
 class _Perturbing(PassBase):

@@ -15,7 +15,7 @@ import onnx
 from graphopt._proto import model_size
 from graphopt.errors import GraphoptError, first_line
 from graphopt.machine import cpu_model
-from graphopt.perf import LOADS, load_ms, measure_latency, peak_memory_bytes
+from graphopt.perf import LOAD_BUDGET_S, LOADS, MAX_LOADS, load_ms, measure_latency, peak_memory_bytes
 from graphopt.runtime import ORT_ERRORS
 from graphopt.validation.context import ValidationContext
 from graphopt.validation.model import Check, Section
@@ -60,7 +60,8 @@ def check_performance(ctx: ValidationContext, runs: int = 200, budget_s: float =
     try:
         before, after = load_ms([ctx.original, ctx.optimized], ctx.runtime)
         loads: Figures = (before, after)
-        detail = f"median of {LOADS} session creations, the models taking turns in alternating order"
+        detail = (f"median of {LOADS} to {MAX_LOADS} session creations each ({LOAD_BUDGET_S:g} s of them at least, "
+                  "where they take less), the models taking turns in alternating order")
     except _FAILURES as e:
         loads, detail = (None, None), f"not measured: {first_line(e)}"
     section.checks.append(_informational("load_ms", loads, detail))
