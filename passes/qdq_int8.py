@@ -120,6 +120,7 @@ class QdqInt8Pass(PassBase):
     def __init__(self, options: QdqInt8Pass.Options | None = None) -> None:
         super().__init__(options)
         self._state: _Calibration | None = None
+        self._covered: bytes | None = None  # the model whose tensors ``_state`` has every range of, for these options
         self._smooth: tuple[bytes, object, onnx.ModelProto, list[str], list[Skip], bytes] | None = None
         self._upgrade: tuple[bytes, onnx.ModelProto, str, bytes] | None = None
 
@@ -193,7 +194,12 @@ class QdqInt8Pass(PassBase):
         kernels."""
         if self.options.regions != "auto" or not result.stats.get("region_tensors"):
             return ()
-        return (type(self)(replace(self.options, regions="off")),)
+        variant = type(self)(replace(self.options, regions="off"))
+        # the same model and samples: the variant reuses the upgrade, smoothing, ranges and channel means measured
+        # here, and decides bias correction for its own placement
+        variant._upgrade, variant._smooth = self._upgrade, self._smooth
+        variant._state = replace(self._state, correction_helps=None) if self._state is not None else None
+        return (variant,)
 
     def speed_check(self) -> SpeedCheck:
         """int8 against float in the target's runtime (``rules.timed_in``); a target not timed here is timed in
@@ -328,19 +334,22 @@ class QdqInt8Pass(PassBase):
 
     def _calibration(self, model: onnx.ModelProto, context: PassContext, key: bytes) -> _Calibration:
         """Ranges of every tensor any selection could quantize, cached by ``key`` (the model's digest): narrowing
-        runs the pass once per trial subset on the same model."""
-        if key and self._state and self._state.key == key and self._state.data is context.calibration:
+        runs the pass once per trial subset on the same model, and a speed variant starts from its pass's cache
+        (``speed_variants``), measuring only the tensors its placement adds."""
+        cached = key and self._state and self._state.key == key and self._state.data is context.calibration
+        if cached and self._state and self._covered == key:
             return self._state
         graph = import_graph(model)
         parts, _ = plan.find_parts(graph, Scope.of(graph), min_dim=self.options.min_dim)
-        names = sorted({name for part in parts if part.layers
-                        for name in plan.range_names(part.graph, part.scope, part.layers, self.rules,
-                                                     self._fusions(model))})
-        ranges = calibration.activation_ranges(model, names, context, self.options.ranges,
-                                               percentile=self.options.percentile,
-                                               signed=self.rules.signed_activations) if names else {}
-        state = _Calibration(key, context.calibration, ranges)
-        self._state = state if key else None
+        names = {name for part in parts if part.layers
+                 for name in plan.range_names(part.graph, part.scope, part.layers, self.rules, self._fusions(model))}
+        state = self._state if cached and self._state else _Calibration(key, context.calibration, {})
+        missing = sorted(names - state.ranges.keys())
+        if missing:
+            state.ranges.update(calibration.activation_ranges(model, missing, context, self.options.ranges,
+                                                              percentile=self.options.percentile,
+                                                              signed=self.rules.signed_activations))
+        self._state, self._covered = (state, key) if key else (None, None)
         return state
 
     def _shifts(self, model: onnx.ModelProto, placement: plan.Placement, layers: Sequence[plan.Layer],

@@ -142,11 +142,20 @@ class AugmentedGram:
 
 def accumulate(state: AugmentedGram | None, batch: ArrayLike, axis: int = -1) -> AugmentedGram:
     """Add a batch of layer inputs to ``state``: ``axis`` holds the K channels (1 for NCHW, -1 for a matmul input),
-    every other axis is a row index. Activations are never kept, only the (K+1)² sums."""
+    every other axis is a row index. Activations are never kept, only the (K+1)² sums, which add up in float64.
+
+    A batch's own product runs in the batch's precision: float32 activations (what onnxruntime gives) multiply in
+    float32, twice as fast as float64, with a relative error of about 3·10⁻⁷ on 16384 rows, far below the refit's
+    ridge (``reconstruct``, 10⁻⁴ of the mean diagonal)."""
     x = np.moveaxis(np.asarray(batch), axis, -1)
-    rows = x.reshape(-1, x.shape[-1]).astype(np.float64, copy=False)
-    rows = np.hstack([rows, np.ones((rows.shape[0], 1))])
-    update = rows.T @ rows
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.dtype not in (np.float32, np.float64):
+        rows = rows.astype(np.float64)
+    features = rows.shape[1]
+    update = np.empty((features + 1, features + 1))
+    update[:features, :features] = rows.T @ rows
+    update[:features, features] = update[features, :features] = rows.sum(axis=0, dtype=np.float64)
+    update[features, features] = rows.shape[0]
     if state is None:
         return AugmentedGram(update, rows.shape[0])
     if state.matrix.shape != update.shape:

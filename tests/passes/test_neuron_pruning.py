@@ -21,7 +21,8 @@ from graphopt.errors import PreconditionError
 from graphopt.graph import infer_shapes
 from graphopt.pass_base import PassContext, Skip
 from graphopt_passes import _channels
-from graphopt_passes.neuron_pruning import NeuronPruningPass
+from graphopt_passes._math.patches import ConvGeometry, patches
+from graphopt_passes.neuron_pruning import _POSITIONS, NeuronPruningPass, _ReaderGram
 
 MLP = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[N,16] x) => (float[N,6] y) { h = Gemm(x, w1, b1)\n r = Relu(h)\n y = Gemm(r, w2, b2) }"""
@@ -337,3 +338,20 @@ def test_residual_streams_are_one_group_pruned_in_every_writer(rng: np.random.Ge
     assert shapes["wg"] == (4, 5) and shapes["b0"] == shapes["ba2"] == shapes["bb2"] == (4,)
     assert relative_error(result.model, model, random_feeds(model, 16, np.random.default_rng(5))) < 1e-4
     assert {u.name for u in prune(ratio=0.5, steps=1, residual=False).units(model, ctx)} == {"a", "b"}
+
+
+def test_a_large_feature_map_gives_its_gram_a_random_subset_of_positions_per_sample(rng: np.random.Generator) -> None:
+    """A Conv reader of a 72×72 map (5184 positions, over the 4096 taken) sums a different random subset of each
+    sample's positions: the same means and second moments as every position, within sampling error."""
+    x = (rng.standard_normal((3, 4, 72, 72)) + np.arange(4)[None, :, None, None]).astype(np.float32)
+    geometry = ConvGeometry((3, 3), pads=(1, 1, 1, 1))
+    reader = _ReaderGram(1, geometry)
+    reader.update(x)
+    assert reader.gram is not None and reader.gram.count == 3 * _POSITIONS
+    every = patches(x, geometry).astype(np.float64)
+    np.testing.assert_allclose(reader.gram.mean_square, np.mean(every**2, axis=0), rtol=0.03)
+    sampled_means = reader.gram.matrix[-1, :-1] / reader.gram.count
+    np.testing.assert_allclose(sampled_means, every.mean(axis=0), rtol=0.03, atol=0.02)
+    again = _ReaderGram(1, geometry)
+    again.update(x)
+    assert again.gram is not None and np.array_equal(again.gram.matrix, reader.gram.matrix), "deterministic"

@@ -21,6 +21,7 @@ import graphopt
 from graphopt.data import Dataset, input_specs, load_data, split_indices
 from graphopt.errors import PreconditionError
 from graphopt.pass_base import PassContext, PassResult
+from graphopt_passes import _qdq_calibration as calibration
 from graphopt_passes._qdq_calibration import activation_ranges
 from graphopt_passes.qdq_int8 import QdqInt8Pass
 from graphopt_zoo import available, export_minilm, minilm_dataset
@@ -167,6 +168,34 @@ def test_regions_auto_offers_layers_only_to_the_speed_gate_where_it_placed_regio
     plain = build("g (float[N,16,8,8] x) => (float[N,32,8,8] y) { y = Conv <pads = [1,1,1,1]> (x, w, b) }",
                   w=weight(rng, 32, 16, 3, 3), b=weight(rng, 32))
     assert PASS.speed_variants(check(plain, context(plain, rng))) == ()
+
+
+def test_the_layers_only_variant_reuses_the_measurements_and_gives_what_a_fresh_pass_gives(
+        rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The speed gate's layers-only variant runs on the same model and samples: it measures no range its pass
+    measured (a detector's calibration is a third of an int8 run) and its graph is the one a fresh
+    ``regions=off`` pass gives."""
+    measured: list[list[str]] = []
+    real = calibration.activation_ranges
+
+    def counted(model: onnx.ModelProto, names: list[str], *args: object, **kwargs: object) -> calibration.Ranges:
+        measured.append(list(names))
+        return real(model, names, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(calibration, "activation_ranges", counted)
+    model = detector(rng)
+    ctx = context(model, rng)
+    first = QdqInt8Pass(PASS.options)
+    result = first(model, ctx)
+    (variant,) = first.speed_variants(result)
+    assert len(measured) == 1
+    layers_only = variant(model, ctx)
+    assert len(measured) == 1, "the variant measured its ranges again"
+    fresh = QdqInt8Pass(replace(PASS.options, regions="off"))(model, ctx)
+    assert len(measured) == 2 and set(measured[1]) <= set(measured[0])
+    assert layers_only.stats == fresh.stats and layers_only.stats["region_tensors"] == 0
+    assert layers_only.model.graph.SerializeToString(deterministic=True) == fresh.model.graph.SerializeToString(
+        deterministic=True)
 
 
 def test_a_region_stops_at_a_linear_resize_and_at_a_float_layer(rng: np.random.Generator, tmp_path: Path) -> None:
@@ -663,8 +692,6 @@ def test_narrowing_streams_bias_correction_means_once_not_once_per_unit(bits: st
     """Narrowing places each unit alone next: the first stream measures every layer on its own input's grid too,
     so the search runs one calibration stream for bias correction where it ran one per unit."""
     from helpers import digits
-
-    import graphopt_passes._qdq_calibration as calibration
 
     streams: list[int] = []
     real = calibration.channel_means
