@@ -7,6 +7,7 @@ The CLI is a thin layer over these functions; every CLI flag is a parameter here
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
 from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
 from graphopt.goal import DEFAULT_TIME_BUDGET, GOALS, GoalName, Resume
 from graphopt.goal import search as search_goal
-from graphopt.graph import copy_model
+from graphopt.graph import copy_model, model_digest
 from graphopt.instrument import Instrument
 from graphopt.manager import PassManager
 from graphopt.modelio import (
@@ -39,7 +40,7 @@ from graphopt.outcome import PassOutcome, PipelineResult
 from graphopt.pass_base import PassBase, PassContext
 from graphopt.pipeline import build_pipeline, describe_pipeline, named_file
 from graphopt.progress import NULL_PROGRESS, Progress
-from graphopt.provenance import Provenance, data_digest, read_provenance, stamp_provenance
+from graphopt.provenance import Provenance, data_digest, files_digest, read_provenance, stamp_provenance
 from graphopt.registry import available_passes
 from graphopt.report.collector import ReportCollector
 from graphopt.report.html import optimize_page, validation_page
@@ -54,7 +55,7 @@ from graphopt.validation.held_out import Metric, check_held_out, load_metric
 from graphopt.validation.model import ValidationReport
 from graphopt.validation.performance import check_performance
 from graphopt.validation.shifts import Shift, check_shifts
-from graphopt.verify.output_kinds import OutputKind
+from graphopt.verify.output_kinds import OutputKind, parse_output_kind
 from graphopt.verify.output_kinds import output_kinds as read_output_kinds
 from graphopt.verify.task import TaskBudget
 from graphopt.verify.tolerance import MIN_BOUNDED_SAMPLES, Tolerance, check_number
@@ -68,6 +69,7 @@ __all__ = [
     "default_pipeline",
     "inspect",
     "list_passes",
+    "optimization_request",
     "optimize",
     "report_path_for",
     "run_pipeline",
@@ -261,7 +263,13 @@ def optimize(
         final = copy_model(result.model) if result.model is original else result.model  # never stamp the caller's model
         as_run = _as_run(pipeline, result.outcomes)
         record.pipeline = [{"name": p.name, "options": asdict(p.options)} for p in as_run]
-        stamp_provenance(final, Provenance(describe_pipeline(as_run), data_digest(dataset), calibration_fraction))
+        asked = optimization_request(passes=None if goal is not None else pipeline, goal=goal, tolerance=tolerance,
+                                     calibration_fraction=calibration_fraction, output_kinds=output_kinds,
+                                     metric=task.name if task is not None else None, max_drop=max_drop,
+                                     time_budget=time_budget, normalize=normalize)
+        digest = files_digest(loaded.files) if loaded is not None else model_digest(original).hex()
+        stamp_provenance(final, Provenance(describe_pipeline(as_run), data_digest(dataset), calibration_fraction,
+                                           input_digest=digest, request=asked))
 
         output_path = report_file = html_file = None
         if output is not None:
@@ -273,6 +281,26 @@ def optimize(
         if html is not None:
             html_file = save_bytes(optimize_page(record).encode(), html, protect=_others(protect, html))
         return OptimizeResult(final, record, result, output_path, report_file, html_file)
+
+
+def optimization_request(*, passes: str | Path | Sequence[str | PassBase] | None = None, goal: str | None = None,
+                         tolerance: Tolerance | None = None, calibration_fraction: float = 0.5,
+                         output_kinds: Mapping[str, OutputKind | str] | None = None, metric: str | None = None,
+                         max_drop: float = 0.01, time_budget: float | None = None, normalize: bool = True) -> str:
+    """What ``optimize`` with these arguments is asked, as the canonical text its output records
+    (``Provenance.request``): the pipeline (as ``describe_pipeline`` writes it) or the goal and its time budget, the
+    budget, the calibration share, the output kinds named, the task metric. Two runs asked the same on the same model
+    and data files make the same model, so ``graphopt fleet`` skips an output that records it."""
+    asked: dict[str, object] = (
+        {"goal": goal, "time_budget": DEFAULT_TIME_BUDGET if time_budget is None else time_budget} if goal is not None
+        else {"passes": describe_pipeline(build_pipeline(passes if passes is not None else default_pipeline()))})
+    asked |= {"tolerance": (tolerance or Tolerance.budget()).to_dict(), "calibration_fraction": calibration_fraction,
+              "output_kinds": {name: (parse_output_kind(kind) if isinstance(kind, str) else kind).to_dict()
+                               for name, kind in sorted((output_kinds or {}).items())},
+              "normalize": normalize}
+    if metric is not None:
+        asked |= {"metric": metric, "max_drop": max_drop}
+    return json.dumps(asked, sort_keys=True, separators=(",", ":"))
 
 
 def _logging(log_file: str | Path | None, level: int, protect: tuple[Path, ...]

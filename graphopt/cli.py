@@ -2,9 +2,9 @@
 
 Exit codes: 0 success; 1 internal error (a bug: traceback shown); 2 usage or pipeline error, or a tolerance that is
 not a number in its range; 3 unreadable or unsupported model; 4 output path refused (it would overwrite an input or
-another output); 5 data does not fit the model; 7 ``validate`` found the optimised model not shippable; 130
-interrupted (SIGINT); 143 terminated (SIGTERM). Every user mistake prints one line on stderr and writes nothing; an
-interrupted run removes what it was staging.
+another output); 5 data does not fit the model; 7 ``validate`` found the optimised model not shippable; 8 ``fleet``
+finished, but some of its models failed (each row says why); 130 interrupted (SIGINT); 143 terminated (SIGTERM).
+Every user mistake prints one line on stderr and writes nothing; an interrupted run removes what it was staging.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from graphopt.report.render import (
     bench_json,
     format_bytes,
     render_bench_table,
+    render_fleet_table,
     render_table,
     render_validation_table,
     to_json,
@@ -214,6 +215,17 @@ def _build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--report", default=None, help="write the JSON report (graphopt.bench/1) here")
     timing.add_argument("--html", default=None, help="write a self-contained HTML page with bar plots here")
     timing.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+    many = commands.add_parser("fleet", help="optimise every model of a manifest, each verified, on a process "
+                               "pool; a re-run skips the models whose outputs are up to date")
+    many.add_argument("manifest", help="TOML file of [[model]] tables: model, data, and passes or goal (paths "
+                      "relative to it; see the README)")
+    many.add_argument("-o", "--output-dir", required=True, help="where each model's output and report go "
+                      "(<name>.onnx, <name>.report.json)")
+    many.add_argument("--workers", type=int, default=None, help="models optimised at once, each in its own process "
+                      "with the cores shared out as onnxruntime threads (default: the cores)")
+    many.add_argument("--report", default=None, help="write the fleet's JSON report (graphopt.fleet/1) here")
+    many.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
     listing = commands.add_parser("passes", help="list registered passes")
     listing.add_argument("--json", action="store_true", help="machine-readable list")
@@ -390,6 +402,23 @@ def _bench(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+class _FleetFailed(GraphoptError):
+    exit_code = 8
+
+
+def _fleet(args: argparse.Namespace, out: TextIO) -> int:
+    from graphopt.fleet import run_fleet
+
+    report, written = run_fleet(args.manifest, args.output_dir, workers=args.workers, report=args.report,
+                                progress=_progress(args))
+    _show(args, out, lambda: json.dumps(report.to_dict(), indent=2) + "\n",
+          lambda width: render_fleet_table(report, width), written)
+    if report.failed:
+        raise _FleetFailed(f"{len(report.failed)} of {len(report.rows)} models failed: "
+                           + ", ".join(row.name for row in report.failed))
+    return 0
+
+
 def _passes(args: argparse.Namespace, out: TextIO) -> int:
     passes = api.list_passes()
     if args.json:
@@ -466,7 +495,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return int(e.code or 0)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    commands = {"optimize": _optimize, "validate": _validate, "bench": _bench, "passes": _passes, "inspect": _inspect}
+    commands = {"optimize": _optimize, "validate": _validate, "bench": _bench, "fleet": _fleet, "passes": _passes,
+                "inspect": _inspect}
     if args.log_file is not None and args.command not in ("optimize", "validate"):
         sys.stderr.write(f"graphopt: error: --log-file applies to optimize and validate, not {args.command}\n")
         return UsageError.exit_code

@@ -39,6 +39,7 @@ __all__ = [
     "load_model",
     "logging_to",
     "max_supported_opset",
+    "model_files",
     "model_sidecar",
     "read_model",
     "same_file",
@@ -69,17 +70,34 @@ def load_model(path: str | Path) -> onnx.ModelProto:
 def read_model(path: str | Path) -> LoadedModel:
     """``load_model``, also naming the files read, so that no output is ever written over one of them."""
     path = Path(path)
+    model = _model_proto(path)
+    if not model.HasField("graph") or not model.opset_import or model.ir_version <= 0:
+        raise ModelIOError(f"{path} is not an ONNX model (no graph, opset or IR version)")
+    data_files = _load_external_data(model, path.parent)
+    _check_opset(model, path)
+    return LoadedModel(model, (path, *data_files))
+
+
+def model_files(path: str | Path) -> tuple[Path, ...]:
+    """The files ``read_model`` would read for ``path``, in the same order (the model, then its external data),
+    each reference checked as it checks them, without reading the weights."""
+    path = Path(path)
+    model = _model_proto(path)
+    root = path.parent.resolve()
+    files = {_external_file(_external_fields(t)[0], t.name, path.parent, root): None for t in _all_tensors(model)
+             if t.data_location == onnx.TensorProto.EXTERNAL}
+    return (path, *files)
+
+
+def _model_proto(path: Path) -> onnx.ModelProto:
+    """The model at ``path`` without its external data; ``ModelIOError`` when it is not a regular, readable file."""
     if not _is_regular_file(path):
         raise ModelIOError(f"model not found: {path}" if not path.exists() else f"{path} is not a regular file")
     try:
         model = onnx.load_model(path, load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, OSError) as e:
         raise ModelIOError(f"{path} is not a readable ONNX model ({type(e).__name__}: {first_line(e)})") from e
-    if not model.HasField("graph") or not model.opset_import or model.ir_version <= 0:
-        raise ModelIOError(f"{path} is not an ONNX model (no graph, opset or IR version)")
-    data_files = _load_external_data(model, path.parent)
-    _check_opset(model, path)
-    return LoadedModel(model, (path, *data_files))
+    return model
 
 
 def _is_regular_file(path: Path) -> bool:

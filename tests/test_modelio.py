@@ -9,7 +9,7 @@ from onnx import helper, numpy_helper
 
 from graphopt import modelio
 from graphopt.errors import ModelIOError, OutputPathError, UnsupportedModelError
-from graphopt.modelio import load_model, max_supported_opset, save_model
+from graphopt.modelio import load_model, max_supported_opset, model_files, read_model, save_model
 
 
 def test_round_trip(tmp_path: Path, mlp_model: onnx.ModelProto) -> None:
@@ -75,6 +75,12 @@ def test_external_data_inside_folder_loads(tmp_path: Path) -> None:
     assert numpy_helper.to_array(model.graph.initializer[0]).sum() == 16
 
 
+def test_model_files_names_what_read_model_reads_without_reading_it(tmp_path: Path) -> None:
+    (tmp_path / "w.bin").write_bytes(np.ones((4, 4), np.float32).tobytes())
+    path = _external(tmp_path, "w.bin")
+    assert model_files(path) == read_model(path).files == (path, (tmp_path / "w.bin").resolve())
+
+
 @pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../x.bin"])
 def test_external_data_escaping_folder_is_refused(tmp_path: Path, location: str) -> None:
     folder = tmp_path / "model"
@@ -82,6 +88,8 @@ def test_external_data_escaping_folder_is_refused(tmp_path: Path, location: str)
     (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
     with pytest.raises(ModelIOError, match="outside"):
         load_model(_external(folder, location))
+    with pytest.raises(ModelIOError, match="outside"):
+        model_files(folder / "ext.onnx")
 
 
 def test_external_data_missing_or_short(tmp_path: Path) -> None:

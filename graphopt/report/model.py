@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BENCH_SCHEMA", "SCHEMA", "BenchReport", "BenchRow", "PassRecord", "Report", "Timing"]
+__all__ = ["BENCH_SCHEMA", "FAILED", "FLEET_SCHEMA", "OPTIMIZED", "SCHEMA", "UP_TO_DATE", "BenchReport", "BenchRow",
+           "FleetReport", "FleetRow", "PassRecord", "Report", "Timing"]
 
 SCHEMA = "graphopt.report/1"
 BENCH_SCHEMA = "graphopt.bench/1"
+FLEET_SCHEMA = "graphopt.fleet/1"
+OPTIMIZED, UP_TO_DATE, FAILED = "optimized", "up to date", "failed"
+"""A fleet row's status: optimised now, skipped as up to date (its output records the same request on the same
+files), or failed."""
 
 
 @dataclass(frozen=True)
@@ -162,3 +168,49 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    """One model's outcome: ``status`` optimized, up to date (skipped: its output records the same request on the
+    same files) or failed (``reason`` says why, one line); the output's size and latency against the original's,
+    its worst output's mean cosine against the original, the pipeline that made it and the task's seconds."""
+
+    name: str
+    status: str
+    reason: str = ""
+    output: str | None = None
+    pipeline: str = ""
+    size_ratio: float | None = None
+    latency_ratio: float | None = None
+    cosine: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class FleetReport:
+    """A fleet's run: its rows in manifest order, how it ran and how long it took (``FLEET_SCHEMA``)."""
+
+    manifest: str
+    output_dir: str
+    executor: str
+    workers: int
+    threads: int
+    rows: tuple[FleetRow, ...]
+    wall_seconds: float
+    machine: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> tuple[FleetRow, ...]:
+        return tuple(r for r in self.rows if r.status == FAILED)
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {status: sum(r.status == status for r in self.rows) for status in (OPTIMIZED, UP_TO_DATE, FAILED)}
+        return {"schema": FLEET_SCHEMA, "manifest": self.manifest, "output_dir": self.output_dir,
+                "executor": self.executor, "workers": self.workers, "threads_per_task": self.threads,
+                "wall_seconds": round(self.wall_seconds, 3), "counts": counts, "machine": dict(self.machine),
+                "models": [r.to_dict() for r in self.rows], "notes": list(self.notes)}

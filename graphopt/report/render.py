@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from graphopt.report.model import BenchReport, BenchRow, Report, Timing
+from graphopt.report.model import BenchReport, BenchRow, FleetReport, Report, Timing
 from graphopt.validation.model import Check, ValidationReport
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "machine_lines",
     "plan_label",
     "render_bench_table",
+    "render_fleet_table",
     "render_table",
     "render_validation_table",
     "to_json",
@@ -276,6 +277,26 @@ def _goal_table(goal: dict[str, Any], width: int) -> list[str]:
     lines = _table(("plan", "status", "latency", "size", "frontier", "cosine", "budget", "time"), rows, width,
                    right=(2, 3, 5, 6, 7))
     return [*lines, *wrap(f"lossless passes: {prelude}; every other plan starts with them", width, "  ")]
+
+
+def render_fleet_table(report: FleetReport, width: int | None = None) -> str:
+    """One row per model of a fleet, in manifest order: status, size and latency against the original, worst
+    cosine and the task's time; why it failed (or was not timed) and the pipeline that made it below; then the
+    counts, the wall time and how it ran."""
+    width = width or DEFAULT_WIDTH
+    rows: list[Row] = []
+    for row in report.rows:
+        figures = ["-" if v is None else f"{v:.3f}×" for v in (row.size_ratio, row.latency_ratio)]
+        cells = (row.name, row.status, *figures, "-" if row.cosine is None else f"{row.cosine:.5f}",
+                 f"{row.seconds:.1f}s")
+        rows.append((cells, (row.reason, row.pipeline)))
+    out = _table(("model", "status", "size", "latency", "cosine", "time"), rows, width, right=(2, 3, 4, 5))
+    counts = report.to_dict()["counts"]
+    summary = (", ".join(f"{n} {status}" for status, n in counts.items() if n) + f" of {len(report.rows)} models in "
+               f"{report.wall_seconds:.1f} s: {report.workers} worker {report.executor}, {report.threads} onnxruntime "
+               f"thread(s) each")
+    return "\n".join([*out, *wrap(summary, width, "  "),
+                      *(line for note in report.notes for line in wrap(f"note: {note}", width, "    ", first="  "))])
 
 
 def bench_json(report: BenchReport) -> str:

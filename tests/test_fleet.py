@@ -1,0 +1,121 @@
+"""``graphopt fleet``: every model of a manifest optimised and verified on a process pool, a failing one a row of its
+own (exit 8), and a re-run, also after a kill, skipping the outputs that are up to date."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+from helpers import EXAMPLES
+
+from graphopt.cli import main
+from graphopt.fleet import ManifestError, read_manifest
+from graphopt.provenance import read_provenance
+
+MODEL, DATA = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits.npz"
+
+
+def _manifest(folder: Path, *tables: str) -> Path:
+    path = folder / "fleet.toml"
+    path.write_text("\n".join(f"[[model]]\n{table}\n" for table in tables))
+    return path
+
+
+def _fleet(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["fleet", *args], out=out)
+    return code, out.getvalue()
+
+
+def test_three_models_on_two_workers_one_failing_then_a_rerun_skips_what_is_up_to_date(tmp_path: Path) -> None:
+    """Two digits runs finish and the broken model is a row with its one-line reason (exit 8); run again, the two
+    outputs are up to date and left as they are; a changed budget makes its model run again."""
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    int8 = f'name = "int8"\nmodel = "{MODEL}"\ndata = "{DATA}"\npasses = "qdq-int8"'
+    manifest = _manifest(tmp_path, int8, f'name = "lossless"\nmodel = "{MODEL}"\ndata = "{DATA}"',
+                         f'model = "broken.onnx"\ndata = "{DATA}"')
+    out, report = tmp_path / "out", tmp_path / "fleet.json"
+    code, table = _fleet(str(manifest), "-o", str(out), "--workers", "2", "--report", str(report))
+    assert code == 8, table
+    fleet = json.loads(report.read_text())
+    assert fleet["schema"] == "graphopt.fleet/1" and fleet["workers"] == 2
+    rows = {row["name"]: row for row in fleet["models"]}
+    assert [row["name"] for row in fleet["models"]] == ["int8", "lossless", "broken"], "manifest order"
+    assert rows["int8"]["status"] == rows["lossless"]["status"] == "optimized"
+    assert rows["broken"]["status"] == "failed" and "not a readable ONNX model" in rows["broken"]["reason"]
+    assert "\n" not in rows["broken"]["reason"]
+    assert rows["int8"]["pipeline"].startswith("qdq-int8"), "qdq-int8, or its layers-only variant where it timed faster"
+    assert rows["int8"]["size_ratio"] < 0.5
+    assert rows["int8"]["cosine"] > 0.99 and rows["int8"]["latency_ratio"] > 0
+    assert fleet["counts"] == {"optimized": 2, "up to date": 0, "failed": 1}
+    assert "broken" in table and "failed" in table
+    made = {name: (out / f"{name}.onnx").stat().st_mtime_ns for name in ("int8", "lossless")}
+    provenance = read_provenance(onnx.load(out / "int8.onnx"))
+    assert provenance is not None and provenance.input_digest
+    assert json.loads(provenance.request)["passes"] == "qdq-int8"
+
+    code, _ = _fleet(str(manifest), "-o", str(out), "--workers", "2", "--report", str(report))
+    rows = {row["name"]: row for row in json.loads(report.read_text())["models"]}
+    assert code == 8 and rows["int8"]["status"] == rows["lossless"]["status"] == "up to date"
+    assert rows["int8"]["size_ratio"] < 0.5 and rows["int8"]["cosine"] > 0.99, "figures read from its report"
+    assert {name: (out / f"{name}.onnx").stat().st_mtime_ns for name in made} == made, "outputs left as they were"
+
+    manifest = _manifest(tmp_path, f"{int8}\ncosine = 0.995", f'name = "lossless"\nmodel = "{MODEL}"\ndata = "{DATA}"')
+    code, _ = _fleet(str(manifest), "-o", str(out), "--report", str(report))
+    rows = {row["name"]: row for row in json.loads(report.read_text())["models"]}
+    assert code == 0 and rows["int8"]["status"] == "optimized" and rows["lossless"]["status"] == "up to date"
+
+
+def test_a_killed_fleet_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """Killed (SIGKILL) once its first model's output is written, the fleet's re-run finds that output up to date
+    and optimises the rest."""
+    names = ("first", "second", "third")
+    manifest = _manifest(tmp_path, *(f'name = "{n}"\nmodel = "{MODEL}"\ndata = "{DATA}"\npasses = "qdq-int8"'
+                                     for n in names))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "graphopt", "-q", "fleet", str(manifest), "-o", str(out), "--workers", "1"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "first.report.json").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (out / "first.report.json").exists(), process.stderr.read().decode() if process.stderr else ""
+    assert not (out / "third.onnx").exists(), "killed before the fleet finished"
+    report = tmp_path / "fleet.json"
+    code, _ = _fleet(str(manifest), "-o", str(out), "--workers", "1", "--report", str(report))
+    rows = {row["name"]: row["status"] for row in json.loads(report.read_text())["models"]}
+    assert code == 0 and rows["first"] == "up to date" and rows["third"] == "optimized"
+    for name in names:
+        onnx.checker.check_model(onnx.load(out / f"{name}.onnx"))
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('model = "m.onnx"', "data = \"PATH\" is required"),
+    ('model = "m.onnx"\ndata = "d.npz"\ncosin = 0.9', "unknown key 'cosin'"),
+    ('model = "m.onnx"\ndata = "d.npz"\npasses = "qdq-int8"\ngoal = "latency"', "passes or goal, not both"),
+    ('model = "m.onnx"\ndata = "d.npz"\ngoal = "speed"', "goal takes one of"),
+    ('model = "m.onnx"\ndata = "d.npz"\npasses = "no-such-pass"', "no-such-pass"),
+    ('model = "m.onnx"\ndata = "d.npz"\ncosine = 1.5', "cosine"),
+])
+def test_a_malformed_manifest_is_one_line_and_exit_2_before_any_model_runs(tmp_path: Path, table: str,
+                                                                          message: str) -> None:
+    manifest = _manifest(tmp_path, table)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(manifest, tmp_path / "out")
+    code, _ = _fleet(str(manifest), "-o", str(tmp_path / "out"))
+    assert code == 2 and not (tmp_path / "out").exists()
+
+
+def test_two_models_that_would_write_one_output_are_refused(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, f'model = "{MODEL}"\ndata = "{DATA}"', f'model = "{MODEL}"\ndata = "{DATA}"')
+    with pytest.raises(ManifestError, match="would both write digits_cnn.onnx"):
+        read_manifest(manifest, tmp_path)
