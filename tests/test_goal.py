@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -128,6 +129,17 @@ def _digest(model: onnx.ModelProto) -> bytes:
     return model.graph.SerializeToString(deterministic=True)
 
 
+def _latency_goal(model: onnx.ModelProto, timer: Callable[..., list[Latency]], monkeypatch: pytest.MonkeyPatch,
+                  rng: np.random.Generator) -> tuple[graphopt.OptimizeResult, dict[str, Any], Dataset]:
+    """``--goal latency`` on ``model`` fed 200 random samples, every timing by ``timer``: the result, its goal
+    verdict and the data."""
+    monkeypatch.setattr(perf, "measure_latency", timer)
+    data = Dataset(random_feeds(model, 200, rng), frozenset(), True)
+    result = graphopt.optimize(model, data, goal="latency")
+    assert result.report.goal is not None
+    return result, result.report.goal, data
+
+
 def _conv_then_lstm(rng: np.random.Generator) -> onnx.ModelProto:
     """x[N,16,8] → Conv (static int8's) → [8,N,32] → LSTM (dynamic int8's) → y."""
     return text_model(
@@ -150,12 +162,7 @@ def test_int8_where_static_ranges_hold_then_dynamic_int8_for_the_lstm(monkeypatc
                 ("QuantizeLinear" in kinds, "DynamicQuantizeLSTM" in kinds), 1.0)
         return [Latency(t, t, 20) for t in [1.0, *map(time_of, models[1:])]]
 
-    monkeypatch.setattr(perf, "measure_latency", timer)
-    model = _conv_then_lstm(rng)
-    data = Dataset(random_feeds(model, 200, rng), frozenset(), True)
-    result = graphopt.optimize(model, data, goal="latency")
-    goal = result.report.goal
-    assert goal is not None
+    result, goal, _ = _latency_goal(_conv_then_lstm(rng), timer, monkeypatch, rng)
     assert goal["winner"] == "fast-prelu,zero-weight-elimination,qdq-int8,qdq-int8{mode=dynamic}", goal["why"]
     winner = next(c for c in goal["candidates"] if c["plan"] == goal["winner"])
     assert winner["latency_ratio"] == 0.5 and winner["reason"].startswith("in sequence")
@@ -190,12 +197,8 @@ def test_a_lossless_rewrite_declined_alone_is_tried_again_under_int8(monkeypatch
                 ("QuantizeLinear" in kinds, "PRelu" in kinds)]
         return [Latency(t, t, 20) for t in map(time_of, models)]
 
-    monkeypatch.setattr(perf, "measure_latency", timer)
     model = _conv_prelu_conv(rng)
-    data = Dataset(random_feeds(model, 200, rng), frozenset(), True)
-    result = graphopt.optimize(model, data, goal="latency")
-    goal = result.report.goal
-    assert goal is not None
+    result, goal, data = _latency_goal(model, timer, monkeypatch, rng)
     kept = "fast-prelu{speed_check=note},zero-weight-elimination"
     assert goal["winner"] == f"{kept},qdq-int8", goal["why"]
     plans = {c["plan"]: c for c in goal["candidates"]}
