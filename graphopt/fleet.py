@@ -214,14 +214,15 @@ def _row(job: FleetJob, status: str, report: Mapping[str, Any], pipeline: str) -
 
 def run_fleet(manifest: str | Path, output_dir: str | Path, *, workers: int | None = None,
               report: str | Path | None = None, progress: Progress = NULL_PROGRESS) -> tuple[FleetReport, Path | None]:
-    """Run every model of ``manifest`` (``read_manifest``) on ``workers`` processes (default: the cores), each task
-    with the cores divided among the workers as its onnxruntime threads, then time the outputs one at a time; write
-    the JSON report (``FLEET_SCHEMA``) to ``report`` when given. Returns the report and where it was written."""
+    """Run every model of ``manifest`` (``read_manifest``) on ``workers`` processes (default: the cores; never more
+    than the models), each task with the cores divided among the workers as its onnxruntime threads, then time the
+    outputs one at a time; write the JSON report (``FLEET_SCHEMA``) to ``report`` when given. Returns the report and
+    where it was written."""
     cores = os.cpu_count() or 1
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise UsageError(f"--workers takes a whole number of at least 1, got {workers!r}")
-    workers = workers or cores
     jobs = read_manifest(manifest, output_dir)
+    workers = min(workers or cores, len(jobs))  # no more processes than models
     threads = max(1, cores // workers)
     jobs = [replace(job, threads=threads) for job in jobs]
     Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -244,7 +245,7 @@ def _on_processes(jobs: Sequence[FleetJob], workers: int, progress: Progress) ->
     dies (out of memory, a crash in native code) fails the jobs it left unfinished, with that reason."""
     rows: dict[str, FleetRow] = {}
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds onnxruntime's threads
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
         with progress.task(f"fleet: {len(jobs)} models on {workers} worker(s)", len(jobs)) as advance:
             futures = {pool.submit(run_job, job): job for job in jobs}
