@@ -192,6 +192,8 @@ def _up_to_date(job: FleetJob) -> FleetRow | None:
     except (DecodeError, OSError, ValueError):  # a damaged output is made again
         return None
     provenance = read_provenance(saved)
+    if not isinstance(record, dict):
+        return None
     if provenance is None or provenance.request != job.request():
         return None
     if provenance.input_digest != files_digest(model_files(job.model)):
