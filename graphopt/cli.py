@@ -224,6 +224,9 @@ def _build_parser() -> argparse.ArgumentParser:
                       "(<name>.onnx, <name>.report.json)")
     many.add_argument("--workers", type=int, default=None, help="models optimised at once, each in its own process "
                       "with the cores shared out as onnxruntime threads (default: the cores)")
+    many.add_argument("--ray", default=None, metavar="local|ADDRESS", help="run each model as a Ray task instead: "
+                      "'local' starts Ray in this process, an address (ray://host:10001, or auto) joins that cluster, "
+                      "whose workers must see the models and data at the same paths (pip install 'graphopt[ray]')")
     many.add_argument("--report", default=None, help="write the fleet's JSON report (graphopt.fleet/1) here")
     many.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
@@ -409,8 +412,8 @@ class _FleetFailed(GraphoptError):
 def _fleet(args: argparse.Namespace, out: TextIO) -> int:
     from graphopt.fleet import run_fleet
 
-    report, written = run_fleet(args.manifest, args.output_dir, workers=args.workers, report=args.report,
-                                progress=_progress(args))
+    report, written = run_fleet(args.manifest, args.output_dir, workers=args.workers, ray=args.ray,
+                                report=args.report, progress=_progress(args))
     _show(args, out, lambda: json.dumps(report.to_dict(), indent=2) + "\n",
           lambda width: render_fleet_table(report, width), written)
     if report.failed:

@@ -63,6 +63,11 @@ log = logging.getLogger(__name__)
 
 _BUDGET_KEYS = ("cosine", "top1", "iou", "snr_db", "confidence")
 _KEYS = frozenset({"model", "data", "passes", "goal", "name", "output_kind", "time_budget", *_BUDGET_KEYS})
+LOCAL = "local"
+"""``--ray local``: Ray started in this process, on this machine."""
+RAY_OBJECT_STORE = 256 << 20
+"""Bytes of Ray's object store when it starts here: a task returns one row, so a small store spares a container's
+shared memory (Ray takes 30% of the RAM by default)."""
 TIMING_SECONDS = 1.0
 """Seconds of interleaved runs per output when the driver times it against its original."""
 
@@ -214,12 +219,13 @@ def _row(job: FleetJob, status: str, report: Mapping[str, Any], pipeline: str) -
                     cosine=worst[-1] if worst else None)
 
 
-def run_fleet(manifest: str | Path, output_dir: str | Path, *, workers: int | None = None,
+def run_fleet(manifest: str | Path, output_dir: str | Path, *, workers: int | None = None, ray: str | None = None,
               report: str | Path | None = None, progress: Progress = NULL_PROGRESS) -> tuple[FleetReport, Path | None]:
     """Run every model of ``manifest`` (``read_manifest``) on ``workers`` processes (default: the cores; never more
-    than the models), each task with the cores divided among the workers as its onnxruntime threads, then time the
-    outputs one at a time; write the JSON report (``FLEET_SCHEMA``) to ``report`` when given. Returns the report and
-    where it was written."""
+    than the models), each task with the cores divided among the workers as its onnxruntime threads, or with
+    ``ray`` as Ray tasks (``_on_ray``: ``"local"`` or a cluster's address); then time the outputs one at a time;
+    write the JSON report (``FLEET_SCHEMA``) to ``report`` when given. Returns the report and where it was
+    written."""
     cores = os.cpu_count() or 1
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise UsageError(f"--workers takes a whole number of at least 1, got {workers!r}")
@@ -229,11 +235,12 @@ def run_fleet(manifest: str | Path, output_dir: str | Path, *, workers: int | No
     jobs = [replace(job, threads=threads) for job in jobs]
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    rows = _on_processes(jobs, workers, progress)
+    rows = _on_processes(jobs, workers, progress) if ray is None else _on_ray(jobs, ray, cores, progress)
     rows = [_timed(job, row) for job, row in zip(jobs, rows, strict=True)]
     timing = (f"latency: each output against its original after the tasks, one model at a time (single thread, "
               f"batch 1, interleaved, {TIMING_SECONDS:g} s each)")
-    fleet = FleetReport(str(manifest), str(output_dir), "processes", workers, threads, tuple(rows),
+    executor = "processes" if ray is None else "Ray tasks (local)" if ray == LOCAL else f"Ray tasks at {ray}"
+    fleet = FleetReport(str(manifest), str(output_dir), executor, workers, threads, tuple(rows),
                         time.monotonic() - began, machine_facts(), (timing,))
     written = None
     if report is not None:
@@ -263,6 +270,44 @@ def _on_processes(jobs: Sequence[FleetJob], workers: int, progress: Progress) ->
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+    return [rows[job.name] for job in jobs]
+
+
+def _on_ray(jobs: Sequence[FleetJob], address: str, cores: int, progress: Progress) -> list[FleetRow]:
+    """``run_job`` of every job as a Ray task asking for its onnxruntime threads as CPUs, so that as many run at once
+    as ``--workers`` allows here; rows in job order. ``address`` ``local`` starts Ray in this process with this
+    machine's cores (and stops it after); another address joins that cluster, whose workers read the models and
+    data at the same paths. A task that fails in Ray (its worker died) fails its row with Ray's reason."""
+    try:
+        import ray
+        from ray.exceptions import RayError
+    except ImportError as e:
+        raise UsageError("--ray needs Ray: pip install 'graphopt[ray]'") from e
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=None if address == LOCAL else address, num_cpus=cores if address == LOCAL else None,
+                     object_store_memory=RAY_OBJECT_STORE if address == LOCAL else None, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UsageError(f"--ray {address}: cannot start or reach Ray: {first_line(e)}") from e
+    rows: dict[str, FleetRow] = {}
+    try:
+        task = ray.remote(run_job)
+        refs = {task.options(num_cpus=job.threads).remote(job): job for job in jobs}
+        pending = list(refs)
+        with progress.task(f"fleet: {len(jobs)} models as Ray tasks", len(jobs)) as advance:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                job = refs[done[0]]
+                try:
+                    rows[job.name] = ray.get(done[0])
+                except RayError as e:
+                    rows[job.name] = FleetRow(job.name, FAILED, f"its Ray task failed: {first_line(e)}")
+                advance(1)
+    finally:
+        if started:
+            ray.shutdown()
     return [rows[job.name] for job in jobs]
 
 

@@ -1,5 +1,5 @@
-"""``graphopt fleet``: every model of a manifest optimised and verified on a process pool, a failing one a row of its
-own (exit 8), and a re-run, also after a kill, skipping the outputs that are up to date."""
+"""``graphopt fleet``: every model of a manifest optimised and verified on a process pool or as Ray tasks, a failing
+one a row of its own (exit 8), and a re-run, also after a kill, skipping the outputs that are up to date."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import ray
 from helpers import EXAMPLES
 
 from graphopt.cli import main
@@ -72,6 +73,24 @@ def test_three_models_on_two_workers_one_failing_then_a_rerun_skips_what_is_up_t
     code, _ = _fleet(str(manifest), "-o", str(out), "--report", str(report))
     rows = {row["name"]: row for row in json.loads(report.read_text())["models"]}
     assert code == 0 and rows["int8"]["status"] == "optimized" and rows["lossless"]["status"] == "up to date"
+
+
+def test_the_same_fleet_as_ray_tasks_on_ray_started_here(tmp_path: Path) -> None:
+    """``--ray local`` starts Ray in this process, runs each model as a task asking for its threads as CPUs (two at
+    once on two workers), isolates the broken model the same way and stops Ray after."""
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    manifest = _manifest(tmp_path, f'name = "int8"\nmodel = "{MODEL}"\ndata = "{DATA}"\npasses = "qdq-int8"',
+                         f'name = "lossless"\nmodel = "{MODEL}"\ndata = "{DATA}"', f'model = "broken.onnx"\ndata = "{DATA}"')
+    report = tmp_path / "fleet.json"
+    code, table = _fleet(str(manifest), "-o", str(tmp_path / "out"), "--ray", "local", "--workers", "2",
+                         "--report", str(report))
+    fleet = json.loads(report.read_text())
+    rows = {row["name"]: row for row in fleet["models"]}
+    assert code == 8 and fleet["executor"] == "Ray tasks (local)", table
+    assert rows["int8"]["status"] == rows["lossless"]["status"] == "optimized"
+    assert rows["broken"]["status"] == "failed" and "not a readable ONNX model" in rows["broken"]["reason"]
+    assert rows["int8"]["pipeline"].startswith("qdq-int8") and rows["int8"]["cosine"] > 0.99
+    assert not ray.is_initialized(), "the Ray it started is stopped"
 
 
 def test_a_killed_fleet_resumes_where_it_stopped(tmp_path: Path) -> None:
