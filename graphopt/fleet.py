@@ -1,5 +1,5 @@
 """``graphopt fleet``: optimise every model of a manifest, each one verified run of ``api.optimize``, on a local
-process pool; a re-run skips the models whose outputs are up to date.
+process pool or as Ray tasks; a re-run skips the models whose outputs are up to date.
 
 The manifest (TOML) lists the models, paths relative to it::
 
@@ -12,10 +12,10 @@ The manifest (TOML) lists the models, paths relative to it::
     output_kind = { "387" = "classes:-1" }
     time_budget = 120                     # with goal
 
-Each model is one task (``run_job``), run in a worker process: it is *up to date* when its output and report exist
-and the output's provenance records the same input files, data and request (``api.optimization_request``);
-otherwise it is optimised with verification and saved atomically, so a killed fleet leaves whole outputs or none,
-and its re-run continues where it stopped. A model that is refused or crashes is a row with its one-line reason;
+Each model is one task (``run_job``), run in a worker process (``_on_processes``) or a Ray worker (``_on_ray``): it
+is *up to date* when its output and report exist and the output's provenance records the same input files, data
+and request (``api.optimization_request``); otherwise it is optimised with verification and saved atomically, so a
+killed fleet leaves whole outputs or none, and its re-run continues where it stopped. A model that is refused or crashes is a row with its one-line reason;
 the others go on. After the tasks, the driver times each output against its original (single thread, batch 1,
 interleaved), one model at a time, so that no task shares the CPU with a timing.
 """
