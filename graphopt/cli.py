@@ -228,6 +228,8 @@ def _build_parser() -> argparse.ArgumentParser:
                       "'local' starts Ray in this process, an address (ray://host:10001, or auto) joins that cluster, "
                       "whose workers must see the models and data at the same paths (pip install 'graphopt[ray]')")
     many.add_argument("--report", default=None, help="write the fleet's JSON report (graphopt.fleet/1) here")
+    many.add_argument("--html", default=None, help="write a self-contained HTML page with a row and bars per model "
+                      "here")
     many.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
     listing = commands.add_parser("passes", help="list registered passes")
@@ -412,10 +414,11 @@ class _FleetFailed(GraphoptError):
 def _fleet(args: argparse.Namespace, out: TextIO) -> int:
     from graphopt.fleet import run_fleet
 
-    report, written = run_fleet(args.manifest, args.output_dir, workers=args.workers, ray=args.ray,
-                                report=args.report, progress=_progress(args))
+    result = run_fleet(args.manifest, args.output_dir, workers=args.workers, ray=args.ray, report=args.report,
+                       html=args.html, progress=_progress(args))
+    report = result.report
     _show(args, out, lambda: json.dumps(report.to_dict(), indent=2) + "\n",
-          lambda width: render_fleet_table(report, width), written)
+          lambda width: render_fleet_table(report, width), result.report_path, result.html_path)
     if report.failed:
         raise _FleetFailed(f"{len(report.failed)} of {len(report.rows)} models failed: "
                            + ", ".join(row.name for row in report.failed))

@@ -41,12 +41,13 @@ from google.protobuf.message import DecodeError
 
 from graphopt import api, perf
 from graphopt.benchmark import machine_facts
-from graphopt.data import RANDOM, input_specs, load_data
-from graphopt.errors import GraphoptError, UsageError, first_line
+from graphopt.data import RANDOM, data_files, input_specs, load_data
+from graphopt.errors import GraphoptError, OutputPathError, UsageError, first_line
 from graphopt.goal import GOALS
-from graphopt.modelio import model_files, read_model, save_bytes
+from graphopt.modelio import NamedPath, check_destinations, model_files, read_model, save_bytes
 from graphopt.progress import NULL_PROGRESS, Progress
 from graphopt.provenance import data_digest, files_digest, read_provenance
+from graphopt.report.html import fleet_page
 from graphopt.report.model import FAILED, FLEET_SCHEMA, OPTIMIZED, UP_TO_DATE, FleetReport, FleetRow
 from graphopt.runtime import RuntimeConfig
 from graphopt.verify.tolerance import Tolerance
@@ -56,8 +57,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["FLEET_SCHEMA", "FleetJob", "FleetReport", "FleetRow", "ManifestError", "read_manifest", "run_fleet",
-           "run_job"]
+__all__ = ["FLEET_SCHEMA", "FleetJob", "FleetReport", "FleetResult", "FleetRow", "ManifestError", "read_manifest",
+           "run_fleet", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,15 @@ class FleetJob:
         """What the job asks, as its output records it (``api.optimization_request``)."""
         return api.optimization_request(passes=self.passes, goal=self.goal, tolerance=self.tolerance(),
                                         output_kinds=self.output_kinds, time_budget=self.time_budget)
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    """The fleet's report and where it was written (``None`` when not asked for)."""
+
+    report: FleetReport
+    report_path: Path | None = None
+    html_path: Path | None = None
 
 
 def read_manifest(path: str | Path, output_dir: str | Path) -> list[FleetJob]:
@@ -220,20 +230,24 @@ def _row(job: FleetJob, status: str, report: Mapping[str, Any], pipeline: str) -
 
 
 def run_fleet(manifest: str | Path, output_dir: str | Path, *, workers: int | None = None, ray: str | None = None,
-              report: str | Path | None = None, progress: Progress = NULL_PROGRESS) -> tuple[FleetReport, Path | None]:
+              report: str | Path | None = None, html: str | Path | None = None,
+              progress: Progress = NULL_PROGRESS) -> FleetResult:
     """Run every model of ``manifest`` (``read_manifest``) on ``workers`` processes (default: the cores; never more
     than the models), each task with the cores divided among the workers as its onnxruntime threads, or with
     ``ray`` as Ray tasks (``_on_ray``: ``"local"`` or a cluster's address); then time the outputs one at a time;
-    write the JSON report (``FLEET_SCHEMA``) to ``report`` when given. Returns the report and where it was
-    written."""
+    write the JSON report (``FLEET_SCHEMA``) to ``report`` and the page (``fleet_page``) to ``html`` when given.
+    Both are refused before any model runs when they would overwrite the manifest, a model, its data, a model's
+    output or report, or each other."""
     cores = os.cpu_count() or 1
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise UsageError(f"--workers takes a whole number of at least 1, got {workers!r}")
     jobs = read_manifest(manifest, output_dir)
+    inputs = _fleet_files(manifest, jobs)
+    _prepare(Path(output_dir), [(label, Path(p)) for label, p in (("the report", report), ("the HTML page", html))
+                                if p is not None], inputs)
     workers = min(workers or cores, len(jobs))  # no more processes than models
     threads = max(1, cores // workers)
     jobs = [replace(job, threads=threads) for job in jobs]
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     rows = _on_processes(jobs, workers, progress) if ray is None else _on_ray(jobs, ray, cores, progress)
     rows = [_timed(job, row) for job, row in zip(jobs, rows, strict=True)]
@@ -242,11 +256,36 @@ def run_fleet(manifest: str | Path, output_dir: str | Path, *, workers: int | No
     executor = "processes" if ray is None else "Ray tasks (local)" if ray == LOCAL else f"Ray tasks at {ray}"
     fleet = FleetReport(str(manifest), str(output_dir), executor, workers, threads, tuple(rows),
                         time.monotonic() - began, machine_facts(), (timing,))
-    written = None
-    if report is not None:
-        written = save_bytes((json.dumps(fleet.to_dict(), indent=2) + "\n").encode(), report,
-                             protect=[Path(j.model) for j in jobs] + [Path(j.data) for j in jobs])
-    return fleet, written
+    protect = [p for _, p in inputs]  # the report and the page were checked distinct from each other above
+    report_path = save_bytes((json.dumps(fleet.to_dict(), indent=2) + "\n").encode(), report,
+                             protect=protect) if report is not None else None
+    html_path = save_bytes(fleet_page(fleet).encode(), html, protect=protect) if html is not None else None
+    return FleetResult(fleet, report_path, html_path)
+
+
+def _fleet_files(manifest: str | Path, jobs: Sequence[FleetJob]) -> list[NamedPath]:
+    """What the fleet's own report and page must never overwrite: the manifest, each model and its data, and each
+    model's output and report."""
+    files: list[NamedPath] = [("the manifest", Path(manifest))]
+    for job in jobs:
+        files += [(f"the model of {job.name}", Path(job.model)),
+                  *((f"a data file of {job.name}", f) for f in data_files(job.data)),
+                  (f"the output of {job.name}", Path(job.output)),
+                  (f"the report of {job.name}", api.report_path_for(job.output))]
+    return files
+
+
+def _prepare(output_dir: Path, outputs: Sequence[NamedPath], inputs: Sequence[NamedPath]) -> None:
+    """Make ``output_dir`` (the report or page may go in it), then check ``outputs`` (``check_destinations``); a
+    refusal removes the folders it made, so that it writes nothing."""
+    made = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_destinations(outputs, inputs)
+    except OutputPathError:
+        for folder in made:
+            folder.rmdir()
+        raise
 
 
 def _on_processes(jobs: Sequence[FleetJob], workers: int, progress: Progress) -> list[FleetRow]:

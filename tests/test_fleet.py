@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from html import escape
 from pathlib import Path
 
 import onnx
@@ -20,6 +22,8 @@ from helpers import EXAMPLES
 from graphopt.cli import main
 from graphopt.fleet import ManifestError, read_manifest
 from graphopt.provenance import read_provenance
+from graphopt.report.html import fleet_page
+from graphopt.report.model import FleetReport, FleetRow
 
 MODEL, DATA = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits.npz"
 
@@ -43,9 +47,10 @@ def test_three_models_on_two_workers_one_failing_then_a_rerun_skips_what_is_up_t
     int8 = f'name = "int8"\nmodel = "{MODEL}"\ndata = "{DATA}"\npasses = "qdq-int8"'
     manifest = _manifest(tmp_path, int8, f'name = "lossless"\nmodel = "{MODEL}"\ndata = "{DATA}"',
                          f'model = "broken.onnx"\ndata = "{DATA}"')
-    out, report = tmp_path / "out", tmp_path / "fleet.json"
-    code, table = _fleet(str(manifest), "-o", str(out), "--workers", "2", "--report", str(report))
+    out, report, page = tmp_path / "out", tmp_path / "fleet.json", tmp_path / "fleet.html"
+    code, table = _fleet(str(manifest), "-o", str(out), "--workers", "2", "--report", str(report), "--html", str(page))
     assert code == 8, table
+    assert f"wrote {report}, {page}" in " ".join(table.split())
     fleet = json.loads(report.read_text())
     assert fleet["schema"] == "graphopt.fleet/1" and fleet["workers"] == 2
     rows = {row["name"]: row for row in fleet["models"]}
@@ -58,6 +63,9 @@ def test_three_models_on_two_workers_one_failing_then_a_rerun_skips_what_is_up_t
     assert rows["int8"]["cosine"] > 0.99 and rows["int8"]["latency_ratio"] > 0
     assert fleet["counts"] == {"optimized": 2, "up to date": 0, "failed": 1}
     assert "broken" in table and "failed" in table
+    _assert_self_contained(page.read_text(encoding="utf-8"), ["int8", "lossless", "broken"], rows["broken"]["reason"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx", "fleet.html", "fleet.json", "fleet.toml",
+                                                           "out"], "one page, no assets or staging beside it"
     made = {name: (out / f"{name}.onnx").stat().st_mtime_ns for name in ("int8", "lossless")}
     provenance = read_provenance(onnx.load(out / "int8.onnx"))
     assert provenance is not None and provenance.input_digest
@@ -138,3 +146,45 @@ def test_two_models_that_would_write_one_output_are_refused(tmp_path: Path) -> N
     manifest = _manifest(tmp_path, f'model = "{MODEL}"\ndata = "{DATA}"', f'model = "{MODEL}"\ndata = "{DATA}"')
     with pytest.raises(ManifestError, match="would both write digits_cnn.onnx"):
         read_manifest(manifest, tmp_path)
+
+
+def _assert_self_contained(page: str, names: list[str], reason: str) -> None:
+    """One page that loads nothing (no ``src``, no ``href``, no ``url(``): each model named, the failed one's reason
+    escaped, and the three charts (size, latency, task time) as inline SVG."""
+    assert page.startswith("<!DOCTYPE html>") and not re.search(r"\b(?:src|href)\s*=|url\(|https?://", page)
+    assert all(f"<td>{escape(name)}</td>" in page for name in names)
+    assert escape(reason) in page and page.count('<svg class="plot"') == 3
+
+
+def test_the_page_escapes_what_the_manifest_and_the_models_say() -> None:
+    """Names and reasons come from files the user did not write: escaped, and a missing or NaN figure is "–"."""
+    rows = (FleetRow("a<b>&c", "optimized", output="/o/a.onnx", pipeline="qdq-int8{mode=<x>}", size_ratio=0.26,
+                     latency_ratio=float("nan"), cosine=0.9996, seconds=12.5),
+            FleetRow("<i>x</i>", "failed", "reading <script>alert(1)</script> & failing", seconds=float("inf")))
+    page = fleet_page(FleetReport("in<&>.toml", "out/", "processes", 2, 4, rows, 13.0, {}, ("latency: <timed>",)))
+    _assert_self_contained(page, ["a<b>&c", "<i>x</i>"], "reading <script>alert(1)</script> & failing")
+    assert "<script>alert" not in page and "<i>" not in page and "<b>" not in page
+    assert "in&lt;&amp;&gt;.toml" in page and "latency: &lt;timed&gt;" in page and "mode=&lt;x&gt;" in page
+    assert ">0.260×<" in page and ">–<" in page and "1 optimized, 0 up to date, 1 failed (2 models)" in page
+    assert '<span class="badge failed">failed</span>' in page
+
+
+@pytest.mark.parametrize("target", ["manifest", "model", "data", "report", "output"])
+def test_the_page_never_overwrites_an_input_nor_another_output(tmp_path: Path, target: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``--html`` onto the manifest, a model, its data, the ``--report`` or a model's output is refused before any
+    model runs, one line and exit 4, as ``--report`` is; nothing is written, not even the output folder."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(MODEL.read_bytes())
+    manifest = _manifest(tmp_path, f'model = "m.onnx"\ndata = "{DATA}"')
+    out, report = tmp_path / "out", tmp_path / "fleet.json"
+    paths = {"manifest": manifest, "model": model, "data": DATA, "report": report, "output": out / "m.onnx"}
+    before = {p: p.read_bytes() for p in (manifest, model, DATA)}
+    for flags in (["--report", str(report), "--html", str(paths[target])], ["--report", str(paths[target])]):
+        if flags[-1] == str(report):
+            continue  # --report onto itself is no collision
+        code, table = _fleet(str(manifest), "-o", str(out), *flags)
+        err = capsys.readouterr().err
+        assert code == 4 and table == "" and err.count("\n") == 1 and "refusing to write" in err, err
+        assert not out.exists() and not report.exists()
+    assert {p: p.read_bytes() for p in before} == before

@@ -1,4 +1,5 @@
-"""Self-contained HTML pages of a run (``optimize_page``) and of a validation (``validation_page``).
+"""Self-contained HTML pages of a run (``optimize_page``), a validation (``validation_page``), a benchmark
+(``bench_page``) and a fleet (``fleet_page``).
 
 A page is one file with inline CSS and inline SVG plots, so it can be attached to a review, archived next to the
 model, or opened offline years later; it loads nothing from the network. Everything taken from the report (model,
@@ -12,7 +13,17 @@ from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from typing import Any
 
-from graphopt.report.model import BenchReport, BenchRow, PassRecord, Report
+from graphopt.report.model import (
+    FAILED,
+    OPTIMIZED,
+    UP_TO_DATE,
+    BenchReport,
+    BenchRow,
+    FleetReport,
+    FleetRow,
+    PassRecord,
+    Report,
+)
 from graphopt.report.render import (
     budget_share,
     format_bytes,
@@ -40,12 +51,13 @@ from graphopt.report.svg import (
 )
 from graphopt.validation.model import Check, Section, ValidationReport
 
-__all__ = ["bench_page", "optimize_page", "validation_page"]
+__all__ = ["bench_page", "fleet_page", "optimize_page", "validation_page"]
 
 GREEN, AMBER, RED, GREY, BLUE, LIGHT = "#15803d", "#d97706", "#b91c1c", "#6b7280", "#2563eb", "#9ca3af"
 STATUS_COLOURS = {"applied": GREEN, "narrowed": AMBER, "rolled back": RED, "declined": GREY, "skipped": GREY,
                   "failed": RED}
 VERDICT_COLOURS = {True: GREEN, False: RED, None: GREY}
+FLEET_COLOURS = {OPTIMIZED: GREEN, UP_TO_DATE: BLUE, FAILED: RED}
 MAX_UNITS = 80
 
 _CSS = """
@@ -69,7 +81,8 @@ tbody tr:nth-child(even) { background: var(--zebra); }
 .wrap { overflow-x: auto; }
 .badge { display: inline-block; padding: .05rem .45rem; border-radius: .25rem; font-size: .75rem; font-weight: 600;
   color: #fff; background: var(--info); white-space: nowrap; vertical-align: middle; }
-.badge.pass, .badge.applied { background: var(--ok); }
+.badge.pass, .badge.applied, .badge.optimized { background: var(--ok); }
+.badge.up-to-date { background: #2563eb; }
 .badge.narrowed { background: var(--warn); }
 .badge.fail, .badge.rolled-back, .badge.failed { background: var(--bad); }
 .banner { padding: .8rem 1rem; border-radius: .4rem; font-size: 1.25rem; font-weight: 700; color: #fff; }
@@ -641,3 +654,82 @@ def _bench_table(report: BenchReport, rows: Sequence[BenchRow], threads: Sequenc
                       *(_e(x) for x in throughput), _e("–" if r.load_ms is None else format_duration(r.load_ms)),
                       _e(_bytes(r.peak_memory_bytes)), _e(fidelity + said) or "–"])
     return _table(header, cells, numeric=tuple(range(1, 5 + len(threads) + len(batches))))
+
+
+# --- graphopt fleet ----------------------------------------------------------------------------------------------
+
+
+def fleet_page(report: FleetReport) -> str:
+    """The page of ``graphopt fleet``: how it ran and on what, a row per model in manifest order, then each model's
+    size and latency against its original and its task's time, so the model that took the wall time stands out."""
+    body = [f"<h1>graphopt fleet: <code>{_e(report.manifest)}</code></h1>", _fleet_facts(report), "<h2>Models</h2>"]
+    if report.rows:
+        rows = report.rows
+        body.append(_fleet_table(rows))
+        body.append(_plots([
+            _ratio_bars(rows, [r.size_ratio for r in rows], "Size against the original (original = 1; lower is "
+                        "better)", ("smaller", "larger")),
+            _ratio_bars(rows, [r.latency_ratio for r in rows], "Latency against the original (single thread, "
+                        "batch 1; original = 1; lower is better)", ("faster", "slower")),
+            _task_bars(report)]))
+    else:
+        body.append('<p class="note">no model ran</p>')
+    return _page(f"graphopt fleet: {report.manifest}", body, str(report.machine.get("graphopt") or "–"))
+
+
+def _seconds(value: Any) -> str:
+    number = finite(value)
+    return "–" if number is None else f"{number:.1f} s"
+
+
+def _fleet_facts(report: FleetReport) -> str:
+    """Where the fleet read and wrote, how it ran (executor, workers, threads), how long, its counts per status, the
+    machine (as ``graphopt bench`` shows it) and the notes (how the latency was timed)."""
+    counts = report.to_dict()["counts"]
+    tally = ", ".join(f"{n} {status}" for status, n in counts.items()) + f" ({len(report.rows)} models)"
+    facts = [("manifest", report.manifest), ("output folder", report.output_dir), ("executor", report.executor),
+             ("workers", str(report.workers)), ("onnxruntime threads per task", str(report.threads)),
+             ("wall time", _seconds(report.wall_seconds)), ("models", tally)]
+    if report.machine:
+        facts += [("machine", line) for line in machine_lines(dict(report.machine))]
+    return _facts(facts + [("note", note) for note in report.notes])
+
+
+def _fleet_table(rows: Sequence[FleetRow]) -> str:
+    """One row per model: status, size and latency against the original, worst cosine, the task's time, the
+    pipeline that made the output, and why it failed (or was not timed)."""
+    cells = [[_e(r.name), _badge(r.status, r.status), _e(_ratio(r.size_ratio)), _e(_ratio(r.latency_ratio)),
+              _e("–" if finite(r.cosine) is None else f"{r.cosine:.5f}"), _e(_seconds(r.seconds)),
+              f'<span class="options">{_e(r.pipeline)}</span>' if r.pipeline else "–", _e(r.reason or "–")]
+             for r in rows]
+    header = ("model", "status", "size", "latency", "worst cosine", "time", "pipeline", "reason")
+    return _table(header, cells, numeric=(2, 3, 4, 5))
+
+
+def _ratio_bars(rows: Sequence[FleetRow], ratios: Sequence[float | None], title: str, words: tuple[str, str]) -> str:
+    """Each model's ``ratios`` to its original under a light bar at 1 (the original): green below it, red above
+    (``words`` name the two sides); "–" for a model without the figure."""
+    colours = {words[0]: GREEN, "unchanged": GREY, words[1]: RED}
+    bars, seen = [], set()
+    for row, value in zip(rows, ratios, strict=True):
+        ratio = finite(value)
+        if ratio is None:
+            bars.append(Row(row.name, (Bar(None, LIGHT),)))
+            continue
+        word = words[0] if ratio < 1 else words[1] if ratio > 1 else "unchanged"
+        seen.add(word)
+        bars.append(Row(row.name, (Bar(1.0, LIGHT, "1", f"{row.name}: the original"),
+                                   Bar(ratio, colours[word], _ratio(ratio), f"{row.name}: {_ratio(ratio)} ({word})"))))
+    legend = [("original", LIGHT), *((w, c) for w, c in colours.items() if w in seen)]
+    return hbar_chart(bars, title=title, x_label="× the original's", legend=legend)
+
+
+def _task_bars(report: FleetReport) -> str:
+    """Each model's task time, coloured by status (tasks on several workers overlap, so they add up to more than
+    the wall time)."""
+    rows = [Row(r.name, (Bar(r.seconds, FLEET_COLOURS.get(r.status, GREY), _seconds(r.seconds),
+                             f"{r.name}: {r.status}, {_seconds(r.seconds)}"),)) for r in report.rows]
+    statuses = dict.fromkeys(r.status for r in report.rows)
+    return hbar_chart(rows, title=f"Time per model's task, coloured by status (up to {report.workers} at once; the "
+                                  f"fleet took {_seconds(report.wall_seconds)})", x_label="seconds",
+                      legend=[(s, FLEET_COLOURS.get(s, GREY)) for s in statuses])
