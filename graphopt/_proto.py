@@ -16,7 +16,10 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import EncodeError, Message
 
-__all__ = ["PROTOBUF_LIMIT", "fits_protobuf", "model_size", "raw_bytes", "save_model_file", "weight_bytes"]
+from graphopt import weights
+
+__all__ = ["PROTOBUF_LIMIT", "fits_protobuf", "model_size", "raw_bytes", "save_model_file", "serialised_size",
+           "weight_bytes"]
 
 PROTOBUF_LIMIT = 2**31 - 1
 """The largest message protobuf serialises."""
@@ -30,6 +33,11 @@ _SAFE = 2**30
 _ALIGNMENT = 4096
 """External tensors start at multiples of this (onnxruntime can map them in place)."""
 
+_INLINE = 1024
+"""Tensors of fewer raw bytes than this stay inside the model when it is saved with external data, as onnx's own
+``save_model`` keeps them: shape inference reads small constants (a ``Split``'s sizes, a ``Reshape``'s shape) only
+from the model, and onnxruntime refuses to load a model whose such constant is external."""
+
 _BITS: dict[int, int] = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.FLOAT4E2M1: 4}
 
 
@@ -39,7 +47,13 @@ def weight_bytes(model: onnx.ModelProto) -> int:
 
 
 def model_size(model: onnx.ModelProto) -> int:
-    """The serialised size of ``model`` in bytes, also beyond protobuf's 2 GiB limit."""
+    """The size of ``model`` in bytes as saved, its weights kept in place (``graphopt.weights``) counted at their
+    size, also beyond protobuf's 2 GiB limit."""
+    return serialised_size(model) + sum(raw_bytes(t) or 0 for t in weights.in_place_tensors(model))
+
+
+def serialised_size(model: onnx.ModelProto) -> int:
+    """The bytes of ``model``'s serialisation as it is (a weight in place is a reference), beyond 2 GiB too."""
     if weight_bytes(model) < _SAFE:
         try:
             return model.ByteSize()
@@ -49,16 +63,18 @@ def model_size(model: onnx.ModelProto) -> int:
 
 
 def fits_protobuf(model: onnx.ModelProto, limit: int = PROTOBUF_LIMIT) -> bool:
-    """Whether ``model`` serialises in one piece (its size is below ``limit``)."""
-    return model_size(model) < limit
+    """Whether ``model`` serialises in one piece (its serialised size is below ``limit``)."""
+    return serialised_size(model) < limit
 
 
 def save_model_file(model: onnx.ModelProto, path: Path, *, external: bool | None = None,
-                    location: str | None = None) -> list[str]:
-    """Write ``model`` to ``path``, the raw data of its main-graph initializers in one external data file
-    ``location`` (default ``<name>.data``) beside it when ``external`` (default: when the model does not fit
-    protobuf); ``model`` is left untouched and never copied whole. Returns the names of the data files written."""
-    if not (external if external is not None else not fits_protobuf(model)):
+                    location: str | None = None, holes: bool = False) -> list[str]:
+    """Write ``model`` to ``path``, the raw data of its main-graph initializers (of 1 KiB or more) in one external
+    data file ``location`` (default ``<name>.data``) beside it when ``external`` (default: when the model does not
+    fit protobuf) or when it has weights in place (``graphopt.weights``: streamed from their files); ``model`` is
+    left untouched and never copied whole. With ``holes``, the weights in place are holes of their size (a sparse
+    file: for ``onnx.checker``, which reads no values). Returns the names of the data files written."""
+    if not (external if external is not None else not fits_protobuf(model)) and not weights.in_place(model):
         onnx.save_model(model, path)
         return []
     location = location or f"{path.name}.data"
@@ -68,13 +84,20 @@ def save_model_file(model: onnx.ModelProto, path: Path, *, external: bool | None
     with open(path.parent / location, "wb") as data:
         for tensor in model.graph.initializer:
             stored = shell.graph.initializer.add()
-            if not tensor.HasField("raw_data"):
+            placed = weights.is_in_place(tensor)
+            if not placed and (not tensor.HasField("raw_data") or (raw_bytes(tensor) or 0) < _INLINE):
                 stored.CopyFrom(tensor)
                 continue
-            _copy_fields(tensor, stored, skip="raw_data")
+            _copy_fields(tensor, stored, skip="external_data" if placed else "raw_data")
             data.write(b"\0" * (-data.tell() % _ALIGNMENT))
             offset = data.tell()
-            data.write(tensor.raw_data)
+            if not placed:
+                data.write(tensor.raw_data)
+            elif holes:
+                data.seek(raw_bytes(tensor) or 0, 1)
+                data.truncate()
+            else:
+                weights.copy_bytes(tensor, data)
             stored.data_location = onnx.TensorProto.EXTERNAL
             del stored.external_data[:]
             for key, value in (("location", location), ("offset", offset), ("length", data.tell() - offset)):

@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
+from graphopt import weights
 from graphopt._proto import fits_protobuf, weight_bytes
 from graphopt.errors import PreconditionError
 
@@ -81,6 +82,7 @@ def editing(model: onnx.ModelProto) -> Iterator[GraphEdit]:
     edit = GraphEdit(import_graph(copy_model(model)))  # graphsurgeon's export writes into the protos it imported
     yield edit
     edit.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    weights.keep_in_place(edit.graph)
     exported = gs.export_onnx(edit.graph, do_type_check=False)
     for name in ("ir_version", "doc_string", "model_version", "domain", "producer_name", "producer_version"):
         setattr(exported, name, getattr(model, name))
@@ -150,7 +152,7 @@ def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """``model`` as a graphsurgeon graph for analysis, sparse constants made dense (see ``editing``)."""
-    return gs.import_onnx(densified(model))
+    return weights.import_in_place(gs.import_onnx(densified(model)))
 
 
 def sparse_to_dense(sparse: onnx.SparseTensorProto, name: str = "") -> onnx.TensorProto:
@@ -268,7 +270,7 @@ def constant_array(tensor: gs.Tensor) -> np.ndarray | None:
 def initializer_arrays(model: onnx.ModelProto) -> Iterator[np.ndarray]:
     """Every weight of the main graph: initializers and ``Constant`` node tensors."""
     for tensor in model.graph.initializer:
-        yield numpy_helper.to_array(tensor)
+        yield weights.to_array(tensor)
     for sparse in model.graph.sparse_initializer:
         yield numpy_helper.to_array(sparse_to_dense(sparse))
     for node in model.graph.node:

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx import helper
 
+from graphopt import weights
 from graphopt._proto import model_size, raw_bytes, save_model_file
 from graphopt.errors import ModelIOError, OutputPathError, UnsupportedModelError, first_line
 from graphopt.graph import default_opset, subgraphs
@@ -113,11 +114,14 @@ _MAX_LOCATION = 1024
 
 
 def _load_external_data(model: onnx.ModelProto, folder: Path) -> tuple[Path, ...]:
-    """Read every tensor's external data (initializers, sparse initializers, attributes, subgraphs) from files in
-    ``folder``, refusing each unsafe or malformed reference with one line; returns the files read."""
+    """Check every tensor's external data reference (initializers, sparse initializers, attributes, subgraphs) to
+    files in ``folder``, refusing each unsafe or malformed one with one line; keep large main-graph weights in their
+    files (``weights.place``: copies of the model then cost nothing, and a model of gigabytes is not held in memory)
+    and read the others. Returns the files referred to."""
     root = folder.resolve()
     files: dict[Path, None] = {}
-    for tensor in _all_tensors(model):
+    main = [(t, True) for t in model.graph.initializer]
+    for tensor, main_graph in (*main, *((t, False) for t in _all_tensors(model, main_initializers=False))):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location, offset, length = _external_fields(tensor)
@@ -130,6 +134,10 @@ def _load_external_data(model: onnx.ModelProto, folder: Path) -> tuple[Path, ...
         if expected is not None and expected != length:
             raise ModelIOError(f"tensor '{tensor.name}' takes {length} bytes of external data, but its dims and "
                                f"type need {expected}")
+        files[target] = None
+        if main_graph and weights.placeable(tensor, length):
+            weights.place(tensor, target, offset, length)
+            continue
         try:
             with open(target, "rb") as handle:
                 handle.seek(offset)
@@ -138,7 +146,6 @@ def _load_external_data(model: onnx.ModelProto, folder: Path) -> tuple[Path, ...
             raise ModelIOError(f"cannot read external data '{location}': {e.strerror or first_line(e)}") from e
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
-        files[target] = None
     return tuple(files)
 
 
@@ -179,11 +186,13 @@ def _external_file(location: str, tensor: str, folder: Path, root: Path) -> Path
     return target
 
 
-def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of the model that can hold external data, subgraphs and functions included."""
+def _all_tensors(model: onnx.ModelProto, *, main_initializers: bool = True) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model that can hold external data, subgraphs and functions included (the main graph's
+    initializers only when ``main_initializers``)."""
     nodes = [n for f in model.functions for n in f.node]
-    for graph in subgraphs(model.graph):
-        yield from graph.initializer
+    for depth, graph in enumerate(subgraphs(model.graph)):  # the main graph first
+        if main_initializers or depth:
+            yield from graph.initializer
         for sparse in graph.sparse_initializer:
             yield from (sparse.values, sparse.indices)
         nodes.extend(graph.node)
@@ -229,11 +238,14 @@ def max_supported_opset() -> int:
 def check_model(model: onnx.ModelProto, runtime: RuntimeConfig | None = None) -> ort.InferenceSession:
     """Raise ``ModelIOError`` unless ``model`` passes the full ONNX check and loads in onnxruntime; the session it
     loaded in, to run the model without loading it again."""
+    if weights.in_place(model):  # checked as a file whose weights are holes of their size; run on the weights
+        with tempfile.TemporaryDirectory(prefix="graphopt-check-") as folder:
+            path = Path(folder) / "model.onnx"
+            save_model_file(model, path, external=True, holes=True)
+            _checker(path)
+        return create_session(model, runtime)
     if model_size(model) < EXTERNAL_DATA_THRESHOLD:
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise ModelIOError(f"the model fails onnx.checker: {first_line(e)}") from e
+        _checker(model)
         return create_session(model, runtime)
     with tempfile.TemporaryDirectory(prefix="graphopt-check-") as folder:
         path = Path(folder) / "model.onnx"
@@ -241,11 +253,15 @@ def check_model(model: onnx.ModelProto, runtime: RuntimeConfig | None = None) ->
         return _check_file(path, runtime)
 
 
-def _check_file(path: Path, runtime: RuntimeConfig | None) -> ort.InferenceSession:
+def _checker(model: onnx.ModelProto | Path) -> None:
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ModelIOError(f"the model fails onnx.checker: {first_line(e)}") from e
+
+
+def _check_file(path: Path, runtime: RuntimeConfig | None) -> ort.InferenceSession:
+    _checker(path)
     return create_session(path, runtime)
 
 
@@ -325,7 +341,8 @@ def logging_to(path: str | Path, level: int = logging.INFO, *, protect: Sequence
 
 
 def _write(model: onnx.ModelProto, path: Path) -> list[str]:
-    """Serialise ``model`` (left untouched) to ``path``; returns the names of external data files written beside it."""
+    """Serialise ``model`` (left untouched) to ``path``; returns the names of external data files written beside it
+    (a model over the protobuf limit, or one with weights in place, has one)."""
     return save_model_file(model, path, external=model_size(model) >= EXTERNAL_DATA_THRESHOLD)
 
 

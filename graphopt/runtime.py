@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphopt import weights
 from graphopt._proto import fits_protobuf, save_model_file
 from graphopt.columns import Rows, SpillFile
 from graphopt.errors import UnsupportedModelError, UsageError, first_line
@@ -104,7 +106,9 @@ class RuntimeConfig:
 def create_session(model: onnx.ModelProto | Path, config: RuntimeConfig | None = None) -> ort.InferenceSession:
     """An onnxruntime session for ``model``; raises ``UnsupportedModelError`` (one line) if onnxruntime refuses it.
 
-    Models too large for one protobuf message are written to a temporary folder with external data first.
+    A model with weights kept in their files (``graphopt.weights``) is loaded from a temporary file beside them
+    (``_beside_weights``), so that onnxruntime maps them instead of copying them. Models too large for one protobuf
+    message are written to a temporary folder with external data first.
     """
     config = config or RuntimeConfig()
     options = ort.SessionOptions()
@@ -130,12 +134,48 @@ def _open_session(model: onnx.ModelProto | Path, options: ort.SessionOptions,
                   providers: list[str]) -> ort.InferenceSession:
     if isinstance(model, Path):
         return ort.InferenceSession(str(model), options, providers=providers)
+    if fits_protobuf(model) and weights.in_place(model):
+        with _beside_weights(model) as path:
+            if path is not None:
+                return ort.InferenceSession(str(path), options, providers=providers)
+        names, maps = weights.external_initializers(model)  # a read-only folder: onnxruntime copies the weights
+        values = [ort.OrtValue.ortvalue_from_numpy(m) for m in maps]
+        options.add_external_initializers(names, values)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        session._graphopt_weights = (maps, values)  # type: ignore[attr-defined]  # they must outlive the session
+        return session
     if fits_protobuf(model):
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
         path = Path(folder) / "model.onnx"
         save_model_file(model, path, external=True)
         return ort.InferenceSession(str(path), options, providers=providers)
+
+
+@contextlib.contextmanager
+def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
+    """``model`` written to a temporary file in the folder of its weights kept in place, which it names relative to
+    it; ``None`` when that folder cannot be written. onnxruntime maps external data from a file (shared with the
+    page cache, or freed once repacked), but copies weights handed to it in memory, and it refuses data outside the
+    model's folder or behind a symbolic link: beside the weights is the only place it reads them without a copy.
+    The file (a few kilobytes: no weight in it) is removed as soon as the session has read it."""
+    files = {Path(weights.location(t)) for t in weights.in_place_tensors(model)}
+    folder = Path(os.path.commonpath([f.parent for f in files]))
+    shell = onnx.ModelProto()
+    shell.CopyFrom(model)
+    for tensor in weights.in_place_tensors(shell):
+        weights.relocate(tensor, os.path.relpath(weights.location(tensor), folder))
+    try:
+        handle, name = tempfile.mkstemp(prefix=".graphopt-session-", suffix=".onnx", dir=folder)
+    except OSError:
+        yield None
+        return
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(shell.SerializeToString())
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def check_providers(config: RuntimeConfig) -> None:

@@ -39,6 +39,7 @@ from graphopt.graph import (
     subgraph_reads,
 )
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, SpeedCheck, Unit
+from graphopt.weights import to_array
 from graphopt_passes._math import fp16
 
 __all__ = ["BLOCK_LIST", "Float16Pass"]
@@ -172,7 +173,7 @@ def _plan_weights(model: onnx.ModelProto, options: Float16Pass.Options) -> _Plan
     for i, tensor in enumerate(model.graph.initializer):
         if tensor.data_type != FLOAT:
             continue
-        values = numpy_helper.to_array(tensor)
+        values = to_array(tensor)
         why = ("also a graph input (overridable)" if tensor.name in overridable
                else fp16.storage_reason(values, options.max_loss))
         if why:
@@ -199,7 +200,7 @@ def _plan_compute(model: onnx.ModelProto, context: PassContext, options: Float16
         float_nodes += 1
         constant_reasons = [f"constant '{n}': {r}" for n in node.input if n in constants
                             and constants[n].data_type == FLOAT
-                            for r in [fp16.storage_reason(numpy_helper.to_array(constants[n]), options.max_loss)] if r]
+                            for r in [fp16.storage_reason(to_array(constants[n]), options.max_loss)] if r]
         why = (f"dtype of '{unknown[0]}' unknown" if unknown
                else f"{node.domain} op" if node.domain not in ("", "ai.onnx")
                else "holds a subgraph: left float32" if any(a.g.node or a.graphs for a in node.attribute)
@@ -241,7 +242,7 @@ def _plan_compute(model: onnx.ModelProto, context: PassContext, options: Float16
         if why:
             skipped.append(Skip(label(node), why))
             continue
-        loss = max([0.0] + [s.loss for s in seen] + [fp16.relative_loss(numpy_helper.to_array(constants[n]))
+        loss = max([0.0] + [s.loss for s in seen] + [fp16.relative_loss(to_array(constants[n]))
                                            for n in node.input if n in constants and constants[n].data_type == FLOAT])
         units[i] = Unit(f"{label(node)}#{i}", loss, f"{node.op_type}, fp16 rounding loss {loss:.1e}")
     return _Plan(units, float_nodes, tuple(skipped), tuple(notes))
@@ -250,7 +251,7 @@ def _plan_compute(model: onnx.ModelProto, context: PassContext, options: Float16
 def _attribute_reason(node: onnx.NodeProto, max_loss: float) -> str:
     for attribute in node.attribute:
         if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == FLOAT:
-            why = fp16.storage_reason(numpy_helper.to_array(attribute.t), max_loss)
+            why = fp16.storage_reason(to_array(attribute.t), max_loss)
             if why:
                 return f"attribute {attribute.name}: {why}"
         if node.op_type == "Constant" and attribute.name in ("value_float", "value_floats"):
@@ -321,7 +322,7 @@ def _convert(model: onnx.ModelProto, chosen: set[int]) -> tuple[onnx.ModelProto,
             if name not in half:
                 if name in initializers and name not in inputs:
                     tensor = graph.initializer[initializers[name]]
-                    array = fp16.to_float16(numpy_helper.to_array(tensor))
+                    array = fp16.to_float16(to_array(tensor))
                     if readers[name] <= chosen and name not in pinned:
                         half[name] = name
                         tensor.CopyFrom(numpy_helper.from_array(array, name))
@@ -349,7 +350,7 @@ def _halve_attributes(node: onnx.NodeProto) -> None:
         if attribute.name in ("to", "dtype") and attribute.type == onnx.AttributeProto.INT and attribute.i == FLOAT:
             attribute.i = HALF
         elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == FLOAT:
-            value = fp16.to_float16(numpy_helper.to_array(attribute.t))
+            value = fp16.to_float16(to_array(attribute.t))
             attribute.t.CopyFrom(numpy_helper.from_array(value, attribute.t.name))
         elif node.op_type == "Constant" and attribute.name in ("value_float", "value_floats"):
             value = fp16.to_float16(np.asarray(helper.get_attribute_value(attribute), dtype=np.float32))
@@ -374,7 +375,7 @@ def _store_weights(model: onnx.ModelProto, names: set[str]) -> tuple[onnx.ModelP
                           if f"{tensor.name}__fp16{k or ''}" not in taken)
             taken.add(stored)
             casts.append(helper.make_node("Cast", [stored], [tensor.name], f"{stored}__cast", to=FLOAT))
-            tensor.CopyFrom(numpy_helper.from_array(fp16.to_float16(numpy_helper.to_array(tensor)), stored))
+            tensor.CopyFrom(numpy_helper.from_array(fp16.to_float16(to_array(tensor)), stored))
     nodes = [*casts, *graph.node]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -398,6 +399,6 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
-    total = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-    return total + sum(numpy_helper.to_array(a.t).nbytes for n in model.graph.node if n.op_type == "Constant"
+    total = sum(to_array(t).nbytes for t in model.graph.initializer)
+    return total + sum(to_array(a.t).nbytes for n in model.graph.node if n.op_type == "Constant"
                        for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)

@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 from graphopt.activations import reduce_activations
 from graphopt.graph import copy_model, label, nested_graphs, overridable_initializers, subgraph_reads
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, level_unit, nested_levels
+from graphopt.weights import to_array
 from graphopt_passes._math import pruning as pr
 from graphopt_passes._math.patches import ConvGeometry, patches
 from graphopt_passes._math.sparse_storage import choose_storage, coo_decode, coo_encode
@@ -264,7 +265,7 @@ def _find(model: onnx.ModelProto) -> tuple[list[_Layer], list[Skip]]:
 
     def value(name: str) -> np.ndarray | None:
         if name in arrays:
-            return numpy_helper.to_array(arrays[name])
+            return to_array(arrays[name])
         return _constant_value(constants[name]) if name in constants else None
 
     layers: list[_Layer] = []
@@ -362,7 +363,7 @@ def _store(model: onnx.ModelProto, name: str, array: np.ndarray, mode: str) -> t
             return array.nbytes, after, storage
     node = next(n for n in graph.node if n.op_type == "Constant" and list(n.output) == [name])
     old = node.attribute[0]
-    before = (numpy_helper.to_array(old.sparse_tensor.values).nbytes + numpy_helper.to_array(
+    before = (to_array(old.sparse_tensor.values).nbytes + to_array(
         old.sparse_tensor.indices).nbytes) if old.name == "sparse_value" else array.nbytes
     del node.attribute[:]
     node.attribute.append(helper.make_attribute("sparse_value", sparse) if storage == "sparse"
@@ -379,10 +380,10 @@ def _one_blas_thread() -> contextlib.AbstractContextManager[object]:
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     for attribute in node.attribute:
         if attribute.name == "value":
-            return numpy_helper.to_array(attribute.t)
+            return to_array(attribute.t)
         if attribute.name == "sparse_value":
             sparse = attribute.sparse_tensor
-            return coo_decode(numpy_helper.to_array(sparse.values), numpy_helper.to_array(sparse.indices),
+            return coo_decode(to_array(sparse.values), to_array(sparse.indices),
                               tuple(sparse.dims))
     return None
 

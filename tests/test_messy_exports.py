@@ -468,8 +468,11 @@ def test_sizes_and_external_saves_without_protobuf(tmp_path: Path, rng: np.rando
     assert model.SerializeToString() == before
     onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
     saved = onnx.load(tmp_path / "m.onnx", load_external_data=False)
-    assert all(t.data_location == TensorProto.EXTERNAL and not t.raw_data for t in saved.graph.initializer)
-    offsets = [int({e.key: e.value for e in t.external_data}["offset"]) for t in saved.graph.initializer]
+    external = [t for t in saved.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert {t.name for t in external} == {t.name for t in model.graph.initializer if _proto.raw_bytes(t) >= 1024}
+    assert all(not t.raw_data for t in external)
+    assert all(_proto.raw_bytes(t) < 1024 for t in saved.graph.initializer if t not in external)  # shape inference
+    offsets = [int({e.key: e.value for e in t.external_data}["offset"]) for t in external]  # reads these inline
     assert all(offset % 4096 == 0 for offset in offsets)
     images = np.load(EXAMPLES / "digits.npz")["image"][:16]
     np.testing.assert_array_equal(_session(tmp_path / "m.onnx").run(None, {"image": images})[0],

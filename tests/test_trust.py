@@ -61,13 +61,13 @@ def _refused(capfd: pytest.CaptureFixture[str], folder: Path, argv: Sequence[str
 def work(tmp_path: Path) -> Path:
     """A folder with a model whose weights live in ``w.bin``, its data, the digits CNN and its data and labels."""
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    weight = numpy_helper.from_array(rng.standard_normal((64, 4)).astype(np.float32), "w")  # 1 KiB: saved outside
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     save_model_file(model, tmp_path / "m.onnx", external=True, location="w.bin")
-    np.savez(tmp_path / "m.npz", x=rng.standard_normal((32, 8)).astype(np.float32))
+    np.savez(tmp_path / "m.npz", x=rng.standard_normal((32, 64)).astype(np.float32))
     for name in ("digits_cnn.onnx", "digits.npz", "digits_labels.npy"):
         (tmp_path / name).write_bytes((EXAMPLES / name).read_bytes())
     return tmp_path

@@ -1,0 +1,161 @@
+"""Weights kept in their files (``graphopt.weights``): a model read with external data holds its large weights as
+references, and every consumer (copies, graph surgery, onnxruntime, the checker, saving) works on them without
+reading them into the model; the values a pass sees are the file's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphopt import weights
+from graphopt._proto import model_size, save_model_file, serialised_size
+from graphopt.errors import ModelIOError
+from graphopt.graph import copy_model, editing, import_graph
+from graphopt.modelio import check_model, read_model, save_model
+from graphopt.runtime import create_session
+
+
+def _mlp(rng: np.random.Generator) -> onnx.ModelProto:
+    """x[N, 256] → MatMul w1 [256, 128] (128 KiB) → Relu → MatMul w2 [128, 8] (4 KiB: too small to stay in place)."""
+    w1 = numpy_helper.from_array(rng.standard_normal((256, 128)).astype(np.float32) / 16, "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((128, 8)).astype(np.float32) / 11, "w2")
+    shape = numpy_helper.from_array(np.array([-1, 8], np.int64), "shape")  # read by shape inference: stays inline
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["m"]), helper.make_node("Reshape", ["m", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w1, w2, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture
+def saved(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, onnx.ModelProto]:
+    """The MLP saved with every initializer external (as exporters write big models), and the model in memory."""
+    model = _mlp(rng)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    onnx.save_model(model, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.onnx.data", size_threshold=0)
+    return folder / "m.onnx", _mlp(np.random.default_rng(0))
+
+
+def _feed(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": rng.standard_normal((4, 256)).astype(np.float32)}
+
+
+def _run(model: onnx.ModelProto | Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    return np.asarray(create_session(model).run(None, feed)[0])
+
+
+def test_large_weights_stay_in_their_file(saved: tuple[Path, onnx.ModelProto]) -> None:
+    path, model = saved
+    loaded = read_model(path)
+    placed = [t.name for t in weights.in_place_tensors(loaded.model)]
+    assert placed == ["w1"]  # w2 (4 KiB) and the shape are read into the model
+    assert loaded.files == (path, path.parent / "m.onnx.data")
+    w1 = next(t for t in loaded.model.graph.initializer if t.name == "w1")
+    assert Path(next(e.value for e in w1.external_data if e.key == "location")) == (path.parent / "m.onnx.data")
+    assert serialised_size(loaded.model) < 8192 < model_size(loaded.model)  # a copy costs a few bytes per weight
+    assert abs(model_size(loaded.model) - model.ByteSize()) < 512
+    values = weights.to_array(w1)
+    np.testing.assert_array_equal(values, numpy_helper.to_array(model.graph.initializer[0]))
+    assert weights.to_array(w1) is values  # mapped once while it lives
+    with pytest.raises(ValueError, match="read-only"):
+        values[0, 0] = 1.0  # the user's file is never written through a map
+
+
+def test_onnxruntime_and_the_checker_read_weights_in_place(saved: tuple[Path, onnx.ModelProto],
+                                                           rng: np.random.Generator) -> None:
+    path, model = saved
+    loaded = read_model(path).model
+    feed = _feed(rng)
+    expected = _run(model, feed)
+    np.testing.assert_allclose(_run(loaded, feed), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(check_model(copy_model(loaded)).run(None, feed)[0], expected, rtol=1e-5, atol=1e-6)
+    broken = copy_model(loaded)
+    broken.graph.node[0].input[1] = "missing"
+    with pytest.raises(Exception, match="missing"):  # the checker still checks a model whose weights are in place
+        check_model(broken)
+
+
+def test_saving_streams_weights_in_place_into_the_output(saved: tuple[Path, onnx.ModelProto], tmp_path: Path,
+                                                         rng: np.random.Generator) -> None:
+    path, model = saved
+    loaded = read_model(path).model
+    before = path.parent.joinpath("m.onnx.data").read_bytes()
+    out = save_model(loaded, tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.onnx", "out.onnx.data"]
+    stored = onnx.load_model(out, load_external_data=False)
+    locations = {e.value for t in stored.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"out.onnx.data"}  # relative, beside the output: never the input's absolute path
+    feed = _feed(rng)
+    np.testing.assert_array_equal(_run(out, feed), _run(model, feed))
+    assert path.parent.joinpath("m.onnx.data").read_bytes() == before
+    assert weights.in_place(loaded)  # saving left the caller's model as it was
+    holes = tmp_path / "holes"
+    holes.mkdir()
+    assert save_model_file(loaded, holes / "h.onnx", holes=True) == ["h.onnx.data"]
+    onnx.checker.check_model(str(holes / "h.onnx"), full_check=True)
+    assert (holes / "h.onnx.data").stat().st_blocks * 512 < 128 * 1024  # a hole of 128 KiB takes no blocks
+
+
+def test_graph_surgery_keeps_unchanged_weights_in_place(saved: tuple[Path, onnx.ModelProto],
+                                                        rng: np.random.Generator) -> None:
+    path, model = saved
+    loaded = read_model(path).model
+    w1 = weights.to_array(next(t for t in loaded.graph.initializer if t.name == "w1"))
+    with editing(loaded) as edit:
+        first = edit.graph.nodes[0].inputs[1]
+        np.testing.assert_array_equal(first.values, w1)  # read through the map: kept in place on export
+        edit.graph.nodes[2].inputs[1].values = edit.graph.nodes[2].inputs[1].values * 2  # an inline weight changed
+    assert [t.name for t in weights.in_place_tensors(edit.model)] == ["w1"]
+    feed = _feed(rng)
+    np.testing.assert_allclose(_run(edit.model, feed), 2 * _run(model, feed), rtol=1e-5, atol=1e-6)
+    with editing(loaded) as edit:
+        first = edit.graph.nodes[0].inputs[1]
+        first.values = first.values[:, ::-1] * 1  # a pass's new values for a weight in place: written inline
+    assert not weights.in_place(edit.model)
+    changed = next(t for t in edit.model.graph.initializer if t.name == "w1")
+    assert changed.data_location == TensorProto.DEFAULT and not changed.external_data
+    np.testing.assert_array_equal(numpy_helper.to_array(changed), w1[:, ::-1])
+    onnx.checker.check_model(edit.model, full_check=True)
+    graph = import_graph(loaded)
+    assert graph.nodes[0].inputs[1].values.dtype == np.float32
+
+
+def test_a_view_or_a_copy_of_a_map_is_not_taken_for_the_weight(saved: tuple[Path, onnx.ModelProto]) -> None:
+    path, _ = saved
+    loaded = read_model(path).model
+    with editing(loaded) as edit:
+        first = edit.graph.nodes[0].inputs[1]
+        first.values = first.values[:128]  # a view of the map: another tensor
+        edit.graph.nodes[0].inputs[0].shape = ["N", 128]
+    assert not weights.in_place(edit.model)
+    assert next(t for t in edit.model.graph.initializer if t.name == "w1").dims == [128, 128]
+
+
+def test_an_absolute_location_in_a_file_is_still_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Only ``read_model`` makes locations absolute; a model file that names one is refused as before."""
+    model = _mlp(rng)
+    data = tmp_path / "w.bin"
+    numpy_helper.to_array(model.graph.initializer[0]).tofile(data)
+    weights.place(model.graph.initializer[0], data, 0, data.stat().st_size)
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(ModelIOError, match="outside"):
+        read_model(tmp_path / "m.onnx")
+
+
+def test_sessions_on_weights_in_place_do_not_copy_them(saved: tuple[Path, onnx.ModelProto]) -> None:
+    """onnxruntime is handed the maps: no copy of a weight in place enters the serialised model it loads."""
+    path, _ = saved
+    loaded = read_model(path).model
+    names, maps = weights.external_initializers(loaded)
+    assert names == ["w1"] and isinstance(maps[0], np.memmap)
+    session = create_session(loaded)
+    assert isinstance(session, ort.InferenceSession)
