@@ -37,8 +37,9 @@ from graphopt.errors import PassError
 from graphopt.graph import Names, copy_model, import_node_domains, label, overridable_initializers, subgraph_reads
 from graphopt.opset import ensure_opset
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit
+from graphopt.weights import to_array
 from graphopt_passes._math import block_quant as bq
-from graphopt_passes._math.low_rank import Gram, accumulate_gram
+from graphopt_passes._math.low_rank import Gram, accumulate_gram, budget_groups
 
 __all__ = ["Int4WeightsPass"]
 
@@ -55,9 +56,16 @@ class _Layer:
     op: str
     weight: str
     source: str
-    matrix: np.ndarray
+    stored: onnx.TensorProto
+    shape: tuple[int, int]
+    """W's (K, N)."""
     kn: bool
     nbits: bool = True
+
+    def matrix(self) -> np.ndarray:
+        """W (K×N) in float64, read when needed (a weight kept in place is mapped only while it is used)."""
+        weight = to_array(self.stored)
+        return np.asarray(weight if self.kn else weight.T, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ class Int4WeightsPass(PassBase):
 
     def units(self, model: onnx.ModelProto, context: PassContext) -> tuple[Unit, ...]:
         """One unit per layer; its sensitivity is the relative layer-output error of its int4 weight."""
-        return tuple(Unit(p.layer.node, p.error, _detail(p), gain=p.layer.matrix.size * (3.5 - 4 / p.quant.block))
+        return tuple(Unit(p.layer.node, p.error, _detail(p), gain=p.layer.shape[0] * p.layer.shape[1] * (3.5 - 4 / p.quant.block))
                      for p in self._plan(model, context)[0])
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
@@ -147,40 +155,45 @@ class Int4WeightsPass(PassBase):
 def _make_plan(model: onnx.ModelProto, context: PassContext, options: Int4WeightsPass.Options
                ) -> tuple[list[_Plan], list[Skip]]:
     layers, skipped = _find(model, options)
-    grams: dict[str, Gram] = {}
-    counts: dict[str, np.ndarray] = {}
-    if layers and context.calibration is not None and context.calibration.n_samples:
-        grams = _calibrate(model, layers, context, counts)
+    calibrated = context.calibration is not None and context.calibration.n_samples > 0
     plans = []
-    for layer in layers:
-        gram = grams.get(layer.source)
-        k = layer.matrix.shape[0]
-        usable = gram is not None and layer.op != "Gather" and gram.matrix.shape[0] == k
-        if layer.op != "Gather" and options.search == "data" and not usable:
-            skipped.append(Skip(layer.node, f"no activations of '{layer.source}'"))
-            continue
-        g = gram.matrix / max(gram.count, 1) if usable and gram is not None else None
-        rtn = bq.quantize(layer.matrix, options.block, options.symmetric)
-        if options.search == "none":
-            quant = rtn
-        else:
-            importance = np.diag(g) if options.search == "data" and g is not None else None
-            quant = bq.search(layer.matrix, options.block, options.symmetric, importance)[0]
-        plans.append(_Plan(layer, quant, _error(layer, quant, g, counts.get(layer.source)),
-                           _error(layer, rtn, g, counts.get(layer.source))))
+    for group in budget_groups(layers, _gram_bytes):  # one calibration run per group, dropped before the next
+        counts: dict[str, np.ndarray] = {}
+        grams = _calibrate(model, group, context, counts) if calibrated else {}
+        for layer in group:
+            gram = grams.get(layer.source)
+            matrix = layer.matrix()  # one layer's float64 copy at a time
+            usable = gram is not None and layer.op != "Gather" and gram.matrix.shape[0] == matrix.shape[0]
+            if layer.op != "Gather" and options.search == "data" and not usable:
+                skipped.append(Skip(layer.node, f"no activations of '{layer.source}'"))
+                continue
+            g = gram.matrix / max(gram.count, 1) if usable and gram is not None else None
+            rtn = bq.quantize(matrix, options.block, options.symmetric)
+            if options.search == "none":
+                quant = rtn
+            else:
+                importance = np.diag(g) if options.search == "data" and g is not None else None
+                quant = bq.search(matrix, options.block, options.symmetric, importance)[0]
+            plans.append(_Plan(layer, quant, _error(matrix, quant, g, counts.get(layer.source)),
+                               _error(matrix, rtn, g, counts.get(layer.source))))
     return plans, skipped
 
 
-def _error(layer: _Layer, quant: bq.BlockQuant, gram: np.ndarray | None, counts: np.ndarray | None) -> float:
+def _gram_bytes(layer: _Layer) -> dict[str, int]:
+    """The float64 Gram of a MatMul/Gemm's input, K² values (an embedding's row counts are small)."""
+    return {} if layer.op == "Gather" else {layer.source: 8 * layer.shape[0] ** 2}
+
+
+def _error(matrix: np.ndarray, quant: bq.BlockQuant, gram: np.ndarray | None, counts: np.ndarray | None) -> float:
     """Relative layer-output error on the calibration samples: from the input Gram for a MatMul/Gemm, from how
     often each row was gathered for an embedding (the relative weight error where neither was observed)."""
     approx = bq.dequantize(quant)
     if gram is not None:
-        return bq.output_error(layer.matrix, approx, gram)
-    weights = np.ones(layer.matrix.shape[1]) if counts is None or not counts[: layer.matrix.shape[1]].any() \
-        else counts[: layer.matrix.shape[1]].astype(np.float64)
-    num = float(weights @ np.sum((layer.matrix - approx) ** 2, axis=0))
-    den = float(weights @ np.sum(layer.matrix**2, axis=0))
+        return bq.output_error(matrix, approx, gram)
+    weights = np.ones(matrix.shape[1]) if counts is None or not counts[: matrix.shape[1]].any() \
+        else counts[: matrix.shape[1]].astype(np.float64)
+    num = float(weights @ np.sum((matrix - approx) ** 2, axis=0))
+    den = float(weights @ np.sum(matrix**2, axis=0))
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
@@ -209,7 +222,7 @@ def _find(model: onnx.ModelProto, options: Int4WeightsPass.Options) -> tuple[lis
                 skipped.append(Skip(unit, "no constant weight initializer"))
             continue
         name, attrs = node.input[at], {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        weight = numpy_helper.to_array(arrays[name])
+        weight = to_array(arrays[name])
         k = (weight.shape[::-1] if node.op_type == "Gather" or attrs.get("transB", 0) else weight.shape)[0] \
             if weight.ndim == 2 else 0
         why = (f"weight is {weight.ndim}-D, not a matrix" if weight.ndim != 2
@@ -226,8 +239,8 @@ def _find(model: onnx.ModelProto, options: Int4WeightsPass.Options) -> tuple[lis
             skipped.append(Skip(unit, why))
             continue
         kn = node.op_type == "MatMul" or (node.op_type == "Gemm" and not attrs.get("transB", 0))
-        matrix = (weight if kn else weight.T).astype(np.float64)
-        layers.append(_Layer(unit, node.op_type, name, node.input[1 - at], matrix, kn,
+        shape = weight.shape if kn else weight.shape[::-1]
+        layers.append(_Layer(unit, node.op_type, name, node.input[1 - at], arrays[name], (shape[0], shape[1]), kn,
                              node.op_type != "Gemm" or _nbits_gemm(graph, node)))
     return layers, skipped
 
@@ -238,7 +251,7 @@ def _calibrate(model: onnx.ModelProto, layers: list[_Layer], context: PassContex
     gathered (into ``counts``), streamed (``CalibrationError`` when onnxruntime cannot run the model)."""
     assert context.calibration is not None
     grams: dict[str, Gram] = {}
-    rows = {layer.source: layer.matrix.shape[1] for layer in layers if layer.op == "Gather"}
+    rows = {layer.source: layer.shape[1] for layer in layers if layer.op == "Gather"}
 
     def observe(source: str) -> Callable[[np.ndarray], None]:
         def update(x: np.ndarray) -> None:
@@ -306,7 +319,7 @@ def _nbits_gemm(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
 def _nbits(graph: onnx.GraphProto, node: onnx.NodeProto, plan: _Plan, names: dict[str, str], accuracy_level: int,
            index: int) -> list[onnx.TensorProto]:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    q, (k, n) = plan.quant, plan.layer.matrix.shape
+    q, (k, n) = plan.quant, plan.layer.shape
     alpha = float(attrs.get("alpha", 1.0)) if node.op_type == "Gemm" else 1.0
     b, scales, zeros = bq.pack_nbits(q)
     tensors = [numpy_helper.from_array(b, names["q"]), numpy_helper.from_array((scales * alpha).astype(np.float32),
@@ -317,7 +330,7 @@ def _nbits(graph: onnx.GraphProto, node: onnx.NodeProto, plan: _Plan, names: dic
         inputs[3] = names["z"]
     if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
         bias = next(t for t in graph.initializer if t.name == node.input[2])
-        values = np.broadcast_to(numpy_helper.to_array(bias).reshape(-1), (n,)) * float(attrs.get("beta", 1.0))
+        values = np.broadcast_to(to_array(bias).reshape(-1), (n,)) * float(attrs.get("beta", 1.0))
         tensors.append(numpy_helper.from_array(values.astype(np.float32), f"{names['q']}_bias"))
         inputs += ["", tensors[-1].name]
     while inputs[-1] == "":
@@ -341,7 +354,7 @@ def _finish(model: onnx.ModelProto, form: str) -> None:
 
 
 def _detail(p: _Plan) -> str:
-    k, n = p.layer.matrix.shape
+    k, n = p.layer.shape
     kind = "int4" if p.quant.symmetric else "uint4"
     return (f"{p.layer.node}: {k}×{n} {kind} block {p.quant.block}, output error {p.rtn_error:.2e} rounded → "
             f"{p.error:.2e} searched")

@@ -31,7 +31,9 @@ from graphopt.errors import CalibrationError, PassError, first_line
 from graphopt.graph import Names, copy_model, default_opset, overridable_initializers
 from graphopt.opset import ensure_opset
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
+from graphopt.weights import to_array
 from graphopt_passes._math.clustering import Clustering, cluster, compensated
+from graphopt_passes._math.low_rank import budget_groups
 from graphopt_passes._math.pruning import AugmentedGram, accumulate
 
 __all__ = ["WeightClusteringPass"]
@@ -193,20 +195,40 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: WeightClus
             else:
                 readers.setdefault(name, []).append(_reader(node, slot, len(arrays[name].dims)))
     chosen = [name for name, found in readers.items() if found]
-    importance: dict[tuple[str, int], np.ndarray] = {}
-    grams: dict[tuple[str, int], np.ndarray] = {}
-    if (options.data_aware or options.compensate) and context.calibration is not None and context.calibration.n_samples:
-        found = [r for name in chosen for r in readers[name] if r is not None]
-        wanted = {(r.source, r.axis) for r in found} if options.data_aware else set()
-        gram_keys = {(r.source, r.axis) for r in found if r.matmul} if options.compensate else set()
-        try:
-            importance, grams = _statistics(model, wanted | gram_keys, gram_keys, context)
-        except CalibrationError as e:  # clustering needs no data: it goes on without the weighting
-            skipped.append(Skip("calibration", f"{e}; clustered without calibration data"))
-        importance = importance if options.data_aware else {}
+    calibrated = (options.data_aware or options.compensate) and context.calibration is not None \
+        and context.calibration.n_samples > 0
+
+    def gram_bytes(name: str) -> dict[tuple[str, int], int]:
+        dims = arrays[name].dims
+        return {(r.source, r.axis): 8 * dims[r.weight_axis] ** 2 for r in readers[name]
+                if r is not None and r.matmul and options.compensate}
+
+    planned: list[_Clustered] = []
+    for group in budget_groups(chosen, gram_bytes):  # one calibration run per group, dropped before the next
+        importance: dict[tuple[str, int], np.ndarray] = {}
+        grams: dict[tuple[str, int], np.ndarray] = {}
+        if calibrated:
+            found = [r for name in group for r in readers[name] if r is not None]
+            wanted = {(r.source, r.axis) for r in found} if options.data_aware else set()
+            gram_keys = {(r.source, r.axis) for r in found if r.matmul} if options.compensate else set()
+            try:
+                importance, grams = _statistics(model, wanted | gram_keys, gram_keys, context)
+            except CalibrationError as e:  # clustering needs no data: it goes on without the weighting
+                skipped.append(Skip("calibration", f"{e}; clustered without calibration data"))
+                calibrated = False
+            importance = importance if options.data_aware else {}
+        planned += _cluster_group(group, arrays, readers, importance, grams, options)
+    return planned, skipped
+
+
+def _cluster_group(names: list[str], arrays: dict[str, onnx.TensorProto], readers: dict[str, list[_Reader | None]],
+                   importance: dict[tuple[str, int], np.ndarray], grams: dict[tuple[str, int], np.ndarray],
+                   options: WeightClusteringPass.Options) -> list[_Clustered]:
+    """The clustered weights ``names``, each weighted by its readers' ``importance`` and compensated through its
+    input's Gram where it has one."""
     planned = []
-    for name in chosen:
-        values = numpy_helper.to_array(arrays[name])
+    for name in names:
+        values = to_array(arrays[name])
         weights = _weights(values.shape, readers[name], importance)
         only = readers[name][0] if len(readers[name]) == 1 else None
         gram = grams.get((only.source, only.axis)) if only is not None and only.matmul else None
@@ -217,7 +239,7 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: WeightClus
                 result = compensated(result, values, gram, only.weight_axis, options.block)
             unit = f"{name}@{k}" if options.levels else name
             planned.append(_Clustered(name, unit, tuple(values.shape), result, values.nbytes))
-    return planned, skipped
+    return planned
 
 
 def _reader(node: onnx.NodeProto, slot: int, rank: int) -> _Reader | None:

@@ -7,6 +7,7 @@ import pytest
 
 from graphopt_passes._math.low_rank import (
     accumulate_gram,
+    budget_groups,
     factorize,
     rank_errors,
     rank_for_energy,
@@ -144,3 +145,12 @@ def test_smallest_rank_bisects_and_always_meets_the_bound() -> None:
     assert smallest_rank(error_at, 1, 5, 0.01) is None
     assert smallest_rank(error_at, 1, 5, 1.0) == 1
     assert smallest_rank(error_at, 3, 2, 1.0) is None
+
+
+def test_budget_groups_cut_in_order_and_count_a_shared_key_once() -> None:
+    needs = {"q": {"x": 4}, "k": {"x": 4}, "v": {"x": 4}, "o": {"c": 4}, "up": {"y": 6}, "down": {"z": 9}, "e": {}}
+    items = list(needs)
+    assert budget_groups(items, needs.__getitem__, 100) == [items]
+    assert budget_groups(items, needs.__getitem__, 8) == [["q", "k", "v", "o"], ["up"], ["down", "e"]]
+    assert budget_groups(items, needs.__getitem__, 1) == [["q", "k", "v"], ["o"], ["up"], ["down", "e"]]
+    assert budget_groups([], needs.__getitem__, 1) == []

@@ -12,19 +12,22 @@ blindly. The Gram matrix is accumulated batch by batch, so activations are never
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "GRAM_BUDGET",
     "Choice",
     "Factors",
     "Gram",
     "LayerFit",
     "NoRank",
     "accumulate_gram",
+    "budget_groups",
     "choose",
     "factorize",
     "fit_layer",
@@ -64,6 +67,33 @@ def accumulate_gram(state: Gram | None, batch: ArrayLike, axis: int = -1) -> Gra
     if state.matrix.shape != update.shape:
         raise ValueError(f"batch has {update.shape[0]} features, the Gram matrix {state.matrix.shape[0]}")
     return Gram(state.matrix + update, state.count + rows.shape[0])
+
+
+GRAM_BUDGET = 2**30
+"""Bytes of float64 Gram matrices a pass holds at once (``budget_groups``): GPT-2 large's 144 layer inputs would
+take 9 GB, nearly three times its weights."""
+
+T = TypeVar("T")
+
+
+def budget_groups(items: Sequence[T], needs: Callable[[T], Mapping[Hashable, int]],
+                  budget: int | None = None) -> list[list[T]]:
+    """``items`` in order, cut into consecutive groups whose needs (bytes by key; a key shared within a group
+    counts once) sum to at most ``budget``, so that a pass can gather each group's statistics in one calibration
+    run and drop them before the next; an item that needs more on its own is a group alone. One group when all
+    fit. ``budget`` defaults to ``GRAM_BUDGET``."""
+    budget = GRAM_BUDGET if budget is None else budget
+    groups: list[list[T]] = []
+    held: dict[Hashable, int] = {}
+    for item in items:
+        need = needs(item)
+        extra = sum(size for key, size in need.items() if key not in held)
+        if not groups or (extra and sum(held.values()) + extra > budget and groups[-1]):
+            groups.append([])
+            held = {}
+        groups[-1].append(item)
+        held.update(need)
+    return groups
 
 
 def regularized(gram: ArrayLike, ridge: float) -> Array:

@@ -15,6 +15,9 @@ from graphopt.data import input_specs, load_data
 from graphopt.errors import PreconditionError
 from graphopt.pass_base import PassContext, PassResult
 from graphopt.verify.metrics import error_stats
+from graphopt.activations import reduce_activations
+from graphopt_passes import int4_weights
+from graphopt_passes._math import low_rank
 from graphopt_passes.int4_weights import Int4WeightsPass
 
 Options = Int4WeightsPass.Options
@@ -201,3 +204,19 @@ def test_minilm_word_embeddings_verified_within_budget(tmp_path: Path) -> None:
     _, held_out = data.split(0.5)
     stats = error_stats(run_ort(model, held_out.arrays)[0], run_ort(result.model, held_out.arrays, optimize=True)[0])
     assert stats.cosine >= 0.99
+
+
+def test_calibration_in_groups_under_a_gram_budget_gives_the_same_model(rng: np.random.Generator,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose layer inputs' Grams exceed the budget is calibrated in groups, one run each, and comes out
+    the same as calibrated at once: the digits CNN with a budget of one byte (each input its own group)."""
+    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
+    ctx = calibration(model, rng, 16)
+    whole = apply(model, ctx, min_size=512)
+    runs: list[int] = []
+    monkeypatch.setattr(low_rank, "GRAM_BUDGET", 1)
+    monkeypatch.setattr(int4_weights, "reduce_activations",
+                        lambda *a, **k: (runs.append(1), reduce_activations(*a, **k))[1])
+    grouped = apply(model, ctx, min_size=512)
+    assert len(runs) == whole.stats["layers_quantized"] == 2
+    assert grouped.model.graph == whole.model.graph

@@ -17,7 +17,10 @@ import graphopt
 import graphopt_zoo as zoo
 from graphopt.data import input_specs, load_data, split_indices
 from graphopt.pass_base import PassContext
+from graphopt_passes import weight_clustering
+from graphopt_passes._math import low_rank
 from graphopt_passes.weight_clustering import WeightClusteringPass
+from graphopt_passes.weight_clustering import _statistics as statistics
 
 MODEL = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[N,64] x, int64[N] ids) => (float[N,16] y, float[N,32] z) {
@@ -234,3 +237,18 @@ def test_minilm_file_is_over_7x_smaller_with_16_values_per_tensor(tmp_path: Path
     onnx.checker.check_model(result.model, full_check=True)
     assert 0.93 <= cosines[False] < 0.96 and 0.96 <= cosines[True] < 0.985, cosines  # measured 0.948, 0.970
     assert cosines[True] > cosines[False] + 0.01, cosines
+
+
+def test_calibration_in_groups_under_a_gram_budget_gives_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPTQ-style compensation's Grams, gathered in groups (one calibration run each) when together they exceed
+    the budget, give the same model as gathered at once: the digits CNN with a budget of one byte."""
+    model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
+    ctx = calibration(model, np.random.default_rng(3), 16)
+    whole = cluster(min_size=512)(model, ctx)
+    runs: list[int] = []
+    monkeypatch.setattr(low_rank, "GRAM_BUDGET", 1)
+    monkeypatch.setattr(weight_clustering, "_statistics",
+                        lambda *a, **k: (runs.append(1), statistics(*a, **k))[1])
+    grouped = cluster(min_size=512)(model, ctx)
+    assert whole.stats["tensors_clustered"] >= 2 and len(runs) >= 2
+    assert grouped.model.graph == whole.model.graph
