@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -39,7 +39,7 @@ from graphopt.opset import ensure_opset
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.weights import to_array
 from graphopt_passes._math import block_quant as bq
-from graphopt_passes._math.low_rank import Gram, accumulate_gram, budget_groups
+from graphopt_passes._math.low_rank import Gram, accumulate_gram, budget_groups, gram_budget
 
 __all__ = ["Int4WeightsPass"]
 
@@ -62,16 +62,17 @@ class _Layer:
     kn: bool
     nbits: bool = True
 
-    def matrix(self) -> np.ndarray:
-        """W (K×N) in float64, read when needed (a weight kept in place is mapped only while it is used)."""
+    def matrix(self, columns: slice = slice(None)) -> np.ndarray:
+        """W's ``columns`` (K×n) in float64, read when needed (a weight kept in place is mapped only then)."""
         weight = to_array(self.stored)
-        return np.asarray(weight if self.kn else weight.T, dtype=np.float64)
+        return np.asarray(weight[:, columns] if self.kn else weight[columns].T, dtype=np.float64)
 
 
 @dataclass(frozen=True)
 class _Plan:
     layer: _Layer
     quant: bq.BlockQuant
+    """The layer's int4 grid, its scales in float32 as the model stores them (a plan is held for every layer)."""
     error: float
     rtn_error: float
 
@@ -157,25 +158,18 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: Int4Weight
     layers, skipped = _find(model, options)
     calibrated = context.calibration is not None and context.calibration.n_samples > 0
     plans = []
-    for group in budget_groups(layers, _gram_bytes):  # one calibration run per group, dropped before the next
+    budget = gram_budget(sum(4 * layer.shape[0] * layer.shape[1] for layer in layers))
+    for group in budget_groups(layers, _gram_bytes, budget):  # one calibration run each, dropped before the next
         counts: dict[str, np.ndarray] = {}
         grams = _calibrate(model, group, context, counts) if calibrated else {}
         for layer in group:
             gram = grams.get(layer.source)
-            matrix = layer.matrix()  # one layer's float64 copy at a time
-            usable = gram is not None and layer.op != "Gather" and gram.matrix.shape[0] == matrix.shape[0]
+            usable = gram is not None and layer.op != "Gather" and gram.matrix.shape[0] == layer.shape[0]
             if layer.op != "Gather" and options.search == "data" and not usable:
                 skipped.append(Skip(layer.node, f"no activations of '{layer.source}'"))
                 continue
             g = gram.matrix / max(gram.count, 1) if usable and gram is not None else None
-            rtn = bq.quantize(matrix, options.block, options.symmetric)
-            if options.search == "none":
-                quant = rtn
-            else:
-                importance = np.diag(g) if options.search == "data" and g is not None else None
-                quant = bq.search(matrix, options.block, options.symmetric, importance)[0]
-            plans.append(_Plan(layer, quant, _error(matrix, quant, g, counts.get(layer.source)),
-                               _error(matrix, rtn, g, counts.get(layer.source))))
+            plans.append(_plan_layer(layer, g, counts.get(layer.source), options))
     return plans, skipped
 
 
@@ -184,17 +178,43 @@ def _gram_bytes(layer: _Layer) -> dict[str, int]:
     return {} if layer.op == "Gather" else {layer.source: 8 * layer.shape[0] ** 2}
 
 
-def _error(matrix: np.ndarray, quant: bq.BlockQuant, gram: np.ndarray | None, counts: np.ndarray | None) -> float:
-    """Relative layer-output error on the calibration samples: from the input Gram for a MatMul/Gemm, from how
-    often each row was gathered for an embedding (the relative weight error where neither was observed)."""
+_CHUNK = 2**22
+"""Values of a weight quantised at a time: the search's float64 temporaries take several times their input, and
+GPT-2's 1280×50257 output projection taken whole needed 2.5 GB of them. Columns are independent, so chunks give the
+same grid."""
+
+
+def _plan_layer(layer: _Layer, gram: np.ndarray | None, counts: np.ndarray | None,
+                options: Int4WeightsPass.Options) -> _Plan:
+    """The layer's int4 grid (searched, or rounded to nearest), a few columns at a time, with its relative output
+    error and that of plain rounding."""
+    k, n = layer.shape
+    step = max(1, _CHUNK // k)
+    importance = np.diag(gram) if options.search == "data" and gram is not None else None
+    parts, terms = [], np.zeros((2, 2))
+    observed = counts is not None and counts[:n].any()
+    for start in range(0, n, step):
+        columns = slice(start, min(n, start + step))
+        matrix = layer.matrix(columns)
+        rtn = bq.quantize(matrix, options.block, options.symmetric)
+        quant = rtn if options.search == "none" else bq.search(matrix, options.block, options.symmetric,
+                                                                importance)[0]
+        weights = counts[columns].astype(np.float64) if observed and counts is not None else None
+        terms += [_error_terms(matrix, q, gram, weights) for q in (quant, rtn)]
+        parts.append(replace(quant, scales=quant.scales.astype(np.float32)))
+    return _Plan(layer, bq.concatenate(parts), bq.relative(*terms[0]), bq.relative(*terms[1]))
+
+
+def _error_terms(matrix: np.ndarray, quant: bq.BlockQuant, gram: np.ndarray | None,
+                 weights: np.ndarray | None) -> tuple[float, float]:
+    """The squared layer-output error on the calibration samples and the squared output it is relative to: from
+    the input Gram for a MatMul/Gemm, from how often each row was gathered (``weights``) for an embedding, the
+    weight's own where neither was observed."""
     approx = bq.dequantize(quant)
     if gram is not None:
-        return bq.output_error(matrix, approx, gram)
-    weights = np.ones(matrix.shape[1]) if counts is None or not counts[: matrix.shape[1]].any() \
-        else counts[: matrix.shape[1]].astype(np.float64)
-    num = float(weights @ np.sum((matrix - approx) ** 2, axis=0))
-    den = float(weights @ np.sum(matrix**2, axis=0))
-    return float(np.sqrt(num / den)) if den > 0 else 0.0
+        return bq.output_error_terms(matrix, approx, gram)
+    weights = np.ones(matrix.shape[1]) if weights is None else weights
+    return float(weights @ np.sum((matrix - approx) ** 2, axis=0)), float(weights @ np.sum(matrix**2, axis=0))
 
 
 def _find(model: onnx.ModelProto, options: Int4WeightsPass.Options) -> tuple[list[_Layer], list[Skip]]:

@@ -29,11 +29,14 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "DEFAULT_CLIPS",
     "BlockQuant",
+    "concatenate",
     "dequantize",
     "output_error",
+    "output_error_terms",
     "pack_int4",
     "pack_nbits",
     "quantize",
+    "relative",
     "search",
     "unpack_int4",
 ]
@@ -134,10 +137,28 @@ def search(
 
 def output_error(weight: ArrayLike, approx: ArrayLike, gram: ArrayLike) -> float:
     """Relative layer-output error ‖X(W − Ŵ)‖ / ‖XW‖ from the input Gram XᵀX (0 when the output is 0)."""
+    return relative(*output_error_terms(weight, approx, gram))
+
+
+def output_error_terms(weight: ArrayLike, approx: ArrayLike, gram: ArrayLike) -> tuple[float, float]:
+    """``(‖X(W − Ŵ)‖², ‖XW‖²)`` from the Gram: sums over columns, so a matrix taken a few columns at a time adds
+    its parts' terms."""
     w, e, g = (np.asarray(a, dtype=np.float64) for a in (weight, approx, gram))
     e = w - e
-    num, den = float(np.sum(e * (g @ e))), float(np.sum(w * (g @ w)))
+    return float(np.sum(e * (g @ e))), float(np.sum(w * (g @ w)))
+
+
+def relative(num: float, den: float) -> float:
+    """``√(num / den)``, 0 when ``den`` is 0 (an error and the norm it is relative to)."""
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+
+
+def concatenate(parts: list[BlockQuant]) -> BlockQuant:
+    """The quantisation of a matrix from those of its column slices, in order (blocks run along K: each column's
+    are its own)."""
+    return BlockQuant(np.concatenate([p.values for p in parts], axis=1),
+                      np.concatenate([p.scales for p in parts], axis=1),
+                      np.concatenate([p.zero_points for p in parts], axis=1), parts[0].block, parts[0].symmetric)
 
 
 def pack_int4(values: ArrayLike) -> NDArray[np.uint8]:

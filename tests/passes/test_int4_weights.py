@@ -11,11 +11,11 @@ from helpers import EXAMPLES, calibration, random_feeds, run_ort, text_model
 
 import graphopt
 import graphopt_zoo as zoo
+from graphopt.activations import reduce_activations
 from graphopt.data import input_specs, load_data
 from graphopt.errors import PreconditionError
 from graphopt.pass_base import PassContext, PassResult
 from graphopt.verify.metrics import error_stats
-from graphopt.activations import reduce_activations
 from graphopt_passes import int4_weights
 from graphopt_passes._math import low_rank
 from graphopt_passes.int4_weights import Int4WeightsPass
@@ -215,8 +215,33 @@ def test_calibration_in_groups_under_a_gram_budget_gives_the_same_model(rng: np.
     whole = apply(model, ctx, min_size=512)
     runs: list[int] = []
     monkeypatch.setattr(low_rank, "GRAM_BUDGET", 1)
+    monkeypatch.setattr(low_rank, "GRAM_FLOOR", 1)
     monkeypatch.setattr(int4_weights, "reduce_activations",
                         lambda *a, **k: (runs.append(1), reduce_activations(*a, **k))[1])
     grouped = apply(model, ctx, min_size=512)
     assert len(runs) == whole.stats["layers_quantized"] == 2
     assert grouped.model.graph == whole.model.graph
+
+
+@pytest.mark.parametrize("case", ["digits", "embedding"])
+def test_planning_a_few_columns_at_a_time_gives_the_same_model_and_errors(rng: np.random.Generator,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          case: str) -> None:
+    """A weight is quantised in chunks of columns (bounding the search's temporaries): its blocks run along K, so the
+    grid is the same, and the error terms add up to the whole matrix's (Gemms of the digits CNN with their Grams,
+    and an embedding weighted by how often each row was gathered)."""
+    if case == "digits":
+        model = onnx.load(str(EXAMPLES / "digits_cnn.onnx"))
+        options = Options(min_size=512)
+    else:
+        model = text_model(EMBEDDING, table=rng.standard_normal((300, 64)).astype(np.float32))
+        options = Options(min_size=0, symmetric=False)
+    ctx = calibration(model, rng, 16)
+    whole_pass = Int4WeightsPass(options)
+    whole, units = whole_pass(model, ctx), whole_pass.units(model, ctx)
+    monkeypatch.setattr(int4_weights, "_CHUNK", 64 * 3)  # three columns of K=64, one of the digits' K=1024
+    chunked_pass = Int4WeightsPass(options)
+    chunked = chunked_pass(model, ctx)
+    assert whole.modified and chunked.model.graph == whole.model.graph
+    for got, expected in zip(chunked_pass.units(model, ctx), units, strict=True):
+        assert got.name == expected.name and got.sensitivity == pytest.approx(expected.sensitivity, rel=1e-9)
