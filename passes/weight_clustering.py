@@ -33,7 +33,7 @@ from graphopt.opset import ensure_opset
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt.weights import to_array
 from graphopt_passes._math.clustering import Clustering, cluster, compensated
-from graphopt_passes._math.low_rank import budget_groups
+from graphopt_passes._math.low_rank import budget_groups, gram_budget
 from graphopt_passes._math.pruning import AugmentedGram, accumulate
 
 __all__ = ["WeightClusteringPass"]
@@ -204,7 +204,8 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: WeightClus
                 if r is not None and r.matmul and options.compensate}
 
     planned: list[_Clustered] = []
-    for group in budget_groups(chosen, gram_bytes):  # one calibration run per group, dropped before the next
+    budget = gram_budget(sum(4 * math.prod(arrays[name].dims) for name in chosen))  # as float32
+    for group in budget_groups(chosen, gram_bytes, budget):  # one calibration run each, dropped before the next
         importance: dict[tuple[str, int], np.ndarray] = {}
         grams: dict[tuple[str, int], np.ndarray] = {}
         if calibrated:

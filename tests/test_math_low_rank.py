@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from graphopt_passes._math.low_rank import (
+    GRAM_BUDGET,
+    GRAM_FLOOR,
     accumulate_gram,
     budget_groups,
     factorize,
+    gram_budget,
     rank_errors,
     rank_for_energy,
     rank_for_ratio,
@@ -154,3 +157,9 @@ def test_budget_groups_cut_in_order_and_count_a_shared_key_once() -> None:
     assert budget_groups(items, needs.__getitem__, 8) == [["q", "k", "v", "o"], ["up"], ["down", "e"]]
     assert budget_groups(items, needs.__getitem__, 1) == [["q", "k", "v"], ["o"], ["up"], ["down", "e"]]
     assert budget_groups([], needs.__getitem__, 1) == []
+
+
+def test_gram_budget_is_half_the_weights_within_its_floor_and_cap() -> None:
+    assert gram_budget(10**6) == GRAM_FLOOR == 64 * 2**20
+    assert gram_budget(400 * 2**20) == 200 * 2**20
+    assert gram_budget(3 * 2**30) == GRAM_BUDGET == 2**30

@@ -31,6 +31,7 @@ __all__ = [
     "choose",
     "factorize",
     "fit_layer",
+    "gram_budget",
     "rank_errors",
     "rank_for_energy",
     "rank_for_ratio",
@@ -69,20 +70,24 @@ def accumulate_gram(state: Gram | None, batch: ArrayLike, axis: int = -1) -> Gra
     return Gram(state.matrix + update, state.count + rows.shape[0])
 
 
-GRAM_BUDGET = 2**30
-"""Bytes of float64 Gram matrices a pass holds at once (``budget_groups``): GPT-2 large's 144 layer inputs would
-take 9 GB, nearly three times its weights."""
+GRAM_BUDGET, GRAM_FLOOR = 2**30, 2**26
+"""Bytes of float64 Gram matrices a pass holds at once (``gram_budget``): GPT-2 large's 144 layer inputs would take
+9 GB, nearly three times its weights; a square layer's Gram alone takes twice its float32 weight."""
+
+
+def gram_budget(weight_bytes: int) -> int:
+    """The Gram bytes a pass may hold at once while it rewrites ``weight_bytes`` of weights: half of them, at least
+    64 MiB (small models stay in one group) and at most ``GRAM_BUDGET``."""
+    return min(GRAM_BUDGET, max(GRAM_FLOOR, weight_bytes // 2))
 
 T = TypeVar("T")
 
 
-def budget_groups(items: Sequence[T], needs: Callable[[T], Mapping[Hashable, int]],
-                  budget: int | None = None) -> list[list[T]]:
+def budget_groups(items: Sequence[T], needs: Callable[[T], Mapping[Hashable, int]], budget: int) -> list[list[T]]:
     """``items`` in order, cut into consecutive groups whose needs (bytes by key; a key shared within a group
     counts once) sum to at most ``budget``, so that a pass can gather each group's statistics in one calibration
     run and drop them before the next; an item that needs more on its own is a group alone. One group when all
-    fit. ``budget`` defaults to ``GRAM_BUDGET``."""
-    budget = GRAM_BUDGET if budget is None else budget
+    fit."""
     groups: list[list[T]] = []
     held: dict[Hashable, int] = {}
     for item in items:

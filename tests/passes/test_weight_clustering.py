@@ -247,6 +247,7 @@ def test_calibration_in_groups_under_a_gram_budget_gives_the_same_model(monkeypa
     whole = cluster(min_size=512)(model, ctx)
     runs: list[int] = []
     monkeypatch.setattr(low_rank, "GRAM_BUDGET", 1)
+    monkeypatch.setattr(low_rank, "GRAM_FLOOR", 1)
     monkeypatch.setattr(weight_clustering, "_statistics",
                         lambda *a, **k: (runs.append(1), statistics(*a, **k))[1])
     grouped = cluster(min_size=512)(model, ctx)
