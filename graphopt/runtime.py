@@ -161,10 +161,6 @@ def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
     The file (a few kilobytes: no weight in it) is removed as soon as the session has read it."""
     files = {Path(weights.location(t)) for t in weights.in_place_tensors(model)}
     folder = Path(os.path.commonpath([f.parent for f in files]))
-    shell = onnx.ModelProto()
-    shell.CopyFrom(model)
-    for tensor in weights.in_place_tensors(shell):
-        weights.relocate(tensor, os.path.relpath(weights.location(tensor), folder))
     try:
         handle, name = tempfile.mkstemp(prefix=".graphopt-session-", suffix=".onnx", dir=folder)
     except OSError:
@@ -172,10 +168,19 @@ def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
         return
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(shell.SerializeToString())
+            file.write(_relocated(model, folder))  # the copy and its bytes are freed before onnxruntime loads
         yield Path(name)
     finally:
         Path(name).unlink(missing_ok=True)
+
+
+def _relocated(model: onnx.ModelProto, folder: Path) -> bytes:
+    """``model`` serialised with its weights in place named relative to ``folder``."""
+    shell = onnx.ModelProto()
+    shell.CopyFrom(model)
+    for tensor in weights.in_place_tensors(shell):
+        weights.relocate(tensor, os.path.relpath(weights.location(tensor), folder))
+    return shell.SerializeToString()
 
 
 def check_providers(config: RuntimeConfig) -> None:

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt import weights
+from graphopt import runtime, weights
 from graphopt._proto import model_size, save_model_file, serialised_size
 from graphopt.errors import ModelIOError
 from graphopt.graph import copy_model, editing, import_graph
@@ -159,3 +159,26 @@ def test_sessions_on_weights_in_place_do_not_copy_them(saved: tuple[Path, onnx.M
     assert names == ["w1"] and isinstance(maps[0], np.memmap)
     session = create_session(loaded)
     assert isinstance(session, ort.InferenceSession)
+
+
+
+def test_sessions_load_beside_the_weights_and_leave_nothing_there(saved: tuple[Path, onnx.ModelProto],
+                                                                  rng: np.random.Generator,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime maps external data only from a file in the model's folder: the session is loaded from a shell
+    written beside the weights and removed at once; where that folder cannot be written, the weights are handed
+    over in memory instead, with the same outputs."""
+    path, model = saved
+    loaded = read_model(path).model
+    listing = sorted(p.name for p in path.parent.iterdir())
+    feed = _feed(rng)
+    expected = _run(model, feed)
+    np.testing.assert_allclose(_run(loaded, feed), expected, rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in path.parent.iterdir()) == listing
+
+    def refused(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr(runtime.tempfile, "mkstemp", refused)
+    np.testing.assert_allclose(_run(loaded, feed), expected, rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in path.parent.iterdir()) == listing
