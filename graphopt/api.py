@@ -22,7 +22,7 @@ from graphopt.data import RANDOM, Dataset, data_files, input_specs, load_data
 from graphopt.errors import DataError, GraphoptError, PipelineError, UsageError, ValidationSetupError
 from graphopt.goal import DEFAULT_TIME_BUDGET, GOALS, GoalName, Resume
 from graphopt.goal import search as search_goal
-from graphopt.graph import copy_model, model_digest
+from graphopt.graph import copy_model, free_copies, model_digest
 from graphopt.instrument import Instrument
 from graphopt.manager import PassManager
 from graphopt.modelio import (
@@ -273,6 +273,7 @@ def optimize(
 
         output_path = report_file = html_file = None
         if output is not None:
+            free_copies(final)  # the last trials' sessions, before the saved file is loaded to check it
             output_path = save_model(final, output, protect=_others(protect, output, model_sidecar(output)),
                                      runtime=runtime)
             record.output_path = str(output_path)

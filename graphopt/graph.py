@@ -11,11 +11,14 @@ again, because a pass that changes channel counts would otherwise leave wrong ``
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import gc
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeAlias, overload
 
@@ -240,12 +243,32 @@ _BIG_MODEL = 2**28
 
 
 def free_copies(model: onnx.ModelProto) -> None:
-    """Collect the copies of ``model`` that earlier rewrites left behind, when it is big. Graphsurgeon graphs are
-    reference cycles whose constants hold on to a whole copied model (protobuf keeps the parent of a sub-message
-    alive), so only a full collection frees them; for a model of gigabytes, copies pile up faster than Python
-    collects them on its own."""
+    """Collect the copies of ``model`` that earlier rewrites left behind, and give the memory they and the last
+    sessions held back to the system, when it is big. Graphsurgeon graphs are reference cycles whose constants hold
+    on to a whole copied model (protobuf keeps the parent of a sub-message alive), so only a full collection frees
+    them; for a model of gigabytes, copies pile up faster than Python collects them on its own. And glibc keeps
+    what is freed for reuse: after onnxruntime had dropped a 3 GB session's repacked weights, 2.7 GB stayed
+    resident (``_return_freed_memory``)."""
     if weight_bytes(model) >= _BIG_MODEL:
         gc.collect()
+        _return_freed_memory()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` on a C library without it."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere): freed blocks
+    below its adaptive mmap threshold (up to 32 MiB, raised by each large block freed) stay resident otherwise."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def default_opset(model: onnx.ModelProto) -> int:

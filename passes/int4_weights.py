@@ -34,7 +34,15 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import PassError
-from graphopt.graph import Names, copy_model, import_node_domains, label, overridable_initializers, subgraph_reads
+from graphopt.graph import (
+    Names,
+    copy_model,
+    free_copies,
+    import_node_domains,
+    label,
+    overridable_initializers,
+    subgraph_reads,
+)
 from graphopt.opset import ensure_opset
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit
 from graphopt.weights import to_array
@@ -162,6 +170,7 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: Int4Weight
     for group in budget_groups(layers, _gram_bytes, budget):  # one calibration run each, dropped before the next
         counts: dict[str, np.ndarray] = {}
         grams = _calibrate(model, group, context, counts) if calibrated else {}
+        free_copies(model)  # what the calibration session and its batches held, before planning takes more
         for layer in group:
             gram = grams.get(layer.source)
             usable = gram is not None and layer.op != "Gather" and gram.matrix.shape[0] == layer.shape[0]

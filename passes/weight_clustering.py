@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 
 from graphopt.activations import reduce_activations
 from graphopt.errors import CalibrationError, PassError, first_line
-from graphopt.graph import Names, copy_model, default_opset, overridable_initializers
+from graphopt.graph import Names, copy_model, default_opset, free_copies, overridable_initializers
 from graphopt.opset import ensure_opset
 from graphopt.pass_base import Goal, PassBase, PassContext, PassResult, PlanCache, Skip, Unit, nested_levels
 from graphopt.weights import to_array
@@ -218,6 +218,7 @@ def _make_plan(model: onnx.ModelProto, context: PassContext, options: WeightClus
                 skipped.append(Skip("calibration", f"{e}; clustered without calibration data"))
                 calibrated = False
             importance = importance if options.data_aware else {}
+            free_copies(model)  # what the calibration session and its batches held, before clustering takes more
         planned += _cluster_group(group, arrays, readers, importance, grams, options)
     return planned, skipped
 
