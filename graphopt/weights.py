@@ -57,6 +57,10 @@ _MAPPED = frozenset({
 })
 """Types whose external bytes are their numpy values as they are (little-endian): these can be mapped."""
 
+_PLACED: set[tuple[str, int, int]] = set()
+"""The (file, offset, length) of every tensor ``place`` made in place in this process: an absolute location that a
+model proto brings along by itself (one an API caller loaded without its external data) is not trusted as one."""
+
 _Key = tuple[str, int, str, tuple[int, ...]]
 _MAPS: weakref.WeakValueDictionary[_Key, np.memmap] = weakref.WeakValueDictionary()
 """The live map of each in-place tensor (file, offset, type, shape), so that a tensor read twice is mapped once."""
@@ -74,12 +78,19 @@ def place(tensor: onnx.TensorProto, file: Path, offset: int, length: int) -> Non
     del tensor.external_data[:]
     for key, value in (("location", str(file.resolve())), ("offset", str(offset)), ("length", str(length))):
         tensor.external_data.add(key=key, value=value)
+    _PLACED.add((str(file.resolve()), offset, length))
 
 
 def is_in_place(tensor: onnx.TensorProto) -> bool:
-    """Whether ``tensor`` is in place: external data at an absolute location, as only ``place`` writes it (a model
-    file's own external locations are relative: ``modelio`` refuses absolute ones)."""
-    return tensor.data_location == onnx.TensorProto.EXTERNAL and os.path.isabs(location(tensor))
+    """Whether ``tensor`` is in place: external data at an absolute location that ``place`` wrote in this process
+    (a model file's own locations are relative, ``modelio`` refuses absolute ones, and an absolute one that a proto
+    brings along is not taken for one)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL or not os.path.isabs(location(tensor)):
+        return False
+    try:
+        return _fields(tensor) in _PLACED
+    except (KeyError, ValueError):
+        return False
 
 
 def in_place_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

@@ -182,3 +182,19 @@ def test_sessions_load_beside_the_weights_and_leave_nothing_there(saved: tuple[P
     monkeypatch.setattr(runtime.tempfile, "mkstemp", refused)
     np.testing.assert_allclose(_run(loaded, feed), expected, rtol=1e-5, atol=1e-6)
     assert sorted(p.name for p in path.parent.iterdir()) == listing
+
+
+def test_an_absolute_location_a_proto_brings_along_is_not_read(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A model loaded by a caller without its external data, naming a file anywhere by an absolute path, is not
+    taken for one with weights in place: graphopt neither maps nor copies that file."""
+    model = _mlp(rng)
+    secret = tmp_path / "elsewhere.bin"
+    numpy_helper.to_array(model.graph.initializer[0]).tofile(secret)
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", str(secret)), ("offset", "0"), ("length", str(secret.stat().st_size))):
+        tensor.external_data.add(key=key, value=value)
+    assert not weights.is_in_place(tensor) and not weights.in_place(model)
+    with pytest.raises(Exception, match="absolute"):
+        weights.to_array(tensor)
