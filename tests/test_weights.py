@@ -152,13 +152,15 @@ def test_an_absolute_location_in_a_file_is_still_refused(tmp_path: Path, rng: np
 
 
 def test_sessions_on_weights_in_place_do_not_copy_them(saved: tuple[Path, onnx.ModelProto]) -> None:
-    """onnxruntime is handed the maps: no copy of a weight in place enters the serialised model it loads."""
+    """onnxruntime loads a model with weights in place from a shell beside them (it maps them from the file), not
+    from maps handed over in memory (which it copies); those maps are what the fallback would hand over."""
     path, _ = saved
     loaded = read_model(path).model
     names, maps = weights.external_initializers(loaded)
     assert names == ["w1"] and isinstance(maps[0], np.memmap)
     session = create_session(loaded)
     assert isinstance(session, ort.InferenceSession)
+    assert not hasattr(session, "_graphopt_weights")  # only the in-memory fallback keeps the maps alive
 
 
 
