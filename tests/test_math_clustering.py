@@ -153,3 +153,38 @@ def test_compensation_tolerates_dead_channels_and_rejects_bad_shapes(rng: np.ran
         compensated_assign(w, codebook, np.full_like(h, np.nan))
     with pytest.raises(ValueError, match="2-D"):
         compensated(cluster(w, 4), w[None], h)
+
+
+def test_streaming_a_large_weight_in_chunks_changes_nothing(rng: np.random.Generator,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cluster`` and ``compensated`` stream a big weight ``_CHUNK`` values at a time, with prefix sums kept per
+    ``_BLOCK``; tiny chunks and blocks (many of each, runs crossing them) give the same codebook and indices."""
+    from graphopt_passes._math import clustering
+
+    _, w, h = correlated_layer(rng, 48, 40)
+    w = w.astype(np.float32)
+    importance = np.broadcast_to(rng.uniform(0.5, 2.0, (48, 1)), w.shape)
+    whole = [cluster(w, 8), cluster(w, 8, importance), cluster(w, 8, importance, groups=4096)]
+    whole.append(compensated(whole[1], w, h, block=5))
+    monkeypatch.setattr(clustering, "_CHUNK", 64)
+    monkeypatch.setattr(clustering, "_BLOCK", 16)
+    streamed = [cluster(w, 8), cluster(w, 8, importance), cluster(w, 8, importance, groups=4096)]
+    streamed.append(compensated(streamed[1], w, h, block=5))
+    for a, b in zip(whole, streamed, strict=True):
+        np.testing.assert_allclose(a.codebook, b.codebook, rtol=1e-6)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        assert a.relative_error == pytest.approx(b.relative_error, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_searching_narrow_floats_with_wide_queries_is_exact(rng: np.random.Generator, dtype: type) -> None:
+    """Cut positions in a float32 (or float16) weight without widening it: the same as searching its float64 copy,
+    also for queries that fall between two neighbouring narrow floats, on them, and out of range."""
+    from graphopt_passes._math.clustering import _search
+
+    x = np.sort(rng.standard_normal(3000).astype(dtype))
+    x[100:110] = x[100]  # runs of equal values
+    between = (x[:-1].astype(np.float64) + np.nextafter(x[:-1], dtype(np.inf)).astype(np.float64)) / 2
+    queries = np.concatenate([between, x.astype(np.float64), [-1e300, 1e300, 0.0]])
+    for side in ("left", "right"):
+        np.testing.assert_array_equal(_search(x, queries, side), np.searchsorted(x.astype(np.float64), queries, side))

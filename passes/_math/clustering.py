@@ -17,12 +17,19 @@ later rows absorb what correlated inputs let them absorb of the *output* error �
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from graphopt_passes._math.block_quant import output_error_terms, relative
+
 __all__ = ["Clustering", "cluster", "compensated", "compensated_assign", "dp_partition", "kmeans_1d_exact", "lloyd", "nearest",
            "output_error"]
+
+_CHUNK = 1 << 22  # values streamed at a time through a large weight
+_BLOCK = 1 << 14  # values per block of the prefix sums' totals: a cut recomputes one block's partial sums
 
 
 @dataclass(frozen=True)
@@ -75,8 +82,10 @@ def lloyd(values: np.ndarray, centroids: np.ndarray, weights: np.ndarray | None 
           ) -> tuple[np.ndarray, list[float]]:
     """Lloyd steps on sorted ``values`` from sorted ``centroids``: the refined centroids and the error after each
     assignment (the first entry is the starting error; the sequence never increases)."""
-    c = np.asarray(centroids, dtype=np.float64)
-    prefix = _Prefix(np.asarray(values, dtype=np.float64), weights)
+    return _lloyd(_Prefix(_sortable(values), weights), np.asarray(centroids, dtype=np.float64), steps)
+
+
+def _lloyd(prefix: _Prefix, c: np.ndarray, steps: int) -> tuple[np.ndarray, list[float]]:
     errors = [prefix.error(c)]
     for _ in range(steps):
         moved = prefix.means(_cuts(prefix.x, c), fallback=c)
@@ -94,38 +103,50 @@ def cluster(values: np.ndarray, k: int, weights: np.ndarray | None = None, group
             ) -> Clustering:
     """Cluster ``values`` into at most ``k`` (≤ 256) shared values: DP on groups of sorted values, then Lloyd.
 
-    ``weights`` (same shape, ≥ 0) weigh each value's squared error. Values that are already drawn from at most
-    ``k`` distinct numbers, and no more than ``groups`` of them, are reproduced exactly.
+    ``weights`` (broadcastable to ``values``, ≥ 0) weigh each value's squared error. Values that are already drawn
+    from at most ``k`` distinct numbers, and no more than ``groups`` of them, are reproduced exactly. Besides the
+    indices, memory is one sorted copy of the values (and of their weights, as float64): everything else is streamed
+    ``_CHUNK`` values at a time, so a 64M-value embedding does not take gigabytes of temporaries.
     """
     if not 1 <= k <= 256:
         raise ValueError(f"k must be in [1, 256], not {k}")
-    flat = np.asarray(values).reshape(-1)
-    x64 = flat.astype(np.float64)
-    if weights is None:
-        x, w = np.sort(x64), None
+    values = np.asarray(values)
+    flat = _sortable(values.reshape(-1))
+    scale = None if weights is None else np.broadcast_to(weights, values.shape)
+    if scale is None:
+        x, w = np.sort(flat), None
     else:
-        order = np.argsort(x64, kind="stable")
-        x, w = x64[order], np.asarray(weights, dtype=np.float64).reshape(-1)[order]
+        order = np.argsort(flat, kind="stable")
+        x, w = flat[order], np.empty(flat.size)
+        for start in range(0, flat.size, _CHUNK):
+            w[start:start + _CHUNK] = scale[np.unravel_index(order[start:start + _CHUNK], values.shape)]
+        del order
+    prefix = _Prefix(x, w)
     starts = _group_starts(x, groups)
-    gw = np.diff(np.append(starts, len(x))).astype(np.float64) if w is None else np.add.reduceat(w, starts)
-    xw = x if w is None else x * w
-    gs1, gs2 = np.add.reduceat(xw, starts), np.add.reduceat(xw * x, starts)
+    gw, gs1, gs2 = prefix.sums(np.append(starts, len(x)))
     keep = gw > 0
     if not keep.any():  # every weight is zero: any codebook is as good; use the plain values
         return cluster(values, k, None, groups, steps)
     gw, gs1 = gw[keep], gs1[keep]
     cuts, _ = dp_partition(gw, gs1, gs2[keep], k)
     run_w, run_s1 = (np.diff(np.concatenate([[0.0], np.cumsum(a)])[cuts]) for a in (gw, gs1))
-    centroids, _ = lloyd(x, run_s1 / run_w, w, steps)
+    centroids, _ = _lloyd(prefix, run_s1 / run_w, steps)
     centroids = _snap(x, centroids)
+    del prefix, x, w
     codebook = centroids.astype(flat.dtype if flat.dtype.kind == "f" else np.float32)
-    mids = (codebook[1:].astype(np.float64) + codebook[:-1]) / 2
-    indices = np.searchsorted(mids, x64, side="left").astype(np.uint8).reshape(np.shape(values))
-    diff = x64 - codebook.astype(np.float64)[indices.reshape(-1)]
-    scale = np.ones_like(x64) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    norm = float(np.sum(scale * x64 * x64))
-    error = float(np.sqrt(np.sum(scale * diff * diff) / norm)) if norm > 0 else 0.0
-    return Clustering(codebook, indices, error)
+    book = codebook.astype(np.float64)
+    mids = (book[1:] + book[:-1]) / 2
+    indices = np.empty(values.shape, dtype=np.uint8)
+    error, norm = 0.0, 0.0
+    for rows in _row_slabs(values.shape):
+        part = values[rows].reshape(-1).astype(np.float64)
+        picked = np.searchsorted(mids, part, side="left")
+        indices[rows] = picked.astype(np.uint8).reshape(indices[rows].shape)
+        diff = part - book[picked]
+        weight = 1.0 if scale is None else scale[rows].reshape(-1)
+        error += float(np.sum(weight * diff * diff))
+        norm += float(np.sum(weight * part * part))
+    return Clustering(codebook, indices, float(np.sqrt(error / norm)) if norm > 0 else 0.0)
 
 
 def nearest(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
@@ -141,16 +162,17 @@ def compensated_assign(weight: np.ndarray, codebook: np.ndarray, hessian: np.nda
     Rows i = 0…K−1 are rounded in order to the nearest value of sorted ``codebook``; each row's error, divided by
     ``U[i, i]``, is subtracted through ``U[i, i+1:]`` from the later rows, with ``U`` the upper Cholesky factor of
     ``(H + damp·mean(diag H)·I)⁻¹`` and ``hessian`` = ``H`` (K×K, e.g. XᵀX/n). Rows are handled in blocks of
-    ``block`` with one matrix product per block for the rows beyond it. All arithmetic is float64.
+    ``block`` with one matrix product per block for the rows beyond it. All arithmetic is float64. Every column
+    (output) is compensated on its own, so the weight is taken a few columns at a time (about ``_CHUNK`` values).
     """
-    w = np.array(weight, dtype=np.float64)
+    w = np.asarray(weight)
     c = np.asarray(codebook, dtype=np.float64).reshape(-1)
     h = np.asarray(hessian, dtype=np.float64)
     if w.ndim != 2 or h.shape != (w.shape[0], w.shape[0]):
         raise ValueError(f"need weight K×N and hessian K×K, not {w.shape} and {h.shape}")
     if c.size == 0 or np.any(np.diff(c) < 0) or block < 1 or damp < 0:
         raise ValueError("need a non-empty sorted codebook, block >= 1 and damp >= 0")
-    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(h))):
+    if not np.all(np.isfinite(h)) or not all(np.all(np.isfinite(w[:, cols])) for cols in _column_slabs(w.shape)):
         raise ValueError("weight and hessian must be finite")
     k = w.shape[0]
     h = (h + h.T) / 2
@@ -160,6 +182,15 @@ def compensated_assign(weight: np.ndarray, codebook: np.ndarray, hessian: np.nda
     mean = float(np.mean(np.diag(h)))
     h[np.diag_indices(k)] += damp * mean if mean > 0 else 1.0
     u = np.linalg.cholesky(np.linalg.inv(h)).T  # H⁻¹ = UᵀU, U upper triangular
+    indices = np.empty(w.shape, dtype=np.uint8)
+    for cols in _column_slabs(w.shape):
+        indices[:, cols] = _assign_columns(w[:, cols].astype(np.float64), c, u, block)
+    return indices
+
+
+def _assign_columns(w: np.ndarray, c: np.ndarray, u: np.ndarray, block: int) -> np.ndarray:
+    """``compensated_assign`` on a few columns ``w`` (float64, overwritten) given ``U``."""
+    k = w.shape[0]
     indices = np.empty(w.shape, dtype=np.uint8)
     for start in range(0, k, block):
         stop = min(start + block, k)
@@ -182,53 +213,119 @@ def compensated(clustering: Clustering, weight: np.ndarray, hessian: np.ndarray,
         raise ValueError(f"compensation needs a 2-D weight, not {w.shape}")
     rows = np.moveaxis(w, axis, 0)
     indices = compensated_assign(rows, clustering.codebook, hessian, block)
-    error = output_error(rows, clustering.codebook[indices], hessian)
+    terms = [output_error_terms(rows[:, cols], clustering.codebook[indices[:, cols]], hessian)
+             for cols in _column_slabs(rows.shape)]
+    error = relative(sum(t[0] for t in terms), sum(t[1] for t in terms))
     return Clustering(clustering.codebook, np.ascontiguousarray(np.moveaxis(indices, 0, axis)), error)
 
 
 def output_error(weight: np.ndarray, rebuilt: np.ndarray, hessian: np.ndarray) -> float:
     """‖X(W − Ŵ)‖ / ‖XW‖ from the Gram ``H = XᵀX`` (any scale): the layer's relative output error."""
-    w = np.asarray(weight, dtype=np.float64)
-    d = w - np.asarray(rebuilt, dtype=np.float64)
-    h = np.asarray(hessian, dtype=np.float64)
-    norm = float(np.sum(w * (h @ w)))
-    return float(np.sqrt(max(float(np.sum(d * (h @ d))), 0.0) / norm)) if norm > 0 else 0.0
+    return relative(*output_error_terms(weight, rebuilt, hessian))
 
 
 def _group_starts(x: np.ndarray, groups: int) -> np.ndarray:
     """Start positions of the groups of sorted ``x``: each distinct value when there are at most ``groups``, else
     half equal-count and half equal-width boundaries, never splitting equal values."""
-    distinct = np.flatnonzero(np.diff(x)) + 1
-    if len(distinct) + 1 <= groups:
+    distinct = _changes(x, groups)
+    if distinct is not None:
         return np.concatenate([[0], distinct]).astype(np.int64)
     half = max(groups // 2, 1)
     by_count = np.linspace(0, len(x), half + 1)[:-1].astype(np.int64)
-    by_width = np.searchsorted(x, np.linspace(x[0], x[-1], half + 1)[:-1], side="left")
+    by_width = _search(x, np.linspace(float(x[0]), float(x[-1]), half + 1)[:-1], "left")
     starts = np.unique(np.concatenate([[0], by_count, by_width]))
     starts = np.unique(np.searchsorted(x, x[starts], side="left"))  # move each start to its first equal value
     return starts.astype(np.int64)
 
 
+def _changes(x: np.ndarray, most: int) -> np.ndarray | None:
+    """Positions ``i`` where sorted ``x[i] != x[i - 1]``, or ``None`` once there are ``most`` or more."""
+    found: list[np.ndarray] = []
+    count = 0
+    for start in range(1, len(x), _CHUNK):
+        part = x[start - 1:start + _CHUNK]
+        changes = np.flatnonzero(part[1:] != part[:-1]) + start
+        count += len(changes)
+        if count >= most:
+            return None
+        found.append(changes)
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
 def _cuts(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Run boundaries of sorted ``x`` assigned to the nearest of sorted ``centroids`` (length k + 1)."""
     mids = (centroids[1:] + centroids[:-1]) / 2
-    return np.concatenate([[0], np.searchsorted(x, mids, side="right"), [len(x)]]).astype(np.int64)
+    return np.concatenate([[0], _search(x, mids, "right"), [len(x)]]).astype(np.int64)
+
+
+def _search(x: np.ndarray, queries: np.ndarray, side: Literal["left", "right"]) -> np.ndarray:
+    """``np.searchsorted(x, queries, side)`` for float64 ``queries`` into sorted float ``x`` of any precision, without
+    numpy's float64 copy of ``x``: each query becomes the narrower float that bounds the same values of ``x``."""
+    q = np.asarray(queries, dtype=np.float64)
+    if x.dtype == np.float64:
+        return np.searchsorted(x, q, side=side)
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = q.astype(x.dtype)  # out of range: ±inf, which bounds the same values
+        if side == "right":  # count of x ≤ q: the largest narrow float ≤ q bounds the same x
+            narrow = np.where(narrow.astype(np.float64) > q, np.nextafter(narrow, x.dtype.type(-np.inf)), narrow)
+        else:  # count of x < q: the smallest narrow float ≥ q
+            narrow = np.where(narrow.astype(np.float64) < q, np.nextafter(narrow, x.dtype.type(np.inf)), narrow)
+    return np.searchsorted(x, narrow.astype(x.dtype), side=side)
+
+
+def _sortable(values: np.ndarray) -> np.ndarray:
+    """``values`` as they are when float (a float32 weight stays float32: sorting and searching it is exact), else
+    float64."""
+    values = np.asarray(values)
+    return values if values.dtype.kind == "f" else values.astype(np.float64)
+
+
+def _row_slabs(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """Index tuples of whole leading-axis rows covering ``shape``, about ``_CHUNK`` values each."""
+    if not shape:
+        return [()]
+    step = max(1, _CHUNK // max(math.prod(shape[1:]), 1))
+    return [(slice(start, start + step),) for start in range(0, shape[0], step)] or [(slice(0, 0),)]
+
+
+def _column_slabs(shape: tuple[int, ...]) -> list[slice]:
+    """Column ranges of a K×N matrix, about ``_CHUNK`` values each."""
+    step = max(1, _CHUNK // max(shape[0], 1))
+    return [slice(start, start + step) for start in range(0, shape[1], step)] or [slice(0, 0)]
 
 
 class _Prefix:
-    """Prefix sums of w, w·x, w·x² over sorted ``x``, so any run's sums cost two look-ups."""
+    """Sums of w, w·x, w·x² over any run of sorted ``x``, from totals per ``_BLOCK`` values plus, at each cut,
+    the partial sums of its own block: no n-long prefix arrays, so a large weight costs only ``x`` and ``w``."""
 
     def __init__(self, x: np.ndarray, w: np.ndarray | None) -> None:
-        self.x = x
-        self.p0 = None if w is None else np.concatenate([[0.0], np.cumsum(w)])
-        xw = x if w is None else x * w
-        self.p1 = np.concatenate([[0.0], np.cumsum(xw)])
-        self.p2 = np.concatenate([[0.0], np.cumsum(xw * x)])
+        self.x, self.w = x, None if w is None else np.asarray(w, dtype=np.float64)
+        totals = [np.add.reduceat(terms, np.arange(0, terms.shape[1], _BLOCK), axis=1)
+                  for terms in (self._terms(start, start + _CHUNK) for start in range(0, len(x), _CHUNK))]
+        blocks = np.concatenate(totals, axis=1) if totals else np.zeros((3, 0))
+        self.base = np.concatenate([np.zeros((3, 1)), np.cumsum(blocks, axis=1)], axis=1)
+
+    def _terms(self, start: int, stop: int) -> np.ndarray:
+        """w, w·x and w·x² of ``x[start:stop]``, stacked (3 × m)."""
+        x = self.x[start:stop].astype(np.float64)
+        w = np.ones_like(x) if self.w is None else self.w[start:stop]
+        xw = x * w
+        return np.stack([w, xw, xw * x])
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """The three prefix sums (3 × len) at each of ``positions`` (0…n): Σ over ``x[:p]``."""
+        block, offset = np.divmod(np.asarray(positions, dtype=np.int64), _BLOCK)
+        sums = self.base[:, block]
+        for b in np.unique(block[offset > 0]):
+            inside = (block == b) & (offset > 0)
+            partial = np.cumsum(self._terms(int(b) * _BLOCK, (int(b) + 1) * _BLOCK), axis=1)
+            sums[:, inside] += partial[:, offset[inside] - 1]
+        return sums
 
     def sums(self, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per run ``[cuts[i], cuts[i+1])``: Σw, Σw·x, Σw·x² (empty runs give zeros)."""
-        s0 = np.diff(cuts).astype(np.float64) if self.p0 is None else np.diff(self.p0[cuts])
-        return s0, np.diff(self.p1[cuts]), np.diff(self.p2[cuts])
+        s0, s1, s2 = np.diff(self.at(cuts), axis=1)
+        return (np.diff(cuts).astype(np.float64) if self.w is None else s0), s1, s2
 
     def means(self, cuts: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
         """Weighted mean of each run; an empty (zero-weight) run keeps its ``fallback`` centroid, or is dropped."""
@@ -248,4 +345,4 @@ def _snap(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """A cluster whose members are all equal gets that value exactly (its float mean may be off by rounding)."""
     cuts = _cuts(x, centroids)
     first, last = x[np.minimum(cuts[:-1], len(x) - 1)], x[np.maximum(cuts[1:] - 1, 0)]
-    return np.where((cuts[1:] > cuts[:-1]) & (first == last), first, centroids)
+    return np.where((cuts[1:] > cuts[:-1]) & (first == last), first, centroids.astype(np.float64))
