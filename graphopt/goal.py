@@ -53,6 +53,7 @@ import numpy as np
 import onnx
 
 from graphopt import perf
+from graphopt._proto import model_size
 from graphopt.pass_base import Goal, PassBase
 from graphopt.perf import Latency
 from graphopt.pipeline import describe_pipeline
@@ -176,8 +177,8 @@ def choose(goal: GoalName, original: onnx.ModelProto, finals: Sequence[tuple[Goa
     into ``finals``, or ``None`` when the original is best. Latency is timed for all of them in one call of
     ``timer`` (``perf.measure_latency`` by default), ``TIMING_SECONDS`` per model; size is each model's serialised
     size."""
-    base_size = original.ByteSize()
-    sizes = [round(model.ByteSize() / base_size, 4) for _, model in finals]
+    base_size = model_size(original)  # with the weights kept in place in their files (``graphopt.weights``)
+    sizes = [round(model_size(model) / base_size, 4) for _, model in finals]
     ratios: list[float | None] = [None] * len(finals)
     measured: dict[str, Any] = {}
     if "latency" in _parts(goal) and finals:

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from graphopt._proto import save_model_file
+from graphopt._proto import model_size, save_model_file
 from graphopt.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeConfig, create_session
 
 __all__ = ["LOADS", "LOAD_BUDGET_S", "MAX_LOADS", "Latency", "creation_order", "load_ms", "measure_latency",
@@ -87,7 +87,7 @@ BALANCED_BYTES = 512 * 2**20
 def creation_order(models: Sequence[onnx.ModelProto]) -> list[int]:
     """The order to load ``models`` in for timing, by index: each twice, in list order and then in reverse, up to
     ``BALANCED_BYTES`` in all (see ``measure_latency``); else once each."""
-    balanced = len(models) > 1 and sum(m.ByteSize() for m in models) <= BALANCED_BYTES
+    balanced = len(models) > 1 and sum(model_size(m) for m in models) <= BALANCED_BYTES  # weights in place too
     return [*range(len(models)), *reversed(range(len(models)))] if balanced else list(range(len(models)))
 
 

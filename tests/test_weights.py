@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt import runtime, weights
+from graphopt import goal, perf, runtime, weights
 from graphopt._proto import model_size, save_model_file, serialised_size
 from graphopt.errors import ModelIOError
 from graphopt.graph import copy_model, editing, import_graph
@@ -200,3 +200,19 @@ def test_an_absolute_location_a_proto_brings_along_is_not_read(tmp_path: Path, r
     assert not weights.is_in_place(tensor) and not weights.in_place(model)
     with pytest.raises(Exception, match="absolute"):
         weights.to_array(tensor)
+
+
+def test_sizes_and_timing_count_weights_in_place(saved: tuple[Path, onnx.ModelProto],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose weights stay in their file is as big as its weights wherever size decides something: ``--goal
+    size`` compares it with a model holding them inline as equals, and the speed gate's two-sessions-per-model rule
+    (``perf.BALANCED_BYTES``) does not load a big model four times because its proto is small."""
+    path, inline = saved
+    placed = read_model(path).model
+    assert serialised_size(placed) < 0.1 * model_size(placed)
+    verdict, _ = goal.choose("size", placed, [(goal.GoalCandidate("inline", "verified"), inline)], {})
+    assert verdict.candidates[0].size_ratio == pytest.approx(1.0, abs=0.01)
+    monkeypatch.setattr(perf, "BALANCED_BYTES", 2 * model_size(placed) - 1)
+    assert perf.creation_order([placed, placed]) == [0, 1], "two sessions each only while the weights fit the bound"
+    monkeypatch.setattr(perf, "BALANCED_BYTES", 2 * model_size(placed) + 1)
+    assert perf.creation_order([placed, placed]) == [0, 1, 1, 0]
