@@ -162,11 +162,15 @@ def concatenate(parts: list[BlockQuant]) -> BlockQuant:
 
 
 def pack_int4(values: ArrayLike) -> NDArray[np.uint8]:
-    """Two 4-bit values per byte, the row-major flattened order, first value in the low nibble (ONNX INT4/UINT4)."""
-    flat = np.asarray(values).reshape(-1).astype(np.int64) & 0xF
+    """Two 4-bit values per byte, the row-major flattened order, first value in the low nibble (ONNX INT4/UINT4).
+    Works in bytes throughout (a negative value's low nibble is its two's complement), so packing a 64M-value weight
+    takes about its count in bytes, not eight times that."""
+    flat = np.asarray(values).reshape(-1).astype(np.uint8) & np.uint8(0xF)
     if flat.size % 2:
-        flat = np.append(flat, 0)
-    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+        flat = np.append(flat, np.uint8(0))
+    high = flat[1::2] << np.uint8(4)
+    high |= flat[0::2]
+    return high
 
 
 def unpack_int4(packed: ArrayLike, count: int, signed: bool) -> NDArray[np.int8] | NDArray[np.uint8]:
@@ -183,12 +187,13 @@ def pack_nbits(quant: BlockQuant) -> tuple[NDArray[np.uint8], NDArray[np.float32
         raise ValueError(f"block {quant.block} is odd: a block would not fill whole bytes")
     k, n = quant.values.shape
     kb = quant.scales.shape[0]
-    unsigned = quant.values.astype(np.int64) + (8 if quant.symmetric else 0)
-    padded = np.zeros((kb * quant.block, n), dtype=np.int64)
-    padded[:k] = unsigned
+    padded = np.empty((n, kb * quant.block), dtype=np.uint8)  # N×K: MatMulNBits' layout, one byte per value
+    padded[:, :k] = quant.values.T
+    if quant.symmetric:
+        padded[:, :k] += np.uint8(8)  # int8 [-8, 7] as bytes, wrapped: + 8 gives [0, 15]
     if k < kb * quant.block:  # padding rows dequantise to 0: they hold the zero point
-        padded[k:] = 8 if quant.symmetric else quant.zero_points[-1]
-    b = pack_int4(padded.T.reshape(n, kb, quant.block)).reshape(n, kb, quant.block // 2)
+        padded[:, k:] = 8 if quant.symmetric else quant.zero_points[-1][:, None]
+    b = pack_int4(padded).reshape(n, kb, quant.block // 2)
     scales = quant.scales.T.astype(np.float32).copy()
     if quant.symmetric:
         return b, scales, None
