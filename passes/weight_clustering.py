@@ -58,23 +58,47 @@ class _Reader:
 
 @dataclass(frozen=True)
 class _Clustered:
+    """A weight's clustering as the plan keeps it: ``stored`` holds the indices two per byte (``_nibbles``) when the
+    codebook has at most 16 values, else one per byte, so a plan of every weight costs half a byte per value."""
+
     name: str
     unit: str
     shape: tuple[int, ...]
-    result: Clustering
+    codebook: np.ndarray
+    relative_error: float
+    stored: np.ndarray
     bytes_before: int
+
+    @classmethod
+    def of(cls, name: str, unit: str, result: Clustering, bytes_before: int) -> _Clustered:
+        indices = result.indices
+        stored = _nibbles(indices) if len(result.codebook) <= 16 else indices
+        return cls(name, unit, tuple(indices.shape), result.codebook, result.relative_error, stored, bytes_before)
 
     @property
     def packable(self) -> bool:
-        return len(self.result.codebook) <= 16
+        return len(self.codebook) <= 16
+
+    def indices(self) -> np.ndarray:
+        """One index per weight value (uint8, the weight's shape)."""
+        if not self.packable:
+            return self.stored
+        pairs = self.stored.reshape(-1)
+        flat = np.empty(2 * pairs.size, dtype=np.uint8)
+        flat[0::2], flat[1::2] = pairs & np.uint8(0xF), pairs >> np.uint8(4)
+        return flat[:math.prod(self.shape)].reshape(self.shape)
+
+    def nibbles(self) -> np.ndarray:
+        """The indices two per byte (``_nibbles``); only for a codebook of at most 16 values."""
+        return self.stored if self.packable else _nibbles(self.stored)
 
     def bytes_after(self, packed: bool) -> int:
         count = math.prod(self.shape)
-        return self.result.codebook.nbytes + ((count + 1) // 2 if packed else count)
+        return self.codebook.nbytes + ((count + 1) // 2 if packed else count)
 
     def note(self, packed: bool) -> str:
-        return (f"{self.name}: {'×'.join(map(str, self.shape))}, k={len(self.result.codebook)}, relative error "
-                f"{self.result.relative_error:.2e}, {self.bytes_before} → {self.bytes_after(packed)} bytes "
+        return (f"{self.name}: {'×'.join(map(str, self.shape))}, k={len(self.codebook)}, relative error "
+                f"{self.relative_error:.2e}, {self.bytes_before} → {self.bytes_after(packed)} bytes "
                 f"({'4' if packed else '8'}-bit indices)")
 
 
@@ -132,17 +156,17 @@ class WeightClusteringPass(PassBase):
         """One unit per tensor (per tensor and codebook size with ``levels``); sensitivity = its relative
         reconstruction error (weighted by input importance when data-aware), so a tensor's larger codebooks rank first."""
         packed = self.options.packing != "uint8"
-        return nested_levels((Unit(c.unit, c.result.relative_error,
-                                   f"{'×'.join(map(str, c.shape))}, k={len(c.result.codebook)}",
+        return nested_levels((Unit(c.unit, c.relative_error,
+                                   f"{'×'.join(map(str, c.shape))}, k={len(c.codebook)}",
                                    gain=max(c.bytes_before - c.bytes_after(packed and c.packable), 1)),
-                              c.name, -len(c.result.codebook))
+                              c.name, -len(c.codebook))
                              for c in self._plan(model, context)[0])
 
     def run(self, model: onnx.ModelProto, context: PassContext) -> PassResult:
         planned, skipped = self._plan(model, context)
         smallest: dict[str, _Clustered] = {}
         for c in (c for c in planned if context.selects(c.unit)):
-            if c.name not in smallest or len(c.result.codebook) < len(smallest[c.name].result.codebook):
+            if c.name not in smallest or len(c.codebook) < len(smallest[c.name].codebook):
                 smallest[c.name] = c
         chosen = [c for c in planned if smallest.get(c.name) is c]
         stats = {"tensors_clustered": 0, "bytes_before": 0, "bytes_after": 0}
@@ -240,7 +264,7 @@ def _cluster_group(names: list[str], arrays: dict[str, onnx.TensorProto], reader
                     and np.all(np.isfinite(gram)):
                 result = compensated(result, values, gram, only.weight_axis, options.block)
             unit = f"{name}@{k}" if options.levels else name
-            planned.append(_Clustered(name, unit, tuple(values.shape), result, values.nbytes))
+            planned.append(_Clustered.of(name, unit, result, values.nbytes))
     return planned
 
 
@@ -355,16 +379,16 @@ def _rewrite(model: onnx.ModelProto, chosen: list[_Clustered], packed: bool, uin
     nodes: list[onnx.NodeProto] = []
     sixteen = constant("clustering_sixteen", np.array(16, np.int32)) if packed and not uint4 else ""
     for c in chosen:
-        codebook = constant(f"{c.name}_codebook", c.result.codebook)
+        codebook = constant(f"{c.name}_codebook", c.codebook)
         if not (packed and c.packable):
-            index = node("Cast", [constant(f"{c.name}_indices", c.result.indices.astype(np.uint8))],
+            index = node("Cast", [constant(f"{c.name}_indices", c.indices())],
                          f"{c.name}_index", to=onnx.TensorProto.INT32)
         elif uint4:
             indices = fresh(f"{c.name}_indices")
-            graph.initializer.append(_uint4(c.result.indices, indices))
+            graph.initializer.append(_uint4(c.nibbles(), c.shape, indices))
             index = node("Cast", [indices], f"{c.name}_index", to=onnx.TensorProto.INT32)
         else:
-            pairs = node("Cast", [constant(f"{c.name}_indices", _nibbles(c.result.indices))], f"{c.name}_pairs",
+            pairs = node("Cast", [constant(f"{c.name}_indices", c.nibbles())], f"{c.name}_pairs",
                          to=onnx.TensorProto.INT32)
             pairs = node("Concat", [node("Mod", [pairs, sixteen], f"{c.name}_low"),
                                     node("Div", [pairs, sixteen], f"{c.name}_high")], f"{c.name}_unpacked", axis=1)
@@ -390,8 +414,8 @@ def _nibbles(indices: np.ndarray) -> np.ndarray:
     return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).reshape(-1, 1)
 
 
-def _uint4(indices: np.ndarray, name: str) -> onnx.TensorProto:
-    """``indices`` (< 16) as a UINT4 tensor: two per byte, low nibble first (ONNX's layout)."""
-    tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.UINT4, dims=list(indices.shape))
-    tensor.raw_data = _nibbles(indices).tobytes()
+def _uint4(nibbles: np.ndarray, shape: tuple[int, ...], name: str) -> onnx.TensorProto:
+    """Indices packed by ``_nibbles`` as a UINT4 tensor of ``shape`` (ONNX's layout: two per byte, low nibble first)."""
+    tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.UINT4, dims=list(shape))
+    tensor.raw_data = nibbles.tobytes()
     return tensor

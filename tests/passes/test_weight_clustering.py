@@ -149,6 +149,8 @@ g (float[N,63] x) => (float[N,33] y) { y = MatMul(x, w) }"""
     assert w.shape == (63, 33) and len(np.unique(w)) <= 16
     x = {"x": rng.standard_normal((4, 63)).astype(np.float32)}
     np.testing.assert_allclose(run_ort(out, x, optimize=True)[0], x["x"] @ w, rtol=1e-4, atol=1e-4)
+    as_bytes = cluster(min_size=1024, data_aware=False, packing="uint8")(model, PassContext()).model  # plan: nibbles
+    np.testing.assert_array_equal(rebuilt(as_bytes)["w"], w)
 
 
 def test_more_than_16_clusters_store_byte_indices(rng: np.random.Generator) -> None:
