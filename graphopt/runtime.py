@@ -2,6 +2,9 @@
 
 Sessions use the CPU execution provider and onnxruntime's default graph optimisations unless configured otherwise,
 because a rewrite must be judged the way users run it (fused kernels can round differently from the unfused graph).
+One exception: when onnxruntime's constant folding would hold more than ``FOLDING_LIMIT`` bytes at load, and more than
+the model's weights (a large clustered model), graphopt's sessions leave that folding to run time (same kernels, same
+outputs), so that verifying a 3 GB model does not take 16 GB.
 
 An output whose shape depends on the sample (``NonZero``, ``Unique``, ``Compress``, ``NonMaxSuppression``, ``TopK``
 with a data-dependent k…) cannot be stacked into one array: it comes back as a ``RaggedOutput``, one array per
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import re
 import tempfile
@@ -26,11 +30,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
 
 from graphopt import weights
 from graphopt._proto import fits_protobuf, save_model_file
 from graphopt.columns import Rows, SpillFile
 from graphopt.errors import UnsupportedModelError, UsageError, first_line
+from graphopt.graph import infer_shapes
 from graphopt.outputs import Output, Outputs, RaggedOutput, stack_samples
 from graphopt.progress import NULL_PROGRESS, Progress
 
@@ -47,6 +53,7 @@ __all__ = [
     "Session",
     "check_providers",
     "create_session",
+    "folded_bytes",
     "run_dataset",
     "stack_samples",
 ]
@@ -117,9 +124,10 @@ def create_session(model: onnx.ModelProto | Path, config: RuntimeConfig | None =
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # fatal only: its errors reach the user once, as the exception graphopt reports
     printed = io.StringIO()
+    disabled = _folding_too_big(model)
     try:
         with contextlib.redirect_stdout(printed):  # its "EP Error … Falling back" banner must not reach stdout
-            session = _open_session(model, options, list(config.providers))
+            session = _open_session(model, options, list(config.providers), disabled)
     except ORT_ERRORS as e:
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(e)}") from e
     wanted, used = config.providers[0], session.get_providers()
@@ -130,26 +138,91 @@ def create_session(model: onnx.ModelProto | Path, config: RuntimeConfig | None =
     return session
 
 
-def _open_session(model: onnx.ModelProto | Path, options: ort.SessionOptions,
-                  providers: list[str]) -> ort.InferenceSession:
+def _open_session(model: onnx.ModelProto | Path, options: ort.SessionOptions, providers: list[str],
+                  disabled: Sequence[str] = ()) -> ort.InferenceSession:
+    def load(source: str | bytes) -> ort.InferenceSession:
+        return ort.InferenceSession(source, options, providers=providers, disabled_optimizers=list(disabled))
+
     if isinstance(model, Path):
-        return ort.InferenceSession(str(model), options, providers=providers)
+        return load(str(model))
     if fits_protobuf(model) and weights.in_place(model):
         with _beside_weights(model) as path:
             if path is not None:
-                return ort.InferenceSession(str(path), options, providers=providers)
+                return load(str(path))
         names, maps = weights.external_initializers(model)  # a read-only folder: onnxruntime copies the weights
         values = [ort.OrtValue.ortvalue_from_numpy(m) for m in maps]
         options.add_external_initializers(names, values)
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        session = load(model.SerializeToString())
         session._graphopt_weights = (maps, values)  # type: ignore[attr-defined]  # they must outlive the session
         return session
     if fits_protobuf(model):
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        return load(model.SerializeToString())
     with tempfile.TemporaryDirectory(prefix="graphopt-session-") as folder:
         path = Path(folder) / "model.onnx"
         save_model_file(model, path, external=True)
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return load(str(path))
+
+
+FOLDING_LIMIT = 1 << 30
+"""Bytes of constant-folded values above which graphopt's own sessions leave the folding to run time, when they are
+also more than the model's weights (``_folding_too_big``)."""
+_FOLDING_SCAN = FOLDING_LIMIT // 32  # constant-only nodes reading fewer bytes than this are not sized
+
+
+def folded_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the values onnxruntime's constant folding computes when it loads ``model``: the outputs of the main
+    graph's nodes that read initializers (not graph inputs) and other such values alone, sized by shape inference
+    (an output of unknown shape counts 0). onnxruntime holds every one of them until folding ends
+    (microsoft/onnxruntime#28203), so a clustered weight's unpacking chain (``Cast → Mod/Div → Concat → Reshape →
+    Gather``) costs about 18 bytes per weight value at load."""
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} - {i.name for i in graph.input}
+    folded: list[str] = []
+    read = 0
+    sizes = {t.name: math.prod(t.dims) * _itemsize(t.data_type) for t in graph.initializer}
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        if (node.op_type == "Constant" or not inputs or not all(i in constants for i in inputs)
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)):
+            continue
+        constants.update(node.output)
+        folded += list(node.output)
+        read += sum(sizes.get(i, 0) for i in inputs)
+    if not folded or read < _FOLDING_SCAN:
+        return 0
+    shapes = {v.name: v.type.tensor_type for v in infer_shapes(model).graph.value_info}
+    total = 0
+    for name in folded:
+        kind = shapes.get(name)
+        if kind is not None and kind.HasField("shape") and all(d.HasField("dim_value") for d in kind.shape.dim):
+            total += math.prod(d.dim_value for d in kind.shape.dim) * _itemsize(kind.elem_type)
+    return total
+
+
+def _itemsize(data_type: int) -> int:
+    try:
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def _folding_too_big(model: onnx.ModelProto | Path) -> list[str]:
+    """``["ConstantFolding"]`` when onnxruntime's folding of ``model`` would hold more than ``FOLDING_LIMIT`` bytes
+    and more than the model's weights (a large clustered model: about 18 bytes per weight value where the weights
+    take half a byte), else ``[]``. Folding runs the same kernels as the run would, so outputs are unchanged; the
+    model is still loaded and run by onnxruntime, only without that step."""
+    if isinstance(model, Path):
+        try:
+            model = onnx.load(str(model), load_external_data=False)
+        except (OSError, ValueError, RuntimeError, DecodeError):
+            return []  # onnxruntime's own load gives the reason
+    own = sum(math.prod(t.dims) * _itemsize(t.data_type) for t in model.graph.initializer)
+    folded = folded_bytes(model)
+    if folded <= max(FOLDING_LIMIT, own):
+        return []
+    log.info("onnxruntime's constant folding left to run time: it would hold %.2f GB of folded values at load, the "
+             "model's weights are %.2f GB (microsoft/onnxruntime#28203)", folded / 1e9, own / 1e9)
+    return ["ConstantFolding"]
 
 
 @contextlib.contextmanager

@@ -7,8 +7,11 @@ The *file* shrinks about 8× (4-bit) or 4× (8-bit) on those tensors, while onnx
 unpacking and ``Gather`` at session creation, so the graph it runs, and its speed, are the float model's. Packed
 indices are ONNX's UINT4 type when the model is already at opset 21; otherwise nibbles in a uint8 tensor unpacked by
 ``Cast → Div/Mod → Concat → Reshape`` (opset 11+), because upgrading a model to opset 21 makes onnxruntime miss some
-of its fusions (MiniLM ran 3% slower as opset 21 with no other change). Keeping the tensor's name means every reader, shared or inside a subgraph,
-sees the rebuilt weight, so a shared weight is clustered once. Each tensor is one unit (sensitivity: its relative
+of its fusions (MiniLM ran 3% slower as opset 21 with no other change). onnxruntime holds every folded value until
+folding ends (microsoft/onnxruntime#28203): loading a clustered model takes about 14–18 bytes per clustered value for a
+moment, which graphopt's own sessions avoid on large models by leaving that folding to run time (``graphopt.runtime``).
+Keeping the tensor's name means every reader, shared or inside a subgraph, sees the rebuilt weight, so a shared weight
+is clustered once. Each tensor is one unit (sensitivity: its relative
 reconstruction error), so the manager keeps in float the tensors the budget cannot afford. With calibration data a
 2-D MatMul/Gemm weight's indices are chosen GPTQ-style (``compensate``): rows rounded in order against the input's
 Gram matrix, each row's error pushed onto the rows still to come; its sensitivity is then the relative output error.

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from onnx import parser
 
@@ -186,3 +187,48 @@ def test_an_output_listed_twice_comes_back_once_with_every_sample() -> None:
     x = np.zeros((20, 1024), np.float32)
     outputs, _ = run_dataset(create_session(model), Dataset({"x": x}, frozenset(), True), RuntimeConfig(batch_size=8))
     assert list(outputs) == ["y"] and outputs["y"].shape == (20, 1024)
+
+
+def _clustered(rng: np.random.Generator) -> onnx.ModelProto:
+    """y = x · W with W = Gather(codebook[16], Cast(indices[64, 32] → int32)): what onnxruntime folds at load."""
+    from onnx import helper, numpy_helper
+
+    codebook = numpy_helper.from_array(np.sort(rng.standard_normal(16)).astype(np.float32), "codebook")
+    indices = numpy_helper.from_array(rng.integers(0, 16, (64, 32)).astype(np.uint8), "indices")
+    nodes = [helper.make_node("Cast", ["indices"], ["index"], to=onnx.TensorProto.INT32),
+             helper.make_node("Gather", ["codebook", "index"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "clustered", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 32])],
+                              [codebook, indices])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_constant_folding_too_big_for_memory_is_left_to_run_time(rng: np.random.Generator, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime holds every folded value until folding ends (a clustered 3.35 GB GPT-2 took 16.6 GB to load):
+    past ``FOLDING_LIMIT`` and the model's weights, graphopt's sessions (from a model or a file) run the unpacking
+    instead, with the same outputs; below, they fold as deployed."""
+    from graphopt import runtime
+
+    model = _clustered(rng)
+    monkeypatch.setattr(runtime, "_FOLDING_SCAN", 0)
+    assert runtime.folded_bytes(model) == 64 * 32 * 4 * 2  # the int32 indices and the float weight
+    made: list[list[str]] = []
+    real = runtime.ort.InferenceSession
+
+    def recording(*args: object, disabled_optimizers: list[str], **kwargs: object) -> object:
+        made.append(disabled_optimizers)
+        return real(*args, disabled_optimizers=disabled_optimizers, **kwargs)
+
+    monkeypatch.setattr(runtime.ort, "InferenceSession", recording)
+    x = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    folded = create_session(model).run(None, x)[0]
+    monkeypatch.setattr(runtime, "FOLDING_LIMIT", 1000)
+    unfolded = create_session(model).run(None, x)[0]
+    onnx.save_model(model, tmp_path / "m.onnx")
+    create_session(tmp_path / "m.onnx")
+    assert made == [[], ["ConstantFolding"], ["ConstantFolding"]]
+    np.testing.assert_array_equal(folded, unfolded)
+    model.graph.input.append(onnx.helper.make_tensor_value_info("indices", onnx.TensorProto.UINT8, [64, 32]))
+    assert runtime.folded_bytes(model) == 0, "an initializer a caller may feed is not folded"
