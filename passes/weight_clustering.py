@@ -10,11 +10,11 @@ indices are ONNX's UINT4 type when the model is already at opset 21; otherwise n
 of its fusions (MiniLM ran 3% slower as opset 21 with no other change). onnxruntime holds every folded value until
 folding ends (microsoft/onnxruntime#28203): loading a clustered model takes about 14–18 bytes per clustered value for a
 moment, which graphopt's own sessions avoid on large models by leaving that folding to run time (``graphopt.runtime``).
-Keeping the tensor's name means every reader, shared or inside a subgraph, sees the rebuilt weight, so a shared weight
-is clustered once. Each tensor is one unit (sensitivity: its relative
-reconstruction error), so the manager keeps in float the tensors the budget cannot afford. With calibration data a
-2-D MatMul/Gemm weight's indices are chosen GPTQ-style (``compensate``): rows rounded in order against the input's
-Gram matrix, each row's error pushed onto the rows still to come; its sensitivity is then the relative output error.
+Keeping the tensor's name means every reader, shared or inside a subgraph, sees the rebuilt weight, so a shared
+weight is clustered once. Each tensor is one unit (sensitivity: its relative reconstruction error), so the manager
+keeps in float the tensors the budget cannot afford. With calibration data a 2-D MatMul/Gemm weight's indices are
+chosen GPTQ-style (``compensate``): rows rounded in order against the input's Gram matrix, each row's error pushed
+onto the rows still to come; its sensitivity is then the relative output error.
 """
 
 from __future__ import annotations
