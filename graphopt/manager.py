@@ -66,6 +66,15 @@ class _Trial:
     raised: bool = False
     screen: Screen | None = None
     """Why the candidate clearly fails on the first verification samples, where a search's screen stopped it."""
+    dropped: bool = False
+    """Only the verdict is kept (``without_candidate``): the candidate model and its outputs were let go."""
+
+    def without_candidate(self) -> _Trial:
+        """This trial as a search remembers it once it is not the kept candidate: its verdict, without the candidate
+        model (an int4 GPT-2's inline weights are hundreds of MB a trial) or its outputs."""
+        if self.result is None:
+            return replace(self, outputs=None, dropped=True)
+        return replace(self, result=replace(self.result, model=onnx.ModelProto()), outputs=None, dropped=True)
 
     @property
     def passed(self) -> bool:
@@ -179,7 +188,7 @@ class PassManager:
         if trial.passed:
             status, reason, kept = Status.APPLIED, "", trial
         else:
-            trial = replace(trial, outputs=None)  # a failed candidate's outputs serve nothing: free them now
+            trial = trial.without_candidate()  # a failed candidate serves nothing but its verdict: free it now
             narrowed, units, trials = self._narrow(pass_, model, previous)
             if narrowed is None:
                 return settle(Status.ROLLED_BACK, trial.failure, trial, units=units, trials=trials), None
@@ -307,8 +316,8 @@ class PassManager:
         trials: dict[frozenset[str], _Trial] = {}
 
         def attempt(names: frozenset[str]) -> _Trial:
-            """The trial of ``names``, run once. Only the latest passing trial keeps its outputs: it is the kept set
-            so far (the bisection and the retries only ever extend it), so a search holds one set of outputs."""
+            """The trial of ``names``, run once. Only the latest passing trial keeps its model and outputs: it is the
+            kept set so far (the bisection and the retries only ever extend it), so a search holds one candidate."""
             if names not in trials:
                 try:
                     trial = self._attempt(pass_, model, previous, self.context.with_units(names), screen=True,
@@ -316,8 +325,8 @@ class PassManager:
                 except PreconditionError as e:
                     trial = _Trial(None, error=str(e))
                 if trial.passed:
-                    trials.update({key: replace(t, outputs=None) for key, t in trials.items() if t.outputs is not None})
-                trials[names] = trial if trial.passed else replace(trial, outputs=None)
+                    trials.update({key: t.without_candidate() for key, t in trials.items() if not t.dropped})
+                trials[names] = trial if trial.passed else trial.without_candidate()
                 done(1)
             return trials[names]
 
@@ -361,6 +370,9 @@ class PassManager:
                 if name in measured and (not least or scores[name] < scores[least]):
                     least = name
         best = attempt(frozenset(chosen)) if chosen else None
+        if best is not None and best.dropped:  # not expected (the kept set is the latest pass): run it again
+            del trials[frozenset(chosen)]
+            best = attempt(frozenset(chosen))
         keep = best is not None and best.passed and best.changed
         if keep and best is not None and best.outputs is not None and judge != self.tolerance:
             best = replace(best, verifications=(*best.verifications[:-1],
