@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -234,8 +235,9 @@ def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
     The file (a few kilobytes: no weight in it) is removed as soon as the session has read it."""
     files = {Path(weights.location(t)) for t in weights.in_place_tensors(model)}
     folder = Path(os.path.commonpath([f.parent for f in files]))
+    _remove_stale_shells(folder)
     try:
-        handle, name = tempfile.mkstemp(prefix=".graphopt-session-", suffix=".onnx", dir=folder)
+        handle, name = tempfile.mkstemp(prefix=f"{_SHELL_PREFIX}{_HOST}-{os.getpid()}-", suffix=".onnx", dir=folder)
     except OSError:
         yield None
         return
@@ -245,6 +247,31 @@ def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
         yield Path(name)
     finally:
         Path(name).unlink(missing_ok=True)
+
+
+_SHELL_PREFIX = ".graphopt-session-"
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _remove_stale_shells(folder: Path) -> None:
+    """Remove the session shells that a graphopt process on this machine, since ended (killed while onnxruntime
+    loaded), left beside the weights: each is named by its host and process id. Another host's, or a live
+    process's, are left alone."""
+    for shell in folder.glob(f"{_SHELL_PREFIX}{_HOST}-*-*.onnx"):
+        pid = shell.name[len(_SHELL_PREFIX) + len(_HOST) + 1:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shell.unlink(missing_ok=True)
+            log.info("removed %s, left by process %s", shell, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
 
 
 def _relocated(model: onnx.ModelProto, folder: Path) -> bytes:

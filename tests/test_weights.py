@@ -4,6 +4,7 @@ reading them into the model; the values a pass sees are the file's."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,24 @@ def test_sizes_and_timing_count_weights_in_place(saved: tuple[Path, onnx.ModelPr
     assert perf.creation_order([placed, placed]) == [0, 1], "two sessions each only while the weights fit the bound"
     monkeypatch.setattr(perf, "BALANCED_BYTES", 2 * model_size(placed) + 1)
     assert perf.creation_order([placed, placed]) == [0, 1, 1, 0]
+
+
+def test_shells_left_by_a_killed_run_are_removed_by_the_next(saved: tuple[Path, onnx.ModelProto],
+                                                             rng: np.random.Generator) -> None:
+    """A run killed while onnxruntime loaded leaves its shell beside the user's weights (hundreds of MB when a
+    candidate holds new tensors inline); the next session on this machine removes those of ended processes, and
+    leaves a live process's and another host's alone."""
+    import subprocess
+    import sys
+
+    path, model = saved
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = path.parent / f"{runtime._SHELL_PREFIX}{runtime._HOST}-{ended.pid}-abc.onnx"
+    live = path.parent / f"{runtime._SHELL_PREFIX}{runtime._HOST}-{os.getppid()}-abc.onnx"
+    other = path.parent / f"{runtime._SHELL_PREFIX}elsewhere-{ended.pid}-abc.onnx"
+    for shell in (stale, live, other):
+        shell.write_bytes(b"left over")
+    feed = _feed(rng)
+    np.testing.assert_allclose(_run(read_model(path).model, feed), _run(model, feed), rtol=1e-5, atol=1e-6)
+    assert not stale.exists() and live.exists() and other.exists()
