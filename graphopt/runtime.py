@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 import re
 import socket
@@ -34,7 +33,7 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
 from graphopt import weights
-from graphopt._proto import fits_protobuf, save_model_file
+from graphopt._proto import fits_protobuf, raw_bytes, save_model_file, weight_bytes
 from graphopt.columns import Rows, SpillFile
 from graphopt.errors import UnsupportedModelError, UsageError, first_line
 from graphopt.graph import infer_shapes
@@ -180,7 +179,7 @@ def folded_bytes(model: onnx.ModelProto) -> int:
     constants = {t.name for t in graph.initializer} - {i.name for i in graph.input}
     folded: list[str] = []
     read = 0
-    sizes = {t.name: math.prod(t.dims) * _itemsize(t.data_type) for t in graph.initializer}
+    sizes = {t.name: raw_bytes(t) or 0 for t in graph.initializer}
     for node in graph.node:
         inputs = [i for i in node.input if i]
         if (node.op_type == "Constant" or not inputs or not all(i in constants for i in inputs)
@@ -196,15 +195,9 @@ def folded_bytes(model: onnx.ModelProto) -> int:
     for name in folded:
         kind = shapes.get(name)
         if kind is not None and kind.HasField("shape") and all(d.HasField("dim_value") for d in kind.shape.dim):
-            total += math.prod(d.dim_value for d in kind.shape.dim) * _itemsize(kind.elem_type)
+            sized = onnx.TensorProto(data_type=kind.elem_type, dims=[d.dim_value for d in kind.shape.dim])
+            total += raw_bytes(sized) or 0
     return total
-
-
-def _itemsize(data_type: int) -> int:
-    try:
-        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize)
-    except (KeyError, TypeError, ValueError):
-        return 0
 
 
 def _folding_too_big(model: onnx.ModelProto | Path) -> list[str]:
@@ -217,7 +210,7 @@ def _folding_too_big(model: onnx.ModelProto | Path) -> list[str]:
             model = onnx.load(str(model), load_external_data=False)
         except (OSError, ValueError, RuntimeError, DecodeError):
             return []  # onnxruntime's own load gives the reason
-    own = sum(math.prod(t.dims) * _itemsize(t.data_type) for t in model.graph.initializer)
+    own = weight_bytes(model)
     folded = folded_bytes(model)
     if folded <= max(FOLDING_LIMIT, own):
         return []
