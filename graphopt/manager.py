@@ -264,6 +264,7 @@ class PassManager:
             return _Trial(None, error=f"pass raised {type(e).__name__}: {first_line(e)}", raised=True)
         if not result.modified:
             return _Trial(result)
+        free_copies(model)  # the pass's graphs (cycles) map every weight it read: gigabytes for a large model
         try:
             session: Session = check_model(result.model, self.verifier.runtime)
             if pass_.verified_in() == "openvino":

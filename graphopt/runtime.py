@@ -25,12 +25,12 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from graphopt import weights
 from graphopt._proto import fits_protobuf, raw_bytes, save_model_file, weight_bytes
@@ -221,11 +221,13 @@ def _folding_too_big(model: onnx.ModelProto | Path) -> list[str]:
 
 @contextlib.contextmanager
 def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
-    """``model`` written to a temporary file in the folder of its weights kept in place, which it names relative to
+    """``model`` written to a temporary shell in the folder of its weights kept in place, which it names relative to
     it; ``None`` when that folder cannot be written. onnxruntime maps external data from a file (shared with the
     page cache, or freed once repacked), but copies weights handed to it in memory, and it refuses data outside the
     model's folder or behind a symbolic link: beside the weights is the only place it reads them without a copy.
-    The file (a few kilobytes: no weight in it) is removed as soon as the session has read it."""
+    The tensors a pass wrote inline (a candidate's new weights: a gigabyte of int8 for a large model) go to a data
+    file beside the shell (``_write_shell``), so onnxruntime maps those too instead of parsing a copy of them. Both
+    files are removed as soon as the session has read them."""
     files = {Path(weights.location(t)) for t in weights.in_place_tensors(model)}
     folder = Path(os.path.commonpath([f.parent for f in files]))
     _remove_stale_shells(folder)
@@ -234,23 +236,34 @@ def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
     except OSError:
         yield None
         return
+    shell = Path(name)
+    data = shell.with_name(shell.name + ".data")
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(_relocated(model, folder))  # the copy and its bytes are freed before onnxruntime loads
-        yield Path(name)
+            file.write(_write_shell(model, folder, data))  # the shell's bytes are freed before onnxruntime loads
+    except OSError as e:  # a full disk
+        shell.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        log.info("no session shell beside the weights (%s): they are handed to onnxruntime in memory", e)
+        yield None
+        return
+    try:
+        yield shell
     finally:
-        Path(name).unlink(missing_ok=True)
+        shell.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
 
 
 _SHELL_PREFIX = ".graphopt-session-"
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+_ALIGNMENT = 4096  # offsets in the shell's data file: page-aligned, as onnxruntime's own saver aligns large tensors
 
 
 def _remove_stale_shells(folder: Path) -> None:
-    """Remove the session shells that a graphopt process on this machine, since ended (killed while onnxruntime
-    loaded), left beside the weights: each is named by its host and process id. Another host's, or a live
-    process's, are left alone."""
-    for shell in folder.glob(f"{_SHELL_PREFIX}{_HOST}-*-*.onnx"):
+    """Remove the session shells, and their data files, that a graphopt process on this machine, since ended (killed
+    while onnxruntime loaded), left beside the weights: each is named by its host and process id. Another host's,
+    or a live process's, are left alone."""
+    for shell in folder.glob(f"{_SHELL_PREFIX}{_HOST}-*-*.onnx*"):
         pid = shell.name[len(_SHELL_PREFIX) + len(_HOST) + 1:].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shell.unlink(missing_ok=True)
@@ -267,13 +280,45 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _relocated(model: onnx.ModelProto, folder: Path) -> bytes:
-    """``model`` serialised with its weights in place named relative to ``folder``."""
+def _write_shell(model: onnx.ModelProto, folder: Path, data: Path) -> bytes:
+    """``model`` serialised for a session loaded from ``folder``: its weights in place named relative to ``folder``,
+    and its main-graph initializers held inline as raw bytes of at least ``weights.IN_PLACE_BYTES`` written to
+    ``data`` (created only if there is one), page-aligned, and named as its external data. Nothing is copied whole:
+    the shell is built field by field, and each spilled tensor's bytes are held once, while they are written."""
     shell = onnx.ModelProto()
-    shell.CopyFrom(model)
-    for tensor in weights.in_place_tensors(shell):
-        weights.relocate(tensor, os.path.relpath(weights.location(tensor), folder))
+    _copy_fields(model, shell, skip="graph")
+    _copy_fields(model.graph, shell.graph, skip="initializer")
+    with contextlib.ExitStack() as files:
+        out: BinaryIO | None = None
+        for tensor in model.graph.initializer:
+            copy = shell.graph.initializer.add()
+            inline = tensor.HasField("raw_data") and tensor.ByteSize() >= weights.IN_PLACE_BYTES  # sized, not read
+            if weights.is_in_place(tensor) or not inline:
+                copy.CopyFrom(tensor)
+                if weights.is_in_place(tensor):
+                    weights.relocate(copy, os.path.relpath(weights.location(tensor), folder))
+                continue
+            out = out or files.enter_context(open(data, "wb"))
+            offset = out.seek(-out.tell() % _ALIGNMENT, os.SEEK_CUR)
+            length = out.write(tensor.raw_data)
+            _copy_fields(tensor, copy, skip="raw_data")
+            copy.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
+                copy.external_data.add(key=key, value=value)
     return shell.SerializeToString()
+
+
+def _copy_fields(source: Message, target: Message, skip: str) -> None:
+    """Copy every field of ``source`` but ``skip`` into ``target`` (of the same type)."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if isinstance(value, Message):
+            getattr(target, field.name).CopyFrom(value)
+        elif isinstance(value, (str, bytes, int, float, bool)):
+            setattr(target, field.name, value)
+        else:  # a repeated field
+            getattr(target, field.name).extend(value)
 
 
 def check_providers(config: RuntimeConfig) -> None:

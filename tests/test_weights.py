@@ -187,6 +187,44 @@ def test_sessions_load_beside_the_weights_and_leave_nothing_there(saved: tuple[P
     assert sorted(p.name for p in path.parent.iterdir()) == listing
 
 
+def test_new_weights_a_pass_wrote_inline_are_mapped_from_a_data_file_beside_the_shell(
+        saved: tuple[Path, onnx.ModelProto], rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate holds the weights a pass rewrote inline (a gigabyte of int8 for a large model): its session shell
+    names them as external data in a file beside it, so onnxruntime maps them instead of parsing a copy; small
+    tensors stay in the shell. Outputs are those of the same model held inline, and both files are gone after."""
+    path, _ = saved
+    candidate = read_model(path).model
+    extra = (rng.standard_normal((256, 128)) / 16).astype(np.float32)
+    candidate.graph.initializer.append(numpy_helper.from_array(extra, "w1b"))  # 128 KiB: inline, spilled
+    first = candidate.graph.node[0]
+    candidate.graph.node[0].output[0] = "h1"
+    candidate.graph.node.insert(1, helper.make_node("MatMul", ["x", "w1b"], ["h2"]))
+    candidate.graph.node.insert(2, helper.make_node("Add", ["h1", "h2"], ["h"]))
+    assert first.input[1] == "w1" and weights.in_place(candidate)
+    inline = copy_model(candidate)
+    for tensor in inline.graph.initializer:
+        if weights.is_in_place(tensor):
+            tensor.CopyFrom(numpy_helper.from_array(weights.to_array(tensor), tensor.name))
+    listing = sorted(p.name for p in path.parent.iterdir())
+    seen: dict[str, int] = {}
+    real = runtime.ort.InferenceSession
+
+    def recording(source: object, *args: object, **kwargs: object) -> ort.InferenceSession:
+        seen.update({p.name: p.stat().st_size for p in path.parent.iterdir() if p.name not in listing})
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.ort, "InferenceSession", recording)
+    feed = _feed(rng)
+    got = _run(candidate, feed)
+    monkeypatch.setattr(runtime.ort, "InferenceSession", real)
+    np.testing.assert_allclose(got, _run(inline, feed), rtol=1e-5, atol=1e-6)
+    shells = [name for name in seen if name.endswith(".onnx")]
+    assert len(shells) == 1 and set(seen) == {shells[0], shells[0] + ".data"}
+    assert seen[shells[0] + ".data"] == extra.nbytes, "the new weight is in the data file, at offset 0"
+    assert seen[shells[0]] < 8192, "the shell holds no weight"
+    assert sorted(p.name for p in path.parent.iterdir()) == listing
+
+
 def test_an_absolute_location_a_proto_brings_along_is_not_read(tmp_path: Path, rng: np.random.Generator) -> None:
     """A model loaded by a caller without its external data, naming a file anywhere by an absolute path, is not
     taken for one with weights in place: graphopt neither maps nor copies that file."""
@@ -221,8 +259,8 @@ def test_sizes_and_timing_count_weights_in_place(saved: tuple[Path, onnx.ModelPr
 
 def test_shells_left_by_a_killed_run_are_removed_by_the_next(saved: tuple[Path, onnx.ModelProto],
                                                              rng: np.random.Generator) -> None:
-    """A run killed while onnxruntime loaded leaves its shell beside the user's weights (hundreds of MB when a
-    candidate holds new tensors inline); the next session on this machine removes those of ended processes, and
+    """A run killed while onnxruntime loaded leaves its shell and data file beside the user's weights (hundreds of MB
+    when a candidate holds new tensors inline); the next session on this machine removes those of ended processes, and
     leaves a live process's and another host's alone."""
     import subprocess
     import sys
@@ -233,8 +271,9 @@ def test_shells_left_by_a_killed_run_are_removed_by_the_next(saved: tuple[Path, 
     stale = path.parent / f"{runtime._SHELL_PREFIX}{runtime._HOST}-{ended.pid}-abc.onnx"
     live = path.parent / f"{runtime._SHELL_PREFIX}{runtime._HOST}-{os.getppid()}-abc.onnx"
     other = path.parent / f"{runtime._SHELL_PREFIX}elsewhere-{ended.pid}-abc.onnx"
-    for shell in (stale, live, other):
+    stale_data = stale.with_name(stale.name + ".data")
+    for shell in (stale, stale_data, live, other):
         shell.write_bytes(b"left over")
     feed = _feed(rng)
     np.testing.assert_allclose(_run(read_model(path).model, feed), _run(model, feed), rtol=1e-5, atol=1e-6)
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and not stale_data.exists() and live.exists() and other.exists()
