@@ -13,7 +13,7 @@ set size (``VmHWM``) over the model's size, the wall time and the pass's status.
     python benchmarks/bench_big_model.py                      # int4-weights, weight-clustering, dynamic int8
     python benchmarks/bench_big_model.py --layers 12          # a smaller model of the same widths (1.35 GB)
 
-Not part of CI: it needs 7 GB of disk for the model and one output, about 10 GB of memory, and took about 17 minutes
+Not part of CI: it needs 7 GB of disk for the model and one output, about 7 GB of memory, and took about 15 minutes
 for int4-weights, 31 for weight-clustering and 2 for dynamic int8 on 2 cores (AVX-512 kind, 2026-12-06).
 """
 
