@@ -292,11 +292,12 @@ def _write_shell(model: onnx.ModelProto, folder: Path, data: Path) -> bytes:
         out: BinaryIO | None = None
         for tensor in model.graph.initializer:
             copy = shell.graph.initializer.add()
-            inline = tensor.HasField("raw_data") and tensor.ByteSize() >= weights.IN_PLACE_BYTES  # sized, not read
-            if weights.is_in_place(tensor) or not inline:
+            if weights.is_in_place(tensor):
                 copy.CopyFrom(tensor)
-                if weights.is_in_place(tensor):
-                    weights.relocate(copy, os.path.relpath(weights.location(tensor), folder))
+                weights.relocate(copy, os.path.relpath(weights.location(tensor), folder))
+                continue
+            if not tensor.HasField("raw_data") or tensor.ByteSize() < weights.IN_PLACE_BYTES:  # sized, not read
+                copy.CopyFrom(tensor)
                 continue
             out = out or files.enter_context(open(data, "wb"))
             offset = out.seek(-out.tell() % _ALIGNMENT, os.SEEK_CUR)

@@ -197,7 +197,7 @@ def test_new_weights_a_pass_wrote_inline_are_mapped_from_a_data_file_beside_the_
     extra = (rng.standard_normal((256, 128)) / 16).astype(np.float32)
     candidate.graph.initializer.append(numpy_helper.from_array(extra, "w1b"))  # 128 KiB: inline, spilled
     first = candidate.graph.node[0]
-    candidate.graph.node[0].output[0] = "h1"
+    first.output[0] = "h1"
     candidate.graph.node.insert(1, helper.make_node("MatMul", ["x", "w1b"], ["h2"]))
     candidate.graph.node.insert(2, helper.make_node("Add", ["h1", "h2"], ["h"]))
     assert first.input[1] == "w1" and weights.in_place(candidate)
