@@ -11,6 +11,7 @@ model pointing at a file that is about to be deleted.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import onnx
@@ -68,12 +69,15 @@ def fits_protobuf(model: onnx.ModelProto, limit: int = PROTOBUF_LIMIT) -> bool:
 
 
 def save_model_file(model: onnx.ModelProto, path: Path, *, external: bool | None = None,
-                    location: str | None = None, holes: bool = False) -> list[str]:
-    """Write ``model`` to ``path``, the raw data of its main-graph initializers (of 1 KiB or more) in one external
-    data file ``location`` (default ``<name>.data``) beside it when ``external`` (default: when the model does not
-    fit protobuf) or when it has weights in place (``graphopt.weights``: streamed from their files); ``model`` is
-    left untouched and never copied whole. With ``holes``, the weights in place are holes of their size (a sparse
-    file: for ``onnx.checker``, which reads no values). Returns the names of the data files written."""
+                    location: str | None = None, holes: bool = False, refer: bool = False,
+                    inline_below: int = _INLINE) -> list[str]:
+    """Write ``model`` to ``path``, the raw data of its main-graph initializers (of ``inline_below`` bytes or more,
+    default 1 KiB) in one external data file ``location`` (default ``<name>.data``) beside it when ``external``
+    (default: when the model does not fit protobuf) or when it has weights in place (``graphopt.weights``: streamed
+    from their files); ``model`` is left untouched and never copied whole. With ``holes``, the weights in place are
+    holes of their size (a sparse file: for ``onnx.checker``, which reads no values); with ``refer``, they stay in
+    their files, named relative to ``path``'s folder (a session's temporary model written beside them). Returns the
+    names of the data files written."""
     if not (external if external is not None else not fits_protobuf(model)) and not weights.in_place(model):
         onnx.save_model(model, path)
         return []
@@ -85,7 +89,11 @@ def save_model_file(model: onnx.ModelProto, path: Path, *, external: bool | None
         for tensor in model.graph.initializer:
             stored = shell.graph.initializer.add()
             placed = weights.is_in_place(tensor)
-            if not placed and (not tensor.HasField("raw_data") or (raw_bytes(tensor) or 0) < _INLINE):
+            if placed and refer:
+                stored.CopyFrom(tensor)
+                weights.relocate(stored, os.path.relpath(weights.location(tensor), path.parent))
+                continue
+            if not placed and (not tensor.HasField("raw_data") or (raw_bytes(tensor) or 0) < inline_below):
                 stored.CopyFrom(tensor)
                 continue
             _copy_fields(tensor, stored, skip="external_data" if placed else "raw_data")

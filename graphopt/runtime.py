@@ -25,12 +25,12 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from graphopt import weights
 from graphopt._proto import fits_protobuf, raw_bytes, save_model_file, weight_bytes
@@ -225,9 +225,10 @@ def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
     it; ``None`` when that folder cannot be written. onnxruntime maps external data from a file (shared with the
     page cache, or freed once repacked), but copies weights handed to it in memory, and it refuses data outside the
     model's folder or behind a symbolic link: beside the weights is the only place it reads them without a copy.
-    The tensors a pass wrote inline (a candidate's new weights: a gigabyte of int8 for a large model) go to a data
-    file beside the shell (``_write_shell``), so onnxruntime maps those too instead of parsing a copy of them. Both
-    files are removed as soon as the session has read them."""
+    The tensors a pass wrote inline (a candidate's new weights: a gigabyte of int8 for a large model; those of at
+    least ``weights.IN_PLACE_BYTES``) go to a data file beside the shell, so onnxruntime maps those too instead of
+    parsing a copy of them; the shell is built field by field (``save_model_file``), the candidate never copied
+    whole. Both files are removed as soon as the session has read them."""
     files = {Path(weights.location(t)) for t in weights.in_place_tensors(model)}
     folder = Path(os.path.commonpath([f.parent for f in files]))
     _remove_stale_shells(folder)
@@ -236,11 +237,12 @@ def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
     except OSError:
         yield None
         return
+    os.close(handle)
     shell = Path(name)
     data = shell.with_name(shell.name + ".data")
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(_write_shell(model, folder, data))  # the shell's bytes are freed before onnxruntime loads
+        save_model_file(model, shell, external=True, location=data.name, refer=True,
+                        inline_below=weights.IN_PLACE_BYTES)
     except OSError as e:  # a full disk
         shell.unlink(missing_ok=True)
         data.unlink(missing_ok=True)
@@ -256,7 +258,6 @@ def _beside_weights(model: onnx.ModelProto) -> Iterator[Path | None]:
 
 _SHELL_PREFIX = ".graphopt-session-"
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
-_ALIGNMENT = 4096  # offsets in the shell's data file: page-aligned, as onnxruntime's own saver aligns large tensors
 
 
 def _remove_stale_shells(folder: Path) -> None:
@@ -278,48 +279,6 @@ def _alive(pid: int) -> bool:
     except OSError:  # e.g. another user's process: it exists
         return True
     return True
-
-
-def _write_shell(model: onnx.ModelProto, folder: Path, data: Path) -> bytes:
-    """``model`` serialised for a session loaded from ``folder``: its weights in place named relative to ``folder``,
-    and its main-graph initializers held inline as raw bytes of at least ``weights.IN_PLACE_BYTES`` written to
-    ``data`` (created only if there is one), page-aligned, and named as its external data. Nothing is copied whole:
-    the shell is built field by field, and each spilled tensor's bytes are held once, while they are written."""
-    shell = onnx.ModelProto()
-    _copy_fields(model, shell, skip="graph")
-    _copy_fields(model.graph, shell.graph, skip="initializer")
-    with contextlib.ExitStack() as files:
-        out: BinaryIO | None = None
-        for tensor in model.graph.initializer:
-            copy = shell.graph.initializer.add()
-            if weights.is_in_place(tensor):
-                copy.CopyFrom(tensor)
-                weights.relocate(copy, os.path.relpath(weights.location(tensor), folder))
-                continue
-            if not tensor.HasField("raw_data") or tensor.ByteSize() < weights.IN_PLACE_BYTES:  # sized, not read
-                copy.CopyFrom(tensor)
-                continue
-            out = out or files.enter_context(open(data, "wb"))
-            offset = out.seek(-out.tell() % _ALIGNMENT, os.SEEK_CUR)
-            length = out.write(tensor.raw_data)
-            _copy_fields(tensor, copy, skip="raw_data")
-            copy.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
-                copy.external_data.add(key=key, value=value)
-    return shell.SerializeToString()
-
-
-def _copy_fields(source: Message, target: Message, skip: str) -> None:
-    """Copy every field of ``source`` but ``skip`` into ``target`` (of the same type)."""
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if isinstance(value, Message):
-            getattr(target, field.name).CopyFrom(value)
-        elif isinstance(value, (str, bytes, int, float, bool)):
-            setattr(target, field.name, value)
-        else:  # a repeated field
-            getattr(target, field.name).extend(value)
 
 
 def check_providers(config: RuntimeConfig) -> None:
